@@ -1,0 +1,44 @@
+"""Generates random rollouts of SocNavEnv whose frames train the VAE (V).
+
+Reads: nothing.
+Writes:
+    data/vae_data/{train,test}/NNNNNN.npz, one episode each:
+        obs (T+1, 64, 64, 3) uint8, action (T, 2) float32, reward (T,) float32,
+        done (T,) bool, outcome str, seed int64 (see lib/rollouts.py).
+    data/vae_data/manifest.json: script, arguments, seed, policy, environment
+        settings, versions, file counts.
+
+Rollout i of a split is seeded from (--seed, split, i) only, so the files are
+the same for any --workers, and re-running the command writes only the files
+that are missing (an interrupted run loses nothing).
+"""
+
+import os
+
+from lib import cli, datagen
+from lib import socnavenv as sn
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rollouts", type=cli.non_negative_int, default=2000, help="training rollouts")
+    p.add_argument("--testrollouts", type=cli.non_negative_int, default=100, help="test rollouts")
+    cli.add_common_args(p)
+    datagen.add_generation_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    root = os.path.join(args.data_dir, "vae_data")
+    splits = {"train": args.rollouts, "test": args.testrollouts}
+    config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    print(
+        f"01: rollouts {splits}, policy {args.policy}, seed {args.seed}, "
+        f"{args.workers} workers ({args.backend}) -> {root}"
+    )
+    datagen.build_dataset(root, splits, args, config, "vae", "01_generate_vae_data.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Command-line plumbing shared by the numbered scripts.
+
+Bad input must give one line on stderr and a non-zero exit, never a
+traceback; `ArgumentParser.error` and `fail` both do that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)", prog=self.prog)
+
+
+def fail(message: str, prog: str | None = None, code: int = 2):
+    """Prints `prog: error: message` as one line on stderr and exits."""
+    prog = prog or os.path.basename(sys.argv[0])
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def ensure_writable_dir(path: str) -> None:
+    """Creates `path` if needed and checks that files can be written in it;
+    exits with one line if not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"cannot write to {path}: {e.strerror or e} — choose another --data-dir")
+
+
+def add_common_args(parser: argparse.ArgumentParser, seed: int = 0) -> None:
+    """--data-dir and --seed, which every script has."""
+    parser.add_argument(
+        "--data-dir", default="data", help="root folder for all data, models and results"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=seed, help="random seed")
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,68 @@
+"""JSON manifests that travel with every output folder and model.
+
+A manifest records the script, its arguments, the seed, the environment's
+configuration and the library versions, so a later step can check that what
+it reads is compatible and say so in one line if not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+
+
+def versions() -> dict:
+    """Versions of the libraries that shape the results."""
+    import gymnasium
+    import numba
+    import numpy
+
+    out = {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "gymnasium": gymnasium.__version__,
+    }
+    try:
+        import chainer
+
+        out["chainer"] = chainer.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def make(script: str, args: dict, **extra) -> dict:
+    """A manifest dict for `script` run with `args` (a dict of flags)."""
+    out = {
+        "script": script,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": args,
+        "versions": versions(),
+    }
+    out.update(extra)
+    return out
+
+
+def write_json(path: str, data: dict) -> None:
+    """Writes `data` as indented JSON, atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object at `path`, or None if there is none (or it is unreadable)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
