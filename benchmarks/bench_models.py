@@ -1,0 +1,126 @@
+"""Times the models at paper sizes on random inputs; one JSON line per workload.
+
+Usage: `python benchmarks/bench_models.py [NAME ...]` (all workloads if none).
+Each line is `{"name": ..., "per_sec": ...}` plus context fields, with the same
+names and units as `../shared/reference/torch_ref.py`, so the two can be run
+side by side:
+
+- `vae_train`: frames/s, batch 100, forward + backward + Adam(1e-4).
+- `vae_encode`: frames/s, batch 1000, `no_backprop_mode` and `train=False`.
+
+Workloads live in `WORKLOADS` (name -> function returning a rate); add new
+ones there. Timing: warm up, then the median of a few timed rounds of several
+iterations each. The machine is shared: run under `flock /tmp/bench.lock`.
+
+Reads: nothing. Writes: nothing (stdout only).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import chainer
+import numpy as np
+
+import lib  # noqa: F401  (process-wide thread/allocator settings first)
+from lib.vae import ConvVAE, VAELoss
+
+
+def bench(fn, n, warmup=2, repeats=3):
+    """Median seconds per call of `fn` over `repeats` rounds of `n` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - start) / n)
+    return statistics.median(times)
+
+
+def _frames(rng, n):
+    """(n, 64, 64, 3) uint8 random frames, the VAE's input format."""
+    return rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def vae_train():
+    """Frames/s of VAE training steps, batch 100, Adam(1e-4)."""
+    rng = np.random.default_rng(0)
+    vae = ConvVAE()
+    loss = VAELoss(vae, kl_tolerance=0.5, rng=rng)
+    optimizer = chainer.optimizers.Adam(alpha=1e-4)
+    optimizer.setup(vae)
+    x = _frames(rng, 100)
+
+    def step():
+        optimizer.update(loss, x)
+
+    return 100 / bench(step, 5)
+
+
+def vae_encode():
+    """Frames/s of VAE encoding, batch 1000, no graph."""
+    rng = np.random.default_rng(0)
+    vae = ConvVAE()
+    x = _frames(rng, 1000)
+
+    def step():
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            vae.encode(x)
+
+    return 1000 / bench(step, 2, 1)
+
+
+WORKLOADS = {
+    "vae_train": vae_train,
+    "vae_encode": vae_encode,
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Time the models at paper sizes; print one JSON line per workload.",
+        epilog="Run under `flock /tmp/bench.lock` on a shared machine.",
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"workloads to run, default all: {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--chainer-conv",
+        action="store_true",
+        help="use Chainer's own convolution on the CPU instead of lib.fastconv (for comparison)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    names = args.names or list(WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        print(
+            f"bench_models.py: unknown workload {unknown[0]!r}; known: {', '.join(WORKLOADS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    conv = "chainer" if args.chainer_conv else "fastconv"
+    for name in names:
+        with chainer.using_config("fastconv", not args.chainer_conv):
+            rate = WORKLOADS[name]()
+        print(
+            json.dumps({"name": name, "per_sec": rate, "fw": "chainer", "conv": conv}),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

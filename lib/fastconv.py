@@ -1,0 +1,531 @@
+"""Fast CPU convolution and transposed convolution for the VAE, inside Chainer.
+
+Chainer's own `Convolution2D`/`Deconvolution2D` spend most of a VAE step in
+im2col/col2im and `tensordot` over NCHW arrays, several times slower than
+PyTorch on a small CPU. The functions here keep activations NHWC so that every
+step is one large GEMM on contiguous memory:
+
+- conv forward: im2col as a strided view copied once, one GEMM, bias and relu
+  applied in place on the GEMM's output;
+- conv backward: one GEMM for the weight gradient, one for the column gradient,
+  and a numba col2im that adds the columns back into the input gradient;
+- deconv forward: one GEMM from the input to columns, then a numba scatter that
+  also adds the bias and applies the activation;
+- deconv backward: im2col of the output gradient (a strided view again), then
+  one GEMM each for the input and weight gradients.
+
+Layouts (all C-contiguous):
+
+| array            | conv                  | deconv                  |
+|------------------|-----------------------|-------------------------|
+| input `x`        | (B, H, W, C)          | (B, H, W, C)            |
+| weight `W`       | (kh, kw, C, O)        | (C, kh, kw, O)          |
+| bias `b`         | (O,)                  | (O,)                    |
+| output `y`       | (B, Ho, Wo, O)        | (B, Ho, Wo, O)          |
+
+with `Ho = (H - kh) // s + 1` for conv and `Ho = (H - 1) * s + kh` for deconv
+(no padding, as in the World Models VAE). Chainer's layouts are (O, C, kh, kw)
+for conv and (C, O, kh, kw) for deconv; `to_chainer_*`/`from_chainer_*` convert.
+
+The links use these kernels for NumPy arrays and Chainer's own
+`F.convolution_2d`/`F.deconvolution_2d` (through NCHW transposes) for anything
+else, such as CuPy arrays; setting `chainer.config.fastconv = False` forces
+that fallback on the CPU too, which is how the tests and benchmarks compare the
+two. The backward passes are first-order only (no double backprop).
+
+The numba kernels are single-threaded on purpose: OpenBLAS already uses every
+core for the GEMMs, and a second thread pool only fights it (see
+`lib.runtime`).
+"""
+
+import chainer
+import chainer.functions as F
+import numba
+import numpy as np
+from chainer import initializers
+
+ACTIVATIONS = (None, "relu", "sigmoid")
+_ACT_CODE = {None: 0, "relu": 1, "sigmoid": 2}
+
+# Batch chunk sizes are chosen so that one chunk's column buffer fits in the
+# shared L3 cache (32 MiB here) with room for the GEMM's other operands.
+_CHUNK_BYTES = 8 << 20
+
+
+# ---------------------------------------------------------------------------
+# numba kernels
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _col2im(gcol, stride, n_c, gx):
+    """Adds columns back into an image: the adjoint of `_im2col`.
+
+    Args:
+        gcol: (B, Ho, Wo, kh, kw * C) float, column gradient.
+        stride: int.
+        n_c: int, the number of channels C.
+        gx: (B, H, W * C) float, output; overwritten.
+    """
+    n_b, n_oh, n_ow, kh, row = gcol.shape
+    step = stride * n_c
+    for b in range(n_b):
+        gx[b] = 0.0
+        for oh in range(n_oh):
+            for ow in range(n_ow):
+                base = ow * step
+                for i in range(kh):
+                    dst = gx[b, oh * stride + i]
+                    src = gcol[b, oh, ow, i]
+                    for t in range(row):
+                        dst[base + t] += src[t]
+
+
+@numba.njit(cache=True, nogil=True)
+def _deconv_scatter(cols, bias, stride, act, y):
+    """Scatters deconv columns into the output, adds the bias, applies `act`.
+
+    Args:
+        cols: (B, H, W, kh, kw * O) float, `x @ W` per input pixel.
+        bias: (O,) float.
+        stride: int.
+        act: int, 0 none, 1 relu, 2 sigmoid.
+        y: (B, Ho, Wo * O) float, output; overwritten.
+    """
+    n_b, n_h, n_w, kh, row = cols.shape
+    n_o = bias.shape[0]
+    n_yrow = y.shape[2]
+    step = stride * n_o
+    for b in range(n_b):
+        yb = y[b]
+        # Start from the bias so that it costs no extra pass.
+        for r in range(yb.shape[0]):
+            for t in range(0, n_yrow, n_o):
+                for o in range(n_o):
+                    yb[r, t + o] = bias[o]
+        for h in range(n_h):
+            for w in range(n_w):
+                base = w * step
+                for i in range(kh):
+                    dst = yb[h * stride + i]
+                    src = cols[b, h, w, i]
+                    for t in range(row):
+                        dst[base + t] += src[t]
+        if act == 1:
+            for r in range(yb.shape[0]):
+                for t in range(n_yrow):
+                    yb[r, t] = max(yb[r, t], 0.0)
+        elif act == 2:
+            for r in range(yb.shape[0]):
+                for t in range(n_yrow):
+                    yb[r, t] = 1.0 / (1.0 + np.exp(-yb[r, t]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _act_backward(gy, y, act, gz, gb):
+    """Gradient through the activation, and the bias gradient, in one pass.
+
+    Args:
+        gy: (N, O) float, gradient w.r.t. the activation's output.
+        y: (N, O) float, the activation's output.
+        act: int, 0 none, 1 relu, 2 sigmoid.
+        gz: (N, O) float, output: gradient w.r.t. the pre-activation.
+        gb: (O,) float64, output: column sums of `gz`.
+    """
+    n, n_o = gy.shape
+    gb[:] = 0.0
+    for r in range(n):
+        for o in range(n_o):
+            g = gy[r, o]
+            if act == 1:
+                if y[r, o] <= 0.0:
+                    g = 0.0
+            elif act == 2:
+                g = g * y[r, o] * (1.0 - y[r, o])
+            gz[r, o] = g
+            gb[o] += g
+
+
+# ---------------------------------------------------------------------------
+# array helpers
+# ---------------------------------------------------------------------------
+
+
+def _out_size(size, k, s):
+    return (size - k) // s + 1
+
+
+def _im2col(x, kh, kw, stride):
+    """Columns of every output position of a valid, strided 2-D window.
+
+    Args:
+        x: (B, H, W, C) C-contiguous float array.
+        kh, kw, stride: ints.
+
+    Returns:
+        (B, Ho, Wo, kh, kw * C) C-contiguous float array; its rows reshape to
+        (B * Ho * Wo, kh * kw * C) for a GEMM against (kh, kw, C, O) weights.
+    """
+    n_b, n_h, n_w, n_c = x.shape
+    n_oh, n_ow = _out_size(n_h, kh, stride), _out_size(n_w, kw, stride)
+    sb, sh, sw, sc = x.strides
+    # Within one window row, kw pixels of C channels are one contiguous run.
+    view = np.lib.stride_tricks.as_strided(
+        x, (n_b, n_oh, n_ow, kh, kw * n_c), (sb, sh * stride, sw * stride, sh, sc)
+    )
+    return np.ascontiguousarray(view)
+
+
+def _chunks(n_b, bytes_per_item):
+    step = max(1, _CHUNK_BYTES // max(1, bytes_per_item))
+    return [(i, min(n_b, i + step)) for i in range(0, n_b, step)]
+
+
+def _apply_act_inplace(y, act):
+    if act == "relu":
+        np.maximum(y, 0, out=y)
+    elif act == "sigmoid":
+        np.negative(y, out=y)
+        np.exp(y, out=y)
+        y += 1
+        np.reciprocal(y, out=y)
+
+
+# ---------------------------------------------------------------------------
+# FunctionNodes
+# ---------------------------------------------------------------------------
+
+
+class Conv2DNHWC(chainer.function_node.FunctionNode):
+    """Valid strided 2-D convolution on NHWC arrays with a fused activation."""
+
+    def __init__(self, stride, activation):
+        self.stride = stride
+        self.activation = activation
+
+    def check_type_forward(self, in_types):
+        x_type, w_type, b_type = in_types
+        chainer.utils.type_check.expect(
+            x_type.dtype.kind == "f",
+            w_type.dtype == x_type.dtype,
+            b_type.dtype == x_type.dtype,
+            x_type.ndim == 4,
+            w_type.ndim == 4,
+            b_type.ndim == 1,
+            x_type.shape[3] == w_type.shape[2],
+            b_type.shape[0] == w_type.shape[3],
+        )
+
+    def forward_cpu(self, inputs):
+        x, w, b = inputs
+        x = np.ascontiguousarray(x)
+        kh, kw, n_c, n_o = w.shape
+        n_b, n_h, n_w, _ = x.shape
+        n_oh, n_ow = _out_size(n_h, kh, self.stride), _out_size(n_w, kw, self.stride)
+        w2 = np.ascontiguousarray(w).reshape(kh * kw * n_c, n_o)
+        self._x_shape = x.shape
+        if chainer.config.enable_backprop:
+            # Training: keep the columns for the weight gradient.
+            col = _im2col(x, kh, kw, self.stride).reshape(-1, kh * kw * n_c)
+            y = col @ w2
+            y += b
+            _apply_act_inplace(y, self.activation)
+            self._col = col
+        else:
+            # Inference: one cache-sized chunk of columns at a time.
+            y = np.empty((n_b * n_oh * n_ow, n_o), x.dtype)
+            per_item = n_oh * n_ow * kh * kw * n_c * x.itemsize
+            rows = n_oh * n_ow
+            for lo, hi in _chunks(n_b, per_item):
+                col = _im2col(x[lo:hi], kh, kw, self.stride).reshape(-1, kh * kw * n_c)
+                out = y[lo * rows : hi * rows]
+                np.matmul(col, w2, out=out)
+                out += b
+                _apply_act_inplace(out, self.activation)
+        self.retain_inputs((1,))
+        if self.activation is not None:
+            self.retain_outputs((0,))
+        return (y.reshape(n_b, n_oh, n_ow, n_o),)
+
+    def backward(self, indexes, grad_outputs):
+        (w,) = self.get_retained_inputs()
+        w = w.array
+        kh, kw, n_c, n_o = w.shape
+        gy = grad_outputs[0].array
+        gy = np.ascontiguousarray(gy).reshape(-1, n_o)
+        if self.activation is None:
+            y2 = gy  # unused by the kernel
+        else:
+            y2 = self.get_retained_outputs()[0].array.reshape(-1, n_o)
+        gz = np.empty_like(gy)
+        gb = np.empty(n_o, np.float64)
+        _act_backward(gy, y2, _ACT_CODE[self.activation], gz, gb)
+        w2 = w.reshape(kh * kw * n_c, n_o)
+        ret = []
+        if 0 in indexes:
+            n_b, n_h, n_w, _ = self._x_shape
+            n_oh, n_ow = _out_size(n_h, kh, self.stride), _out_size(n_w, kw, self.stride)
+            gcol = (gz @ w2.T).reshape(n_b, n_oh, n_ow, kh, kw * n_c)
+            gx = np.empty((n_b, n_h, n_w * n_c), gz.dtype)
+            _col2im(gcol, self.stride, n_c, gx)
+            ret.append(chainer.Variable(gx.reshape(self._x_shape)))
+        else:
+            ret.append(None)
+        if 1 in indexes:
+            ret.append(chainer.Variable((self._col.T @ gz).reshape(w.shape)))
+        else:
+            ret.append(None)
+        if 2 in indexes:
+            ret.append(chainer.Variable(gb.astype(gz.dtype)))
+        else:
+            ret.append(None)
+        return ret
+
+
+class Deconv2DNHWC(chainer.function_node.FunctionNode):
+    """Strided 2-D transposed convolution on NHWC arrays with a fused activation."""
+
+    def __init__(self, stride, activation):
+        self.stride = stride
+        self.activation = activation
+
+    def check_type_forward(self, in_types):
+        x_type, w_type, b_type = in_types
+        chainer.utils.type_check.expect(
+            x_type.dtype.kind == "f",
+            w_type.dtype == x_type.dtype,
+            b_type.dtype == x_type.dtype,
+            x_type.ndim == 4,
+            w_type.ndim == 4,
+            b_type.ndim == 1,
+            x_type.shape[3] == w_type.shape[0],
+            b_type.shape[0] == w_type.shape[3],
+        )
+
+    def forward_cpu(self, inputs):
+        x, w, b = inputs
+        n_c, kh, kw, n_o = w.shape
+        n_b, n_h, n_w, _ = x.shape
+        s = self.stride
+        n_oh, n_ow = (n_h - 1) * s + kh, (n_w - 1) * s + kw
+        x2 = np.ascontiguousarray(x).reshape(n_b, n_h * n_w, n_c)
+        w2 = np.ascontiguousarray(w).reshape(n_c, kh * kw * n_o)
+        y = np.empty((n_b, n_oh, n_ow * n_o), x.dtype)
+        b = np.ascontiguousarray(b)
+        act = _ACT_CODE[self.activation]
+        # A cache-sized chunk of columns at a time: the scatter then reads them
+        # back from cache rather than from memory.
+        per_item = n_h * n_w * kh * kw * n_o * x.itemsize
+        for lo, hi in _chunks(n_b, per_item):
+            cols = (x2[lo:hi].reshape(-1, n_c) @ w2).reshape(hi - lo, n_h, n_w, kh, kw * n_o)
+            _deconv_scatter(cols, b, s, act, y[lo:hi])
+        self.retain_inputs((0, 1))
+        if self.activation is not None:
+            self.retain_outputs((0,))
+        return (y.reshape(n_b, n_oh, n_ow, n_o),)
+
+    def backward(self, indexes, grad_outputs):
+        x, w = (v.array for v in self.get_retained_inputs())
+        n_c, kh, kw, n_o = w.shape
+        gy = np.ascontiguousarray(grad_outputs[0].array)
+        y_shape = gy.shape
+        gy = gy.reshape(-1, n_o)
+        if self.activation is None:
+            y2 = gy  # unused by the kernel
+        else:
+            y2 = self.get_retained_outputs()[0].array.reshape(-1, n_o)
+        gz = np.empty_like(gy)
+        gb = np.empty(n_o, np.float64)
+        _act_backward(gy, y2, _ACT_CODE[self.activation], gz, gb)
+        # The columns of the output gradient are exactly a conv's im2col.
+        gcol = _im2col(gz.reshape(y_shape), kh, kw, self.stride).reshape(-1, kh * kw * n_o)
+        w2 = w.reshape(n_c, kh * kw * n_o)
+        ret = [None, None, None]
+        if 0 in indexes:
+            ret[0] = chainer.Variable((gcol @ w2.T).reshape(x.shape))
+        if 1 in indexes:
+            x2 = x.reshape(-1, n_c)
+            ret[1] = chainer.Variable((x2.T @ gcol).reshape(w.shape))
+        if 2 in indexes:
+            ret[2] = chainer.Variable(gb.astype(gz.dtype))
+        return ret
+
+
+# ---------------------------------------------------------------------------
+# functions (with the fallback to Chainer's own convolution)
+# ---------------------------------------------------------------------------
+
+
+def _use_fast(x):
+    array = x.array if isinstance(x, chainer.Variable) else x
+    return isinstance(array, np.ndarray) and getattr(chainer.config, "fastconv", True)
+
+
+def _activate(h, activation):
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "sigmoid":
+        return F.sigmoid(h)
+    return h
+
+
+def conv2d_nhwc(x, W, b, stride=2, activation="relu"):
+    """Valid strided convolution of NHWC frames, then an activation.
+
+    Args:
+        x: (B, H, W, C) float Variable or array.
+        W: (kh, kw, C, O) float Variable or array.
+        b: (O,) float Variable or array.
+        stride: int, the same along both axes.
+        activation: None, "relu" or "sigmoid".
+
+    Returns:
+        (B, Ho, Wo, O) Variable, `Ho = (H - kh) // stride + 1`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if _use_fast(x):
+        return Conv2DNHWC(stride, activation).apply((x, W, b))[0]
+    h = F.convolution_2d(
+        F.transpose(x, (0, 3, 1, 2)), F.transpose(W, (3, 2, 0, 1)), b, stride=stride
+    )
+    return F.transpose(_activate(h, activation), (0, 2, 3, 1))
+
+
+def deconv2d_nhwc(x, W, b, stride=2, activation="relu"):
+    """Strided transposed convolution of NHWC maps, then an activation.
+
+    Args:
+        x: (B, H, W, C) float Variable or array.
+        W: (C, kh, kw, O) float Variable or array.
+        b: (O,) float Variable or array.
+        stride: int, the same along both axes.
+        activation: None, "relu" or "sigmoid".
+
+    Returns:
+        (B, Ho, Wo, O) Variable, `Ho = (H - 1) * stride + kh`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if _use_fast(x):
+        return Deconv2DNHWC(stride, activation).apply((x, W, b))[0]
+    h = F.deconvolution_2d(
+        F.transpose(x, (0, 3, 1, 2)), F.transpose(W, (0, 3, 1, 2)), b, stride=stride
+    )
+    return F.transpose(_activate(h, activation), (0, 2, 3, 1))
+
+
+# ---------------------------------------------------------------------------
+# layout conversion and links
+# ---------------------------------------------------------------------------
+
+
+def from_chainer_conv(W):
+    """(O, C, kh, kw) Chainer conv weights -> (kh, kw, C, O), contiguous."""
+    return np.ascontiguousarray(np.transpose(W, (2, 3, 1, 0)))
+
+
+def to_chainer_conv(W):
+    """(kh, kw, C, O) weights -> (O, C, kh, kw) Chainer conv layout, contiguous."""
+    return np.ascontiguousarray(np.transpose(W, (3, 2, 0, 1)))
+
+
+def from_chainer_deconv(W):
+    """(C, O, kh, kw) Chainer deconv weights -> (C, kh, kw, O), contiguous."""
+    return np.ascontiguousarray(np.transpose(W, (0, 2, 3, 1)))
+
+
+def to_chainer_deconv(W):
+    """(C, kh, kw, O) weights -> (C, O, kh, kw) Chainer deconv layout, contiguous."""
+    return np.ascontiguousarray(np.transpose(W, (0, 3, 1, 2)))
+
+
+class _Permuted(chainer.initializer.Initializer):
+    """Draws weights in Chainer's layout, then permutes them into ours.
+
+    So a link here starts from the same distribution (fan-in included) as the
+    Chainer link it replaces.
+    """
+
+    def __init__(self, base, chainer_shape, axes):
+        super().__init__()
+        self.base = base
+        self.chainer_shape = chainer_shape
+        self.axes = axes
+
+    def __call__(self, array):
+        tmp = np.empty(self.chainer_shape, dtype=array.dtype)
+        self.base(tmp)
+        array[...] = chainer.backend.get_array_module(array).asarray(np.transpose(tmp, self.axes))
+
+
+class ConvolutionNHWC(chainer.Link):
+    """`L.Convolution2D` (no padding) for NHWC input, with a fused activation.
+
+    Args:
+        in_channels: int, C.
+        out_channels: int, O.
+        ksize: int, square kernel size.
+        stride: int.
+        activation: None, "relu" or "sigmoid".
+        initialW: Chainer initializer in Chainer's (O, C, kh, kw) layout;
+            LeCunNormal by default, as in `L.Convolution2D`.
+
+    Attributes:
+        W: (k, k, C, O) float32 Parameter.
+        b: (O,) float32 Parameter, zeros at start.
+    """
+
+    def __init__(
+        self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
+    ):
+        super().__init__()
+        self.stride = stride
+        self.activation = activation
+        base = initializers._get_initializer(initialW)
+        shape = (out_channels, in_channels, ksize, ksize)
+        with self.init_scope():
+            self.W = chainer.Parameter(
+                _Permuted(base, shape, (2, 3, 1, 0)), (ksize, ksize, in_channels, out_channels)
+            )
+            self.b = chainer.Parameter(0.0, (out_channels,))
+
+    def forward(self, x):
+        """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
+        return conv2d_nhwc(x, self.W, self.b, self.stride, self.activation)
+
+
+class DeconvolutionNHWC(chainer.Link):
+    """`L.Deconvolution2D` (no padding) for NHWC input, with a fused activation.
+
+    Args:
+        in_channels: int, C.
+        out_channels: int, O.
+        ksize: int, square kernel size.
+        stride: int.
+        activation: None, "relu" or "sigmoid".
+        initialW: Chainer initializer in Chainer's (C, O, kh, kw) layout;
+            LeCunNormal by default, as in `L.Deconvolution2D`.
+
+    Attributes:
+        W: (C, k, k, O) float32 Parameter.
+        b: (O,) float32 Parameter, zeros at start.
+    """
+
+    def __init__(
+        self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
+    ):
+        super().__init__()
+        self.stride = stride
+        self.activation = activation
+        base = initializers._get_initializer(initialW)
+        shape = (in_channels, out_channels, ksize, ksize)
+        with self.init_scope():
+            self.W = chainer.Parameter(
+                _Permuted(base, shape, (0, 2, 3, 1)), (in_channels, ksize, ksize, out_channels)
+            )
+            self.b = chainer.Parameter(0.0, (out_channels,))
+
+    def forward(self, x):
+        """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
+        return deconv2d_nhwc(x, self.W, self.b, self.stride, self.activation)

@@ -1,0 +1,309 @@
+"""V: the convolutional VAE of World Models (Ha & Schmidhuber 2018), in Chainer.
+
+Paper sizes are the defaults: a 64x64x3 frame goes through four 4x4 stride-2
+convolutions (32, 64, 128, 256 channels, relu) to a 2x2x256 = 1024 vector, then
+to the mean and log-variance of a 32-d Gaussian. The decoder maps z through a
+dense layer to 1024 values, seen as a 1x1 map, and four stride-2 transposed
+convolutions (kernels 5, 5, 6, 6; 128, 64, 32, 3 channels; relu, then sigmoid
+last) back to 64x64x3.
+
+Everything is NHWC, like the frames on disk, so the fast CPU kernels of
+`lib.fastconv` apply without transposes (Chainer's own convolution is used on
+GPU). Frames enter as uint8 (B, 64, 64, 3); `ConvVAE.to_float` is the one place
+they become float32 in [0, 1].
+
+Typical use::
+
+    vae = ConvVAE()                       # or ConvVAE(**json.load(sidecar))
+    loss = VAELoss(vae, kl_tolerance=0.5, rng=np.random.default_rng(0))
+    optimizer.setup(vae); optimizer.update(loss, frames_uint8)
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        mu, logvar = vae.encode(frames_uint8)
+"""
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+
+from lib.fastconv import ConvolutionNHWC, DeconvolutionNHWC
+
+PAPER_CONFIG = {
+    "z_size": 32,
+    "image_size": 64,
+    "in_channels": 3,
+    "enc_channels": [32, 64, 128, 256],
+    "enc_kernel": 4,
+    "dense_size": 1024,
+    "dec_channels": [128, 64, 32],
+    "dec_kernels": [5, 5, 6, 6],
+}
+
+_STRIDE = 2
+
+
+def decoder_output_size(dec_kernels, stride=_STRIDE):
+    """Side of the decoder's output, starting from a 1x1 map.
+
+    Args:
+        dec_kernels: sequence of int kernel sizes.
+        stride: int.
+
+    Returns:
+        int; 64 for the paper's (5, 5, 6, 6).
+    """
+    size = 1
+    for k in dec_kernels:
+        size = (size - 1) * stride + k
+    return size
+
+
+def encoder_output_size(image_size, n_layers, kernel, stride=_STRIDE):
+    """Side of the encoder's last feature map; 2 for the paper's 64, 4 layers, 4."""
+    size = image_size
+    for _ in range(n_layers):
+        size = (size - kernel) // stride + 1
+    return size
+
+
+class ConvVAE(chainer.Chain):
+    """Convolutional VAE over NHWC frames.
+
+    Args:
+        z_size: int, latent size (32).
+        image_size: int, frame side (64); must equal the decoder's output side.
+        in_channels: int, colour channels (3).
+        enc_channels: sequence of int, output channels of each encoder conv.
+        enc_kernel: int, the encoder convs' kernel size (4, stride 2).
+        dense_size: int, width of the decoder's dense layer, fed to the first
+            deconv as a 1x1 map (1024).
+        dec_channels: sequence of int, output channels of every deconv but the
+            last (whose output has `in_channels`).
+        dec_kernels: sequence of int, kernel size of each deconv (stride 2);
+            one longer than `dec_channels`.
+
+    Raises:
+        ValueError: sizes that do not fit together.
+    """
+
+    def __init__(
+        self,
+        z_size=32,
+        image_size=64,
+        in_channels=3,
+        enc_channels=(32, 64, 128, 256),
+        enc_kernel=4,
+        dense_size=1024,
+        dec_channels=(128, 64, 32),
+        dec_kernels=(5, 5, 6, 6),
+    ):
+        super().__init__()
+        enc_channels, dec_channels, dec_kernels = (
+            [int(c) for c in enc_channels],
+            [int(c) for c in dec_channels],
+            [int(k) for k in dec_kernels],
+        )
+        if len(dec_kernels) != len(dec_channels) + 1:
+            raise ValueError(
+                f"need one more deconv kernel than dec_channels, got {dec_kernels} "
+                f"and {dec_channels}"
+            )
+        if decoder_output_size(dec_kernels) != image_size:
+            raise ValueError(
+                f"deconv kernels {dec_kernels} give "
+                f"{decoder_output_size(dec_kernels)}-pixel frames, not {image_size}"
+            )
+        side = encoder_output_size(image_size, len(enc_channels), enc_kernel)
+        if side < 1:
+            raise ValueError(f"{len(enc_channels)} convs shrink {image_size}-pixel frames to 0")
+        self._config = {
+            "z_size": int(z_size),
+            "image_size": int(image_size),
+            "in_channels": int(in_channels),
+            "enc_channels": enc_channels,
+            "enc_kernel": int(enc_kernel),
+            "dense_size": int(dense_size),
+            "dec_channels": dec_channels,
+            "dec_kernels": dec_kernels,
+        }
+        self.z_size = int(z_size)
+        self.image_size = int(image_size)
+        self.in_channels = int(in_channels)
+        self.dense_size = int(dense_size)
+        flat = side * side * enc_channels[-1]
+        with self.init_scope():
+            self.enc = chainer.ChainList(
+                *[
+                    ConvolutionNHWC(c_in, c_out, enc_kernel, _STRIDE, "relu")
+                    for c_in, c_out in zip([in_channels, *enc_channels[:-1]], enc_channels)
+                ]
+            )
+            self.mu = L.Linear(flat, z_size)
+            self.logvar = L.Linear(flat, z_size)
+            self.dec_fc = L.Linear(z_size, dense_size)
+            outs = [*dec_channels, in_channels]
+            acts = ["relu"] * len(dec_channels) + ["sigmoid"]
+            self.dec = chainer.ChainList(
+                *[
+                    DeconvolutionNHWC(c_in, c_out, k, _STRIDE, act)
+                    for c_in, c_out, k, act in zip(
+                        [dense_size, *dec_channels], outs, dec_kernels, acts
+                    )
+                ]
+            )
+
+    def config(self):
+        """The constructor's arguments, JSON-ready: `ConvVAE(**vae.config())` rebuilds it."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in self._config.items()}
+
+    def to_float(self, x):
+        """The one place frames become floats: uint8 [0, 255] -> float32 [0, 1].
+
+        Args:
+            x: (B, H, W, C) uint8 frames (NumPy or the model's device), or
+                float32 frames already in [0, 1], which pass through.
+
+        Returns:
+            (B, H, W, C) float32 array on the model's device.
+        """
+        x = self.device.send(x)
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) * np.float32(1.0 / 255.0)
+        if x.dtype != np.float32:
+            raise TypeError(f"frames must be uint8 or float32, got {x.dtype}")
+        return x
+
+    def encode(self, x):
+        """Posterior of z given frames.
+
+        Args:
+            x: (B, H, W, C) uint8 frames (or float32 in [0, 1]).
+
+        Returns:
+            (mu, logvar): two (B, z_size) float32 Variables.
+        """
+        h = self.to_float(x)
+        for conv in self.enc:
+            h = conv(h)
+        h = F.reshape(h, (h.shape[0], -1))
+        return self.mu(h), self.logvar(h)
+
+    def sample(self, mu, logvar, rng=None):
+        """Draws z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) (reparameterised).
+
+        Args:
+            mu: (B, z_size) float32 Variable or array.
+            logvar: (B, z_size) float32 Variable or array.
+            rng: `numpy.random.Generator` for eps (drawn on the host, so runs
+                repeat on any device); a fresh unseeded one if None.
+
+        Returns:
+            (B, z_size) float32 Variable.
+        """
+        rng = np.random.default_rng() if rng is None else rng
+        eps = rng.standard_normal(mu.shape, dtype=np.float32)
+        return mu + F.exp(0.5 * logvar) * self.device.send(eps)
+
+    def decode(self, z):
+        """Frames from latents.
+
+        Args:
+            z: (B, z_size) float32 Variable or array.
+
+        Returns:
+            (B, H, W, C) float32 Variable in [0, 1].
+        """
+        h = F.reshape(self.dec_fc(z), (z.shape[0], 1, 1, self.dense_size))
+        for deconv in self.dec:
+            h = deconv(h)
+        return h
+
+    def forward(self, x, rng=None):
+        """Encode, sample, decode.
+
+        Args:
+            x: (B, H, W, C) uint8 frames (or float32 in [0, 1]).
+            rng: `numpy.random.Generator` for the sampling noise.
+
+        Returns:
+            (reconstruction (B, H, W, C), mu (B, z), logvar (B, z)), float32 Variables.
+        """
+        mu, logvar = self.encode(x)
+        return self.decode(self.sample(mu, logvar, rng)), mu, logvar
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) per frame.
+
+    Args:
+        mu: (B, z) float Variable or array.
+        logvar: (B, z) float Variable or array.
+
+    Returns:
+        (B,) Variable: -0.5 * sum(1 + logvar - mu^2 - exp(logvar)) over z.
+    """
+    return -0.5 * F.sum(1.0 + logvar - mu * mu - F.exp(logvar), axis=1)
+
+
+def floored_kl(mu, logvar, kl_tolerance):
+    """The paper's KL term: max(KL, kl_tolerance * z) per frame.
+
+    Below the floor the KL has no gradient, so the encoder keeps about
+    `kl_tolerance` nats per latent dimension for the reconstruction.
+
+    Args:
+        mu: (B, z) float Variable or array.
+        logvar: (B, z) float Variable or array.
+        kl_tolerance: float, nats per latent dimension (0.5 in the paper).
+
+    Returns:
+        (B,) Variable.
+    """
+    return _floor(kl_divergence(mu, logvar), kl_tolerance * mu.shape[1])
+
+
+def _floor(kl, value):
+    return F.maximum(kl, kl.xp.full(kl.shape, value, dtype=kl.dtype))
+
+
+class VAELoss(chainer.Chain):
+    """The VAE's training loss: reconstruction + floored KL, means over the batch.
+
+    Reports, through `chainer.reporter`: `loss`, `rec` (summed squared error
+    per frame), `kl` (the floored KL that is optimised) and `kl_raw` (the KL
+    before the floor), each a mean over the batch.
+
+    Args:
+        vae: a `ConvVAE`.
+        kl_tolerance: float, nats per latent dimension below which the KL is
+            not pushed down (0.5).
+        rng: `numpy.random.Generator` for the sampling noise; save its
+            `bit_generator.state` with a snapshot to resume exactly.
+    """
+
+    def __init__(self, vae, kl_tolerance=0.5, rng=None):
+        super().__init__()
+        self.kl_tolerance = float(kl_tolerance)
+        self.rng = np.random.default_rng() if rng is None else rng
+        with self.init_scope():
+            self.vae = vae
+
+    def forward(self, x):
+        """Loss of a batch.
+
+        Args:
+            x: (B, H, W, C) uint8 frames.
+
+        Returns:
+            Scalar float32 Variable.
+        """
+        target = self.vae.to_float(x)
+        y, mu, logvar = self.vae(target, self.rng)
+        rec = F.sum(F.squared_difference(y, target)) / x.shape[0]
+        kl_raw = kl_divergence(mu, logvar)
+        kl = F.mean(_floor(kl_raw, self.kl_tolerance * mu.shape[1]))
+        loss = rec + kl
+        chainer.reporter.report(
+            {"loss": loss, "rec": rec, "kl": kl, "kl_raw": F.mean(kl_raw)}, self
+        )
+        return loss
