@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: venv test lint demo bench clean-data
+.PHONY: venv test lint demo bench
+
+# The quick preset: every step at a size that runs in minutes on 2 cores.
+DEMO_DIR ?= data/demo
 
 venv: $(VENV)/.installed
 
@@ -25,3 +28,14 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/bench_env.py
+
+demo: venv
+	$(PY) 01_generate_vae_data.py --rollouts 200 --testrollouts 20 --data-dir $(DEMO_DIR)
+	$(PY) 02_generate_rnn_data.py --episodes 200 --testepisodes 20 --data-dir $(DEMO_DIR)
+	$(PY) docs/make_env_figures.py --out $(DEMO_DIR)/results
+	@echo
+	@echo "demo outputs:"
+	@echo "  $(DEMO_DIR)/vae_data/preview.png   frames of the first V rollouts"
+	@echo "  $(DEMO_DIR)/rnn_data/preview.png   frames of the first M episodes"
+	@echo "  $(DEMO_DIR)/results/env_strip.png  an oracle episode: global view + 64x64 observations"
+	@echo "  $(DEMO_DIR)/results/env_episode.gif the same episode as a GIF"

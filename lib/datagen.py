@@ -266,4 +266,32 @@ def build_dataset(
         print(f"  {split}: {counts[split]} files on disk; new ones: {outcome_table(s['outcomes'])}")
     rate = frames / elapsed if elapsed > 0 else 0.0
     print(f"wrote {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s) to {root}")
+    preview = os.path.join(root, "preview.png")
+    if write_preview(os.path.join(root, "train"), preview):
+        print(f"preview of the first rollouts: {preview}")
     return {"files": counts, "frames": frames, "seconds": elapsed}
+
+
+def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 10) -> bool:
+    """A PNG of a few rollouts: one row each, frames evenly spaced in time.
+
+    Returns False (and writes nothing) when the split has no readable files.
+    """
+    from lib import drawing
+    from lib.rollouts import BadRolloutError, load_episode
+
+    rows = []
+    for file in list_rollouts(split_dir)[:episodes]:
+        try:
+            ep = load_episode(file, image_size=None)
+        except BadRolloutError:
+            continue
+        obs = ep["obs"]
+        picks = np.unique(np.linspace(0, len(obs) - 1, columns).round().astype(int))
+        row = drawing.grid([[obs[t] for t in picks]])
+        text = f"{os.path.basename(file)}: {len(obs) - 1} steps, {ep.get('outcome', '?')}"
+        rows.append(drawing.caption(drawing.upscale(row, 3), text))
+    if not rows:
+        return False
+    drawing.save_png(path, np.concatenate(rows, axis=0))
+    return True

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
-import tempfile
+
+from lib.fileio import atomic_path
 
 
 def versions() -> dict:
@@ -49,13 +49,9 @@ def make(script: str, args: dict, **extra) -> dict:
 
 def write_json(path: str, data: dict) -> None:
     """Writes `data` as indented JSON, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str) -> dict | None:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from lib import socnavenv as sn
+from lib.fileio import atomic_path
 from lib.policies import Policy
 
 EPISODE_KEYS = ("obs", "action", "reward", "done")
@@ -198,24 +198,16 @@ def save_episode(path: str, episode: Episode) -> None:
     """Writes `episode` to `path` atomically (compressed npz, no pickles)."""
     if episode.obs is None:
         raise ValueError("episode has no frames; run it with keep_obs=True")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                obs=episode.obs,
-                action=episode.action.astype(np.float32),
-                reward=episode.reward.astype(np.float32),
-                done=episode.done.astype(bool),
-                outcome=np.array(episode.outcome),
-                seed=np.array(episode.seed, np.int64),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        np.savez_compressed(
+            tmp,
+            obs=episode.obs,
+            action=episode.action.astype(np.float32),
+            reward=episode.reward.astype(np.float32),
+            done=episode.done.astype(bool),
+            outcome=np.array(episode.outcome),
+            seed=np.array(episode.seed, np.int64),
+        )
 
 
 class BadRolloutError(ValueError):
