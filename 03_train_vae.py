@@ -1,0 +1,371 @@
+"""Trains V, the convolutional VAE, on the frames of 01's rollouts.
+
+Reads:
+    data/vae_data/train/*.npz, data/vae_data/test/*.npz: `obs` (T+1, 64, 64, 3)
+        uint8 (see lib/rollouts.py). Frames go through a uint8 memory-mapped
+        cache built once in data/vae_data/cache/.
+Writes:
+    data/models/vae.npz: the model (Chainer save_npz), after every epoch.
+    data/models/vae.json: sizes to rebuild it (ConvVAE(**config)), KL tolerance,
+        epochs done, last losses, data provenance.
+    data/models/vae_snapshot.npz: model + Adam state + epoch + shuffled order +
+        RNG states, for --resume (exact: the same losses as an uninterrupted run).
+    data/models/vae_log.csv: per epoch, train and held-out loss / rec / KL.
+    data/models/vae_loss.png: those curves.
+    data/results/vae_training/epoch_NNNN.png: held-out frames over their
+        reconstructions, after each epoch.
+
+Ctrl-C finishes the current batch, saves the snapshot and exits; --resume
+continues. A NaN or infinite loss stops training and keeps the last good
+snapshot.
+"""
+
+import os
+import time
+
+import chainer
+import numpy as np
+from tqdm import tqdm
+
+from lib import cli, drawing, frames, manifest, training
+from lib.seeding import derive_seed
+from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss
+
+LOG_FIELDS = [
+    "epoch",
+    "iterations",
+    "train_loss",
+    "train_rec",
+    "train_kl",
+    "test_loss",
+    "test_rec",
+    "test_kl",
+    "seconds",
+]
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=cli.positive_int, default=1000, help="epochs to train in total")
+    p.add_argument(
+        "--max_samples",
+        "--max-samples",
+        dest="max_samples",
+        type=cli.positive_int,
+        default=None,
+        help="use at most this many training rollouts (default: all)",
+    )
+    p.add_argument("--batch-size", type=cli.positive_int, default=100, help="frames per batch")
+    p.add_argument(
+        "--z-size", type=cli.positive_int, default=PAPER_CONFIG["z_size"], help="latent size"
+    )
+    p.add_argument("--kl-tolerance", type=float, default=0.5, help="KL floor per latent dim (nats)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from data/models/vae_snapshot.npz"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
+    )
+    p.add_argument(
+        "--snapshot-interval", type=cli.positive_int, default=1, help="epochs between snapshots"
+    )
+    p.add_argument(
+        "--test-frames",
+        type=cli.non_negative_int,
+        default=2000,
+        help="held-out frames scored after each epoch (0: none)",
+    )
+    p.add_argument(
+        "--max-iterations",
+        type=cli.positive_int,
+        default=None,
+        help="stop after this many batches in this run and save a snapshot (for time-boxed runs)",
+    )
+    cli.add_common_args(p)
+    args = p.parse_args(argv)
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    if args.kl_tolerance < 0:
+        p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def held_out_loss(vae, store, kl_tolerance, batch_size, limit, seed):
+    """Mean loss / rec / KL over up to `limit` frames (fixed noise, no graph)."""
+    n = min(limit, len(store))
+    loss_fn = VAELoss(vae, kl_tolerance, rng=np.random.default_rng(seed))
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+    reporter = chainer.Reporter()
+    reporter.add_observer("v", loss_fn)
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        for start in range(0, n, batch_size):
+            x = store.batch(np.arange(start, min(start + batch_size, n)))
+            obs = {}
+            with reporter.scope(obs):
+                loss_fn(x)
+            for k in sums:
+                sums[k] += float(obs[f"v/{k}"].array) * len(x)
+    return {k: v / n for k, v in sums.items()}
+
+
+def save_reconstructions(vae, sample, path, title):
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        mu, _ = vae.encode(sample)
+        recon = chainer.backend.CpuDevice().send(vae.decode(mu).array)
+    recon = (np.clip(recon, 0, 1) * 255 + 0.5).astype(np.uint8)
+    image = drawing.upscale(drawing.grid([list(sample), list(recon)]), 2)
+    drawing.save_png(path, drawing.caption(image, title))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    vae_root = os.path.join(args.data_dir, "vae_data")
+    models = os.path.join(args.data_dir, "models")
+    model_path = os.path.join(models, "vae.npz")
+    snapshot_path = os.path.join(models, "vae_snapshot.npz")
+    log_path = os.path.join(models, "vae_log.csv")
+    progress_dir = os.path.join(args.data_dir, "results", "vae_training")
+    print(
+        f"03: VAE z={args.z_size}, batch {args.batch_size}, lr {args.lr}, KL tolerance "
+        f"{args.kl_tolerance}, {args.epochs} epochs, max_samples {args.max_samples}, seed {args.seed}"
+    )
+
+    # CHECKS: inputs exist and fit; nothing is written before this passes.
+    train_dir = os.path.join(vae_root, "train")
+    if not os.path.isdir(train_dir):
+        cli.fail(f"{train_dir} not found — run 01_generate_vae_data.py first")
+    if args.resume and not os.path.exists(snapshot_path):
+        cli.fail(f"--resume: {snapshot_path} not found — run without --resume to start training")
+    if not args.resume and not args.overwrite and os.path.exists(snapshot_path):
+        cli.fail(
+            f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
+        )
+    try:
+        device = training.select_device(args.gpu)
+    except training.DeviceUnavailable as e:
+        cli.fail(str(e))
+    cli.ensure_writable_dir(models)
+    data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
+    image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
+
+    # INPUTS: frame caches (built once, memory-mapped).
+    def cache(split, limit):
+        with tqdm(total=0, desc=f"caching {split} frames", unit="file", leave=False) as bar:
+
+            def show(done, total):
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            return frames.build_cache(os.path.join(vae_root, split), limit, image_size, show)
+
+    try:
+        train_npy, train_index = cache("train", args.max_samples)
+    except frames.NoFramesError as e:
+        cli.fail(f"{e} — run 01_generate_vae_data.py first")
+    train = frames.FrameStore(train_npy)
+    test = None
+    if args.test_frames and os.path.isdir(os.path.join(vae_root, "test")):
+        try:
+            test = frames.FrameStore(cache("test", None)[0])
+        except frames.NoFramesError:
+            test = None
+    skipped = len(train_index["skipped"])
+    print(
+        f"train: {train_index['frames']} frames from {train_index['rollouts']} rollouts"
+        + (f" ({skipped} bad files skipped, see {train_npy[:-4]}.json)" if skipped else "")
+        + (f"; test: {len(test)} frames" if test else "; no test split: no held-out loss")
+    )
+
+    # MODEL AND OPTIMIZER
+    np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
+    config = dict(PAPER_CONFIG, z_size=args.z_size, image_size=image_size)
+    vae = ConvVAE(**config)
+    vae.to_device(device)
+    noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
+    shuffle_rng = np.random.default_rng(derive_seed(args.seed, "vae/shuffle"))
+    loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng)
+    optimizer = chainer.optimizers.Adam(alpha=args.lr)
+    optimizer.setup(vae)
+
+    epoch, iteration, perm, partial = 0, 0, None, None
+    if args.resume:
+        old = manifest.read_json(training.sidecar_path(snapshot_path)) or {}
+        if old.get("config", config) != config:
+            cli.fail(
+                f"{snapshot_path} is a VAE with {old.get('config')}, not {config} — "
+                "use the same --z-size, or --overwrite to start again"
+            )
+        try:
+            state, extra = training.load_snapshot(snapshot_path, vae, optimizer)
+        except ValueError as e:
+            cli.fail(str(e))
+        epoch, iteration = state["epoch"], state["iteration"]
+        training.set_rng_state(noise_rng, state["noise_rng"])
+        training.set_rng_state(shuffle_rng, state["shuffle_rng"])
+        perm = extra.get("perm")
+        partial = state.get("partial")
+        if perm is not None and len(perm) != len(train):
+            cli.fail(
+                f"{snapshot_path} was trained on {len(perm)} frames, not {len(train)} — same --max_samples please"
+            )
+        print(f"resumed from {snapshot_path}: epoch {epoch}, batch {iteration}")
+    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=epoch if args.resume else None)
+    sample = (test or train).batch(np.linspace(0, len(test or train) - 1, 8).astype(int))
+
+    def sidecar(extra_fields):
+        return {
+            "config": config,
+            "kl_tolerance": args.kl_tolerance,
+            "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
+            "args": vars(args),
+            **extra_fields,
+        }
+
+    def snapshot(ep, it, order, partial=None):
+        state = {
+            "epoch": ep,
+            "iteration": it,
+            "partial": partial,
+            "noise_rng": training.rng_state(noise_rng),
+            "shuffle_rng": training.rng_state(shuffle_rng),
+        }
+        extra = {"perm": order} if order is not None else {}
+        training.save_snapshot(snapshot_path, vae, optimizer, state, extra)
+        manifest.write_json(
+            training.sidecar_path(snapshot_path), sidecar({"epoch": ep, "iteration": it})
+        )
+
+    # TRAINING LOOP
+    reporter = chainer.Reporter()
+    reporter.add_observer("v", loss_fn)
+    n_batches = -(-len(train) // args.batch_size)
+    done_iterations = 0
+    if epoch >= args.epochs:
+        print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
+    with training.DeferredInterrupt() as interrupt:
+        while epoch < args.epochs:
+            if perm is None or iteration == 0:
+                perm = shuffle_rng.permutation(len(train))
+            # A resumed epoch carries the sums of its batches before the interruption.
+            sums = dict(partial["sums"]) if partial else {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+            count = partial["count"] if partial else 0
+            partial = None
+            session_frames = 0
+            start = time.perf_counter()
+            bar = tqdm(
+                range(iteration, n_batches), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch"
+            )
+            for it in bar:
+                x = train.batch(perm[it * args.batch_size : (it + 1) * args.batch_size])
+                obs = {}
+                with reporter.scope(obs):
+                    loss = loss_fn(x)
+                try:
+                    training.check_finite(float(loss.array), "the VAE loss")
+                except training.NonFiniteLoss as e:
+                    bar.close()
+                    kept = (
+                        f"the last good snapshot {snapshot_path} is kept"
+                        if os.path.exists(snapshot_path)
+                        else "no snapshot was written"
+                    )
+                    cli.fail(
+                        f"{e} at epoch {epoch + 1}, batch {it + 1}; {kept} — try a lower --lr",
+                        code=1,
+                    )
+                vae.cleargrads()
+                loss.backward()
+                optimizer.update()
+                for k in sums:
+                    sums[k] += float(obs[f"v/{k}"].array) * len(x)
+                count += len(x)
+                session_frames += len(x)
+                done_iterations += 1
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / count:.1f}",
+                    rec=f"{sums['rec'] / count:.1f}",
+                    kl=f"{sums['kl'] / count:.2f}",
+                )
+                stop = interrupt.requested or (
+                    args.max_iterations is not None and done_iterations >= args.max_iterations
+                )
+                if stop and it + 1 < n_batches:
+                    bar.close()
+                    snapshot(epoch, it + 1, perm, {"sums": sums, "count": count})
+                    why = (
+                        "interrupted"
+                        if interrupt.requested
+                        else f"stopped after {done_iterations} batches"
+                    )
+                    print(
+                        f"{why}: saved {snapshot_path} (epoch {epoch + 1}, batch {it + 1}) — continue with --resume"
+                    )
+                    raise SystemExit(130 if interrupt.requested else 0)
+            bar.close()
+            epoch += 1
+            iteration = 0
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "iterations": epoch * n_batches, "seconds": round(seconds, 2)}
+            row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+            if test is not None:
+                held = held_out_loss(
+                    vae,
+                    test,
+                    args.kl_tolerance,
+                    500,
+                    args.test_frames,
+                    derive_seed(args.seed, "vae/test"),
+                )
+                row.update({f"test_{k}": v for k, v in held.items()})
+            log.append(row)
+            training.plot_curves(
+                log,
+                os.path.join(models, "vae_loss.png"),
+                [
+                    ("train_loss", "train loss"),
+                    ("test_loss", "held-out loss"),
+                    ("train_rec", "train reconstruction"),
+                    ("test_rec", "held-out reconstruction"),
+                ],
+                "VAE loss per frame (summed squared error + floored KL)",
+            )
+            save_reconstructions(
+                vae,
+                sample,
+                os.path.join(progress_dir, f"epoch_{epoch:04d}.png"),
+                f"epoch {epoch}: frames (top) and reconstructions of their mean z (bottom)",
+            )
+            training.save_model(model_path, vae, sidecar({"epochs": epoch, "last": row}))
+            if epoch % args.snapshot_interval == 0 or epoch == args.epochs:
+                snapshot(epoch, 0, None)
+            held_text = (
+                f", held-out {row['test_loss']:.1f} (rec {row['test_rec']:.1f}, KL {row['test_kl']:.2f})"
+                if test is not None
+                else ""
+            )
+            print(
+                f"epoch {epoch}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held_text}, {seconds:.1f} s ({session_frames / seconds:.0f} frames/s)"
+            )
+            if interrupt.requested or (
+                args.max_iterations is not None and done_iterations >= args.max_iterations
+            ):
+                if epoch % args.snapshot_interval != 0:
+                    snapshot(epoch, 0, None)
+                print(
+                    f"stopped after epoch {epoch}: saved {snapshot_path} — continue with --resume"
+                )
+                raise SystemExit(130 if interrupt.requested else 0)
+
+    # OUTPUTS
+    print(
+        f"model: {model_path} (+ {os.path.basename(training.sidecar_path(model_path))}); log: {log_path}; curves: {os.path.join(models, 'vae_loss.png')}; reconstructions: {progress_dir}/"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""What V's and M's training scripts share: devices, exact-resume snapshots,
+the CSV log and its plot, and the guard against NaN losses.
+
+A training snapshot is one `.npz` (no pickles) holding the model under
+`model/`, the optimizer under `optimizer/` (Chainer's own serializers), any
+extra arrays (for example the epoch's shuffled order) under `extra/`, and a JSON
+`state` string (epoch, iteration, RNG states) — everything `--resume` needs to
+continue exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import chainer
+import numpy as np
+
+from lib.fileio import atomic_path
+
+
+class DeviceUnavailable(RuntimeError):
+    """--gpu asked for a device this machine cannot provide."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss became NaN or infinite."""
+
+
+def select_device(gpu: int):
+    """Chainer device for `--gpu` (-1: CPU via NumPy; N >= 0: CuPy GPU N)."""
+    if gpu < 0:
+        return chainer.get_device("@numpy")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        raise DeviceUnavailable(
+            f"--gpu {gpu} needs CuPy: pip install 'cupy-cuda12x<14' (or use --gpu -1 for the CPU)"
+        ) from None
+    if not chainer.backends.cuda.available:
+        raise DeviceUnavailable(f"--gpu {gpu}: CuPy is installed but Chainer cannot use CUDA here")
+    return chainer.get_device(f"@cupy:{gpu}")
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+def save_snapshot(path: str, model, optimizer, state: dict, extra: dict | None = None) -> None:
+    """Writes model + optimizer + `state` (JSON-able) + `extra` arrays, atomically."""
+    target: dict = {}
+    ser = chainer.serializers.DictionarySerializer(target)
+    ser["model"].save(model)
+    ser["optimizer"].save(optimizer)
+    for key, value in (extra or {}).items():
+        target[f"extra/{key}"] = np.asarray(value)
+    target["state"] = np.array(json.dumps(state))
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **{k: chainer.backend.CpuDevice().send(v) for k, v in target.items()})
+
+
+def load_snapshot(path: str, model, optimizer) -> tuple[dict, dict]:
+    """Restores model and optimizer from `path`; returns (state, extra arrays).
+
+    Raises:
+        ValueError: if the file is unreadable or holds a model of another size.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            chainer.serializers.NpzDeserializer(npz, path="model/").load(model)
+            chainer.serializers.NpzDeserializer(npz, path="optimizer/").load(optimizer)
+            state = json.loads(str(npz["state"]))
+            extra = {k[len("extra/") :]: npz[k] for k in npz.files if k.startswith("extra/")}
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"{path}: cannot resume from this snapshot ({type(e).__name__}: {e})"
+        ) from None
+    return state, extra
+
+
+def save_model(path: str, model, sidecar: dict) -> None:
+    """The final model: Chainer `save_npz` weights + a JSON sidecar beside them
+    (`<path without .npz>.json`) with what is needed to rebuild it."""
+    with atomic_path(path) as tmp:
+        chainer.serializers.save_npz(tmp, model)
+    with atomic_path(sidecar_path(path)) as tmp, open(tmp, "w") as f:
+        json.dump(sidecar, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def sidecar_path(model_path: str) -> str:
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def check_finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{what} is {value}")
+    return value
+
+
+class CsvLog:
+    """An append-only CSV of one row per epoch, safe to resume.
+
+    Args:
+        path: the CSV file.
+        fields: column names; the first must be `epoch`.
+        resume_epoch: on resume, rows with epoch > this are dropped (they came
+            after the snapshot being resumed); None starts a new file.
+    """
+
+    def __init__(self, path: str, fields: list[str], resume_epoch: int | None = None):
+        self.path = path
+        self.fields = fields
+        rows = []
+        if resume_epoch is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fields)
+            w.writeheader()
+            w.writerows({k: r.get(k, "") for k in fields} for r in rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+    def read(self) -> list[dict]:
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def plot_curves(
+    log: CsvLog, png: str, series: list[tuple[str, str]], title: str, ylabel: str = "loss"
+) -> None:
+    """Line plot of CSV columns against epoch.
+
+    Args:
+        series: (column, label) pairs; missing or empty columns are skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = log.read()
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for column, label in series:
+        ys = [float(r[column]) if r.get(column) not in (None, "") else np.nan for r in rows]
+        if not np.all(np.isnan(ys)):
+            ax.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+class DeferredInterrupt:
+    """Turns the first Ctrl-C into a flag checked between iterations, so a
+    snapshot is never taken halfway through an optimizer update. A second
+    Ctrl-C interrupts at once.
+
+    Use::
+
+        with DeferredInterrupt() as stop:
+            for ...:
+                step()
+                if stop.requested:
+                    save(); break
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\ninterrupt: finishing this step and saving a snapshot (Ctrl-C again to abort)",
+            flush=True,
+        )
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
