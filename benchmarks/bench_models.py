@@ -7,6 +7,10 @@ side by side:
 
 - `vae_train`: frames/s, batch 100, forward + backward + Adam(1e-4).
 - `vae_encode`: frames/s, batch 1000, `no_backprop_mode` and `train=False`.
+- `rnn_train`: sequence-steps/s, batch 100 x 100 steps, z 32, 2-D actions, 5
+  mixtures, hidden 256, forward + backward + Adam(1e-3) + gradient clip 1.0.
+- `dream_b1024`: agent-steps/s, 1024 agents: one M step with reward and done
+  heads, sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`.
 
 Workloads live in `WORKLOADS` (name -> function returning a rate); add new
 ones there. Timing: warm up, then the median of a few timed rounds of several
@@ -28,6 +32,7 @@ import chainer
 import numpy as np
 
 import lib  # noqa: F401  (process-wide thread/allocator settings first)
+from lib.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.vae import ConvVAE, VAELoss
 
 
@@ -77,9 +82,54 @@ def vae_encode():
     return 1000 / bench(step, 2, 1)
 
 
+def rnn_train():
+    """Sequence-steps/s of M training, batch 100 x 100 steps, Adam(1e-3), clip 1."""
+    rng = np.random.default_rng(0)
+    model = MDNRNN()
+    loss = MDNRNNLoss(model)
+    optimizer = chainer.optimizers.Adam(alpha=1e-3)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(1.0))
+    z = rng.standard_normal((100, 100, 32), dtype=np.float32)
+    a = rng.uniform(-1, 1, (100, 100, 2)).astype(np.float32)
+    z_next = rng.standard_normal((100, 100, 32), dtype=np.float32)
+
+    def step():
+        model.cleargrads()
+        value, _ = loss(z, a, z_next)
+        value.backward()
+        optimizer.update()
+
+    return 100 * 100 / bench(step, 5)
+
+
+def dream_b1024():
+    """Agent-steps/s of dreaming: M step + heads + sampling + linear controller."""
+    rng = np.random.default_rng(0)
+    agents = 1024
+    model = MDNRNN(reward_head=True, done_head=True)
+    w = rng.standard_normal((2, 32 + 256), dtype=np.float32) * 0.1
+    b = np.zeros(2, np.float32)
+    carry = {
+        "z": rng.standard_normal((agents, 32), dtype=np.float32),
+        "a": np.zeros((agents, 2), np.float32),
+        "state": model.initial_state(agents),
+    }
+
+    def step():
+        out = model.step(carry["z"], carry["a"], carry["state"])
+        carry["z"] = sample(out.mixture, 1.0, rng)
+        carry["state"] = out.state
+        carry["a"] = np.tanh(np.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
+
+    return agents / bench(step, 20, 3)
+
+
 WORKLOADS = {
     "vae_train": vae_train,
     "vae_encode": vae_encode,
+    "rnn_train": rnn_train,
+    "dream_b1024": dream_b1024,
 }
 
 

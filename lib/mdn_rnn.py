@@ -1,0 +1,674 @@
+"""M: the MDN-LSTM of World Models (Ha & Schmidhuber 2018), in Chainer.
+
+An LSTM (hidden 256) reads `[z_t, a_t]` and predicts `z_{t+1}` as a mixture of
+5 Gaussians per latent dimension, plus optionally the reward of the step (MSE
+head) and whether the episode ends (a logit for sigmoid cross-entropy).
+
+The mixture head is one linear layer whose output, per step, is laid out as
+`(3, K, Z)`: the mixture logits of the K components, then their means, then
+their log standard deviations, each a (K, Z) block with the latent dimension
+innermost (so the fused NLL kernel vectorises over it). `split_mixture` gives
+the user-facing (..., Z, K) views. Log-sigma is clamped to
+`[log_sigma_min, log_sigma_max]` wherever it is used, so the NLL stays finite
+however small the network pushes sigma.
+
+On the CPU, training runs the LSTM over the whole sequence as one node
+(`lib.fast_lstm`) and the NLL as one fused numba kernel that computes the
+gradient during the forward pass; on a GPU both fall back to plain Chainer
+functions. `chainer.config.fast_lstm = False` forces the plain path on the CPU
+too (for comparison). Inference (`step`) is plain NumPy on the CPU: no graph.
+
+Typical use::
+
+    m = MDNRNN()                                # or MDNRNN(**json.load(sidecar))
+    loss_fn = MDNRNNLoss(m)
+    loss, state = loss_fn(z, a, z_next, mask)   # (B, T, ...) batches
+    out = m.step(z_t, a_t, state)               # one step for B agents
+    z_next = sample(out.mixture, tau=1.15, rng=rng)
+"""
+
+import math
+from typing import NamedTuple
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numba
+import numpy as np
+from chainer import backend, function_node, initializers
+from numba import types
+from numba.extending import overload
+
+from lib import fast_lstm
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# Far beyond any sane z-score, but finite in float32 (1e30 < 3.4e38), so an
+# absurd target gives a huge finite NLL rather than inf - inf = NaN.
+_MAX_SQUARED_Z = 1e30
+
+
+class MixtureParams(NamedTuple):
+    """Mixture of Gaussians per latent dimension, each field (..., Z, K).
+
+    Attributes:
+        logit: unnormalised log mixture weights.
+        mu: component means.
+        log_sigma: component log standard deviations, already clamped.
+    """
+
+    logit: object
+    mu: object
+    log_sigma: object
+
+
+class StepOutput(NamedTuple):
+    """What `MDNRNN.step` returns.
+
+    Attributes:
+        h: (B, H) float32 hidden state after the step (the controller's input).
+        state: (h, c), two (B, H) float32 arrays to pass to the next step.
+        mixture: `MixtureParams` of z_{t+1}, fields (B, Z, K) float32.
+        reward: (B,) float32 predicted reward, or None without a reward head.
+        done_logit: (B,) float32 logit of done, or None without a done head.
+    """
+
+    h: object
+    state: tuple
+    mixture: MixtureParams
+    reward: object
+    done_logit: object
+
+
+class SequenceOutput(NamedTuple):
+    """What `MDNRNN.forward` returns (Variables).
+
+    Attributes:
+        h: (B, T, H) hidden states.
+        mixture: (B, T, 3 * K * Z) raw mixture head, layout `(3, K, Z)` per step.
+        reward: (B, T) predicted rewards, or None.
+        done_logit: (B, T) done logits, or None.
+        state: (h, c) final state, two (B, H) Variables.
+    """
+
+    h: object
+    mixture: object
+    reward: object
+    done_logit: object
+    state: tuple
+
+
+def split_mixture(raw, z_size, n_mixtures, log_sigma_min, log_sigma_max):
+    """Splits a raw mixture head into its parameters, clamping log-sigma.
+
+    Works on NumPy/CuPy arrays (no graph, views) and on Variables.
+
+    Args:
+        raw: (..., 3 * K * Z) float, layout `(3, K, Z)` in the last axis.
+        z_size, n_mixtures: Z and K.
+        log_sigma_min, log_sigma_max: float, the clamp of log-sigma.
+
+    Returns:
+        `MixtureParams`, each (..., Z, K).
+    """
+    lead = raw.shape[:-1]
+    shape = lead + (3, n_mixtures, z_size)
+    if isinstance(raw, chainer.Variable):
+        r = F.swapaxes(F.reshape(raw, shape), -1, -2)  # (..., 3, Z, K)
+        logit, mu, log_sigma = (F.squeeze(p, -3) for p in F.split_axis(r, 3, axis=-3))
+        return MixtureParams(logit, mu, F.clip(log_sigma, log_sigma_min, log_sigma_max))
+    r = raw.reshape(shape).swapaxes(-1, -2)
+    xp = backend.get_array_module(raw)
+    log_sigma = xp.clip(r[..., 2, :, :], log_sigma_min, log_sigma_max)
+    return MixtureParams(r[..., 0, :, :], r[..., 1, :, :], log_sigma)
+
+
+def mixture_log_prob(params, target):
+    """Log density of `target` under a per-dimension mixture, in Chainer functions.
+
+    The plain (GPU and reference) form of the NLL, via log-sum-exp.
+
+    Args:
+        params: `MixtureParams` of Variables or arrays, each (N, Z, K).
+        target: (N, Z) float.
+
+    Returns:
+        (N, Z) Variable, `log p(target[n, d])`.
+    """
+    logit, mu, log_sigma = params
+    log_pi = F.log_softmax(logit, axis=2)
+    t = F.broadcast_to(F.expand_dims(target, 2), mu.shape)
+    score = (t - mu) * F.exp(-log_sigma)
+    score2 = F.clip(score * score, 0.0, _MAX_SQUARED_Z)
+    log_normal = -0.5 * score2 - log_sigma - _HALF_LOG_2PI
+    return F.logsumexp(log_pi + log_normal, axis=2)
+
+
+# error_model="numpy" drops numba's division-by-zero branch and the fastmath
+# flags allow contraction, which lets LLVM vectorise the loops below; NaN/inf
+# semantics are kept so a diverging run still shows NaN.
+_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "nsz"}}
+
+
+def _exp_into(src, dst, bits):
+    """`dst[:] = exp(src)`; for float32 a vectorisable version (see the overload)."""
+    for i in range(src.shape[0]):
+        dst[i] = math.exp(src[i])
+
+
+def _exp_into_f32(src, dst, bits):
+    # exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2; exp(r) by its
+    # degree-7 Taylor polynomial (rel. error < 1e-7) and 2^k by writing the
+    # exponent bits. All arithmetic, so LLVM vectorises it: ~0.7 ns per value
+    # against ~5 ns for a libm expf call per value.
+    f32 = np.float32
+    for i in range(src.shape[0]):
+        x = src[i]
+        x = min(x, f32(88.0))  # x first, so NaN propagates
+        x = max(x, f32(-87.0))
+        k = np.floor(x * f32(1.44269504088896341) + f32(0.5))
+        r = x - k * f32(0.693359375) - k * f32(-2.12194440e-4)  # ln 2 in two parts
+        p = f32(1.0 / 5040.0)
+        p = p * r + f32(1.0 / 720.0)
+        p = p * r + f32(1.0 / 120.0)
+        p = p * r + f32(1.0 / 24.0)
+        p = p * r + f32(1.0 / 6.0)
+        p = p * r + f32(0.5)
+        p = p * r + f32(1.0)
+        p = p * r + f32(1.0)
+        dst[i] = p
+        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    scale = bits.view(np.float32)
+    for i in range(src.shape[0]):
+        dst[i] *= scale[i]
+
+
+@overload(_exp_into, jit_options=_JIT)
+def _exp_into_overload(src, dst, bits):
+    if src.dtype == types.float32:
+        return _exp_into_f32
+    return _exp_into
+
+
+@numba.njit(**_JIT)
+def _mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
+    """Masked NLL sum and its gradient, fused; single-threaded.
+
+    Loops run over the latent dimension, contiguous in the head's `(3, K, Z)`
+    layout, so they vectorise; only the two logs per (row, dimension) are
+    scalar calls.
+
+    Args:
+        raw: (N, 3 * K * Z) float32/64 C-contiguous mixture head.
+        target: (N, Z) float targets, same dtype.
+        mask: (N,) float weights (0 drops a row), same dtype.
+        n_mix: int, K.
+        lo, hi: float, the log-sigma clamp.
+        scale: float, factor of the gradient (1 / normaliser of the loss).
+        grad: (N, 3 * K * Z) out: `scale * d(sum of masked NLL) / d raw`.
+        want_grad: bool, fill `grad`.
+
+    Returns:
+        float64, sum over rows and dimensions of `mask * NLL`.
+    """
+    n_rows, z_size = target.shape
+    kz = n_mix * z_size
+    dtype = raw.dtype
+    one = dtype.type(1.0)
+    half = dtype.type(0.5)
+    lo = dtype.type(lo)
+    hi = dtype.type(hi)
+    big = dtype.type(_MAX_SQUARED_Z)
+    c = dtype.type(_HALF_LOG_2PI)
+    # Per-row scratch, (K, Z) flattened.
+    arg = np.empty(kz, dtype)
+    e_pi = np.empty(kz, dtype)
+    inv = np.empty(kz, dtype)
+    zsc = np.empty(kz, dtype)
+    lp = np.empty(kz, dtype)
+    e_lp = np.empty(kz, dtype)
+    bits = np.empty(kz, np.int32)
+    m = np.empty(z_size, dtype)
+    se = np.empty(z_size, dtype)
+    log_norm = np.empty(z_size, dtype)
+    best = np.empty(z_size, dtype)
+    acc = np.empty(z_size, dtype)
+    total = 0.0
+    for n in range(n_rows):
+        w = mask[n]
+        row = raw[n]
+        logit, mu, log_sigma = row[:kz], row[kz : 2 * kz], row[2 * kz :]
+        if w == 0:
+            if want_grad:
+                grad[n, :] = 0
+            continue
+        y = target[n]
+        # log-softmax of the logits over k, per dimension.
+        m[:] = logit[:z_size]
+        for k in range(1, n_mix):
+            lk = logit[k * z_size : (k + 1) * z_size]
+            for d in range(z_size):
+                m[d] = max(m[d], lk[d])
+        for k in range(n_mix):
+            for d in range(z_size):
+                arg[k * z_size + d] = logit[k * z_size + d] - m[d]
+        _exp_into(arg, e_pi, bits)
+        se[:] = 0
+        for k in range(n_mix):
+            for d in range(z_size):
+                se[d] += e_pi[k * z_size + d]
+        for d in range(z_size):
+            log_norm[d] = m[d] + math.log(se[d])
+        # Component log densities; sigma clamped so the z-score stays finite.
+        for i in range(kz):
+            s = max(log_sigma[i], lo)  # value first, so NaN propagates
+            arg[i] = -min(s, hi)
+        _exp_into(arg, inv, bits)
+        for k in range(n_mix):
+            for d in range(z_size):
+                i = k * z_size + d
+                zi = (y[d] - mu[i]) * inv[i]
+                z2 = zi * zi
+                z2 = min(z2, big)
+                zsc[i] = zi
+                lp[i] = logit[i] - log_norm[d] - half * z2 + arg[i] - c
+        # log-sum-exp over k.
+        best[:] = lp[:z_size]
+        for k in range(1, n_mix):
+            for d in range(z_size):
+                best[d] = max(best[d], lp[k * z_size + d])
+        for k in range(n_mix):
+            for d in range(z_size):
+                arg[k * z_size + d] = lp[k * z_size + d] - best[d]
+        _exp_into(arg, e_lp, bits)
+        acc[:] = 0
+        for k in range(n_mix):
+            for d in range(z_size):
+                acc[d] += e_lp[k * z_size + d]
+        row_nll = 0.0
+        for d in range(z_size):
+            row_nll -= best[d] + math.log(acc[d])
+        total += w * row_nll
+        if want_grad:
+            g = dtype.type(scale * w)
+            g_row = grad[n]
+            g_logit, g_mu, g_ls = g_row[:kz], g_row[kz : 2 * kz], g_row[2 * kz :]
+            for k in range(n_mix):
+                for d in range(z_size):
+                    i = k * z_size + d
+                    r = e_lp[i] / acc[d]  # posterior responsibility of component k
+                    g_logit[i] = g * (e_pi[i] / se[d] - r)
+                    g_mu[i] = -g * r * zsc[i] * inv[i]
+                    inside = log_sigma[i] >= lo and log_sigma[i] <= hi
+                    g_ls[i] = g * r * (one - zsc[i] * zsc[i]) if inside else 0
+    return total
+
+
+class MDNNLL(function_node.FunctionNode):
+    """Masked mean NLL of a mixture head, fused on the CPU (first order only).
+
+    The gradient is computed in the forward pass (it needs the same
+    responsibilities) and scaled by the incoming gradient in backward.
+    """
+
+    def __init__(self, n_mix, lo, hi):
+        self.n_mix = n_mix
+        self.lo = lo
+        self.hi = hi
+
+    def forward_cpu(self, inputs):
+        raw, target, mask = inputs
+        raw = np.ascontiguousarray(raw)
+        norm = max(float(mask.sum()) * target.shape[1], 1.0)
+        want = chainer.config.enable_backprop
+        grad = np.empty_like(raw) if want else np.empty((0, 0), raw.dtype)
+        total = _mdn_nll_kernel(
+            raw,
+            np.ascontiguousarray(target, raw.dtype),
+            np.ascontiguousarray(mask, raw.dtype),
+            self.n_mix,
+            self.lo,
+            self.hi,
+            1.0 / norm,
+            grad,
+            want,
+        )
+        self._grad = grad
+        return (np.asarray(total / norm, raw.dtype),)
+
+    def backward(self, indexes, grad_outputs):
+        (gy,) = grad_outputs
+        grad = chainer.Variable(self._grad) * F.broadcast_to(gy, self._grad.shape)
+        return grad, None, None
+
+
+def mdn_nll(raw, target, mask, z_size, n_mixtures, log_sigma_min, log_sigma_max):
+    """Masked mean negative log-likelihood of targets under a mixture head.
+
+    `sum(mask[n] * -log p(target[n, d])) / (sum(mask) * Z)`: the mean NLL per
+    latent dimension over the steps that count (0 when none does).
+
+    Args:
+        raw: (N, 3 * K * Z) float32 Variable, the raw head (layout `(3, K, Z)`).
+        target: (N, Z) float32 array.
+        mask: (N,) float32 array of step weights, 0 or 1.
+        z_size, n_mixtures: Z and K.
+        log_sigma_min, log_sigma_max: float, the log-sigma clamp.
+
+    Returns:
+        Scalar float32 Variable.
+    """
+    if isinstance(target, chainer.Variable):
+        target = target.array
+    if _use_fast(raw):
+        return MDNNLL(n_mixtures, log_sigma_min, log_sigma_max).apply((raw, target, mask))[0]
+    params = split_mixture(raw, z_size, n_mixtures, log_sigma_min, log_sigma_max)
+    log_p = mixture_log_prob(params, target)
+    xp = backend.get_array_module(mask)
+    norm = max(float(mask.sum()) * z_size, 1.0)
+    return -F.sum(log_p * xp.broadcast_to(mask[:, None], log_p.shape)) / norm
+
+
+def _use_fast(x):
+    """Whether the CPU fast path applies (NumPy data, not disabled by config)."""
+    array = x.array if isinstance(x, chainer.Variable) else x
+    return isinstance(array, np.ndarray) and getattr(chainer.config, "fast_lstm", True)
+
+
+def mask_through_done(done):
+    """Step mask that keeps every step up to and including the first `done`.
+
+    The step that ends the episode still has a real next frame (and is where
+    the done head must fire); the steps after it are padding.
+
+    Args:
+        done: (B, T) bool.
+
+    Returns:
+        (B, T) float32, 1 for steps that count, 0 after the first done.
+    """
+    done = np.asarray(done, bool)
+    ended_before = np.cumsum(done, axis=1) - done
+    return (ended_before == 0).astype(np.float32)
+
+
+class MDNRNN(chainer.Chain):
+    """MDN-LSTM: `[z_t, a_t]` -> LSTM -> mixture over `z_{t+1}` (and heads).
+
+    LSTM gates use `lib.fast_lstm`'s blocked layout. Weights start uniform in
+    `+-1 / sqrt(hidden)` (PyTorch's LSTM default), with the forget-gate bias at
+    1 so early training keeps its memory.
+
+    Args:
+        z_size: int, latent size Z (32).
+        action_size: int, action size A (2).
+        hidden_size: int, LSTM units H (256).
+        n_mixtures: int, Gaussians per latent dimension K (5).
+        reward_head: bool, also predict the step's reward.
+        done_head: bool, also predict the logit of done.
+        log_sigma_min, log_sigma_max: float, clamp of the predicted log-sigma.
+
+    Raises:
+        ValueError: sizes that are not positive, or an empty log-sigma range.
+    """
+
+    def __init__(
+        self,
+        z_size=32,
+        action_size=2,
+        hidden_size=256,
+        n_mixtures=5,
+        reward_head=False,
+        done_head=False,
+        log_sigma_min=-7.0,
+        log_sigma_max=4.0,
+    ):
+        super().__init__()
+        for name, value in (
+            ("z_size", z_size),
+            ("action_size", action_size),
+            ("hidden_size", hidden_size),
+            ("n_mixtures", n_mixtures),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not log_sigma_min < log_sigma_max:
+            raise ValueError(f"empty log-sigma range [{log_sigma_min}, {log_sigma_max}]")
+        self.z_size = int(z_size)
+        self.action_size = int(action_size)
+        self.hidden_size = int(hidden_size)
+        self.n_mixtures = int(n_mixtures)
+        self.reward_head = bool(reward_head)
+        self.done_head = bool(done_head)
+        self.log_sigma_min = float(log_sigma_min)
+        self.log_sigma_max = float(log_sigma_max)
+        hidden = self.hidden_size
+        bias = np.zeros(4 * hidden, np.float32)
+        bias[2 * hidden : 3 * hidden] = 1.0  # forget gate (blocks a, i, f, o)
+        uniform = initializers.Uniform(1.0 / math.sqrt(hidden))
+        with self.init_scope():
+            self.w_x = chainer.Parameter(uniform, (4 * hidden, self.z_size + self.action_size))
+            self.w_h = chainer.Parameter(uniform, (4 * hidden, hidden))
+            self.b = chainer.Parameter(bias)
+            self.mdn = L.Linear(hidden, 3 * self.n_mixtures * self.z_size)
+            if self.reward_head:
+                self.reward = L.Linear(hidden, 1)
+            if self.done_head:
+                self.done = L.Linear(hidden, 1)
+
+    def config(self):
+        """The constructor's arguments, JSON-ready: `MDNRNN(**m.config())` rebuilds it."""
+        return {
+            "z_size": self.z_size,
+            "action_size": self.action_size,
+            "hidden_size": self.hidden_size,
+            "n_mixtures": self.n_mixtures,
+            "reward_head": self.reward_head,
+            "done_head": self.done_head,
+            "log_sigma_min": self.log_sigma_min,
+            "log_sigma_max": self.log_sigma_max,
+        }
+
+    def initial_state(self, batch):
+        """Zero LSTM state for `batch` agents: (h, c), two (B, H) float32 arrays."""
+        xp = self.xp
+        shape = (batch, self.hidden_size)
+        return xp.zeros(shape, np.float32), xp.zeros(shape, np.float32)
+
+    def forward(self, z, a, state=None):
+        """Teacher-forced pass over whole sequences (the training graph).
+
+        Args:
+            z: (B, T, Z) float32 latents.
+            a: (B, T, A) float32 actions.
+            state: (h, c), two (B, H) arrays or Variables; zeros when None.
+                Pass the previous chunk's final state (unchained) for truncated
+                BPTT.
+
+        Returns:
+            `SequenceOutput` of Variables.
+        """
+        z = z.array if isinstance(z, chainer.Variable) else z
+        batch, steps, _ = z.shape
+        x = self.xp.concatenate([z, a], axis=2).astype(np.float32, copy=False)
+        h0, c0 = (None, None) if state is None else state
+        if _use_fast(x):
+            hs, h, c = fast_lstm.fast_lstm(x, self.w_x, self.w_h, self.b, h0, c0)
+        else:
+            if h0 is None:
+                h0, c0 = self.initial_state(batch)
+            hs, h, c = fast_lstm.lstm_loop(x, self.w_x, self.w_h, self.b, h0, c0)
+        flat = F.reshape(hs, (batch * steps, self.hidden_size))
+        mixture = F.reshape(self.mdn(flat), (batch, steps, -1))
+        reward = done = None
+        if self.reward_head:
+            reward = F.reshape(self.reward(flat), (batch, steps))
+        if self.done_head:
+            done = F.reshape(self.done(flat), (batch, steps))
+        return SequenceOutput(hs, mixture, reward, done, (h, c))
+
+    def split(self, raw):
+        """`split_mixture` with this model's sizes and clamp; see there."""
+        return split_mixture(
+            raw, self.z_size, self.n_mixtures, self.log_sigma_min, self.log_sigma_max
+        )
+
+    def step(self, z, a, state=None):
+        """One step for a batch of agents, without a graph (inference).
+
+        Args:
+            z: (B, Z) float32 latents at t.
+            a: (B, A) float32 actions at t.
+            state: (h, c) from the previous step, two (B, H) float32 arrays;
+                zeros when None.
+
+        Returns:
+            `StepOutput` of arrays (NumPy on the CPU, CuPy on a GPU).
+        """
+        xp = self.xp
+        z = xp.asarray(z, np.float32)
+        a = xp.asarray(a, np.float32)
+        if state is None:
+            state = self.initial_state(z.shape[0])
+        h, c = (s.array if isinstance(s, chainer.Variable) else s for s in state)
+        x = xp.concatenate([z, a], axis=1)
+        w_x, w_h, b = self.w_x.array, self.w_h.array, self.b.array
+        if xp is np:
+            h, c = fast_lstm.lstm_step_numpy(x, h, c, w_x, w_h, b)
+        else:
+            with chainer.no_backprop_mode():
+                _, hv, cv = fast_lstm.lstm_loop(x[:, None], w_x, w_h, b, h, c)
+            h, c = hv.array, cv.array
+        raw = h @ self.mdn.W.array.T
+        raw += self.mdn.b.array
+        reward = done = None
+        if self.reward_head:
+            reward = h @ self.reward.W.array[0] + self.reward.b.array[0]
+        if self.done_head:
+            done = h @ self.done.W.array[0] + self.done.b.array[0]
+        return StepOutput(h, (h, c), self.split(raw), reward, done)
+
+    def sample(self, params, tau, rng):
+        """`sample` as a method, for symmetry with `step`."""
+        return sample(params, tau, rng)
+
+
+def sample(params, tau, rng):
+    """Draws z from per-dimension mixtures at temperature `tau`, all agents at once.
+
+    Temperature divides the mixture logits and scales sigma by `sqrt(tau)`.
+    `tau = 0` is the limit: the mean of the most likely component.
+
+    Args:
+        params: `MixtureParams`, fields (B, Z, K) arrays (NumPy or CuPy).
+        tau: float >= 0.
+        rng: `numpy.random.Generator`, the only source of randomness (drawn on
+            the host, so results do not depend on the device).
+
+    Returns:
+        (B, Z) float32 array on the device of `params`.
+
+    Raises:
+        ValueError: negative `tau`.
+    """
+    if tau < 0:
+        raise ValueError(f"temperature must be >= 0, got {tau}")
+    logit, mu, log_sigma = params
+    xp = backend.get_array_module(mu)
+    lead = mu.shape[:-1]
+    if tau == 0:
+        pick = xp.argmax(logit, axis=-1)[..., None]
+        return xp.take_along_axis(mu, pick, axis=-1)[..., 0].astype(np.float32)
+    scaled = logit / tau
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    weights = xp.exp(scaled)
+    cdf = xp.cumsum(weights, axis=-1)
+    u = xp.asarray(rng.random(lead, dtype=np.float32))[..., None] * cdf[..., -1:]
+    # First component whose cumulative weight exceeds u; the min() guards the
+    # u == total edge of float rounding.
+    pick = xp.minimum((cdf <= u).sum(axis=-1), mu.shape[-1] - 1)[..., None]
+    mean = xp.take_along_axis(mu, pick, axis=-1)[..., 0]
+    sigma = xp.exp(xp.take_along_axis(log_sigma, pick, axis=-1)[..., 0])
+    noise = xp.asarray(rng.standard_normal(lead, dtype=np.float32))
+    return (mean + sigma * math.sqrt(tau) * noise).astype(np.float32)
+
+
+class MDNRNNLoss(chainer.Chain):
+    """Training loss of `MDNRNN`: mixture NLL plus the optional heads' losses.
+
+    `loss = nll + reward_weight * reward_loss + done_weight * done_loss`, each a
+    mean over the steps whose mask is 1 (NLL also over latent dimensions).
+    The reward loss is the squared error; the done loss is sigmoid
+    cross-entropy with positive steps weighted by `done_pos_weight` (dones are
+    rare: about one step in a hundred).
+
+    Reports, through `chainer.reporter`: `loss`, `nll`, and `reward_loss` /
+    `done_loss` when the model has those heads.
+
+    Args:
+        model: an `MDNRNN`.
+        reward_weight: float, weight of the reward loss.
+        done_weight: float, weight of the done loss.
+        done_pos_weight: float, weight of the positive class in the done loss.
+    """
+
+    def __init__(self, model, reward_weight=1.0, done_weight=1.0, done_pos_weight=1.0):
+        super().__init__()
+        self.reward_weight = float(reward_weight)
+        self.done_weight = float(done_weight)
+        self.done_pos_weight = float(done_pos_weight)
+        with self.init_scope():
+            self.model = model
+
+    def forward(self, z, a, z_next, mask=None, reward=None, done=None, state=None):
+        """Loss of a batch of sequences.
+
+        Args:
+            z: (B, T, Z) float32 inputs z_t.
+            a: (B, T, A) float32 actions a_t.
+            z_next: (B, T, Z) float32 targets z_{t+1}.
+            mask: (B, T) float32 or bool, 1 where the step counts (see
+                `mask_through_done`); all steps when None.
+            reward: (B, T) float32 rewards; required with a reward head.
+            done: (B, T) bool or float dones; required with a done head.
+            state: (h, c) initial LSTM state (see `MDNRNN.forward`).
+
+        Returns:
+            (loss, state): scalar float32 Variable and the final (h, c).
+
+        Raises:
+            ValueError: a head's target is missing.
+        """
+        m = self.model
+        xp = m.xp
+        batch, steps = z.shape[:2]
+        if mask is None:
+            mask = xp.ones((batch, steps), np.float32)
+        mask = xp.asarray(mask, np.float32).reshape(batch * steps)
+        n = max(float(mask.sum()), 1.0)
+        out = m(z, a, state)
+        raw = F.reshape(out.mixture, (batch * steps, -1))
+        target = xp.asarray(z_next, np.float32).reshape(batch * steps, m.z_size)
+        nll = mdn_nll(raw, target, mask, m.z_size, m.n_mixtures, m.log_sigma_min, m.log_sigma_max)
+        loss = nll
+        report = {"nll": nll}
+        if m.reward_head:
+            if reward is None:
+                raise ValueError("the model has a reward head: pass reward")
+            r = xp.asarray(reward, np.float32).reshape(batch * steps)
+            err = F.reshape(out.reward, (batch * steps,)) - r
+            reward_loss = F.sum(err * err * mask) / n
+            loss = loss + self.reward_weight * reward_loss
+            report["reward_loss"] = reward_loss
+        if m.done_head:
+            if done is None:
+                raise ValueError("the model has a done head: pass done")
+            y = xp.asarray(done, np.float32).reshape(batch * steps)
+            logit = F.reshape(out.done_logit, (batch * steps,))
+            # -[w y log s(x) + (1 - y) log(1 - s(x))] = w y softplus(-x) + (1 - y) softplus(x)
+            per_step = self.done_pos_weight * y * F.softplus(-logit) + (1 - y) * F.softplus(logit)
+            done_loss = F.sum(per_step * mask) / n
+            loss = loss + self.done_weight * done_loss
+            report["done_loss"] = done_loss
+        report["loss"] = loss
+        chainer.reporter.report(report, self)
+        return loss, out.state
