@@ -1,0 +1,61 @@
+"""Shared fixtures: the repository on sys.path, hand-placed simulator states,
+and a runner for the numbered scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from lib import socnavenv as sn
+
+
+def place(robot, goal, humans=(), max_steps=sn.MAX_STEPS, steps=0) -> sn.SocNavSim:
+    """A one-slot SocNavSim in a hand-made state.
+
+    Args:
+        robot: [x, y, heading] (m, m, rad).
+        goal: [x, y] (m).
+        humans: sequence of [x, y, heading, speed] (m, m, rad, m/s).
+        max_steps: the episode's step limit.
+        steps: steps already taken.
+    """
+    humans = np.asarray(humans, np.float64).reshape(-1, 4)
+    sim = sn.SocNavSim(1, sn.EnvConfig(n_humans=len(humans), max_steps=max_steps))
+    sim.robot[0] = robot
+    sim.goal[0] = goal
+    sim.humans[0] = humans
+    sim.steps[0] = steps
+    sim.active[0] = True
+    return sim
+
+
+@pytest.fixture
+def make_sim():
+    """Factory for one-slot simulators in a hand-placed state (see `place`)."""
+    return place
+
+
+def run_script(*args, timeout=120) -> subprocess.CompletedProcess:
+    """Runs `python <args>` in the repository root and captures its output."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def script():
+    """Runs a numbered script: `script("01_generate_vae_data.py", "--help")`."""
+    return run_script
