@@ -1,0 +1,212 @@
+"""03_train_vae.py and 05_draw_vae_result.py end to end on tiny data, plus the
+frame cache they read through."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from lib import frames
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, check=True):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "error:" in ln]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def vae_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vaedata")
+    run(
+        "01_generate_vae_data.py",
+        "--rollouts", 4, "--testrollouts", 1, "--max-steps", 30, "--workers", 1,
+        "--data-dir", root,
+    )  # fmt: skip
+    return root
+
+
+def copy_data(vae_data, tmp_path):
+    dst = tmp_path / "d"
+    shutil.copytree(vae_data, dst)
+    return dst
+
+
+def log_rows(data_dir):
+    with open(os.path.join(data_dir, "models", "vae_log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_model_sidecar_log_and_images(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    run("03_train_vae.py", "--epochs", 2, "--batch-size", 32, "--data-dir", d)
+    models = d / "models"
+    for name in ("vae.npz", "vae.json", "vae_snapshot.npz", "vae_log.csv", "vae_loss.png"):
+        assert (models / name).exists(), name
+    sidecar = json.loads((models / "vae.json").read_text())
+    assert sidecar["config"]["z_size"] == 32 and sidecar["epochs"] == 2
+    rows = log_rows(d)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["test_loss"])) for r in rows)
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert (d / "results" / "vae_training" / "epoch_0002.png").exists()
+
+
+def test_resume_continues_exactly(vae_data, tmp_path):
+    full = copy_data(vae_data, tmp_path / "a")
+    run("03_train_vae.py", "--epochs", 2, "--batch-size", 32, "--data-dir", full)
+    part = copy_data(vae_data, tmp_path / "b")
+    stopped = run(
+        "03_train_vae.py",
+        "--epochs",
+        2,
+        "--batch-size",
+        32,
+        "--data-dir",
+        part,
+        "--max-iterations",
+        2,
+    )
+    assert "continue with --resume" in stopped.stdout
+    assert not (part / "models" / "vae_log.csv").read_text().strip().count("\n")  # no epoch done
+    run("03_train_vae.py", "--epochs", 2, "--batch-size", 32, "--data-dir", part, "--resume")
+    a, b = log_rows(full), log_rows(part)
+    for key in ("train_loss", "train_rec", "train_kl", "test_loss"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    wa = np.load(full / "models" / "vae.npz")
+    wb = np.load(part / "models" / "vae.npz")
+    for k in wa.files:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--data-dir", d)
+    before = (d / "models" / "vae.npz").read_bytes()
+    line = one_line_error(run("03_train_vae.py", "--epochs", 2, "--data-dir", d, check=False))
+    assert "--resume" in line and "--overwrite" in line
+    line = one_line_error(
+        run(
+            "03_train_vae.py",
+            "--epochs",
+            2,
+            "--z-size",
+            16,
+            "--resume",
+            "--data-dir",
+            d,
+            check=False,
+        )
+    )
+    assert "z_size" in line or "--z-size" in line
+    assert (d / "models" / "vae.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "x"], "--epochs"),
+        (["--max_samples", "0"], "--max_samples"),
+        (["--lr", "0"], "--lr"),
+        (["--gpu", "0"], "CuPy"),
+        (["--resume"], "not found"),
+    ],
+)
+def test_bad_input_one_line(vae_data, tmp_path, args, needle):
+    d = copy_data(vae_data, tmp_path)
+    line = one_line_error(run("03_train_vae.py", *args, "--data-dir", d, check=False))
+    assert needle in line
+    assert not (d / "models" / "vae.npz").exists()
+
+
+def test_missing_data_says_what_to_run(tmp_path):
+    line = one_line_error(run("03_train_vae.py", "--data-dir", tmp_path, check=False))
+    assert "01_generate_vae_data.py" in line
+    line = one_line_error(run("05_draw_vae_result.py", "--data-dir", tmp_path, check=False))
+    assert "03_train_vae.py" in line
+
+
+def test_nan_loss_stops_and_keeps_last_snapshot(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--data-dir", d)
+    snap = (d / "models" / "vae_snapshot.npz").read_bytes()
+    proc = run(
+        "03_train_vae.py", "--epochs", 3, "--batch-size", 32, "--lr", "1e30", "--data-dir", d,
+        "--overwrite", check=False,
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert proc.returncode == 1
+    assert "nan" in line.lower() or "inf" in line.lower()
+    assert "kept" in line
+    assert (d / "models" / "vae_snapshot.npz").read_bytes() == snap
+
+
+def test_corrupt_rollout_is_skipped_and_counted(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    train = d / "vae_data" / "train"
+    (train / "000001.npz").write_bytes(b"not a zip file")
+    with zipfile.ZipFile(train / "000009.npz", "w") as z:
+        z.writestr("obs.npy", b"\x93NUMPY garbage")
+    _, index = frames.build_cache(str(train))
+    assert len(index["skipped"]) == 2
+    assert index["rollouts"] == 3
+    proc = run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--data-dir", d)
+    assert "2 bad files skipped" in proc.stdout
+
+
+def test_frame_cache_matches_files_and_is_reused(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    train = d / "vae_data" / "train"
+    path, index = frames.build_cache(str(train), max_rollouts=2)
+    obs = [np.load(train / f"{i:06d}.npz")["obs"] for i in range(2)]
+    store = frames.FrameStore(path, release_every=1)
+    assert len(store) == index["frames"] == sum(len(o) for o in obs)
+    expected = np.concatenate(obs)
+    idx = np.array([5, 0, len(store) - 1, 3])
+    np.testing.assert_array_equal(store.batch(idx), expected[idx])
+    mtime = os.path.getmtime(path)
+    again, _ = frames.build_cache(str(train), max_rollouts=2)
+    assert again == path and os.path.getmtime(path) == mtime
+    other, _ = frames.build_cache(str(train), max_rollouts=3)
+    assert other != path
+
+
+def test_draw_vae_result(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--data-dir", d)
+    proc = run("05_draw_vae_result.py", "--data-dir", d, "--frames", 4, "--rows", 1, "--dims", 2)
+    results = d / "results"
+    from PIL import Image
+
+    for name in ("vae_reconstructions.png", "vae_samples.png", "vae_traversal.png"):
+        img = np.asarray(Image.open(results / name))
+        assert img.ndim == 3 and img.shape[0] > 64 and img.std() > 5, name
+    summary = json.loads((results / "vae_summary.json").read_text())
+    assert len(summary["kl_per_dim"]) == 32
+    assert summary["reconstruction_sse_per_frame"] > 0
+    assert "vae_traversal.png" in proc.stdout
