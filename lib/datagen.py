@@ -130,7 +130,8 @@ def run_tasks(tasks: list[Task], workers: int, backend: str, address: str | None
         total["outcomes"].update(stats["outcomes"])
         if progress is not None:
             progress.update(stats["episodes"])
-            progress.set_postfix(frames=total["frames"])
+            progress.frames = getattr(progress, "frames", 0) + stats["frames"]
+            progress.set_postfix(frames=progress.frames)
 
     if not tasks:
         return total

@@ -139,8 +139,7 @@ def run_episodes(
             if b["frames"] is not None:
                 b["frames"].append(frames_of(np.array([i])).render_global()[0])
 
-        actions = np.asarray(policy.act(sim, images if policy.needs_image else None))
-        actions = np.nan_to_num(actions.astype(np.float64), nan=0.0)
+        actions = sn.applied_actions(policy.act(sim, images if policy.needs_image else None))
         sim.step(actions)
         if on_step is not None:
             on_step(len(busy))
@@ -148,7 +147,7 @@ def run_episodes(
         finished = []
         for i in busy:
             b = buffers[i]
-            b["action"].append(np.clip(actions[i], -1.0, 1.0).astype(np.float32))
+            b["action"].append(actions[i])
             b["reward"].append(sim.reward[i])
             b["min_dist"].append(sim.min_dist[i])
             b["path"].append(sim.path[i])

@@ -65,7 +65,8 @@ HUMAN_TICK_RGB = (90.0, 0.0, 0.0)
 ROBOT_RGB = (40.0, 90.0, 235.0)
 ROBOT_TICK_RGB = (0.0, 0.0, 80.0)
 WALL_WIDTH = 0.15  # m, drawn just outside the room
-ROBOT_DRAW_RADIUS = 0.2  # m
+ROBOT_DRAW_RADIUS = 0.25  # m (physical 0.15 m; drawn larger to stay visible at 64 px)
+ROBOT_TICK_LENGTH = 0.5  # m from the centre; drawn under the body, so only the nose shows
 TICK_LENGTH = 0.42  # m from the centre, so the tick sticks out of the body
 TICK_HALF_WIDTH = 0.05  # m
 SUPERSAMPLE = 4  # 4 x 4 samples per edge pixel
@@ -509,17 +510,33 @@ def _render_kernel(robot, goal, humans, egocentric, view_size, half, out):
         dy = robot[i, 1] - cy
         rc = 0.5 * wid + (cs * dx + sn * dy) / mpp
         rr = 0.5 * hgt - (-sn * dx + cs * dy) / mpp
-        _draw_disc(buf, rc, rr, max(ROBOT_DRAW_RADIUS / mpp, 1.5), ROBOT_RGB)
         rel = robot[i, 2] - phi
-        tl = max(TICK_LENGTH / mpp, 2.5)
+        tl = max(ROBOT_TICK_LENGTH / mpp, 3.0)
         _draw_segment(
             buf, rc, rr, rc + tl * math.cos(rel), rr - tl * math.sin(rel), tick_hw, ROBOT_TICK_RGB
         )
+        _draw_disc(buf, rc, rr, max(ROBOT_DRAW_RADIUS / mpp, 1.8), ROBOT_RGB)
 
         for r in range(hgt):
             for c in range(wid):
                 for k in range(3):
                     out[i, r, c, k] = np.uint8(min(max(buf[r, c, k] + 0.5, 0.0), 255.0))
+
+
+def applied_actions(actions: np.ndarray) -> np.ndarray:
+    """The actions the step kernel actually applies: clipped to [-1, 1], a NaN
+    advance as -1 (stand still) and a NaN rotation as 0.
+
+    Args:
+        actions: (N, 2) float.
+
+    Returns:
+        (N, 2) float32.
+    """
+    a = np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0)
+    a[:, 0] = np.where(np.isnan(a[:, 0]), -1.0, a[:, 0])
+    a[:, 1] = np.where(np.isnan(a[:, 1]), 0.0, a[:, 1])
+    return a.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -833,6 +850,8 @@ class SocNavVectorEnv(VectorEnv):
         render_size: int = 256,
     ):
         _check_obs_type(obs_type)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f'render_mode must be None or "rgb_array", got {render_mode!r}')
         self.config = EnvConfig(
             n_humans=n_humans,
             max_steps=max_steps,
