@@ -45,6 +45,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Far beyond any sane z-score, but finite in float32 (1e30 < 3.4e38), so an
 # absurd target gives a huge finite NLL rather than inf - inf = NaN.
 _MAX_SQUARED_Z = 1e30
+_MAX_Z = 1e15
 
 
 class MixtureParams(NamedTuple):
@@ -137,8 +138,8 @@ def mixture_log_prob(params, target):
     logit, mu, log_sigma = params
     log_pi = F.log_softmax(logit, axis=2)
     t = F.broadcast_to(F.expand_dims(target, 2), mu.shape)
-    score = (t - mu) * F.exp(-log_sigma)
-    score2 = F.clip(score * score, 0.0, _MAX_SQUARED_Z)
+    score = F.clip((t - mu) * F.exp(-log_sigma), -_MAX_Z, _MAX_Z)
+    score2 = score * score
     log_normal = -0.5 * score2 - log_sigma - _HALF_LOG_2PI
     return F.logsumexp(log_pi + log_normal, axis=2)
 
@@ -268,8 +269,10 @@ def _mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
                 i = k * z_size + d
                 zi = (y[d] - mu[i]) * inv[i]
                 z2 = zi * zi
+                # A clamped z-score is a constant: zero it so the gradients
+                # below (linear in it for mu, quadratic for sigma) see that.
+                zsc[i] = zi if z2 < big else 0
                 z2 = min(z2, big)
-                zsc[i] = zi
                 lp[i] = logit[i] - log_norm[d] - half * z2 + arg[i] - c
         # log-sum-exp over k.
         best[:] = lp[:z_size]
