@@ -1,0 +1,472 @@
+"""Trains M, the MDN-LSTM, on 02's episodes encoded by V.
+
+Reads:
+    data/models/vae.npz (+ vae.json): V from 03_train_vae.py.
+    data/rnn_data/{train,test}/*.npz: episodes (see lib/rollouts.py), encoded
+        once by V into data/rnn_data/cache/latents_<split>_<hash>.npz (rebuilt
+        only when V's weights or the episode files change; lib/latents.py).
+Writes:
+    data/models/rnn_<mode>.npz: the model (Chainer save_npz), after every epoch.
+    data/models/rnn_<mode>.json: sizes to rebuild it (MDNRNN(**config)), mode,
+        V's provenance, held-out metrics and baselines.
+    data/models/rnn_<mode>_snapshot.npz: model + Adam state + epoch + batch,
+        for --resume (exact).
+    data/models/rnn_<mode>_log.csv and rnn_<mode>_loss.png: per epoch, train and
+        held-out NLL (per latent dimension per step, nats), the constant-z and
+        copy-z baselines, reward MSE and done accuracy / recall when present.
+
+Modes (the original README's): `normal` teacher-forces whole episodes with
+truncated BPTT (--seq-len); `window` trains on random windows of --window steps
+with the state reset at each window; `reward` is normal plus the reward and done
+heads; `dream` is reward plus scheduled sampling: with a probability rising
+linearly to --ss-max over the epochs, an input z_t is replaced by M's own sample
+of it (drawn from M's teacher-forced prediction at t-1, so the whole-sequence
+fast LSTM still applies), which keeps M stable when it is fed its own dreams.
+z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
+"""
+
+import os
+import time
+
+import chainer
+import numpy as np
+from tqdm import tqdm
+
+from lib import checkpoints, cli, latents, manifest, rnn_data, training
+from lib.mdn_rnn import MDNRNN, MDNRNNLoss, mdn_nll, sample
+from lib.seeding import derive_seed
+
+MODES = ("normal", "window", "reward", "dream")
+LOG_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_nll",
+    "train_reward_loss",
+    "train_done_loss",
+    "test_nll",
+    "constant_z_nll",
+    "copy_z_nll",
+    "test_reward_mse",
+    "test_done_accuracy",
+    "test_done_recall",
+    "ss_prob",
+    "seconds",
+]
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=cli.positive_int, default=1000, help="epochs to train in total")
+    p.add_argument("--mode", choices=MODES, default="window", help="training mode (see above)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=100, help="sequences per batch")
+    p.add_argument(
+        "--seq-len", type=cli.positive_int, default=100, help="BPTT chunk (normal/reward/dream)"
+    )
+    p.add_argument(
+        "--window", type=cli.positive_int, default=32, help="window length (window mode)"
+    )
+    p.add_argument("--hidden", type=cli.positive_int, default=256, help="LSTM units")
+    p.add_argument("--mixtures", type=cli.positive_int, default=5, help="Gaussians per latent dim")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--reward-weight", type=float, default=1.0, help="weight of the reward loss")
+    p.add_argument("--done-weight", type=float, default=1.0, help="weight of the done loss")
+    p.add_argument(
+        "--done-pos-weight",
+        type=float,
+        default=None,
+        help="weight of done=1 steps in the done loss (default: #not-done / #done, at most 50)",
+    )
+    p.add_argument(
+        "--ss-max", type=float, default=0.5, help="final scheduled-sampling probability (dream)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="tau of scheduled samples (dream)"
+    )
+    p.add_argument(
+        "--max-episodes",
+        type=cli.positive_int,
+        default=None,
+        help="use at most this many training episodes",
+    )
+    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    p.add_argument("--resume", action="store_true", help="continue from rnn_<mode>_snapshot.npz")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
+    )
+    p.add_argument(
+        "--snapshot-interval", type=cli.positive_int, default=1, help="epochs between snapshots"
+    )
+    p.add_argument(
+        "--max-iterations",
+        type=cli.positive_int,
+        default=None,
+        help="stop after this many batches in this run and save a snapshot (for time-boxed runs)",
+    )
+    cli.add_common_args(p)
+    args = p.parse_args(argv)
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.ss_max <= 1:
+        p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def batches_for_epoch(mode, data, z, args, rng):
+    """The epoch's batches, each a list of chunks (one chunk unless BPTT cuts it)."""
+    if mode == "window":
+        return [
+            [rnn_data.window_batch(data, z, w, args.window)]
+            for w in rnn_data.window_plan(data, args.window, args.batch_size, rng)
+        ]
+    return [
+        rnn_data.chunks(rnn_data.episode_batch(data, z, eps), args.seq_len)
+        for eps in rnn_data.episode_plan(len(data), args.batch_size, rng)
+    ]
+
+
+def scheduled_inputs(model, chunk, state, prob, tau, rng):
+    """Replaces each input z_t (t >= 1) by M's sample of it with probability `prob`."""
+    if prob <= 0:
+        return chunk["z"]
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        out = model(chunk["z"], chunk["a"], state)
+    predicted = chainer.backend.CpuDevice().send(sample(model.split(out.mixture.array), tau, rng))
+    z = chunk["z"].copy()
+    swap = rng.random(z.shape[:2]) < prob
+    swap[:, 0] = False
+    z[:, 1:][swap[:, 1:]] = predicted[:, :-1][swap[:, 1:]]
+    return z
+
+
+def evaluate(model, data, z, batch_size, seq_len):
+    """Held-out NLL per latent dim, reward MSE and done accuracy / recall."""
+    sums = {
+        "nll": 0.0,
+        "steps": 0.0,
+        "reward_se": 0.0,
+        "done_right": 0.0,
+        "pos": 0.0,
+        "pos_hit": 0.0,
+    }
+    xp = model.xp
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        for eps in rnn_data.episode_plan(len(data), batch_size, np.random.default_rng(0)):
+            state = None
+            for ch in rnn_data.chunks(rnn_data.episode_batch(data, z, np.sort(eps)), seq_len):
+                out = model(xp.asarray(ch["z"]), xp.asarray(ch["a"]), state)
+                state = (out.state[0].array, out.state[1].array)
+                b, t = ch["mask"].shape
+                mask = ch["mask"].reshape(-1)
+                n = mask.sum()
+                raw = out.mixture.array.reshape(b * t, -1)
+                nll = mdn_nll(
+                    raw,
+                    xp.asarray(ch["z_next"].reshape(b * t, -1)),
+                    xp.asarray(mask),
+                    model.z_size,
+                    model.n_mixtures,
+                    model.log_sigma_min,
+                    model.log_sigma_max,
+                )
+                sums["nll"] += float(nll.array) * n
+                sums["steps"] += n
+                if model.reward_head:
+                    pred = chainer.backend.CpuDevice().send(out.reward.array).reshape(-1)
+                    sums["reward_se"] += float(
+                        (((pred - ch["reward"].reshape(-1)) ** 2) * mask).sum()
+                    )
+                if model.done_head:
+                    logit = chainer.backend.CpuDevice().send(out.done_logit.array).reshape(-1)
+                    done = ch["done"].reshape(-1) > 0.5
+                    guess = logit > 0
+                    sums["done_right"] += float(((guess == done) * mask).sum())
+                    sums["pos"] += float((done * mask).sum())
+                    sums["pos_hit"] += float((done & guess).sum())
+    n = max(sums["steps"], 1.0)
+    out = {"test_nll": sums["nll"] / n}
+    if model.reward_head:
+        out["test_reward_mse"] = sums["reward_se"] / n
+    if model.done_head:
+        out["test_done_accuracy"] = sums["done_right"] / n
+        out["test_done_recall"] = sums["pos_hit"] / max(sums["pos"], 1.0)
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    heads = args.mode in ("reward", "dream")
+    root = os.path.join(args.data_dir, "rnn_data")
+    models = os.path.join(args.data_dir, "models")
+    name = f"rnn_{args.mode}"
+    model_path = os.path.join(models, f"{name}.npz")
+    snapshot_path = os.path.join(models, f"{name}_snapshot.npz")
+    print(
+        f"04: M in mode {args.mode} (reward/done heads: {heads}), hidden {args.hidden}, "
+        f"{args.mixtures} mixtures, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, seed {args.seed}"
+    )
+
+    # CHECKS: V exists and fits the data; nothing is written before this passes.
+    try:
+        device = training.select_device(args.gpu)
+        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
+    except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        cli.fail(str(e))
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    if not os.path.isdir(train_dir):
+        cli.fail(f"{train_dir} not found — run 02_generate_rnn_data.py first")
+    data_manifest = manifest.read_json(os.path.join(root, "manifest.json")) or {}
+    frame_size = (
+        data_manifest.get("identity", {})
+        .get("env", {})
+        .get("image_size", vae_sidecar["config"]["image_size"])
+    )
+    if frame_size != vae_sidecar["config"]["image_size"]:
+        cli.fail(
+            f"{root} has {frame_size}x{frame_size} frames but V expects {vae_sidecar['config']['image_size']} — retrain V or regenerate 02's data"
+        )
+    if args.resume and not os.path.exists(snapshot_path):
+        cli.fail(f"--resume: {snapshot_path} not found — run without --resume to start training")
+    if not args.resume and not args.overwrite and os.path.exists(snapshot_path):
+        cli.fail(
+            f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
+        )
+    cli.ensure_writable_dir(models)
+
+    # INPUTS: V's encoding of every frame, cached by content hash.
+    vae_path = os.path.join(models, "vae.npz")
+
+    def encode(split_dir, limit):
+        with tqdm(
+            total=0, desc=f"encoding {os.path.basename(split_dir)} with V", unit="ep", leave=False
+        ) as bar:
+
+            def show(done, total):
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            return latents.encode_split(split_dir, vae, vae_path, limit, show)
+
+    try:
+        train, train_info = encode(train_dir, args.max_episodes)
+    except latents.NoEpisodesError as e:
+        cli.fail(f"{e} — run 02_generate_rnn_data.py first")
+    test = None
+    if os.path.isdir(test_dir):
+        try:
+            test, _ = encode(test_dir, None)
+        except latents.NoEpisodesError:
+            test = None
+    note = " (cache rebuilt)" if train_info["rebuilt"] else " (cached)"
+    skipped = len(train_info["skipped"])
+    print(
+        f"train: {len(train)} episodes, {int(train.lengths.sum())} steps{note}"
+        + (f", {skipped} bad files skipped" if skipped else "")
+        + (f"; test: {len(test)} episodes" if test else "; no test split: no held-out metrics")
+    )
+    if heads:
+        dones = float(train.done.sum())
+        pos_weight = args.done_pos_weight or min((len(train.done) - dones) / max(dones, 1.0), 50.0)
+    else:
+        pos_weight = 1.0
+
+    # MODEL AND OPTIMIZER
+    np.random.seed(derive_seed(args.seed, "rnn/init") % 2**32)  # Chainer's initializers
+    config = {
+        "z_size": vae_sidecar["config"]["z_size"],
+        "action_size": int(train.action.shape[1]),
+        "hidden_size": args.hidden,
+        "n_mixtures": args.mixtures,
+        "reward_head": heads,
+        "done_head": heads,
+    }
+    model = MDNRNN(**config)
+    model.to_device(device)
+    loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight)
+    optimizer = chainer.optimizers.Adam(alpha=args.lr)
+    optimizer.setup(model)
+    if args.grad_clip > 0:
+        optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(args.grad_clip))
+
+    epoch, iteration, partial = 0, 0, None
+    if args.resume:
+        old = manifest.read_json(training.sidecar_path(snapshot_path)) or {}
+        old_config = {k: old.get("config", {}).get(k) for k in config}
+        if old.get("config") is not None and old_config != config:
+            cli.fail(
+                f"{snapshot_path} is an M with {old_config}, not {config} — V's z size or the "
+                "flags changed; use the same V and flags, or --overwrite"
+            )
+        try:
+            state, _ = training.load_snapshot(snapshot_path, model, optimizer)
+        except ValueError as e:
+            cli.fail(str(e))
+        epoch, iteration, partial = state["epoch"], state["iteration"], state.get("partial")
+        print(f"resumed from {snapshot_path}: epoch {epoch}, batch {iteration}")
+    log = training.CsvLog(
+        os.path.join(models, f"{name}_log.csv"),
+        LOG_FIELDS,
+        resume_epoch=epoch if args.resume else None,
+    )
+    baselines = None
+    if test is not None:
+        rng = np.random.default_rng(derive_seed(args.seed, "rnn/test-z"))
+        z_test = rnn_data.sample_z(test, rng)
+        baselines = rnn_data.baseline_nll(train, rnn_data.sample_z(train, rng), test, z_test)
+        print(
+            f"held-out baselines (NLL per latent dim): constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f}"
+        )
+
+    def sidecar(extra):
+        return {
+            "config": model.config(),
+            "mode": args.mode,
+            "vae": {
+                "path": vae_path,
+                "sha1": latents.file_hash(vae_path),
+                "config": vae_sidecar["config"],
+            },
+            "done_pos_weight": pos_weight,
+            "baselines": baselines,
+            "args": vars(args),
+            **extra,
+        }
+
+    def snapshot(ep, it, part):
+        training.save_snapshot(
+            snapshot_path, model, optimizer, {"epoch": ep, "iteration": it, "partial": part}
+        )
+        manifest.write_json(
+            training.sidecar_path(snapshot_path), sidecar({"epoch": ep, "iteration": it})
+        )
+
+    # TRAINING LOOP
+    reporter = chainer.Reporter()
+    reporter.add_observer("m", loss_fn)
+    xp = model.xp
+    done_iterations = 0
+    keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
+    if epoch >= args.epochs:
+        print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
+    with training.DeferredInterrupt() as interrupt:
+        while epoch < args.epochs:
+            # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch, batch),
+            # so a resumed run repeats it exactly.
+            epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
+            z = rnn_data.sample_z(train, epoch_rng)
+            plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
+            ss_prob = args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0
+            sums = dict(partial["sums"]) if partial else dict.fromkeys(keys, 0.0)
+            count = partial["count"] if partial else 0.0
+            partial = None
+            start = time.perf_counter()
+            bar = tqdm(
+                range(iteration, len(plan)), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch"
+            )
+            for it in bar:
+                rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
+                state = None
+                for ch in plan[it]:
+                    z_in = (
+                        scheduled_inputs(model, ch, state, ss_prob, args.temperature, rng)
+                        if ss_prob > 0
+                        else ch["z"]
+                    )
+                    obs = {}
+                    with reporter.scope(obs):
+                        loss, state = loss_fn(
+                            xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
+                            xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
+                        )  # fmt: skip
+                    try:
+                        training.check_finite(float(loss.array), "the M loss")
+                    except training.NonFiniteLoss as e:
+                        bar.close()
+                        kept = (
+                            f"the last good snapshot {snapshot_path} is kept"
+                            if os.path.exists(snapshot_path)
+                            else "no snapshot was written"
+                        )
+                        cli.fail(
+                            f"{e} at epoch {epoch + 1}, batch {it + 1}; {kept} — try a lower --lr",
+                            code=1,
+                        )
+                    model.cleargrads()
+                    loss.backward()
+                    optimizer.update()
+                    state = (state[0].array, state[1].array)  # truncate BPTT here
+                    n = float(ch["mask"].sum())
+                    for k in keys:
+                        sums[k] += float(obs[f"m/{k}"].array) * n
+                    count += n
+                done_iterations += 1
+                bar.set_postfix(nll=f"{sums['nll'] / max(count, 1):.3f}")
+                stop = interrupt.requested or (
+                    args.max_iterations is not None and done_iterations >= args.max_iterations
+                )
+                if stop and it + 1 < len(plan):
+                    bar.close()
+                    snapshot(epoch, it + 1, {"sums": sums, "count": count})
+                    why = (
+                        "interrupted"
+                        if interrupt.requested
+                        else f"stopped after {done_iterations} batches"
+                    )
+                    print(
+                        f"{why}: saved {snapshot_path} (epoch {epoch + 1}, batch {it + 1}) — continue with --resume"
+                    )
+                    raise SystemExit(130 if interrupt.requested else 0)
+            bar.close()
+            epoch += 1
+            iteration = 0
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "ss_prob": round(ss_prob, 4), "seconds": round(seconds, 2)}
+            row.update({f"train_{k}": v / max(count, 1.0) for k, v in sums.items()})
+            if test is not None:
+                row.update(evaluate(model, test, z_test, args.batch_size, args.seq_len))
+                row["constant_z_nll"] = baselines["constant_z"]
+                row["copy_z_nll"] = baselines["copy_z"]
+            log.append(row)
+            training.plot_curves(
+                log,
+                os.path.join(models, f"{name}_loss.png"),
+                [
+                    ("train_nll", "train NLL"),
+                    ("test_nll", "held-out NLL"),
+                    ("constant_z_nll", "baseline: constant z"),
+                    ("copy_z_nll", "baseline: next z = current z"),
+                ],
+                f"M ({args.mode}): NLL of z(t+1) per latent dimension",
+                ylabel="nats",
+            )
+            training.save_model(model_path, model, sidecar({"epochs": epoch, "last": row}))
+            if epoch % args.snapshot_interval == 0 or epoch == args.epochs:
+                snapshot(epoch, 0, None)
+            text = f"epoch {epoch}: train NLL {row['train_nll']:.3f}"
+            if test is not None:
+                text += f", held-out {row['test_nll']:.3f} (constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f})"
+                if heads:
+                    text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
+            print(text + f", {seconds:.1f} s")
+            if interrupt.requested or (
+                args.max_iterations is not None and done_iterations >= args.max_iterations
+            ):
+                if epoch % args.snapshot_interval != 0:
+                    snapshot(epoch, 0, None)
+                print(
+                    f"stopped after epoch {epoch}: saved {snapshot_path} — continue with --resume"
+                )
+                raise SystemExit(130 if interrupt.requested else 0)
+
+    # OUTPUTS
+    print(
+        f"model: {model_path} (+ {name}.json); log and curves: {models}/{name}_log.csv, {name}_loss.png"
+    )
+
+
+if __name__ == "__main__":
+    main()

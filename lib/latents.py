@@ -1,0 +1,166 @@
+"""M's inputs: 02's episodes encoded by V, cached.
+
+`encode_split` runs V's encoder over every frame of a split once and stores the
+posterior means and log-variances with the actions, rewards and dones in one
+`.npz` (no pickles):
+
+| key | shape | dtype | meaning |
+|-----|-------|-------|---------|
+| mu, logvar | (sum(T_e + 1), z) | float32 | V's posterior of every frame |
+| action | (sum(T_e), 2) | float32 | actions |
+| reward | (sum(T_e),) | float32 | rewards |
+| done | (sum(T_e),) | bool | True on each episode's last step |
+| frame_offsets | (E + 1,) | int64 | episode e's frames are [frame_offsets[e], frame_offsets[e+1]) |
+| step_offsets | (E + 1,) | int64 | episode e's steps likewise |
+| files | (E,) | str | source file names |
+
+The cache is keyed by a content hash of the VAE weights and of the list of
+episode files (names, sizes, mtimes): it is rebuilt exactly when either
+changes. z is re-sampled from (mu, logvar) each epoch, as in the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from lib.checkpoints import encode_frames
+from lib.fileio import atomic_path
+from lib.frames import selection_key
+from lib.rollouts import BadRolloutError, list_rollouts, load_episode
+
+
+class NoEpisodesError(ValueError):
+    """No usable episode file in the folder."""
+
+
+def file_hash(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class LatentEpisodes:
+    """Encoded episodes of one split (see the module docstring for the arrays)."""
+
+    def __init__(self, arrays: dict):
+        self.mu = arrays["mu"]
+        self.logvar = arrays["logvar"]
+        self.action = arrays["action"]
+        self.reward = arrays["reward"]
+        self.done = arrays["done"]
+        self.frame_offsets = arrays["frame_offsets"]
+        self.step_offsets = arrays["step_offsets"]
+        self.files = [str(f) for f in arrays["files"]]
+
+    def __len__(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    @property
+    def z_size(self) -> int:
+        return self.mu.shape[1]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(E,) int64 steps per episode."""
+        return np.diff(self.step_offsets)
+
+    def episode(self, e: int) -> dict:
+        """Views of episode e: mu/logvar (T+1, z), action (T, 2), reward, done (T,)."""
+        f0, f1 = self.frame_offsets[e], self.frame_offsets[e + 1]
+        s0, s1 = self.step_offsets[e], self.step_offsets[e + 1]
+        return {
+            "mu": self.mu[f0:f1],
+            "logvar": self.logvar[f0:f1],
+            "action": self.action[s0:s1],
+            "reward": self.reward[s0:s1],
+            "done": self.done[s0:s1],
+        }
+
+
+def cache_path(split_dir: str, vae_path: str) -> str:
+    files = list_rollouts(split_dir)
+    key = hashlib.sha1(f"{file_hash(vae_path)}:{selection_key(files) if files else ''}".encode())
+    split = os.path.basename(os.path.normpath(split_dir))
+    root = os.path.dirname(os.path.normpath(split_dir))
+    return os.path.join(root, "cache", f"latents_{split}_{key.hexdigest()[:12]}.npz")
+
+
+def encode_split(
+    split_dir: str, vae, vae_path: str, max_episodes: int | None = None, progress=None
+) -> tuple[LatentEpisodes, dict]:
+    """Encodes (or loads the cached encoding of) a split of episodes.
+
+    Args:
+        split_dir: folder of episode files, e.g. data/rnn_data/train.
+        vae: the loaded `ConvVAE`.
+        vae_path: its weights file (hashed into the cache key).
+        max_episodes: use at most this many files (sorted by name).
+        progress: optional callable(done, total).
+
+    Returns:
+        (LatentEpisodes, info with `cache`, `rebuilt`, `skipped` list).
+    """
+    files = list_rollouts(split_dir)
+    if not files:
+        raise NoEpisodesError(f"no episode files in {split_dir}")
+    path = cache_path(split_dir, vae_path)
+    info = {"cache": path, "rebuilt": False, "skipped": []}
+    if not os.path.exists(path):
+        info["rebuilt"] = True
+        _build(files, vae, path, info, progress)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+        info["skipped"] = [str(s) for s in arrays.pop("skipped", [])]
+    data = LatentEpisodes(arrays)
+    if max_episodes is not None and max_episodes < len(data):
+        e = max_episodes
+        arrays = dict(arrays)
+        f1, s1 = arrays["frame_offsets"][e], arrays["step_offsets"][e]
+        for k in ("mu", "logvar"):
+            arrays[k] = arrays[k][:f1]
+        for k in ("action", "reward", "done"):
+            arrays[k] = arrays[k][:s1]
+        arrays["frame_offsets"] = arrays["frame_offsets"][: e + 1]
+        arrays["step_offsets"] = arrays["step_offsets"][: e + 1]
+        arrays["files"] = arrays["files"][:e]
+        data = LatentEpisodes(arrays)
+    return data, info
+
+
+def _build(files, vae, path, info, progress):
+    size = vae.image_size if hasattr(vae, "image_size") else None
+    parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done")}
+    f_off, s_off, names, skipped = [0], [0], [], []
+    for k, file in enumerate(files):
+        try:
+            ep = load_episode(file, image_size=size)
+        except BadRolloutError as e:
+            skipped.append(str(e))
+            continue
+        mu, logvar = encode_frames(vae, ep["obs"])
+        parts["mu"].append(mu)
+        parts["logvar"].append(logvar)
+        for key in ("action", "reward", "done"):
+            parts[key].append(ep[key])
+        f_off.append(f_off[-1] + len(mu))
+        s_off.append(s_off[-1] + len(ep["action"]))
+        names.append(os.path.basename(file))
+        if progress is not None:
+            progress(k + 1, len(files))
+    if not names:
+        raise NoEpisodesError(f"no usable episode files in {os.path.dirname(files[0])}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            **{k: np.concatenate(v) for k, v in parts.items()},
+            frame_offsets=np.array(f_off, np.int64),
+            step_offsets=np.array(s_off, np.int64),
+            files=np.array(names),
+            skipped=np.array(skipped, dtype=str) if skipped else np.zeros(0, "<U1"),
+        )
