@@ -1,0 +1,242 @@
+"""04_train_rnn.py and 06_draw_rnn_result.py end to end on tiny data, plus the
+latent cache and the batching they use."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lib import latents, rnn_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, check=True):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "error:" in ln]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_v(tmp_path_factory):
+    """Tiny V and M data: 6 + 2 episodes of at most 40 steps, V trained 1 epoch."""
+    root = tmp_path_factory.mktemp("rnn")
+    common = ["--max-steps", 40, "--workers", 1, "--data-dir", root]
+    run("01_generate_vae_data.py", "--rollouts", 3, "--testrollouts", 1, *common)
+    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 2, *common)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--z-size", 8, "--data-dir", root)
+    return root
+
+
+def copy_data(src, tmp_path):
+    dst = tmp_path / "d"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def train(d, mode, *extra, check=True):
+    return run(
+        "04_train_rnn.py", "--mode", mode, "--epochs", 2, "--batch-size", 4, "--hidden", 16,
+        "--seq-len", 16, "--window", 8, "--data-dir", d, *extra, check=check,
+    )  # fmt: skip
+
+
+def log_rows(d, mode):
+    with open(d / "models" / f"rnn_{mode}_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("mode", ["normal", "window", "reward", "dream"])
+def test_each_mode_trains_and_logs(trained_v, tmp_path, mode):
+    d = copy_data(trained_v, tmp_path)
+    train(d, mode)
+    sidecar = json.loads((d / "models" / f"rnn_{mode}.json").read_text())
+    assert sidecar["config"]["z_size"] == 8 and sidecar["mode"] == mode
+    heads = mode in ("reward", "dream")
+    assert sidecar["config"]["reward_head"] is heads and sidecar["config"]["done_head"] is heads
+    rows = log_rows(d, mode)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["test_nll"])) for r in rows)
+    assert float(rows[0]["constant_z_nll"]) > 0 and float(rows[0]["copy_z_nll"]) > 0
+    if heads:
+        assert 0 <= float(rows[-1]["test_done_accuracy"]) <= 1
+        assert float(rows[-1]["test_reward_mse"]) >= 0
+    if mode == "dream":
+        assert float(rows[0]["ss_prob"]) == 0 and float(rows[1]["ss_prob"]) == pytest.approx(0.5)
+    assert (d / "models" / f"rnn_{mode}_loss.png").exists()
+
+
+def test_resume_is_exact(trained_v, tmp_path):
+    a = copy_data(trained_v, tmp_path / "a")
+    train(a, "dream")
+    b = copy_data(trained_v, tmp_path / "b")
+    stopped = train(b, "dream", "--max-iterations", 1)
+    assert "continue with --resume" in stopped.stdout
+    train(b, "dream", "--resume")
+    for key in ("train_nll", "train_done_loss", "test_nll", "test_reward_mse"):
+        assert [r[key] for r in log_rows(a, "dream")] == [r[key] for r in log_rows(b, "dream")], key
+
+
+def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
+    d = copy_data(trained_v, tmp_path)
+    from lib import checkpoints
+
+    vae, _ = checkpoints.load_vae(str(d))
+    vae_path = str(d / "models" / "vae.npz")
+    split = str(d / "rnn_data" / "train")
+    data, info = latents.encode_split(split, vae, vae_path)
+    assert info["rebuilt"] and len(data) == 6 and data.z_size == 8
+    ep = data.episode(0)
+    assert len(ep["mu"]) == len(ep["action"]) + 1 and ep["done"][-1] and not ep["done"][:-1].any()
+    _, again = latents.encode_split(split, vae, vae_path)
+    assert not again["rebuilt"] and again["cache"] == info["cache"]
+    # New V weights -> new key.
+    run(
+        "03_train_vae.py",
+        "--epochs",
+        2,
+        "--batch-size",
+        64,
+        "--z-size",
+        8,
+        "--resume",
+        "--data-dir",
+        d,
+    )
+    _, changed = latents.encode_split(split, vae, vae_path)
+    assert changed["rebuilt"] and changed["cache"] != info["cache"]
+    # A new episode file -> new key.
+    shutil.copy(os.path.join(split, "000000.npz"), os.path.join(split, "000099.npz"))
+    data2, more = latents.encode_split(split, vae, vae_path)
+    assert more["rebuilt"] and len(data2) == 7
+
+
+def test_batches_mask_padding_and_windows(trained_v):
+    from lib import checkpoints
+
+    vae, _ = checkpoints.load_vae(str(trained_v))
+    data, _ = latents.encode_split(
+        str(trained_v / "rnn_data" / "train"), vae, str(trained_v / "models" / "vae.npz")
+    )
+    z = rnn_data.sample_z(data, np.random.default_rng(0))
+    eps = np.arange(len(data))
+    batch = rnn_data.episode_batch(data, z, eps)
+    np.testing.assert_array_equal(batch["mask"].sum(1), data.lengths)
+    for row, e in enumerate(eps):
+        t = data.lengths[e]
+        assert batch["done"][row, t - 1] == 1 and batch["done"][row, t:].sum() == 0
+        f0 = data.frame_offsets[e]
+        np.testing.assert_array_equal(batch["z_next"][row, : t - 1], batch["z"][row, 1:t])
+        np.testing.assert_array_equal(batch["z"][row, 0], z[f0])
+    parts = rnn_data.chunks(batch, 16)
+    assert sum(p["mask"].sum() for p in parts) == data.lengths.sum()
+    plan = rnn_data.window_plan(data, 8, 4, np.random.default_rng(1))
+    wb = rnn_data.window_batch(data, z, plan[0], 8)
+    assert wb["z"].shape == (4, 8, 8)
+    for row, (e, start) in enumerate(plan[0]):
+        assert start + min(8, data.lengths[e]) <= data.lengths[e]
+        np.testing.assert_array_equal(wb["z"][row, 0], z[data.frame_offsets[e] + start])
+
+
+def test_baselines_on_known_data():
+    # z_{t+1} = z_t + small noise: copying z beats a constant by far.
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.normal(0, 0.1, (201, 4)), axis=0).astype(np.float32)
+    arrays = {
+        "mu": walk, "logvar": np.full_like(walk, -20.0), "action": np.zeros((200, 2), np.float32),
+        "reward": np.zeros(200, np.float32), "done": np.zeros(200, bool),
+        "frame_offsets": np.array([0, 201]), "step_offsets": np.array([0, 200]), "files": np.array(["a"]),
+    }  # fmt: skip
+    data = latents.LatentEpisodes(arrays)
+    out = rnn_data.baseline_nll(data, walk, data, walk)
+    assert out["copy_z"] < out["constant_z"] - 1.0
+    # copy-z NLL of a N(0, 0.1^2) step: 0.5 log(2 pi) + log(0.1) + 0.5
+    assert out["copy_z"] == pytest.approx(0.5 * np.log(2 * np.pi) + np.log(0.1) + 0.5, abs=0.1)
+
+
+def test_draw_rnn_result(trained_v, tmp_path):
+    d = copy_data(trained_v, tmp_path)
+    train(d, "reward")
+    proc = run("06_draw_rnn_result.py", "--mode", "reward", "--dream-steps", 5, "--data-dir", d)
+    results = d / "results"
+    from PIL import Image
+
+    for name in ("rnn_reward_onestep.png", "rnn_reward_openloop.png"):
+        img = np.asarray(Image.open(results / name))
+        assert img.ndim == 3 and img.std() > 5
+    gif = Image.open(results / "rnn_reward_dream.gif")
+    assert gif.n_frames >= 2
+    summary = json.loads((results / "rnn_reward_summary.json").read_text())
+    assert summary["onestep_sq_error"] >= 0 and 1 <= summary["dream_steps"] <= 5
+    assert "rnn_reward_dream.gif" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--mode", "bogus"], "--mode"),
+        (["--epochs", "0"], "--epochs"),
+        (["--ss-max", "2"], "--ss-max"),
+        (["--gpu", "0"], "CuPy"),
+    ],
+)
+def test_bad_flags(trained_v, tmp_path, args, needle):
+    d = copy_data(trained_v, tmp_path)
+    line = one_line_error(run("04_train_rnn.py", *args, "--data-dir", d, check=False))
+    assert needle in line
+    assert not (d / "models" / "rnn_window.npz").exists()
+
+
+def test_no_vae_and_empty_data(tmp_path, trained_v):
+    line = one_line_error(run("04_train_rnn.py", "--data-dir", tmp_path, check=False))
+    assert "03_train_vae.py" in line
+    d = copy_data(trained_v, tmp_path)
+    for f in (d / "rnn_data" / "train").glob("*.npz"):
+        f.unlink()
+    line = one_line_error(run("04_train_rnn.py", "--data-dir", d, check=False))
+    assert "02_generate_rnn_data.py" in line
+
+
+def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
+    d = copy_data(trained_v, tmp_path)
+    train(d, "window")
+    # Retrain V with another z size; resuming M, or drawing it, must refuse.
+    run(
+        "03_train_vae.py",
+        "--epochs",
+        1,
+        "--batch-size",
+        64,
+        "--z-size",
+        4,
+        "--overwrite",
+        "--data-dir",
+        d,
+    )
+    line = one_line_error(train(d, "window", "--resume", check=False))
+    assert "z_size" in line
+    line = one_line_error(
+        run("06_draw_rnn_result.py", "--mode", "window", "--data-dir", d, check=False)
+    )
+    assert "size 8" in line and "4" in line
