@@ -25,6 +25,7 @@ Typical use::
     loss, state = loss_fn(z, a, z_next, mask)   # (B, T, ...) batches
     out = m.step(z_t, a_t, state)               # one step for B agents
     z_next = sample(out.mixture, tau=1.15, rng=rng)
+    z_in = m.scheduled_inputs(z, a, prob, tau, rng)  # dream mode: own samples as inputs
 """
 
 import math
@@ -553,6 +554,38 @@ class MDNRNN(chainer.Chain):
     def sample(self, params, tau, rng):
         """`sample` as a method, for symmetry with `step`."""
         return sample(params, tau, rng)
+
+    def scheduled_inputs(self, z, a, prob, tau, rng, state=None):
+        """Latent inputs for scheduled sampling (the `dream` mode of training).
+
+        Each input `z_t` (t >= 1) is replaced, with probability `prob` and
+        independently per sequence and step, by a sample of M's own prediction
+        of it. The predictions come from one teacher-forced pass without a
+        graph, so training stays one whole-sequence pass (the parallel
+        approximation of scheduled sampling: a replaced input was predicted
+        from real, not from earlier replaced, inputs).
+
+        Args:
+            z: (B, T, Z) float32 real latents.
+            a: (B, T, A) float32 actions.
+            prob: float in [0, 1], the replacement probability.
+            tau: float, sampling temperature.
+            rng: `numpy.random.Generator`.
+            state: initial (h, c) as in `forward`.
+
+        Returns:
+            (B, T, Z) float32 array: the inputs to train on (targets stay real).
+        """
+        z = self.xp.asarray(z, np.float32)
+        if prob <= 0:
+            return z
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            out = self.forward(z, a, state)
+        predicted = sample(self.split(out.mixture.array[:, :-1]), tau, rng)
+        replace = self.xp.asarray(rng.random(z.shape[:2]) < prob)[:, 1:, None]
+        mixed = z.copy()
+        mixed[:, 1:] = self.xp.where(replace, predicted, z[:, 1:])
+        return mixed
 
 
 def sample(params, tau, rng):

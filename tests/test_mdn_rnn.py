@@ -253,6 +253,23 @@ def test_truncated_bptt_state_carry_equals_whole_sequence():
     )
 
 
+def test_scheduled_inputs_replace_with_own_predictions():
+    rng = np.random.default_rng(8)
+    model = MDNRNN(z_size=8, hidden_size=16)
+    z, a = _batch(rng, batch=50, steps=6)[:2]
+    np.testing.assert_array_equal(model.scheduled_inputs(z, a, 0.0, 1.0, rng), z)
+    # At tau = 0 a replaced input is the mean of the predicted likeliest component.
+    with chainer.no_backprop_mode():
+        predicted = sample(model.split(model(z, a).mixture.array), 0.0, rng)
+    mixed = model.scheduled_inputs(z, a, 1.0, 0.0, rng)
+    np.testing.assert_array_equal(mixed[:, 0], z[:, 0])
+    np.testing.assert_allclose(mixed[:, 1:], predicted[:, :-1], atol=1e-6)
+    mixed = model.scheduled_inputs(z, a, 0.3, 0.0, rng)
+    replaced = np.all(mixed != z, axis=2)
+    assert not replaced[:, 0].any()
+    assert 0.2 < replaced[:, 1:].mean() < 0.4
+
+
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(7)
     model = MDNRNN(z_size=8, action_size=3, hidden_size=16, n_mixtures=2, done_head=True)
