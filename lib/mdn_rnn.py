@@ -614,18 +614,89 @@ def sample(params, tau, rng):
     if tau == 0:
         pick = xp.argmax(logit, axis=-1)[..., None]
         return xp.take_along_axis(mu, pick, axis=-1)[..., 0].astype(np.float32)
+    # Draw on the host in a fixed order (uniform then normal), whatever the path.
+    u = rng.random(lead, dtype=np.float32)
+    noise = rng.standard_normal(lead, dtype=np.float32)
+    if xp is np:
+        # One kernel call instead of ~15 NumPy calls: ~10x faster for one
+        # agent, several times for a thousand.
+        z_size, k = mu.shape[-2:]
+        out = np.empty(lead, np.float32)
+        _sample_kernel(
+            *(p.reshape(-1, z_size, k).swapaxes(1, 2) for p in (logit, mu, log_sigma)),
+            np.float32(1.0 / tau),  # float32 scalars keep the kernel in float32
+            np.float32(math.sqrt(tau)),
+            u.reshape(-1, z_size),
+            noise.reshape(-1, z_size),
+            out.reshape(-1, z_size),
+        )
+        return out
+    return _sample_xp(logit, mu, log_sigma, tau, xp.asarray(u), xp.asarray(noise))
+
+
+def _sample_xp(logit, mu, log_sigma, tau, u, noise):
+    """`sample` in array ops (the CuPy path); u, noise (...) float32 draws."""
+    xp = backend.get_array_module(mu)
     scaled = logit / tau
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
-    weights = xp.exp(scaled)
-    cdf = xp.cumsum(weights, axis=-1)
-    u = xp.asarray(rng.random(lead, dtype=np.float32))[..., None] * cdf[..., -1:]
-    # First component whose cumulative weight exceeds u; the min() guards the
-    # u == total edge of float rounding.
-    pick = xp.minimum((cdf <= u).sum(axis=-1), mu.shape[-1] - 1)[..., None]
+    cdf = xp.cumsum(xp.exp(scaled), axis=-1)
+    # First component whose cumulative weight exceeds u * total; the min()
+    # guards the u * total == total edge of float rounding.
+    pick = xp.minimum((cdf <= u[..., None] * cdf[..., -1:]).sum(axis=-1), mu.shape[-1] - 1)
+    pick = pick[..., None]
     mean = xp.take_along_axis(mu, pick, axis=-1)[..., 0]
     sigma = xp.exp(xp.take_along_axis(log_sigma, pick, axis=-1)[..., 0])
-    noise = xp.asarray(rng.standard_normal(lead, dtype=np.float32))
     return (mean + sigma * math.sqrt(tau) * noise).astype(np.float32)
+
+
+@numba.njit(**_JIT)
+def _sample_kernel(logit, mu, log_sigma, inv_tau, sqrt_tau, u, noise, out):
+    """`sample` for NumPy arrays, one agent at a time, vectorised over z.
+
+    Args:
+        logit, mu, log_sigma: (N, K, Z) float32 mixture parameters (any strides;
+            z is contiguous in the views `split_mixture` makes).
+        inv_tau, sqrt_tau: float32, 1 / tau and sqrt(tau).
+        u: (N, Z) float32 uniform draws in [0, 1) that pick the components.
+        noise: (N, Z) float32 standard normal draws.
+        out: (N, Z) float32, out: the samples.
+    """
+    n_rows, n_mix, z_size = mu.shape
+    arg = np.empty(n_mix * z_size, np.float32)
+    weight = np.empty(n_mix * z_size, np.float32)
+    bits = np.empty(n_mix * z_size, np.int32)
+    m = np.empty(z_size, np.float32)
+    threshold = np.empty(z_size, np.float32)
+    chosen = np.empty(z_size, np.float32)
+    for n in range(n_rows):
+        for d in range(z_size):
+            m[d] = logit[n, 0, d] * inv_tau
+        for k in range(1, n_mix):
+            for d in range(z_size):
+                m[d] = max(m[d], logit[n, k, d] * inv_tau)
+        for k in range(n_mix):
+            for d in range(z_size):
+                arg[k * z_size + d] = logit[n, k, d] * inv_tau - m[d]
+        _exp_into(arg, weight, bits)
+        threshold[:] = 0
+        for k in range(n_mix):
+            for d in range(z_size):
+                threshold[d] += weight[k * z_size + d]
+        for d in range(z_size):
+            threshold[d] *= u[n, d]
+            # First component whose cumulative weight exceeds u * total.
+            pick = n_mix - 1
+            acc = np.float32(0.0)
+            for k in range(n_mix):
+                acc += weight[k * z_size + d]
+                if threshold[d] < acc:
+                    pick = k
+                    break
+            arg[d] = log_sigma[n, pick, d]
+            chosen[d] = mu[n, pick, d]
+        _exp_into(arg[:z_size], weight[:z_size], bits[:z_size])
+        for d in range(z_size):
+            out[n, d] = chosen[d] + weight[d] * sqrt_tau * noise[n, d]
 
 
 class MDNRNNLoss(chainer.Chain):

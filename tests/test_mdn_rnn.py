@@ -141,6 +141,18 @@ def test_sampling_collapses_to_most_likely_mean_as_tau_goes_to_0():
         sample(params, -1.0, rng)
 
 
+def test_numba_sampling_equals_array_ops_path():
+    rng = np.random.default_rng(9)
+    params = MixtureParams(*(rng.standard_normal((300, Z, K)).astype(np.float32) for _ in range(3)))
+    fast = sample(params, 0.7, np.random.default_rng(3))
+    draws = np.random.default_rng(3)
+    u = draws.random((300, Z), dtype=np.float32)
+    noise = draws.standard_normal((300, Z), dtype=np.float32)
+    plain = mdn_rnn._sample_xp(*params, 0.7, u, noise)
+    # Float rounding may flip a pick where u sits on a component boundary.
+    assert np.mean(np.abs(fast - plain) > 1e-5) < 1e-3
+
+
 def test_mask_through_done_keeps_the_done_step():
     done = np.zeros((2, 5), bool)
     done[0, 2] = True
