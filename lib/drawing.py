@@ -80,3 +80,25 @@ def save_gif(path: str, frames: list[np.ndarray], fps: float = 10.0) -> None:
             duration=1000.0 / fps,
             loop=0,
         )
+
+
+def episode_gif(path: str, episode, title: str = "", scale: int = 4, fps: float = 10.0) -> None:
+    """GIF of a recorded episode: the global view beside the upscaled 64x64
+    observation, with the step, reward so far and, on the last frame, the outcome.
+
+    Args:
+        episode: a `lib.rollouts.Episode` recorded with frames and obs.
+    """
+    frames = []
+    total = 0.0
+    for t in range(len(episode.frames)):
+        if t > 0:
+            total += float(episode.reward[t - 1])
+        text = f"{title} step {t} return {total:+.2f}"
+        if t == len(episode.frames) - 1:
+            text += f" {episode.outcome}"
+        pair = side_by_side([episode.frames[t], upscale(episode.obs[t], scale)])
+        frames.append(caption(pair, text))
+    if frames:
+        frames += [frames[-1]] * int(fps)  # hold the last frame for a second
+    save_gif(path, frames, fps)

@@ -15,7 +15,7 @@ behaviour policies that generate V's and M's training data:
   chosen by the episode's seed; the default data policy, so that M's reward
   and done heads see successes as well as failures.
 
-Interface: `policy.reset(slots, seeds)` starts new episodes in those slots
+Interface: `policy.reset(slots, seeds, episodes)` starts new episodes in those slots
 (seeds drive any randomness, so an episode depends only on its seed, not on
 which slot or worker runs it); `policy.act(sim, images)` returns (N, 2) float32
 actions for all slots. `images` is the (N, 64, 64, 3) uint8 egocentric view,
@@ -48,8 +48,9 @@ class Policy:
     def __init__(self, n: int):
         self.n = n
 
-    def reset(self, slots, seeds) -> None:
-        """Starts new episodes in `slots` ((K,) ints) with `seeds` ((K,) ints)."""
+    def reset(self, slots, seeds, episodes=None) -> None:
+        """Starts new episodes in `slots` ((K,) ints) with `seeds` ((K,) ints);
+        `episodes` ((K,) ints) are their indices in the runner's list of seeds."""
 
     def act(self, sim: sn.SocNavSim, images: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
@@ -62,7 +63,7 @@ class RandomPolicy(Policy):
         super().__init__(n)
         self.rngs = [np.random.default_rng(i) for i in range(n)]
 
-    def reset(self, slots, seeds):
+    def reset(self, slots, seeds, episodes=None):
         for i, s in zip(slots, seeds):
             self.rngs[i] = _policy_rng(s)
 
@@ -81,7 +82,7 @@ class BrownianPolicy(Policy):
         self.rngs = [np.random.default_rng(i) for i in range(n)]
         self.action = np.zeros((n, 2))
 
-    def reset(self, slots, seeds):
+    def reset(self, slots, seeds, episodes=None):
         for i, s in zip(slots, seeds):
             self.rngs[i] = _policy_rng(s)
             self.action[i] = self.rngs[i].uniform(-1.0, 1.0, 2)
@@ -285,7 +286,7 @@ class MixedPolicy(Policy):
         self.avoid = GreedyAvoidPolicy(n)
         self.choice = np.zeros(n, np.int64)
 
-    def reset(self, slots, seeds):
+    def reset(self, slots, seeds, episodes=None):
         slots = np.asarray(slots)
         seeds = np.asarray(seeds, np.int64)
         for i, s in zip(slots, seeds):

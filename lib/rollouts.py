@@ -80,7 +80,7 @@ def run_episodes(
         on_episode: called with each finished `Episode`, in completion order.
         keep_obs: keep every egocentric frame in `Episode.obs`.
         record: `record(k)` True keeps global views of episode k in
-            `Episode.frames` (for GIFs).
+            `Episode.frames` and its egocentric frames in `Episode.obs` (for GIFs).
         on_step: called with the number of env-steps taken in each lockstep step.
     """
     seeds = [int(s) for s in seeds]
@@ -103,7 +103,7 @@ def run_episodes(
         next_episode += 1
         slot_episode[i] = k
         sim.reset_slot(i, np.random.default_rng(seeds[k]))
-        policy.reset(np.array([i]), np.array([seeds[k]]))
+        policy.reset(np.array([i]), np.array([seeds[k]]), np.array([k]))
         buffers[i] = {
             "obs": [],
             "action": [],
@@ -111,6 +111,7 @@ def run_episodes(
             "min_dist": [],
             "path": [],
             "frames": [] if record(k) else None,
+            "keep": keep_obs or record(k),
         }
 
     def frames_of(slots: np.ndarray) -> np.ndarray:
@@ -134,8 +135,12 @@ def run_episodes(
                 images[busy] = frames_of(busy).observe_images()
         for i in busy:
             b = buffers[i]
-            if keep_obs:
-                b["obs"].append(images[i].copy())
+            if b["keep"]:
+                b["obs"].append(
+                    images[i].copy()
+                    if need_images
+                    else frames_of(np.array([i])).observe_images()[0]
+                )
             if b["frames"] is not None:
                 b["frames"].append(frames_of(np.array([i])).render_global()[0])
 
@@ -155,10 +160,10 @@ def run_episodes(
                 finished.append(i)
         if finished:
             fin = np.array(finished)
-            last = frames_of(fin).observe_images() if keep_obs else None
+            last = frames_of(fin).observe_images()
             for row, i in enumerate(finished):
                 b = buffers[i]
-                if keep_obs:
+                if b["keep"]:
                     b["obs"].append(last[row])
                 if b["frames"] is not None:
                     b["frames"].append(frames_of(np.array([i])).render_global()[0])
@@ -176,7 +181,7 @@ def run_episodes(
                         done=done,
                         min_dist=np.asarray(b["min_dist"]),
                         path=np.asarray(b["path"]),
-                        obs=np.stack(b["obs"]) if keep_obs else None,
+                        obs=np.stack(b["obs"]) if b["keep"] else None,
                         frames=np.stack(b["frames"]) if b["frames"] is not None else None,
                     )
                 )

@@ -109,8 +109,8 @@ class CsvLog:
 
     Args:
         path: the CSV file.
-        fields: column names; the first must be `epoch`.
-        resume_epoch: on resume, rows with epoch > this are dropped (they came
+        fields: column names; the first is the counter (epoch, generation).
+        resume_epoch: on resume, rows whose counter is > this are dropped (they came
             after the snapshot being resumed); None starts a new file.
     """
 
@@ -120,7 +120,7 @@ class CsvLog:
         rows = []
         if resume_epoch is not None and os.path.exists(path):
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+                rows = [r for r in csv.DictReader(f) if int(r[fields[0]]) <= resume_epoch]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fields)
             w.writeheader()
@@ -153,13 +153,13 @@ def plot_curves(
     rows = log.read()
     if not rows:
         return
-    epochs = [int(r["epoch"]) for r in rows]
+    epochs = [int(r[log.fields[0]]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for column, label in series:
         ys = [float(r[column]) if r.get(column) not in (None, "") else np.nan for r in rows]
         if not np.all(np.isnan(ys)):
             ax.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, label=label)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(log.fields[0])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -1,0 +1,368 @@
+"""Trains C, the linear controller on [z, h], with CMA-ES: in the real
+environment through V and M, or with --dream inside M alone.
+
+Reads:
+    data/models/vae.npz (+ json), data/models/rnn_<mode>.npz (+ json).
+    With --dream: the first frames of data/rnn_data/train episodes, encoded by V
+        (lib/latents.py cache), as the dreams' starting points.
+Writes:
+    data/models/controller.npz (+ controller.json): the best controller so far
+        by the real-environment evaluation of the CMA-ES mean.
+    data/models/controller_es.npz: the CMA-ES history (returns and checksums of
+        every generation, no pickles) and evaluation record; --resume replays it
+        to continue exactly.
+    data/models/controller_log.csv and controller_progress.png: per generation,
+        best / mean / worst fitness, sigma, and the real-env evaluation.
+    data/results/controller_best.gif: the best controller in the real
+        environment (global view beside its 64x64 observation).
+
+Each generation, every candidate plays --trials episodes; trial j uses the same
+episode for all candidates (common random numbers) and depends only on
+(--seed, generation, j), so results are identical for any --workers. Fitness is
+the mean return. Every --eval-every generations the CMA-ES mean is evaluated in
+the real environment on --eval-episodes held-out episodes.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from lib import checkpoints, cli, drawing, latents, manifest, parallel, training
+from lib import socnavenv as sn
+from lib.agent import WorldModelsAgent
+from lib.controller import Controller, n_params
+from lib.es import CMAES, ReplayMismatch
+from lib.evaluation import evaluate, evaluation_seeds
+from lib.fitness import Evaluator, Spec, WorkerDied
+from lib.seeding import derive_seed
+
+RNN_PREFERENCE = ("dream", "reward", "window", "normal")
+LOG_FIELDS = [
+    "generation",
+    "best",
+    "mean",
+    "worst",
+    "sigma",
+    "mean_length",
+    "eval_return",
+    "eval_success",
+    "eval_collision",
+    "seconds",
+]
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--epochs", type=cli.positive_int, default=100, help="CMA-ES generations in total"
+    )
+    p.add_argument("--popsize", type=cli.positive_int, default=64, help="candidates per generation")
+    p.add_argument("--trials", type=cli.positive_int, default=16, help="episodes per candidate")
+    p.add_argument("--sigma", type=float, default=0.1, help="initial CMA-ES step size")
+    p.add_argument("--dream", action="store_true", help="train inside M (needs reward/done heads)")
+    p.add_argument(
+        "--rnn-mode",
+        choices=RNN_PREFERENCE,
+        default=None,
+        help="which M (default: the first present of dream, reward, window, normal)",
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="tau of M's samples in dreams")
+    p.add_argument(
+        "--eval-every",
+        type=cli.positive_int,
+        default=5,
+        help="generations between real-env evaluations",
+    )
+    p.add_argument(
+        "--eval-episodes",
+        type=cli.positive_int,
+        default=50,
+        help="held-out episodes per evaluation",
+    )
+    p.add_argument(
+        "--target-return",
+        type=float,
+        default=None,
+        help="stop once an evaluation reaches this mean return",
+    )
+    p.add_argument(
+        "--workers", type=cli.positive_int, default=cli.default_workers(), help="processes"
+    )
+    p.add_argument(
+        "--backend", choices=parallel.BACKENDS, default="local", help="where workers run"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    p.add_argument(
+        "--group-size", type=cli.positive_int, default=4, help="candidates per lockstep batch"
+    )
+    p.add_argument(
+        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
+    )
+    p.add_argument(
+        "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from controller_es.npz")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if a run exists")
+    cli.add_common_args(p)
+    args = p.parse_args(argv)
+    if not args.sigma > 0:
+        p.error(f"--sigma must be > 0, got {args.sigma}")
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.popsize < 2:
+        p.error("--popsize must be at least 2")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def pick_rnn_mode(models, wanted, dream):
+    if wanted is not None:
+        return wanted
+    for mode in RNN_PREFERENCE:
+        if os.path.exists(os.path.join(models, f"rnn_{mode}.npz")):
+            return mode
+    cli.fail(f"no M in {models} — run 04_train_rnn.py first (--mode dream for --dream)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    models = os.path.join(args.data_dir, "models")
+    results = os.path.join(args.data_dir, "results")
+    es_path = os.path.join(models, "controller_es.npz")
+    config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    rnn_mode = pick_rnn_mode(models, args.rnn_mode, args.dream)
+    where = (
+        f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
+        if args.dream
+        else f"in the real env through V and rnn_{rnn_mode}"
+    )
+    print(
+        f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} trials, "
+        f"sigma {args.sigma}, {where}, {args.workers} workers ({args.backend}), seed {args.seed}"
+    )
+
+    # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
+    try:
+        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
+        rnn_path = os.path.join(models, f"rnn_{rnn_mode}.npz")
+        rnn_sidecar = checkpoints.read_sidecar(rnn_path, f"04_train_rnn.py --mode {rnn_mode}")
+    except checkpoints.CheckpointError as e:
+        cli.fail(str(e))
+    from lib.mdn_rnn import MDNRNN
+
+    rnn = MDNRNN(**rnn_sidecar["config"])
+    try:
+        checkpoints.load_weights(rnn_path, rnn, f"04_train_rnn.py --mode {rnn_mode}")
+    except checkpoints.CheckpointError as e:
+        cli.fail(str(e))
+    if rnn.z_size != vae_sidecar["config"]["z_size"]:
+        cli.fail(
+            f"{rnn_path} reads z of size {rnn.z_size} but V's is {vae_sidecar['config']['z_size']} — re-run 04_train_rnn.py with this V"
+        )
+    if args.dream and not (rnn.reward_head and rnn.done_head):
+        cli.fail(
+            f"--dream needs an M with reward and done heads; {rnn_path} has none — run 04_train_rnn.py --mode dream (or reward)"
+        )
+    if args.resume and not os.path.exists(es_path):
+        cli.fail(f"--resume: {es_path} not found — run without --resume to start")
+    if not args.resume and not args.overwrite and os.path.exists(es_path):
+        cli.fail(
+            f"{es_path} exists: pass --resume to continue that run, or --overwrite to start again"
+        )
+    if args.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            cli.fail("--backend ray needs Ray: pip install -r requirements-ray.txt")
+    cli.ensure_writable_dir(models)
+    starts_path = None
+    if args.dream:
+        train_dir = os.path.join(args.data_dir, "rnn_data", "train")
+        try:
+            data, _ = latents.encode_split(train_dir, vae, os.path.join(models, "vae.npz"))
+        except latents.NoEpisodesError as e:
+            cli.fail(
+                f"{e} — run 02_generate_rnn_data.py first (dreams start from its first frames)"
+            )
+        first = data.frame_offsets[:-1]
+        starts_path = os.path.join(models, "dream_starts.npz")
+        np.savez(starts_path, mu=data.mu[first], logvar=data.logvar[first])
+        print(f"dreams start from the first frames of {len(first)} real episodes")
+
+    # SEARCH: CMA-ES over the controller's flat parameters.
+    size = n_params(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    cma_seed = derive_seed(args.seed, "cma") % (2**31 - 2) + 1  # pycma: 0 means "clock"
+    record = {"best_eval": -np.inf, "evals": []}
+    if args.resume:
+        try:
+            with np.load(es_path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            saved = json.loads(str(arrays.pop("record")))
+            if int(arrays["settings"][0]) != size:
+                cli.fail(
+                    f"{es_path} searched {int(arrays['settings'][0])} parameters, this V+M needs {size} — use --overwrite"
+                )
+            es = CMAES.replay(arrays)
+        except (OSError, KeyError, ValueError) as e:
+            cli.fail(
+                f"{es_path}: cannot resume ({type(e).__name__}: {e}) — use --overwrite to start again"
+            )
+        except ReplayMismatch as e:
+            cli.fail(f"{es_path}: {e} (another pycma version?) — use --overwrite to start again")
+        record = saved
+        print(
+            f"resumed after generation {es.generation} (best evaluation so far {record['best_eval']:.3f})"
+        )
+    else:
+        es = CMAES(size, args.popsize, args.sigma, cma_seed)
+    log = training.CsvLog(
+        os.path.join(models, "controller_log.csv"),
+        LOG_FIELDS,
+        resume_epoch=es.generation if args.resume else None,
+    )
+    spec = Spec(
+        args.data_dir,
+        rnn_mode,
+        args.trials,
+        args.seed,
+        args.dream,
+        args.temperature,
+        config.to_dict(),
+        starts_path,
+    )
+    eval_seeds = evaluation_seeds(
+        derive_seed(args.seed, "controller-eval") % 2**31, args.eval_episodes
+    )
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+
+    def save_state():
+        arrays = es.state_arrays()
+        arrays["record"] = np.array(json.dumps(record))
+        from lib.fileio import atomic_path
+
+        with atomic_path(es_path) as tmp:
+            np.savez(tmp, **arrays)
+
+    def real_eval(params, generation):
+        agent = WorldModelsAgent(min(64, len(eval_seeds)), vae, rnn, params[None])
+        summary, episodes = evaluate(agent, eval_seeds, config, n_envs=64, record=1)
+        return summary, episodes[0]
+
+    # GENERATIONS
+    evaluator = Evaluator(spec, args.workers, args.backend, args.address, args.group_size)
+    try:
+        while es.generation < args.epochs:
+            start = time.perf_counter()
+            gen = es.generation
+            xs = es.ask()
+            returns, lengths = evaluator(xs, gen)
+            fitness = returns.mean(axis=1)
+            es.tell(xs, fitness)
+            row = {
+                "generation": gen + 1,
+                "best": float(fitness.max()),
+                "mean": float(fitness.mean()),
+                "worst": float(fitness.min()),
+                "sigma": es.sigma,
+                "mean_length": float(lengths.mean()),
+            }
+            text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
+            if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
+                summary, shown = real_eval(es.mean.astype(np.float32), gen + 1)
+                row.update(
+                    eval_return=summary["return_mean"],
+                    eval_success=summary["success_rate"],
+                    eval_collision=summary["collision_rate"],
+                )
+                record["evals"].append(
+                    {
+                        "generation": gen + 1,
+                        **{
+                            k: summary[k]
+                            for k in (
+                                "return_mean",
+                                "success_rate",
+                                "collision_rate",
+                                "timeout_rate",
+                                "out_of_map_rate",
+                            )
+                        },
+                    }
+                )
+                text += f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
+                if summary["return_mean"] > record["best_eval"]:
+                    record["best_eval"] = summary["return_mean"]
+                    controller.set_flat(es.mean)
+                    training.save_model(
+                        os.path.join(models, "controller.npz"),
+                        controller,
+                        {
+                            "config": controller.config(),
+                            "rnn_mode": rnn_mode,
+                            "dream": args.dream,
+                            "temperature": args.temperature,
+                            "generation": gen + 1,
+                            "evaluation": summary,
+                            "args": vars(args),
+                        },
+                    )
+                    drawing.episode_gif(
+                        os.path.join(results, "controller_best.gif"), shown, f"gen {gen + 1}"
+                    )
+                    text += " (new best, saved)"
+            row["seconds"] = round(time.perf_counter() - start, 2)
+            log.append(row)
+            save_state()
+            training.plot_curves(
+                log,
+                os.path.join(models, "controller_progress.png"),
+                [
+                    ("best", "best candidate"),
+                    ("mean", "population mean"),
+                    ("worst", "worst candidate"),
+                    ("eval_return", "CMA mean, real env"),
+                ],
+                "C: fitness per generation (" + ("dream" if args.dream else "real env") + ")",
+                ylabel="mean return",
+            )
+            print(text + f", {row['seconds']:.1f} s", flush=True)
+            if (
+                args.target_return is not None
+                and row.get("eval_return", -np.inf) >= args.target_return
+            ):
+                print(f"target return {args.target_return} reached: stopping")
+                break
+    except KeyboardInterrupt:
+        evaluator.close()
+        cli.fail(
+            f"interrupted: {es_path} holds the run up to generation {es.generation} — continue with --resume",
+            code=130,
+        )
+    except WorkerDied as e:
+        evaluator.close()
+        cli.fail(
+            f"{e}; {es_path} holds the run up to generation {es.generation} — continue with --resume",
+            code=1,
+        )
+    evaluator.close()
+
+    # OUTPUTS
+    manifest.write_json(
+        os.path.join(models, "controller_es.json"),
+        manifest.make(
+            "07_train_controller.py", vars(args), generations=es.generation, record=record
+        ),
+    )
+    if not os.path.exists(os.path.join(models, "controller.npz")):
+        print("no evaluation ran yet, so no controller.npz: raise --epochs or lower --eval-every")
+    else:
+        print(
+            f"best real-env return {record['best_eval']:+.3f}: {models}/controller.npz; log {models}/controller_log.csv, controller_progress.png; GIF {results}/controller_best.gif"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The World Models agent (V + M + C), batched: many agents in lockstep.
+
+`WorldModelsAgent` is a policy for `lib.rollouts.run_episodes` in the real
+environment: at each step one V encode of all N frames, one batched controller
+product, one M step. Agent i plays with candidate `candidate_of(episode)`, so
+CMA-ES can evaluate many (candidate, trial) pairs in one batch.
+
+`dream_rollouts` plays candidates inside M instead (no V, no environment): z
+comes from M's own samples at temperature tau, rewards and episode ends from
+M's reward and done heads.
+
+Order within a step, as in the paper: the controller sees [z_t, h_t] and acts;
+then M reads [z_t, a_t] and its hidden state becomes h_{t+1}.
+
+All agents are computed every step, finished ones included, so every batch has
+the same shape and a result never depends on which other episodes ran beside it
+(floating-point GEMM results can depend on the batch's shape).
+"""
+
+from __future__ import annotations
+
+import chainer
+import numpy as np
+
+from lib import socnavenv as sn
+from lib.controller import act_batch, unflatten
+from lib.mdn_rnn import sample
+from lib.policies import Policy
+
+
+class WorldModelsAgent(Policy):
+    """V + M + C over the real environment's egocentric frames.
+
+    Args:
+        n: lockstep slots.
+        vae: `ConvVAE`; rnn: `MDNRNN` (same z size).
+        params: (P, n_params) controller parameters, one row per candidate.
+        candidate_of: maps an episode index (in the runner's seed list) to a
+            row of `params`; default: all episodes use row 0.
+    """
+
+    name = "world_models"
+    needs_image = True
+
+    def __init__(self, n, vae, rnn, params, candidate_of=None):
+        super().__init__(n)
+        self.vae = vae
+        self.rnn = rnn
+        self.z_size = rnn.z_size
+        self.hidden_size = rnn.hidden_size
+        self.weights, self.biases = unflatten(
+            np.atleast_2d(params), self.z_size, self.hidden_size, rnn.action_size
+        )
+        self.candidate_of = candidate_of or (lambda k: 0)
+        self.which = np.zeros(n, np.int64)
+        self.h, self.c = (
+            np.asarray(chainer.backend.CpuDevice().send(s)) for s in rnn.initial_state(n)
+        )
+        self.cpu = chainer.backend.CpuDevice()
+
+    def reset(self, slots, seeds, episodes=None):
+        slots = np.asarray(slots)
+        self.h[slots] = 0.0
+        self.c[slots] = 0.0
+        if episodes is not None:
+            self.which[slots] = [self.candidate_of(int(k)) for k in episodes]
+
+    def encode(self, images):
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            mu, _ = self.vae.encode(images)
+        return self.cpu.send(mu.array)
+
+    def act(self, sim, images=None):
+        z = self.encode(images)
+        actions = act_batch(self.weights, self.biases, self.which, z, self.h)
+        out = self.rnn.step(z, actions, (self.h, self.c))
+        self.h, self.c = (np.asarray(self.cpu.send(s)) for s in out.state)
+        return actions.astype(np.float32)
+
+
+def dream_rollouts(rnn, params, which, z0, tau, rng, max_steps=sn.MAX_STEPS, done_threshold=0.5):
+    """Plays controllers inside M, all agents in lockstep.
+
+    Args:
+        rnn: `MDNRNN` with reward and done heads.
+        params: (P, n_params) controller parameters.
+        which: (N,) int, the candidate row of each agent.
+        z0: (N, z_size) float32 starting latents (from real first frames).
+        tau: temperature of M's samples.
+        rng: numpy Generator for all sampling.
+        max_steps: the episode limit; reaching it adds the timeout reward, a
+            rule of the task rather than something M must learn.
+        done_threshold: an episode ends when M's done probability exceeds this.
+
+    Returns:
+        (returns (N,) float64, lengths (N,) int64).
+    """
+    if not (rnn.reward_head and rnn.done_head):
+        raise ValueError("dreaming needs an M with reward and done heads (--mode reward or dream)")
+    weights, biases = unflatten(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
+    n = len(z0)
+    cpu = chainer.backend.CpuDevice()
+    state = rnn.initial_state(n)
+    h = np.asarray(cpu.send(state[0]))
+    z = np.asarray(z0, np.float32)
+    alive = np.ones(n, bool)
+    returns = np.zeros(n)
+    lengths = np.zeros(n, np.int64)
+    logit_threshold = np.log(done_threshold / (1.0 - done_threshold))
+    for _ in range(max_steps):
+        actions = act_batch(weights, biases, which, z, h)
+        out = rnn.step(z, actions, state)
+        state = out.state
+        h = np.asarray(cpu.send(out.h))
+        reward = np.asarray(cpu.send(out.reward), np.float64)
+        done = np.asarray(cpu.send(out.done_logit)) > logit_threshold
+        returns += np.where(alive, reward, 0.0)
+        lengths += alive
+        alive &= ~done
+        if not alive.any():
+            break
+        z = np.asarray(cpu.send(sample(out.mixture, tau, rng)))
+    returns += np.where(alive, sn.TIMEOUT_REWARD, 0.0)
+    return returns, lengths

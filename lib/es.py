@@ -1,0 +1,150 @@
+"""A thin CMA-ES driver over pycma, with pickle-free exact resume.
+
+The loop reads as pycma's own::
+
+    es = CMAES(n, popsize=64, sigma=0.1, seed=1)
+    while es.generation < generations:
+        xs = es.ask()
+        es.tell(xs, returns_of(xs))      # returns: higher is better
+
+- pycma minimises: the sign of the returns is flipped in `tell`, nowhere else.
+- pycma draws its samples from NumPy's global generator, which its `seed`
+  option reseeds. The driver keeps that generator's state to itself: every call
+  into pycma swaps the driver's state in and back out, so nothing else in the
+  process can disturb the search, and the search disturbs nothing else.
+- Resume without pickles: a snapshot holds the returns of every past
+  generation (plus a checksum of each generation's candidates). `replay` builds
+  a fresh strategy with the same settings and re-tells that history; because
+  every random draw is reproduced, it reaches exactly the same state, and the
+  checksums prove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import cma
+import numpy as np
+
+
+class ReplayMismatch(RuntimeError):
+    """Replaying a saved history did not reproduce the same candidates."""
+
+
+def _checksum(xs: np.ndarray) -> float:
+    return float(np.asarray(xs, np.float64).sum())
+
+
+class CMAES:
+    """CMA-ES maximising returns.
+
+    Args:
+        n_params: dimension of the search space.
+        popsize: candidates per generation.
+        sigma: initial step size.
+        seed: non-zero int (pycma treats 0 as "use the clock").
+        x0: initial mean (zeros by default).
+        log_prefix: where pycma may write its own logs (None: nowhere).
+    """
+
+    def __init__(self, n_params, popsize=64, sigma=0.1, seed=1, x0=None, log_prefix=None):
+        if seed == 0:
+            raise ValueError("pycma treats seed 0 as 'use the clock': derive a non-zero seed")
+        self.settings = {
+            "n_params": int(n_params),
+            "popsize": int(popsize),
+            "sigma": float(sigma),
+            "seed": int(seed),
+        }
+        x0 = np.zeros(n_params) if x0 is None else np.asarray(x0, np.float64)
+        opts = {
+            "popsize": int(popsize),
+            "seed": int(seed),
+            "verbose": -9,
+            "verb_disp": 0,
+            "verb_log": 0 if log_prefix is None else 1,
+        }
+        if log_prefix is not None:
+            opts["verb_filenameprefix"] = log_prefix
+        outside = np.random.get_state()
+        try:
+            self.es = cma.CMAEvolutionStrategy(x0, float(sigma), opts)
+            self._rng_state = np.random.get_state()
+        finally:
+            np.random.set_state(outside)
+        self.history: list[np.ndarray] = []  # returns of each generation, (popsize,)
+        self.checksums: list[float] = []
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        outside = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(outside)
+
+    @property
+    def generation(self) -> int:
+        return len(self.history)
+
+    def ask(self) -> np.ndarray:
+        """(popsize, n_params) float64 candidates of the next generation."""
+        with self._own_rng():
+            return np.array(self.es.ask())
+
+    def tell(self, xs: np.ndarray, returns: np.ndarray) -> None:
+        """Reports the candidates' returns (higher is better)."""
+        returns = np.asarray(returns, np.float64)
+        if returns.shape != (len(xs),):
+            raise ValueError(f"need one return per candidate, got {returns.shape} for {len(xs)}")
+        with self._own_rng():
+            self.es.tell(list(xs), list(-returns))  # pycma minimises: the one sign flip
+        self.history.append(returns.copy())
+        self.checksums.append(_checksum(xs))
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The distribution's mean (pycma's `result.xfavorite`)."""
+        return np.array(self.es.result.xfavorite)
+
+    @property
+    def sigma(self) -> float:
+        return float(self.es.sigma)
+
+    @property
+    def stds(self) -> np.ndarray:
+        return np.array(self.es.result.stds)
+
+    def best(self) -> tuple[np.ndarray, float]:
+        """Best candidate ever evaluated and its return (`result.xbest`)."""
+        return np.array(self.es.result.xbest), -float(self.es.result.fbest)
+
+    def state_arrays(self) -> dict:
+        """Everything `replay` needs, as plain arrays (no pickles)."""
+        p = self.settings["popsize"]
+        return {
+            "settings": np.array(
+                [self.settings[k] for k in ("n_params", "popsize", "sigma", "seed")], np.float64
+            ),
+            "history": np.array(self.history, np.float64).reshape(-1, p),
+            "checksums": np.array(self.checksums, np.float64),
+        }
+
+    @classmethod
+    def replay(cls, arrays: dict, x0=None, log_prefix=None) -> CMAES:
+        """Rebuilds a strategy from `state_arrays()` by re-telling its history.
+
+        Raises:
+            ReplayMismatch: a generation's candidates differ from the original
+                run's (for example another pycma version).
+        """
+        n, popsize, sigma, seed = arrays["settings"]
+        es = cls(int(n), int(popsize), float(sigma), int(seed), x0=x0, log_prefix=log_prefix)
+        for g, (returns, checksum) in enumerate(zip(arrays["history"], arrays["checksums"])):
+            xs = es.ask()
+            if not np.isclose(_checksum(xs), checksum, rtol=0, atol=1e-9 * max(1.0, abs(checksum))):
+                raise ReplayMismatch(f"generation {g + 1} does not replay to the saved candidates")
+            es.tell(xs, returns)
+        return es

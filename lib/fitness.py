@@ -1,0 +1,237 @@
+"""Fitness of controller candidates, computed across worker processes.
+
+A generation's (candidate, trial) rollouts are cut into fixed groups of
+candidates (all their trials together); a worker steps one group's rollouts in
+lockstep as one batch. The groups depend only on the population, never on the
+number of workers, and trial j of every candidate uses the same episode
+(common random numbers: env seed, or dream start and noise, derived from
+(seed, generation, j)); so results are identical for any `--workers`.
+
+Workers load V and M once, in their initializer. With `--backend ray` the same
+tasks go through `ray.util.multiprocessing.Pool`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from concurrent import futures
+
+import numpy as np
+
+from lib import socnavenv as sn
+from lib.seeding import derive_seed
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died (or raised) while evaluating candidates."""
+
+
+@dataclasses.dataclass
+class Spec:
+    """What a worker needs to evaluate candidates (all picklable plain data)."""
+
+    data_dir: str
+    rnn_mode: str
+    trials: int
+    seed: int
+    dream: bool = False
+    temperature: float = 1.0
+    env: dict = dataclasses.field(default_factory=dict)
+    dream_starts: str | None = None  # .npz with mu, logvar (E, z) of real first frames
+
+
+_WORKER: dict = {}
+
+
+def init_worker(spec: Spec) -> None:
+    """Loads V (unless dreaming) and M once per process."""
+    from lib import checkpoints
+    from lib.mdn_rnn import MDNRNN
+
+    _WORKER.clear()
+    _WORKER["spec"] = spec
+    path = os.path.join(spec.data_dir, "models", f"rnn_{spec.rnn_mode}.npz")
+    sidecar = checkpoints.read_sidecar(path, "04_train_rnn.py")
+    rnn = MDNRNN(**sidecar["config"])
+    checkpoints.load_weights(path, rnn, "04_train_rnn.py")
+    _WORKER["rnn"] = rnn
+    if spec.dream:
+        with np.load(spec.dream_starts, allow_pickle=False) as z:
+            _WORKER["starts"] = (z["mu"], z["logvar"])
+    else:
+        _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir)
+
+
+def trial_seeds(seed: int, generation: int, trials: int) -> list[int]:
+    """Env seeds of trials 0..trials-1 of a generation (shared by all candidates)."""
+    return [derive_seed(seed, "es", generation, j) for j in range(trials)]
+
+
+def dream_starts(
+    seed: int, generation: int, trials: int, mu: np.ndarray, logvar: np.ndarray
+) -> np.ndarray:
+    """(trials, z) starting latents: trial j samples z from the posterior of one
+    real first frame, both chosen by (seed, generation, j)."""
+    out = []
+    for j in range(trials):
+        rng = np.random.default_rng(derive_seed(seed, "es-dream", generation, j))
+        e = rng.integers(len(mu))
+        out.append(
+            mu[e] + np.exp(0.5 * logvar[e]) * rng.standard_normal(mu.shape[1]).astype(np.float32)
+        )
+    return np.array(out, np.float32)
+
+
+def evaluate_group(task: dict) -> dict:
+    """Runs one group: every candidate in it on every trial, in lockstep.
+
+    Args:
+        task: {"generation", "first" (index of the group's first candidate),
+            "params" (C, n_params)}.
+
+    Returns:
+        {"first", "returns" (C, trials), "lengths" (C, trials)}.
+    """
+    spec: Spec = _WORKER["spec"]
+    rnn = _WORKER["rnn"]
+    params = np.asarray(task["params"], np.float32)
+    n_cand, trials, gen = len(params), spec.trials, task["generation"]
+    if spec.dream:
+        from lib.agent import dream_rollouts
+
+        mu, logvar = _WORKER["starts"]
+        z0 = np.tile(dream_starts(spec.seed, gen, trials, mu, logvar), (n_cand, 1))
+        which = np.repeat(np.arange(n_cand), trials)
+        rng = np.random.default_rng(derive_seed(spec.seed, "es-dream-noise", gen, task["first"]))
+        config = sn.EnvConfig(**spec.env)
+        returns, lengths = dream_rollouts(
+            rnn, params, which, z0, spec.temperature, rng, config.max_steps
+        )
+        return {
+            "first": task["first"],
+            "returns": returns.reshape(n_cand, trials),
+            "lengths": lengths.reshape(n_cand, trials),
+        }
+
+    from lib.agent import WorldModelsAgent
+    from lib.rollouts import run_episodes
+
+    seeds = trial_seeds(spec.seed, gen, trials) * n_cand
+    agent = WorldModelsAgent(
+        len(seeds), _WORKER["vae"], rnn, params, candidate_of=lambda k: k // trials
+    )
+    returns = np.zeros(len(seeds))
+    lengths = np.zeros(len(seeds), np.int64)
+
+    def collect(ep):
+        returns[ep.index] = ep.ret
+        lengths[ep.index] = ep.length
+
+    run_episodes(agent, seeds, sn.EnvConfig(**spec.env), len(seeds), collect)
+    return {
+        "first": task["first"],
+        "returns": returns.reshape(n_cand, trials),
+        "lengths": lengths.reshape(n_cand, trials),
+    }
+
+
+class Evaluator:
+    """Evaluates a population: `evaluator(params, generation) -> (returns, lengths)`,
+    each (P, trials).
+
+    Args:
+        spec: what workers load and how they evaluate.
+        workers: processes (1 and local: in this process, no pool).
+        backend: "local" or "ray".
+        address: Ray address.
+        group_size: candidates per lockstep batch (a fixed number, so results
+            do not depend on `workers`).
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        workers: int = 1,
+        backend: str = "local",
+        address=None,
+        group_size: int = 4,
+    ):
+        self.spec = spec
+        self.workers = workers
+        self.backend = backend
+        self.group_size = group_size
+        self.pool = None
+        if backend == "local" and workers == 1:
+            init_worker(spec)
+        elif backend == "local":
+            # Each worker gets its share of the cores for BLAS; set before the
+            # workers start (they read it when NumPy loads).
+            threads = str(max(1, (os.cpu_count() or 1) // workers))
+            os.environ["OPENBLAS_NUM_THREADS"] = threads
+            os.environ["OMP_NUM_THREADS"] = threads
+            ctx = multiprocessing.get_context("forkserver")
+            self.pool = futures.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=init_worker, initargs=(spec,)
+            )
+        else:
+            from lib.parallel import make_pool
+
+            self.pool = make_pool(
+                workers, backend, address, initializer=init_worker, initargs=(spec,)
+            )
+
+    def tasks(self, params: np.ndarray, generation: int) -> list[dict]:
+        return [
+            {"generation": generation, "first": i, "params": params[i : i + self.group_size]}
+            for i in range(0, len(params), self.group_size)
+        ]
+
+    def __call__(self, params: np.ndarray, generation: int):
+        params = np.asarray(params, np.float32)
+        tasks = self.tasks(params, generation)
+        results = []
+        if self.pool is None:
+            results = [evaluate_group(t) for t in tasks]
+        elif isinstance(self.pool, futures.ProcessPoolExecutor):
+            pending = {self.pool.submit(evaluate_group, t): t for t in tasks}
+            for fut in futures.as_completed(pending):
+                t = pending[fut]
+                try:
+                    results.append(fut.result())
+                except Exception as e:  # noqa: BLE001 — any failure names its candidates
+                    self.close()
+                    raise WorkerDied(self._describe(t, e)) from None
+        else:
+            try:
+                results = self.pool.map(evaluate_group, tasks)
+            except Exception as e:  # noqa: BLE001
+                raise WorkerDied(self._describe(tasks[0], e, all_tasks=tasks)) from None
+        returns = np.zeros((len(params), self.spec.trials))
+        lengths = np.zeros((len(params), self.spec.trials), np.int64)
+        for r in results:
+            returns[r["first"] : r["first"] + len(r["returns"])] = r["returns"]
+            lengths[r["first"] : r["first"] + len(r["lengths"])] = r["lengths"]
+        return returns, lengths
+
+    def _describe(self, task, error, all_tasks=None) -> str:
+        if all_tasks is not None:
+            first, last = 0, sum(len(t["params"]) for t in all_tasks) - 1
+        else:
+            first, last = task["first"], task["first"] + len(task["params"]) - 1
+        what = (
+            "a worker died"
+            if isinstance(error, futures.process.BrokenProcessPool)
+            else f"a worker failed ({type(error).__name__}: {error})"
+        )
+        return f"{what} while evaluating candidates {first}-{last} of generation {task['generation'] + 1}"
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        if isinstance(self.pool, futures.ProcessPoolExecutor):
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.pool.terminate()
+        self.pool = None
