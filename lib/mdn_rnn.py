@@ -491,7 +491,7 @@ class MDNRNN(chainer.Chain):
         Returns:
             `SequenceOutput` of Variables.
         """
-        z = z.array if isinstance(z, chainer.Variable) else z
+        z, a = (v.array if isinstance(v, chainer.Variable) else v for v in (z, a))
         batch, steps, _ = z.shape
         x = self.xp.concatenate([z, a], axis=2).astype(np.float32, copy=False)
         h0, c0 = (None, None) if state is None else state
