@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from lib import checkpoints, cli, drawing, latents, training
-from lib.mdn_rnn import MDNRNN, sample
+from lib.mdn_rnn import sample
 from lib.rollouts import load_episode
 
 MODES = ("normal", "window", "reward", "dream")
@@ -48,19 +48,6 @@ def parse_args(argv=None):
     return args
 
 
-def load_rnn(data_dir, mode, z_size):
-    path = os.path.join(data_dir, "models", f"rnn_{mode}.npz")
-    sidecar = checkpoints.read_sidecar(path, f"04_train_rnn.py --mode {mode}")
-    if sidecar["config"].get("z_size") != z_size:
-        raise checkpoints.CheckpointError(
-            f"{path} predicts z of size {sidecar['config'].get('z_size')} but V's is {z_size} — "
-            f"re-run 04_train_rnn.py --mode {mode} with this V"
-        )
-    model = MDNRNN(**sidecar["config"])
-    checkpoints.load_weights(path, model, f"04_train_rnn.py --mode {mode}")
-    return model, sidecar
-
-
 def strip(top, bottom, text):
     return drawing.caption(drawing.upscale(drawing.grid([list(top), list(bottom)]), 3), text)
 
@@ -75,7 +62,7 @@ def main(argv=None):
     try:
         device = training.select_device(args.gpu)
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
-        model, _ = load_rnn(args.data_dir, args.mode, vae_sidecar["config"]["z_size"])
+        model, _ = checkpoints.load_rnn(args.data_dir, args.mode, vae_sidecar["config"]["z_size"])
     except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     model.to_device(device)

@@ -147,21 +147,10 @@ def main(argv=None):
     # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
     try:
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
-        rnn_path = os.path.join(models, f"rnn_{rnn_mode}.npz")
-        rnn_sidecar = checkpoints.read_sidecar(rnn_path, f"04_train_rnn.py --mode {rnn_mode}")
+        rnn, _ = checkpoints.load_rnn(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"])
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
-    from lib.mdn_rnn import MDNRNN
-
-    rnn = MDNRNN(**rnn_sidecar["config"])
-    try:
-        checkpoints.load_weights(rnn_path, rnn, f"04_train_rnn.py --mode {rnn_mode}")
-    except checkpoints.CheckpointError as e:
-        cli.fail(str(e))
-    if rnn.z_size != vae_sidecar["config"]["z_size"]:
-        cli.fail(
-            f"{rnn_path} reads z of size {rnn.z_size} but V's is {vae_sidecar['config']['z_size']} — re-run 04_train_rnn.py with this V"
-        )
+    rnn_path = os.path.join(models, f"rnn_{rnn_mode}.npz")
     if args.dream and not (rnn.reward_head and rnn.done_head):
         cli.fail(
             f"--dream needs an M with reward and done heads; {rnn_path} has none — run 04_train_rnn.py --mode dream (or reward)"

@@ -37,13 +37,18 @@ class WorldModelsAgent(Policy):
         params: (P, n_params) controller parameters, one row per candidate.
         candidate_of: maps an episode index (in the runner's seed list) to a
             row of `params`; default: all episodes use row 0.
+        temperature: 0 (default) feeds V's posterior mean as z; tau > 0 samples
+            z from the posterior with its standard deviation scaled by sqrt(tau),
+            with noise drawn from each episode's seed.
     """
 
     name = "world_models"
     needs_image = True
 
-    def __init__(self, n, vae, rnn, params, candidate_of=None):
+    def __init__(self, n, vae, rnn, params, candidate_of=None, temperature=0.0):
         super().__init__(n)
+        self.temperature = float(temperature)
+        self.rngs = [np.random.default_rng(i) for i in range(n)]
         self.vae = vae
         self.rnn = rnn
         self.z_size = rnn.z_size
@@ -64,11 +69,18 @@ class WorldModelsAgent(Policy):
         self.c[slots] = 0.0
         if episodes is not None:
             self.which[slots] = [self.candidate_of(int(k)) for k in episodes]
+        for i, seed in zip(slots, seeds):
+            self.rngs[i] = np.random.default_rng([int(seed), 0x7A])
 
     def encode(self, images):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
-            mu, _ = self.vae.encode(images)
-        return self.cpu.send(mu.array)
+            mu, logvar = self.vae.encode(images)
+        mu = self.cpu.send(mu.array)
+        if self.temperature == 0:
+            return mu
+        eps = np.stack([r.standard_normal(mu.shape[1], dtype=np.float32) for r in self.rngs])
+        std = np.exp(0.5 * self.cpu.send(logvar.array)) * np.sqrt(self.temperature)
+        return (mu + std * eps).astype(np.float32)
 
     def act(self, sim, images=None):
         z = self.encode(images)

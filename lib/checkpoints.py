@@ -93,3 +93,47 @@ def decode_latents(vae, z: np.ndarray, batch_size: int = 500) -> np.ndarray:
             y = cpu.send(vae.decode(np.asarray(z[start : start + batch_size], np.float32)).array)
             out.append((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
     return np.concatenate(out)
+
+
+def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
+    """M from `data_dir/models/rnn_<mode>.npz`, checked against V's z size.
+
+    Returns:
+        (MDNRNN on `device`, sidecar dict).
+    """
+    from lib.mdn_rnn import MDNRNN
+
+    maker = f"04_train_rnn.py --mode {mode}"
+    path = os.path.join(data_dir, "models", f"rnn_{mode}.npz")
+    sidecar = read_sidecar(path, maker)
+    if z_size is not None and sidecar["config"].get("z_size") != z_size:
+        raise CheckpointError(
+            f"{path} predicts z of size {sidecar['config'].get('z_size')} but V's is {z_size} — "
+            f"re-run {maker} with this V"
+        )
+    try:
+        model = MDNRNN(**sidecar["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: sidecar config does not build an MDNRNN ({e})") from None
+    load_weights(path, model, maker)
+    if device is not None:
+        model.to_device(device)
+    return model, sidecar
+
+
+def load_controller(data_dir: str):
+    """C from `data_dir/models/controller.npz`.
+
+    Returns:
+        (Controller, sidecar dict); the sidecar names the M it was trained with.
+    """
+    from lib.controller import Controller
+
+    path = os.path.join(data_dir, "models", "controller.npz")
+    sidecar = read_sidecar(path, "07_train_controller.py")
+    try:
+        controller = Controller(**sidecar["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: sidecar config does not build a Controller ({e})") from None
+    load_weights(path, controller, "07_train_controller.py")
+    return controller, sidecar

@@ -1,0 +1,179 @@
+"""Tests the trained agent (V + M + C) against the baselines on the same episodes.
+
+Reads:
+    data/models/vae.npz, rnn_<mode>.npz (the M named in controller.json) and
+        controller.npz, each with its JSON sidecar.
+Writes:
+    data/results/test_controller.json (--out): one object per policy —
+        world_models, random, greedy, greedy_avoid, oracle — with
+        success / collision / out_of_map / timeout rates and their 95 % Wilson
+        intervals, return mean and std, episodes, steps to goal, path length,
+        closest approach to a person and personal-space compliance.
+    data/results/test_controller.md: the same as a Markdown table (also printed).
+    data/results/test_<policy>_<k>.gif: the first --record episodes of each
+        policy (global view beside the 64x64 observation).
+
+Every policy plays the same --episodes held-out episodes (seeds from --seed),
+so differences between rows are differences between policies.
+"""
+
+import os
+import time
+
+from tqdm import tqdm
+
+from lib import checkpoints, cli, drawing, evaluation, manifest, training
+from lib import socnavenv as sn
+from lib.agent import WorldModelsAgent
+from lib.policies import make_policy
+
+BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--episodes", type=cli.positive_int, default=100, help="held-out episodes per policy"
+    )
+    p.add_argument(
+        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
+    )
+    p.add_argument(
+        "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: the agent's z is V's posterior mean (as in training); tau > 0 samples z "
+        "from V's posterior with its std scaled by sqrt(tau)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: <data-dir>/results/test_controller.json)",
+    )
+    p.add_argument(
+        "--record",
+        type=cli.non_negative_int,
+        default=2,
+        help="GIFs of the first K episodes per policy",
+    )
+    p.add_argument(
+        "--baselines-only", action="store_true", help="skip the agent (no trained models needed)"
+    )
+    p.add_argument(
+        "--n-envs", type=cli.positive_int, default=64, help="episodes stepped in lockstep"
+    )
+    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy) for V and M; -1 for the CPU")
+    cli.add_common_args(p)
+    args = p.parse_args(argv)
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    return args
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| policy | success | collision | out of map | timeout | return | steps to goal | closest person (m) | personal space |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in results.items():
+        lo, hi = s["success_rate_ci95"]
+        steps = f"{s['steps_to_goal_mean']:.0f}" if s["steps_to_goal_mean"] else "–"
+        closest = (
+            f"{s['min_human_distance_mean']:.2f}"
+            if s["min_human_distance_mean"] is not None
+            else "–"
+        )
+        lines.append(
+            f"| {name} | {s['success_rate']:.1%} [{lo:.0%}, {hi:.0%}] | {s['collision_rate']:.1%} | "
+            f"{s['out_of_map_rate']:.1%} | {s['timeout_rate']:.1%} | {s['return_mean']:+.2f} ± {s['return_std']:.2f} | "
+            f"{steps} | {closest} | {s['personal_space_compliance']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results_dir = os.path.join(args.data_dir, "results")
+    out = args.out or os.path.join(results_dir, "test_controller.json")
+    config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    print(
+        f"08: {args.episodes} held-out episodes per policy, seed {args.seed}, {config.n_humans} people -> {out}"
+    )
+
+    # INPUTS: the agent (V + the M it was trained with + C).
+    policies = {}
+    if not args.baselines_only:
+        try:
+            device = training.select_device(args.gpu)
+            controller, c_sidecar = checkpoints.load_controller(args.data_dir)
+            vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
+            rnn, _ = checkpoints.load_rnn(
+                args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
+            )
+        except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+            cli.fail(f"{e} (or pass --baselines-only)")
+        if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
+            cli.fail(
+                f"controller.npz reads [z, h] of sizes ({controller.z_size}, {controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — re-run 07_train_controller.py"
+            )
+        params = controller.get_flat()[None]
+        policies["world_models"] = lambda n: WorldModelsAgent(
+            n, vae, rnn, params, temperature=args.temperature
+        )
+        print(
+            f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
+        )
+    for name in BASELINES:
+        policies[name] = lambda n, name=name: make_policy(name, n)
+    cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
+    cli.ensure_writable_dir(results_dir)
+
+    # EVALUATION: the same seeds for everyone.
+    seeds = evaluation.evaluation_seeds(args.seed, args.episodes)
+    results = {}
+    for name, build in policies.items():
+        start = time.perf_counter()
+        with tqdm(total=args.episodes, desc=name, unit="ep", leave=False) as bar:
+            summary, episodes = evaluation.evaluate(
+                build(min(args.n_envs, args.episodes)),
+                seeds,
+                config,
+                args.n_envs,
+                record=args.record,
+                progress=bar,
+            )
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        results[name] = summary
+        for k, ep in enumerate(episodes[: args.record]):
+            drawing.episode_gif(
+                os.path.join(results_dir, f"test_{name}_{k}.gif"), ep, f"{name} #{k}"
+            )
+        print(
+            f"{name:13s} success {summary['success_rate']:.1%}, collision {summary['collision_rate']:.1%}, return {summary['return_mean']:+.3f} ({summary['seconds']:.1f} s)"
+        )
+
+    # OUTPUTS
+    report = dict(results)
+    report["meta"] = {
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "env": config.to_dict(),
+        "temperature": args.temperature,
+    }
+    manifest.write_json(out, report)
+    md = table(results)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(
+        f"\nwrote {out}, {os.path.splitext(out)[0]}.md"
+        + (f" and GIFs test_<policy>_<k>.gif in {results_dir}" if args.record else "")
+    )
+
+
+if __name__ == "__main__":
+    main()
