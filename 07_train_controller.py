@@ -133,6 +133,11 @@ def main(argv=None):
     results = os.path.join(args.data_dir, "results")
     es_path = os.path.join(models, "controller_es.npz")
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
+    try:
+        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
+    except checkpoints.CheckpointError as e:
+        cli.fail(str(e))
     rnn_mode = pick_rnn_mode(models, args.rnn_mode, args.dream)
     where = (
         f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
@@ -144,9 +149,7 @@ def main(argv=None):
         f"sigma {args.sigma}, {where}, {args.workers} workers ({args.backend}), seed {args.seed}"
     )
 
-    # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
     try:
-        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
         rnn, _ = checkpoints.load_rnn(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"])
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))

@@ -17,7 +17,12 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt
 	touch $@
 
-test: venv
+# Ray is optional for users (--backend ray); the tests cover it, so `make test` installs it.
+$(VENV)/.ray-installed: $(VENV)/.installed requirements-ray.txt
+	$(BIN)/pip install --quiet -r requirements-ray.txt
+	touch $@
+
+test: venv $(VENV)/.ray-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PY) -m pytest -q

@@ -9,6 +9,8 @@ side by side:
 - `vae_encode`: frames/s, batch 1000, `no_backprop_mode` and `train=False`.
 - `rnn_train`: sequence-steps/s, batch 100 x 100 steps, z 32, 2-D actions, 5
   mixtures, hidden 256, forward + backward + Adam(1e-3) + gradient clip 1.0.
+- `ctrl_b1`, `ctrl_b64`: agent-steps/s of one real-env control step (V encode
+  of a uint8 64x64 frame, one M step, one C product) for 1 and 64 agents.
 - `dream_b1024`: agent-steps/s, 1024 agents: one M step with reward and done
   heads, sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`.
 
@@ -125,11 +127,39 @@ def dream_b1024():
     return agents / bench(step, 20, 3)
 
 
+def _ctrl(n_agents):
+    """Agent-steps/s of one real-env control step for `n_agents` in lockstep:
+    V encode of uint8 64x64 frames, one M step, one batched C product."""
+    from lib.agent import WorldModelsAgent
+    from lib.controller import n_params
+
+    rng = np.random.default_rng(0)
+    vae = ConvVAE()
+    rnn = MDNRNN()
+    params = rng.normal(0, 0.1, (1, n_params(32, 256))).astype(np.float32)
+    agent = WorldModelsAgent(n_agents, vae, rnn, params)
+    frames = _frames(rng, n_agents)
+    iters = max(4, 256 // n_agents)
+    return n_agents / bench(lambda: agent.act(None, frames), iters)
+
+
+def ctrl_b1():
+    """Agent-steps/s of the real-env control step for one agent."""
+    return _ctrl(1)
+
+
+def ctrl_b64():
+    """Agent-steps/s of the real-env control step for 64 agents in lockstep."""
+    return _ctrl(64)
+
+
 WORKLOADS = {
     "vae_train": vae_train,
     "vae_encode": vae_encode,
     "rnn_train": rnn_train,
     "dream_b1024": dream_b1024,
+    "ctrl_b1": ctrl_b1,
+    "ctrl_b64": ctrl_b64,
 }
 
 

@@ -137,6 +137,17 @@ def evaluate_group(task: dict) -> dict:
     }
 
 
+def _run_marked(task_fn, task, marker_dir):
+    """Runs a task in a worker, leaving a note of the candidates it holds while
+    it runs, so that if the process dies the parent can say which they were."""
+    note = os.path.join(marker_dir, str(os.getpid()))
+    with open(note, "w") as f:
+        f.write(f"{task['first']} {task['first'] + len(task['params']) - 1}")
+    result = task_fn(task)
+    os.remove(note)
+    return result
+
+
 class Evaluator:
     """Evaluates a population: `evaluator(params, generation) -> (returns, lengths)`,
     each (P, trials).
@@ -148,6 +159,8 @@ class Evaluator:
         address: Ray address.
         group_size: candidates per lockstep batch (a fixed number, so results
             do not depend on `workers`).
+        task_fn: the function a worker runs per group (`evaluate_group`; tests
+            substitute one that fails).
     """
 
     def __init__(
@@ -157,8 +170,10 @@ class Evaluator:
         backend: str = "local",
         address=None,
         group_size: int = 4,
+        task_fn=evaluate_group,
     ):
         self.spec = spec
+        self.task_fn = task_fn
         self.workers = workers
         self.backend = backend
         self.group_size = group_size
@@ -166,11 +181,10 @@ class Evaluator:
         if backend == "local" and workers == 1:
             init_worker(spec)
         elif backend == "local":
-            # Each worker gets its share of the cores for BLAS; set before the
-            # workers start (they read it when NumPy loads).
-            threads = str(max(1, (os.cpu_count() or 1) // workers))
-            os.environ["OPENBLAS_NUM_THREADS"] = threads
-            os.environ["OMP_NUM_THREADS"] = threads
+            # One BLAS thread per worker (set before the workers start: they
+            # read it when NumPy loads), so results match the in-process path.
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"
+            os.environ["OMP_NUM_THREADS"] = "1"
             ctx = multiprocessing.get_context("forkserver")
             self.pool = futures.ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=init_worker, initargs=(spec,)
@@ -193,19 +207,34 @@ class Evaluator:
         tasks = self.tasks(params, generation)
         results = []
         if self.pool is None:
-            results = [evaluate_group(t) for t in tasks]
+            # One BLAS thread, as in every pool worker: GEMM results can depend
+            # on the thread count, and fitness must not depend on --workers.
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):
+                results = [self.task_fn(t) for t in tasks]
         elif isinstance(self.pool, futures.ProcessPoolExecutor):
-            pending = {self.pool.submit(evaluate_group, t): t for t in tasks}
-            for fut in futures.as_completed(pending):
-                t = pending[fut]
-                try:
-                    results.append(fut.result())
-                except Exception as e:  # noqa: BLE001 — any failure names its candidates
-                    self.close()
-                    raise WorkerDied(self._describe(t, e)) from None
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="wm_workers_") as notes:
+                pending = {self.pool.submit(_run_marked, self.task_fn, t, notes): t for t in tasks}
+                for fut in futures.as_completed(pending):
+                    t = pending[fut]
+                    try:
+                        results.append(fut.result())
+                    except futures.process.BrokenProcessPool:
+                        held = self._dead_workers_candidates(notes)
+                        self.close()
+                        where = f"candidates {held}" if held else "an unknown candidate"
+                        raise WorkerDied(
+                            f"a worker died while evaluating {where} of generation {generation + 1}"
+                        ) from None
+                    except Exception as e:  # noqa: BLE001 — any failure names its candidates
+                        self.close()
+                        raise WorkerDied(self._describe(t, e)) from None
         else:
             try:
-                results = self.pool.map(evaluate_group, tasks)
+                results = self.pool.map(self.task_fn, tasks)
             except Exception as e:  # noqa: BLE001
                 raise WorkerDied(self._describe(tasks[0], e, all_tasks=tasks)) from None
         returns = np.zeros((len(params), self.spec.trials))
@@ -214,6 +243,17 @@ class Evaluator:
             returns[r["first"] : r["first"] + len(r["returns"])] = r["returns"]
             lengths[r["first"] : r["first"] + len(r["lengths"])] = r["lengths"]
         return returns, lengths
+
+    def _dead_workers_candidates(self, notes: str) -> str:
+        """'a-b' ranges noted by worker processes that have exited."""
+        held = []
+        for pid, proc in list(getattr(self.pool, "_processes", {}).items()):
+            note = os.path.join(notes, str(pid))
+            if proc.exitcode is not None and os.path.exists(note):
+                with open(note) as f:
+                    first, last = f.read().split()
+                held.append(f"{first}-{last}")
+        return ", ".join(held)
 
     def _describe(self, task, error, all_tasks=None) -> str:
         if all_tasks is not None:

@@ -1,0 +1,337 @@
+"""C: the controller, the CMA-ES driver, the fitness workers, 07 and 08."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lib import checkpoints, fitness
+from lib import socnavenv as sn
+from lib.agent import WorldModelsAgent, dream_rollouts
+from lib.controller import Controller, act_batch, n_params, unflatten
+from lib.es import CMAES, ReplayMismatch
+from lib.evaluation import evaluate, evaluation_seeds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, check=True):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "error:" in ln]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny V (z 8) and M (hidden 16, with reward/done heads) on tiny data."""
+    root = tmp_path_factory.mktemp("ctrl")
+    common = ["--max-steps", 40, "--workers", 1, "--data-dir", root]
+    run("01_generate_vae_data.py", "--rollouts", 3, "--testrollouts", 1, *common)
+    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 1, *common)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--z-size", 8, "--data-dir", root)
+    run(
+        "04_train_rnn.py", "--mode", "dream", "--epochs", 1, "--batch-size", 4, "--hidden", 16,
+        "--data-dir", root,
+    )  # fmt: skip
+    return root
+
+
+def copy_data(src, tmp_path):
+    dst = tmp_path / "d"
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------
+# Controller and CMA-ES driver.
+# ---------------------------------------------------------------------------
+def test_controller_sizes_and_flat_round_trip():
+    c = Controller()
+    assert c.size == n_params(32, 256) == 578
+    flat = np.random.default_rng(0).normal(size=578).astype(np.float32)
+    c.set_flat(flat)
+    np.testing.assert_array_equal(c.get_flat(), flat)
+    z = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
+    h = np.random.default_rng(2).normal(size=(3, 256)).astype(np.float32)
+    expected = np.tanh(np.concatenate([z, h], 1) @ flat[:576].reshape(2, 288).T + flat[576:])
+    np.testing.assert_allclose(c(z, h).array, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        c.set_flat(flat[:10])
+
+
+def test_act_batch_uses_each_agents_candidate():
+    rng = np.random.default_rng(0)
+    params = rng.normal(size=(3, n_params(4, 6))).astype(np.float32)
+    w, b = unflatten(params, 4, 6)
+    z = rng.normal(size=(5, 4)).astype(np.float32)
+    h = rng.normal(size=(5, 6)).astype(np.float32)
+    which = np.array([2, 0, 1, 2, 0])
+    out = act_batch(w, b, which, z, h)
+    for i, k in enumerate(which):
+        c = Controller(4, 6)
+        c.set_flat(params[k])
+        np.testing.assert_allclose(out[i], c(z[i : i + 1], h[i : i + 1]).array[0], rtol=1e-5)
+
+
+def test_cma_solves_a_quadratic_through_the_driver():
+    target = np.linspace(-1, 1, 8)
+    es = CMAES(8, popsize=16, sigma=0.5, seed=7)
+    while es.generation < 80:
+        xs = es.ask()
+        es.tell(xs, -((xs - target) ** 2).sum(axis=1))  # returns: higher is better
+    np.testing.assert_allclose(es.mean, target, atol=1e-2)
+    best, ret = es.best()
+    assert ret > -1e-3 and np.abs(best - target).max() < 0.05
+
+
+def test_cma_replay_is_exact_and_guarded():
+    es = CMAES(5, popsize=8, sigma=0.3, seed=3)
+    for _ in range(4):
+        xs = es.ask()
+        es.tell(xs, -np.abs(xs).sum(1))
+    arrays = es.state_arrays()
+    again = CMAES.replay(arrays)
+    np.testing.assert_array_equal(again.mean, es.mean)
+    np.testing.assert_array_equal(again.ask(), es.ask())
+    arrays["checksums"] = arrays["checksums"] + 1.0
+    with pytest.raises(ReplayMismatch):
+        CMAES.replay(arrays)
+    with pytest.raises(ValueError):
+        CMAES(5, seed=0)
+
+
+def test_cma_keeps_numpy_global_rng_untouched():
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    es = CMAES(4, popsize=6, sigma=0.2, seed=9)
+    es.tell(es.ask(), np.zeros(6))
+    assert np.random.rand() == expected
+
+
+# ---------------------------------------------------------------------------
+# Agents and fitness.
+# ---------------------------------------------------------------------------
+def test_lockstep_equals_one_at_a_time(models):
+    vae, _ = checkpoints.load_vae(str(models))
+    rnn, _ = checkpoints.load_rnn(str(models), "dream", 8)
+    params = np.random.default_rng(0).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
+    seeds = evaluation_seeds(5, 6)
+    config = sn.EnvConfig(max_steps=60)
+    _, together = evaluate(WorldModelsAgent(6, vae, rnn, params), seeds, config, n_envs=6)
+    alone = []
+    for s in seeds:
+        _, eps = evaluate(WorldModelsAgent(1, vae, rnn, params), [s], config, n_envs=1)
+        alone.append(eps[0])
+    np.testing.assert_allclose(
+        [e.ret for e in together], [e.ret for e in alone], rtol=1e-5, atol=1e-6
+    )
+    assert [e.outcome for e in together] == [e.outcome for e in alone]
+    assert [e.length for e in together] == [e.length for e in alone]
+
+
+def test_dream_rollouts_need_heads_and_count_steps(models):
+    rnn, _ = checkpoints.load_rnn(str(models), "dream", 8)
+    params = np.zeros((2, n_params(8, 16)), np.float32)
+    z0 = np.zeros((4, 8), np.float32)
+    returns, lengths = dream_rollouts(
+        rnn, params, np.array([0, 0, 1, 1]), z0, 1.0, np.random.default_rng(0), max_steps=20
+    )
+    assert returns.shape == (4,) and np.all((lengths >= 1) & (lengths <= 20))
+    assert np.all(np.isfinite(returns))
+    from lib.mdn_rnn import MDNRNN
+
+    with pytest.raises(ValueError, match="reward and done heads"):
+        dream_rollouts(
+            MDNRNN(z_size=8, hidden_size=16),
+            params,
+            np.zeros(4, int),
+            z0,
+            1.0,
+            np.random.default_rng(0),
+        )
+
+
+@pytest.mark.parametrize("dream", [False, True])
+def test_fitness_independent_of_workers(models, tmp_path, dream):
+    starts = None
+    if dream:
+        starts = str(tmp_path / "starts.npz")
+        np.savez(starts, mu=np.zeros((3, 8), np.float32), logvar=np.zeros((3, 8), np.float32))
+    spec = fitness.Spec(str(models), "dream", 2, 11, dream, 1.0, {"max_steps": 30}, starts)
+    params = np.random.default_rng(3).normal(0, 0.3, (6, n_params(8, 16))).astype(np.float32)
+    one = fitness.Evaluator(spec, workers=1, group_size=2)
+    two = fitness.Evaluator(spec, workers=2, group_size=2)
+    try:
+        r1, l1 = one(params, 0)
+        r2, l2 = two(params, 0)
+    finally:
+        two.close()
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(l1, l2)
+    assert r1.shape == (6, 2)
+
+
+def die_on_second_group(task):
+    """A task function whose worker dies on candidates 2-3 (for the test below)."""
+    if task["first"] == 2:
+        os._exit(3)
+    return fitness.evaluate_group(task)
+
+
+def test_dying_worker_raises_with_its_candidates(models):
+    spec = fitness.Spec(str(models), "dream", 1, 0, False, 1.0, {"max_steps": 10})
+    params = np.zeros((4, n_params(8, 16)), np.float32)
+    ev = fitness.Evaluator(spec, workers=2, group_size=2, task_fn=die_on_second_group)
+    with pytest.raises(fitness.WorkerDied, match="candidates 2-3 of generation 1"):
+        ev(params, 0)
+    ev.close()
+
+
+def test_ray_backend_matches_local(models):
+    pytest.importorskip("ray")
+    spec = fitness.Spec(str(models), "dream", 2, 4, False, 1.0, {"max_steps": 20})
+    params = np.random.default_rng(5).normal(0, 0.3, (4, n_params(8, 16))).astype(np.float32)
+    local = fitness.Evaluator(spec, workers=1, group_size=2)(params, 1)
+    ray_eval = fitness.Evaluator(spec, workers=2, backend="ray", group_size=2)
+    try:
+        remote = ray_eval(params, 1)
+    finally:
+        ray_eval.close()
+        import ray
+
+        ray.shutdown()
+    np.testing.assert_array_equal(local[0], remote[0])
+    np.testing.assert_array_equal(local[1], remote[1])
+
+
+# ---------------------------------------------------------------------------
+# Scripts.
+# ---------------------------------------------------------------------------
+def train_c(d, *extra, check=True):
+    return run(
+        "07_train_controller.py", "--popsize", 6, "--trials", 2, "--eval-every", 2,
+        "--eval-episodes", 4, "--max-steps", 40, "--group-size", 3, "--data-dir", d, *extra,
+        check=check,
+    )  # fmt: skip
+
+
+def log_rows(d):
+    with open(d / "models" / "controller_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_07_same_controller_for_1_and_2_workers(models, tmp_path):
+    a = copy_data(models, tmp_path / "a")
+    b = copy_data(models, tmp_path / "b")
+    train_c(a, "--epochs", 2, "--workers", 1)
+    train_c(b, "--epochs", 2, "--workers", 2)
+    ca = np.load(a / "models" / "controller.npz")
+    cb = np.load(b / "models" / "controller.npz")
+    for k in ca.files:
+        np.testing.assert_array_equal(ca[k], cb[k])
+    assert [r["best"] for r in log_rows(a)] == [r["best"] for r in log_rows(b)]
+    side = json.loads((a / "models" / "controller.json").read_text())
+    assert side["config"] == {"z_size": 8, "hidden_size": 16, "action_size": 2}
+    assert (a / "models" / "controller_progress.png").exists()
+    assert (a / "results" / "controller_best.gif").exists()
+
+
+def test_07_resume_is_exact_in_the_dream(models, tmp_path):
+    a = copy_data(models, tmp_path / "a")
+    b = copy_data(models, tmp_path / "b")
+    train_c(a, "--epochs", 3, "--dream", "--workers", 1)
+    train_c(b, "--epochs", 2, "--dream", "--workers", 1)
+    train_c(b, "--epochs", 3, "--dream", "--workers", 1, "--resume")
+    assert log_rows(a) and [
+        {k: v for k, v in r.items() if k != "seconds"} for r in log_rows(a)
+    ] == [{k: v for k, v in r.items() if k != "seconds"} for r in log_rows(b)]
+    es_a = np.load(a / "models" / "controller_es.npz")
+    es_b = np.load(b / "models" / "controller_es.npz")
+    np.testing.assert_array_equal(es_a["history"], es_b["history"])
+
+
+def test_07_bad_input(models, tmp_path):
+    d = copy_data(models, tmp_path)
+    assert "--popsize" in one_line_error(train_c(d, "--popsize", "-2", check=False))
+    assert "--sigma" in one_line_error(train_c(d, "--sigma", "0", check=False))
+    assert "not found" in one_line_error(train_c(d, "--resume", check=False))
+    line = one_line_error(train_c(d, "--dream", "--rnn-mode", "window", check=False))
+    assert "04_train_rnn.py --mode window" in line
+    run("04_train_rnn.py", "--mode", "window", "--epochs", 1, "--hidden", 16, "--data-dir", d)
+    line = one_line_error(train_c(d, "--dream", "--rnn-mode", "window", check=False))
+    assert "reward and done heads" in line
+    assert "03_train_vae.py" in one_line_error(train_c(tmp_path / "empty", check=False))
+    assert not (d / "models" / "controller.npz").exists()
+
+
+def test_08_json_keys_and_table(models, tmp_path):
+    d = copy_data(models, tmp_path)
+    train_c(d, "--epochs", 2, "--workers", 1)
+    out = tmp_path / "r.json"
+    proc = run(
+        "08_test_controller.py", "--episodes", 6, "--record", 1, "--max-steps", 40,
+        "--out", out, "--data-dir", d,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    for name in ("world_models", "random", "greedy", "greedy_avoid", "oracle"):
+        s = report[name]
+        for key in (
+            "success_rate", "collision_rate", "out_of_map_rate", "timeout_rate", "return_mean",
+            "return_std", "episodes", "success_rate_ci95", "personal_space_compliance",
+            "min_human_distance_mean", "path_length_mean",
+        ):  # fmt: skip
+            assert key in s, (name, key)
+        assert s["episodes"] == 6
+        rates = sum(s[f"{k}_rate"] for k in ("success", "collision", "out_of_map", "timeout"))
+        assert rates == pytest.approx(1.0)
+        lo, hi = s["success_rate_ci95"]
+        assert lo <= s["success_rate"] <= hi
+        assert (d / "results" / f"test_{name}_0.gif").exists()
+    assert "| world_models |" in proc.stdout and "| oracle |" in proc.stdout
+
+
+def test_08_without_controller_and_baselines_only(models, tmp_path):
+    d = copy_data(models, tmp_path)
+    assert "07_train_controller.py" in one_line_error(
+        run("08_test_controller.py", "--data-dir", d, check=False)
+    )
+    out = tmp_path / "b.json"
+    run(
+        "08_test_controller.py",
+        "--baselines-only",
+        "--episodes",
+        4,
+        "--record",
+        0,
+        "--out",
+        out,
+        "--data-dir",
+        d,
+    )
+    report = json.loads(out.read_text())
+    assert "world_models" not in report and report["oracle"]["episodes"] == 4
+    assert "--episodes" in one_line_error(
+        run("08_test_controller.py", "--episodes", "0", "--data-dir", d, check=False)
+    )
