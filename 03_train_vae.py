@@ -61,6 +61,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--kl-tolerance", type=float, default=0.5, help="KL floor per latent dim (nats)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument(
+        "--object-weight",
+        type=float,
+        default=1.0,
+        help="weight of coloured pixels (goal, people, robot) in the reconstruction error; "
+        "1 is the paper's plain squared error (see lib/vae.object_weights)",
+    )
     p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
     p.add_argument(
         "--resume", action="store_true", help="continue from data/models/vae_snapshot.npz"
@@ -87,6 +94,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
+    if not args.object_weight >= 1:
+        p.error(f"--object-weight must be >= 1, got {args.object_weight}")
     if args.kl_tolerance < 0:
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
     if args.resume and args.overwrite:
@@ -188,7 +197,7 @@ def main(argv=None):
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
     shuffle_rng = np.random.default_rng(derive_seed(args.seed, "vae/shuffle"))
-    loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng)
+    loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng, object_weight=args.object_weight)
     optimizer = chainer.optimizers.Adam(alpha=args.lr)
     optimizer.setup(vae)
 
@@ -221,6 +230,7 @@ def main(argv=None):
         return {
             "config": config,
             "kl_tolerance": args.kl_tolerance,
+            "object_weight": args.object_weight,
             "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
             "args": vars(args),
             **extra_fields,

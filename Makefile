@@ -34,13 +34,23 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/bench_env.py
 
+# The quick preset (about 10 minutes on 2 cores): small data, a short V and M,
+# C trained in M's dream, then tested in the real environment against the baselines.
 demo: venv
 	$(PY) 01_generate_vae_data.py --rollouts 200 --testrollouts 20 --data-dir $(DEMO_DIR)
-	$(PY) 02_generate_rnn_data.py --episodes 200 --testepisodes 20 --data-dir $(DEMO_DIR)
+	$(PY) 02_generate_rnn_data.py --episodes 300 --testepisodes 30 --data-dir $(DEMO_DIR)
+	$(PY) 03_train_vae.py --epochs 4 --lr 1e-3 --object-weight 10 --test-frames 1000 --data-dir $(DEMO_DIR) --overwrite
+	$(PY) 04_train_rnn.py --mode dream --epochs 30 --batch-size 32 --data-dir $(DEMO_DIR) --overwrite
+	$(PY) 05_draw_vae_result.py --data-dir $(DEMO_DIR)
+	$(PY) 06_draw_rnn_result.py --mode dream --data-dir $(DEMO_DIR)
+	$(PY) 07_train_controller.py --dream --epochs 30 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite
+	$(PY) 08_test_controller.py --episodes 100 --data-dir $(DEMO_DIR)
 	$(PY) docs/make_env_figures.py --out $(DEMO_DIR)/results
 	@echo
-	@echo "demo outputs:"
-	@echo "  $(DEMO_DIR)/vae_data/preview.png   frames of the first V rollouts"
-	@echo "  $(DEMO_DIR)/rnn_data/preview.png   frames of the first M episodes"
-	@echo "  $(DEMO_DIR)/results/env_strip.png  an oracle episode: global view + 64x64 observations"
-	@echo "  $(DEMO_DIR)/results/env_episode.gif the same episode as a GIF"
+	@echo "demo outputs (in $(DEMO_DIR)):"
+	@echo "  vae_data/preview.png, rnn_data/preview.png   the rollouts V and M learn from"
+	@echo "  models/vae_loss.png, results/vae_*.png        V: loss curve, reconstructions, samples, traversal"
+	@echo "  models/rnn_dream_loss.png, results/rnn_dream_*  M: NLL vs baselines, one-step/open-loop strips, dream GIF"
+	@echo "  models/controller_progress.png                C: CMA-ES fitness per generation"
+	@echo "  results/controller_best.gif, results/test_*.gif  agents in the real environment"
+	@echo "  results/test_controller.json (.md)            agent vs baselines on 100 held-out episodes"

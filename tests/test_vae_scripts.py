@@ -210,3 +210,30 @@ def test_draw_vae_result(vae_data, tmp_path):
     assert len(summary["kl_per_dim"]) == 32
     assert summary["reconstruction_sse_per_frame"] > 0
     assert "vae_traversal.png" in proc.stdout
+
+
+def test_object_weights_favour_coloured_pixels():
+    from lib import socnavenv as sn
+    from lib.vae import object_weights
+
+    pixels = np.array([[sn.FLOOR_RGB, sn.WALL_RGB, sn.OUTSIDE_RGB, sn.GOAL_RGB, sn.HUMAN_RGB]])
+    w = object_weights((pixels / 255.0).astype(np.float32)[None], 10.0)[0, 0, :, 0]
+    np.testing.assert_allclose(w[:3], [1 + 9 * 6 / 255, 1.0, 1 + 9 * 8 / 255], rtol=1e-5)
+    np.testing.assert_allclose(w[3:], [1 + 9 * 160 / 255, 1 + 9 * 180 / 255], rtol=1e-5)
+    np.testing.assert_array_equal(object_weights(np.zeros((1, 2, 2, 3), np.float32), 1.0), 1.0)
+
+
+def test_object_weight_flag(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    line = one_line_error(
+        run("03_train_vae.py", "--object-weight", "0.5", "--data-dir", d, check=False)
+    )
+    assert "--object-weight" in line
+    run(
+        "03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--object-weight", 10, "--data-dir", d
+    )
+    sidecar = json.loads((d / "models" / "vae.json").read_text())
+    assert sidecar["object_weight"] == 10.0
+    # The reported reconstruction error stays the plain one (comparable across weights).
+    rows = log_rows(d)
+    assert 0 < float(rows[0]["train_rec"]) < float(rows[0]["train_loss"])
