@@ -1,0 +1,224 @@
+"""lib.fastconv: gradients, agreement with Chainer's own links, chunking, fallback."""
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+import pytest
+from chainer import gradient_check
+
+from lib import fastconv as fc
+
+ACTS = {None: lambda h: h, "relu": F.relu, "sigmoid": F.sigmoid}
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _close(actual, expected, tol=1e-5):
+    """Equal to `tol`, relative to the largest magnitude of `expected`."""
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+# ---------------------------------------------------------------------------
+# gradient checks (float64, small sizes)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3, 4, 5, 2), (3, 6, 6, 2, 3, 2, 1)])
+def test_conv_check_backward(activation, shape):
+    n_b, n_h, n_w, n_c, k, n_o, stride = shape
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, (n_b, n_h, n_w, n_c))
+    w = rng.uniform(-1, 1, (k, k, n_c, n_o))
+    b = rng.uniform(-1, 1, n_o)
+    n_oh, n_ow = (n_h - k) // stride + 1, (n_w - k) // stride + 1
+    gy = rng.uniform(-1, 1, (n_b, n_oh, n_ow, n_o))
+    gradient_check.check_backward(
+        lambda x, w, b: fc.Conv2DNHWC(stride, activation).apply((x, w, b)),
+        (x, w, b),
+        gy,
+        dtype=np.float64,
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 4, 3, 4, 2, 2), (2, 1, 1, 5, 5, 3, 2), (1, 3, 2, 2, 3, 2, 1)]
+)
+def test_deconv_check_backward(activation, shape):
+    n_b, n_h, n_w, n_c, k, n_o, stride = shape
+    rng = np.random.RandomState(1)
+    x = rng.uniform(-1, 1, (n_b, n_h, n_w, n_c))
+    w = rng.uniform(-1, 1, (n_c, k, k, n_o))
+    b = rng.uniform(-1, 1, n_o)
+    gy = rng.uniform(-1, 1, (n_b, (n_h - 1) * stride + k, (n_w - 1) * stride + k, n_o))
+    gradient_check.check_backward(
+        lambda x, w, b: fc.Deconv2DNHWC(stride, activation).apply((x, w, b)),
+        (x, w, b),
+        gy,
+        dtype=np.float64,
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
+# ---------------------------------------------------------------------------
+# agreement with L.Convolution2D / L.Deconvolution2D (float32, 1e-5)
+# ---------------------------------------------------------------------------
+
+
+def _run_pair(ref, link, x_nchw, activation, rng):
+    """Forward + backward through Chainer's link (NCHW) and ours (NHWC)."""
+    ref.cleargrads()
+    link.cleargrads()
+    xr = chainer.Variable(x_nchw)
+    yr = ACTS[activation](ref(xr))
+    gy = rng.standard_normal(yr.shape).astype(np.float32)
+    yr.grad = gy
+    yr.backward()
+    xf = chainer.Variable(_nhwc(x_nchw))
+    yf = link(xf)
+    yf.grad = _nhwc(gy)
+    yf.backward()
+    return xr, yr, xf, yf
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("n_c,n_o,size", [(3, 32, 64), (32, 64, 31), (5, 7, 12)])
+def test_conv_matches_chainer(activation, n_c, n_o, size):
+    rng = np.random.default_rng(2)
+    ref = L.Convolution2D(n_c, n_o, 4, 2)
+    ref.b.array[:] = rng.standard_normal(n_o)
+    link = fc.ConvolutionNHWC(n_c, n_o, 4, 2, activation)
+    link.W.array[:] = fc.from_chainer_conv(ref.W.array)
+    link.b.array[:] = ref.b.array
+    x = rng.random((3, n_c, size, size), dtype=np.float32)
+    xr, yr, xf, yf = _run_pair(ref, link, x, activation, rng)
+    _close(_nchw(yf.array), yr.array)
+    _close(_nchw(xf.grad), xr.grad)
+    _close(fc.to_chainer_conv(link.W.grad), ref.W.grad)
+    _close(link.b.grad, ref.b.grad)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("n_c,n_o,k,size", [(64, 32, 6, 13), (32, 3, 6, 30), (16, 8, 5, 1)])
+def test_deconv_matches_chainer(activation, n_c, n_o, k, size):
+    rng = np.random.default_rng(3)
+    ref = L.Deconvolution2D(n_c, n_o, k, 2)
+    ref.b.array[:] = rng.standard_normal(n_o)
+    link = fc.DeconvolutionNHWC(n_c, n_o, k, 2, activation)
+    link.W.array[:] = fc.from_chainer_deconv(ref.W.array)
+    link.b.array[:] = ref.b.array
+    x = rng.standard_normal((3, n_c, size, size), dtype=np.float32)
+    xr, yr, xf, yf = _run_pair(ref, link, x, activation, rng)
+    _close(_nchw(yf.array), yr.array)
+    _close(_nchw(xf.grad), xr.grad)
+    _close(fc.to_chainer_deconv(link.W.grad), ref.W.grad)
+    _close(link.b.grad, ref.b.grad)
+
+
+# ---------------------------------------------------------------------------
+# chunking, inference path, fallback, layouts
+# ---------------------------------------------------------------------------
+
+
+def _grads(link, x, gy):
+    link.cleargrads()
+    xv = chainer.Variable(x)
+    y = link(xv)
+    y.grad = gy
+    y.backward()
+    return y.array, xv.grad, link.W.grad.copy(), link.b.grad.copy()
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_chunked_equals_unchunked(kind, monkeypatch):
+    """Batches split into cache-sized chunks (and over threads) give the same result."""
+    rng = np.random.default_rng(4)
+    if kind == "conv":
+        link = fc.ConvolutionNHWC(4, 6, 4, 2, "relu")
+        x = rng.random((7, 14, 14, 4), dtype=np.float32)
+    else:
+        link = fc.DeconvolutionNHWC(6, 4, 6, 2, "sigmoid")
+        x = rng.standard_normal((7, 5, 5, 6), dtype=np.float32)
+    gy = rng.standard_normal(link(x).shape, dtype=np.float32)
+    whole = _grads(link, x, gy)
+    monkeypatch.setattr(fc, "_CHUNK_BYTES", 1)  # one frame per chunk
+    chunked = _grads(link, x, gy)
+    with chainer.no_backprop_mode():
+        inferred = link(x).array
+    for a, b in zip(chunked, whole):
+        _close(a, b, 1e-6)
+    _close(inferred, whole[0], 1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_fallback_matches_fast_path(kind):
+    """`fastconv = False` (the GPU path) computes the same function."""
+    rng = np.random.default_rng(5)
+    if kind == "conv":
+        link = fc.ConvolutionNHWC(3, 5, 4, 2, "relu")
+        x = rng.random((2, 10, 10, 3), dtype=np.float32)
+    else:
+        link = fc.DeconvolutionNHWC(5, 3, 5, 2, "sigmoid")
+        x = rng.standard_normal((2, 3, 3, 5), dtype=np.float32)
+    gy = rng.standard_normal(link(x).shape, dtype=np.float32)
+    fast = _grads(link, x, gy)
+    with chainer.using_config("fastconv", False):
+        slow = _grads(link, x, gy)
+    for a, b in zip(fast, slow):
+        _close(a, b)
+
+
+def test_weight_layouts_round_trip():
+    w = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    np.testing.assert_array_equal(fc.to_chainer_conv(fc.from_chainer_conv(w)), w)
+    np.testing.assert_array_equal(fc.to_chainer_deconv(fc.from_chainer_deconv(w)), w)
+    # (O, C, kh, kw)[o, c, i, j] lands at (kh, kw, C, O)[i, j, c, o].
+    assert fc.from_chainer_conv(w)[3, 1, 2, 1] == w[1, 2, 3, 1]
+    assert fc.from_chainer_deconv(w)[1, 3, 1, 2] == w[1, 2, 3, 1]
+
+
+def test_initial_weights_follow_chainer_layout():
+    """An initialW given in Chainer's layout is permuted into ours."""
+    rng = np.random.default_rng(6)
+    w_conv = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)
+    w_deconv = rng.standard_normal((3, 5, 6, 6)).astype(np.float32)
+    conv = fc.ConvolutionNHWC(3, 5, 4, initialW=w_conv)
+    deconv = fc.DeconvolutionNHWC(3, 5, 6, initialW=w_deconv)
+    np.testing.assert_array_equal(conv.W.array, fc.from_chainer_conv(w_conv))
+    np.testing.assert_array_equal(deconv.W.array, fc.from_chainer_deconv(w_deconv))
+    np.testing.assert_array_equal(conv.b.array, 0)
+    # The default draws have Chainer's LeCun scale: std sqrt(1 / fan_in).
+    big = fc.ConvolutionNHWC(64, 128, 4)
+    assert abs(big.W.array.std() - np.sqrt(1 / (64 * 16))) < 0.002
+
+
+def test_bad_activation_is_rejected():
+    with pytest.raises(ValueError, match="activation"):
+        fc.conv2d_nhwc(
+            np.zeros((1, 4, 4, 1), np.float32),
+            np.zeros((4, 4, 1, 1), np.float32),
+            np.zeros(1, np.float32),
+            activation="tanh",
+        )
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+def test_parallel_covers_every_item_once(n):
+    seen = np.zeros(n, int)
+
+    def mark(lo, hi):
+        seen[lo:hi] += 1
+
+    fc._parallel(mark, n)
+    np.testing.assert_array_equal(seen, 1)

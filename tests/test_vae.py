@@ -1,0 +1,177 @@
+"""lib.vae: shapes, config, the floored KL, the loss, training, snapshots."""
+
+import json
+import math
+
+import chainer
+import numpy as np
+import pytest
+
+from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss, floored_kl, kl_divergence
+
+# A narrow VAE with the paper's geometry (64x64x3, the same kernels), for speed.
+SMALL = {"enc_channels": [4, 8, 8, 16], "dense_size": 32, "dec_channels": [8, 8, 4], "z_size": 6}
+
+
+def _frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def _eval(fn):
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        return fn()
+
+
+def test_paper_shapes_and_config():
+    vae = ConvVAE()
+    assert vae.config() == PAPER_CONFIG
+    json.dumps(vae.config())  # the sidecar must be plain JSON
+    mu, logvar = _eval(lambda: vae.encode(_frames(5)))
+    assert mu.shape == logvar.shape == (5, 32)
+    assert mu.dtype == np.float32
+    y = _eval(lambda: vae.decode(np.zeros((5, 32), np.float32)))
+    assert y.shape == (5, 64, 64, 3)
+    assert 0.0 <= float(y.array.min()) and float(y.array.max()) <= 1.0
+    shapes = {name: p.shape for name, p in vae.namedparams()}
+    assert shapes["/enc/0/W"] == (4, 4, 3, 32)
+    assert shapes["/enc/3/W"] == (4, 4, 128, 256)
+    assert shapes["/mu/W"] == (32, 1024)
+    assert shapes["/dec_fc/W"] == (1024, 32)
+    assert shapes["/dec/0/W"] == (1024, 5, 5, 128)
+    assert shapes["/dec/3/W"] == (32, 6, 6, 3)
+
+
+def test_config_rebuilds_the_same_model():
+    vae = ConvVAE(**SMALL)
+    again = ConvVAE(**json.loads(json.dumps(vae.config())))
+    assert again.config() == vae.config()
+    assert [p.shape for _, p in sorted(again.namedparams())] == [
+        p.shape for _, p in sorted(vae.namedparams())
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dec_kernels": [5, 5, 6]}, "one more deconv kernel"),
+        ({"dec_kernels": [4, 5, 6, 6]}, "56-pixel"),
+        ({"image_size": 16}, "16"),
+    ],
+)
+def test_bad_sizes_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConvVAE(**kwargs)
+
+
+def test_to_float_is_exact():
+    vae = ConvVAE(**SMALL)
+    x = np.array([0, 1, 128, 255], np.uint8).reshape(1, 1, 4, 1)
+    np.testing.assert_allclose(vae.to_float(x).ravel(), [0, 1 / 255, 128 / 255, 1], rtol=1e-7)
+    f = np.full((1, 2, 2, 3), 0.25, np.float32)
+    assert vae.to_float(f) is f
+    with pytest.raises(TypeError, match="uint8 or float32"):
+        vae.to_float(np.zeros((1, 2, 2, 3), np.int64))
+
+
+def test_kl_and_its_floor_by_hand():
+    mu = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]], np.float32)
+    logvar = np.array([[0.0, 0.0], [0.0, 0.0], [math.log(2.0), 0.0]], np.float32)
+    # KL = -0.5 * sum(1 + logvar - mu^2 - exp(logvar)):
+    # row 0: 0; row 1: 0.5 * (9 + 16) = 12.5; row 2: -0.5 * (1 + ln 2 - 2) = 0.5 - ln(2) / 2.
+    expected = [0.0, 12.5, 0.5 - math.log(2.0) / 2]
+    np.testing.assert_allclose(kl_divergence(mu, logvar).array, expected, rtol=1e-6, atol=1e-7)
+    # Floor: kl_tolerance * z = 0.5 * 2 = 1.0 nat per frame.
+    np.testing.assert_allclose(floored_kl(mu, logvar, 0.5).array, [1.0, 12.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(floored_kl(mu, logvar, 0.0).array, expected, rtol=1e-6, atol=1e-7)
+    # Below the floor the KL gives no gradient; above it the usual one (d/dmu = mu).
+    mu_v, logvar_v = chainer.Variable(mu), chainer.Variable(logvar)
+    chainer.functions.sum(floored_kl(mu_v, logvar_v, 0.5)).backward()
+    np.testing.assert_allclose(mu_v.grad, [[0, 0], [3, 4], [0, 0]])
+    np.testing.assert_allclose(logvar_v.grad[[0, 2]], 0)
+
+
+def test_loss_reports_its_parts():
+    vae = ConvVAE(**SMALL)
+    x = _frames(4)
+    loss = VAELoss(vae, kl_tolerance=0.5, rng=np.random.default_rng(7))
+    reporter = chainer.Reporter()
+    reporter.add_observer("main", loss)
+    obs = {}
+    with reporter.scope(obs):
+        total = loss(x)
+    parts = {k.split("/")[-1]: float(v.array) for k, v in obs.items()}
+    assert set(parts) == {"loss", "rec", "kl", "kl_raw"}
+    assert parts["loss"] == pytest.approx(float(total.array), rel=1e-6)
+    assert parts["loss"] == pytest.approx(parts["rec"] + parts["kl"], rel=1e-6)
+    assert parts["kl"] >= 0.5 * SMALL["z_size"] - 1e-5
+    # Reconstruction: summed squared error per frame, mean over the batch; with
+    # the same noise the model's own output gives the same number.
+    rng = np.random.default_rng(7)
+    with chainer.no_backprop_mode():
+        target = x.astype(np.float32) / 255
+        y, _, _ = vae(x, rng)
+    rec = ((y.array - target) ** 2).sum() / 4
+    assert parts["rec"] == pytest.approx(float(rec), rel=1e-5)
+
+
+def test_loss_falls_with_adam():
+    rng = np.random.default_rng(0)
+    # Four fixed frames: flat colours with a bright square, like the env's discs.
+    x = np.zeros((4, 64, 64, 3), np.uint8)
+    for i in range(4):
+        x[i] = rng.integers(0, 256, 3)
+        x[i, 10 + 8 * i : 26 + 8 * i, 20:36] = 255
+    np.random.seed(1)  # Chainer's initializers draw from NumPy's global generator
+    vae = ConvVAE(**SMALL)
+    loss = VAELoss(vae, rng=np.random.default_rng(1))
+    optimizer = chainer.optimizers.Adam(alpha=1e-2)
+    optimizer.setup(vae)
+    losses = []
+    for _ in range(60):
+        optimizer.update(loss, x)
+        losses.append(float(loss(x).array))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.5 * losses[0]
+
+
+def test_snapshot_round_trip(tmp_path):
+    vae = ConvVAE(**SMALL)
+    optimizer = chainer.optimizers.Adam(alpha=1e-3)
+    optimizer.setup(vae)
+    optimizer.update(VAELoss(vae, rng=np.random.default_rng(0)), _frames(3))  # non-initial weights
+    path = tmp_path / "vae.npz"
+    chainer.serializers.save_npz(str(path), vae)
+    again = ConvVAE(**vae.config())
+    chainer.serializers.load_npz(str(path), again)
+    x = _frames(3, seed=1)
+    mu_a, lv_a = _eval(lambda: vae.encode(x))
+    mu_b, lv_b = _eval(lambda: again.encode(x))
+    np.testing.assert_array_equal(mu_a.array, mu_b.array)
+    np.testing.assert_array_equal(lv_a.array, lv_b.array)
+    np.testing.assert_array_equal(
+        _eval(lambda: vae.decode(mu_a)).array, _eval(lambda: again.decode(mu_a)).array
+    )
+    assert not np.array_equal(mu_a.array, _eval(lambda: ConvVAE(**SMALL).encode(x))[0].array)
+
+
+def test_fallback_path_matches_fast_path():
+    """Chainer's own convolution (the GPU path) gives the same VAE outputs."""
+    vae = ConvVAE(**SMALL)
+    x = _frames(2)
+    mu, logvar = _eval(lambda: vae.encode(x))
+    y = _eval(lambda: vae.decode(mu))
+    with chainer.using_config("fastconv", False):
+        mu2, logvar2 = _eval(lambda: vae.encode(x))
+        y2 = _eval(lambda: vae.decode(mu))
+    np.testing.assert_allclose(mu.array, mu2.array, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logvar.array, logvar2.array, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y.array, y2.array, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_uses_the_given_generator():
+    vae = ConvVAE(**SMALL)
+    mu = np.ones((2, 6), np.float32)
+    logvar = np.full((2, 6), math.log(4.0), np.float32)  # sigma 2
+    z = vae.sample(mu, logvar, np.random.default_rng(3)).array
+    eps = np.random.default_rng(3).standard_normal((2, 6), dtype=np.float32)
+    np.testing.assert_allclose(z, 1 + 2 * eps, rtol=1e-6)
