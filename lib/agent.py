@@ -12,9 +12,10 @@ M's reward and done heads.
 Order within a step, as in the paper: the controller sees [z_t, h_t] and acts;
 then M reads [z_t, a_t] and its hidden state becomes h_{t+1}.
 
-All agents are computed every step, finished ones included, so every batch has
-the same shape and a result never depends on which other episodes ran beside it
-(floating-point GEMM results can depend on the batch's shape).
+Only agents whose episode is still running are computed. Fitness groups are
+fixed sets of (candidate, trial) episodes, so the sequence of batch shapes a
+group sees depends only on its own episodes, and results never depend on the
+number of workers (floating-point GEMM results can depend on a batch's shape).
 """
 
 from __future__ import annotations
@@ -72,22 +73,29 @@ class WorldModelsAgent(Policy):
         for i, seed in zip(slots, seeds):
             self.rngs[i] = np.random.default_rng([int(seed), 0x7A])
 
-    def encode(self, images):
+    def encode(self, images, slots):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             mu, logvar = self.vae.encode(images)
         mu = self.cpu.send(mu.array)
         if self.temperature == 0:
             return mu
-        eps = np.stack([r.standard_normal(mu.shape[1], dtype=np.float32) for r in self.rngs])
+        eps = np.stack([self.rngs[i].standard_normal(mu.shape[1], dtype=np.float32) for i in slots])
         std = np.exp(0.5 * self.cpu.send(logvar.array)) * np.sqrt(self.temperature)
         return (mu + std * eps).astype(np.float32)
 
     def act(self, sim, images=None):
-        z = self.encode(images)
-        actions = act_batch(self.weights, self.biases, self.which, z, self.h)
-        out = self.rnn.step(z, actions, (self.h, self.c))
-        self.h, self.c = (np.asarray(self.cpu.send(s)) for s in out.state)
-        return actions.astype(np.float32)
+        # Only the slots still playing are computed: a group's batch shapes then
+        # depend only on its own episodes, never on which worker runs it.
+        live = np.flatnonzero(sim.active) if sim is not None else np.arange(len(images))
+        actions = np.zeros((self.n, 2), np.float32)
+        if len(live) == 0:
+            return actions
+        z = self.encode(images[live], live)
+        h, c = self.h[live], self.c[live]
+        actions[live] = act_batch(self.weights, self.biases, self.which[live], z, h)
+        out = self.rnn.step(z, actions[live], (h, c), mixture=False)
+        self.h[live], self.c[live] = (np.asarray(self.cpu.send(s)) for s in out.state)
+        return actions
 
 
 def dream_rollouts(rnn, params, which, z0, tau, rng, max_steps=sn.MAX_STEPS, done_threshold=0.5):

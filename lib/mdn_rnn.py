@@ -410,6 +410,8 @@ class MDNRNN(chainer.Chain):
         reward_head: bool, also predict the step's reward.
         done_head: bool, also predict the logit of done.
         log_sigma_min, log_sigma_max: float, clamp of the predicted log-sigma.
+        residual: bool, component means are offsets added to the current z
+            (not in the paper; see `04_train_rnn.py --residual`).
 
     Raises:
         ValueError: sizes that are not positive, or an empty log-sigma range.
@@ -425,8 +427,14 @@ class MDNRNN(chainer.Chain):
         done_head=False,
         log_sigma_min=-7.0,
         log_sigma_max=4.0,
+        residual=False,
     ):
         super().__init__()
+        # Residual M (beyond the paper): the mixture means are offsets from the
+        # current z, so "nothing moves" is the network's starting guess and
+        # capacity goes to what changes. Consecutive frames differ little, and
+        # a plain M needs many epochs just to learn to copy z.
+        self.residual = bool(residual)
         for name, value in (
             ("z_size", z_size),
             ("action_size", action_size),
@@ -468,6 +476,7 @@ class MDNRNN(chainer.Chain):
             "n_mixtures": self.n_mixtures,
             "reward_head": self.reward_head,
             "done_head": self.done_head,
+            "residual": self.residual,
             "log_sigma_min": self.log_sigma_min,
             "log_sigma_max": self.log_sigma_max,
         }
@@ -503,6 +512,10 @@ class MDNRNN(chainer.Chain):
             hs, h, c = fast_lstm.lstm_loop(x, self.w_x, self.w_h, self.b, h0, c0)
         flat = F.reshape(hs, (batch * steps, self.hidden_size))
         mixture = F.reshape(self.mdn(flat), (batch, steps, -1))
+        if self.residual:
+            offset = self.xp.zeros((batch, steps, 3, self.n_mixtures, self.z_size), np.float32)
+            offset[:, :, 1] = z[:, :, None, :]
+            mixture = mixture + offset.reshape(batch, steps, -1)
         reward = done = None
         if self.reward_head:
             reward = F.reshape(self.reward(flat), (batch, steps))
@@ -516,7 +529,7 @@ class MDNRNN(chainer.Chain):
             raw, self.z_size, self.n_mixtures, self.log_sigma_min, self.log_sigma_max
         )
 
-    def step(self, z, a, state=None):
+    def step(self, z, a, state=None, mixture=True):
         """One step for a batch of agents, without a graph (inference).
 
         Args:
@@ -524,6 +537,8 @@ class MDNRNN(chainer.Chain):
             a: (B, A) float32 actions at t.
             state: (h, c) from the previous step, two (B, H) float32 arrays;
                 zeros when None.
+            mixture: False skips the mixture head (its `mixture` is then None):
+                an agent acting in the real environment only needs h.
 
         Returns:
             `StepOutput` of arrays (NumPy on the CPU, CuPy on a GPU).
@@ -542,14 +557,19 @@ class MDNRNN(chainer.Chain):
             with chainer.no_backprop_mode():
                 _, hv, cv = fast_lstm.lstm_loop(x[:, None], w_x, w_h, b, h, c)
             h, c = hv.array, cv.array
-        raw = h @ self.mdn.W.array.T
-        raw += self.mdn.b.array
+        params = None
+        if mixture:
+            raw = h @ self.mdn.W.array.T
+            raw += self.mdn.b.array
+            if self.residual:
+                raw.reshape(-1, 3, self.n_mixtures, self.z_size)[:, 1] += z[:, None, :]
+            params = self.split(raw)
         reward = done = None
         if self.reward_head:
             reward = h @ self.reward.W.array[0] + self.reward.b.array[0]
         if self.done_head:
             done = h @ self.done.W.array[0] + self.done.b.array[0]
-        return StepOutput(h, (h, c), self.split(raw), reward, done)
+        return StepOutput(h, (h, c), params, reward, done)
 
     def sample(self, params, tau, rng):
         """`sample` as a method, for symmetry with `step`."""

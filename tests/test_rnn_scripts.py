@@ -240,3 +240,23 @@ def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
         run("06_draw_rnn_result.py", "--mode", "window", "--data-dir", d, check=False)
     )
     assert "size 8" in line and "4" in line
+
+
+def test_residual_m_starts_from_copying_z():
+    from lib.mdn_rnn import MDNRNN
+
+    m = MDNRNN(z_size=3, hidden_size=8, n_mixtures=2, residual=True)
+    m.mdn.W.array[...] = 0.0
+    m.mdn.b.array[...] = 0.0
+    z = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    a = np.zeros((2, 4, 2), np.float32)
+    out = m(z, a)
+    params = m.split(out.mixture.array)
+    np.testing.assert_allclose(params.mu, np.repeat(z[..., None], 2, axis=-1), atol=1e-6)
+    state = None
+    for t in range(4):
+        step = m.step(z[:, t], a[:, t], state)
+        state = step.state
+        np.testing.assert_allclose(step.mixture.mu, params.mu[:, t], atol=1e-6)
+    assert m.step(z[:, 0], a[:, 0], mixture=False).mixture is None
+    assert MDNRNN(**m.config()).residual
