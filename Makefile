@@ -35,15 +35,16 @@ bench: venv
 	$(PY) benchmarks/bench_env.py
 
 # The quick preset (about 10 minutes on 2 cores): small data, a short V and M,
-# C trained in M's dream, then tested in the real environment against the baselines.
+# C trained by CMA-ES in the real environment through V and M, then tested against
+# the baselines on held-out episodes. (`07_train_controller.py --dream` trains C in M instead.)
 demo: venv
 	$(PY) 01_generate_vae_data.py --rollouts 200 --testrollouts 20 --data-dir $(DEMO_DIR)
 	$(PY) 02_generate_rnn_data.py --episodes 300 --testepisodes 30 --data-dir $(DEMO_DIR)
 	$(PY) 03_train_vae.py --epochs 4 --lr 1e-3 --object-weight 10 --test-frames 1000 --data-dir $(DEMO_DIR) --overwrite
-	$(PY) 04_train_rnn.py --mode dream --epochs 30 --batch-size 32 --data-dir $(DEMO_DIR) --overwrite
+	$(PY) 04_train_rnn.py --mode dream --residual --epochs 30 --batch-size 32 --data-dir $(DEMO_DIR) --overwrite
 	$(PY) 05_draw_vae_result.py --data-dir $(DEMO_DIR)
 	$(PY) 06_draw_rnn_result.py --mode dream --data-dir $(DEMO_DIR)
-	$(PY) 07_train_controller.py --dream --epochs 30 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite
+	$(PY) 07_train_controller.py --epochs 40 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite
 	$(PY) 08_test_controller.py --episodes 100 --data-dir $(DEMO_DIR)
 	$(PY) docs/make_env_figures.py --out $(DEMO_DIR)/results
 	@echo
