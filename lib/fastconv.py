@@ -48,6 +48,7 @@ Two more things make it fast on a small CPU (measured on 2 cores):
   `lib`), `runtime.kernel_threads()` is 1 and the kernels run on one thread.
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import chainer
@@ -61,7 +62,7 @@ from lib import runtime
 ACTIVATIONS = (None, "relu", "sigmoid")
 _ACT_CODE = {None: 0, "relu": 1, "sigmoid": 2}
 
-_POOL = None  # created on first use; see `_parallel`
+_POOL = {"pid": None, "executor": None}  # created on first use; see `_parallel`
 
 # Batch chunk sizes are chosen so that one chunk's column buffer fits in the
 # shared L3 cache (32 MiB here) with room for the GEMM's other operands.
@@ -197,15 +198,16 @@ def _parallel(fn, n):
     The numba kernels release the GIL, and so do NumPy's copies, so Python
     threads are enough. The calling thread takes the first part.
     """
-    global _POOL
     k = min(n, _threads())
     if k <= 1:
         fn(0, n)
         return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="fastconv")
+    if _POOL["pid"] != os.getpid():
+        # A forked child inherits the pool object but not its threads.
+        _POOL["executor"] = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="fastconv")
+        _POOL["pid"] = os.getpid()
     bounds = [n * i // k for i in range(k + 1)]
-    futures = [_POOL.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    futures = [_POOL["executor"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
     fn(bounds[0], bounds[1])
     for future in futures:
         future.result()
@@ -275,7 +277,9 @@ def _act_backward_parallel(gy, y, act):
         _act_backward(gy[lo:hi], y[lo:hi], act, gz[lo:hi], part)
 
     _parallel(run, n)
-    return gz, sum(partial_sums.values()).astype(gy.dtype)
+    # Summed in a fixed order, so the result does not depend on thread timing.
+    gb = sum(partial_sums[lo] for lo in sorted(partial_sums))
+    return gz, np.asarray(gb).astype(gy.dtype)
 
 
 def _act_code(activation):

@@ -1,5 +1,8 @@
 """lib.fastconv: gradients, agreement with Chainer's own links, chunking, fallback."""
 
+import os
+import signal
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
@@ -222,3 +225,21 @@ def test_parallel_covers_every_item_once(n):
 
     fc._parallel(mark, n)
     np.testing.assert_array_equal(seen, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_parallel_works_in_a_forked_child():
+    """A child forked after the pool started gets a pool of its own (no hang)."""
+    fc._parallel(lambda lo, hi: None, 4)
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 on success, killed by SIGALRM on a hang
+        signal.alarm(20)
+        seen = np.zeros(4, int)
+
+        def mark(lo, hi):
+            seen[lo:hi] += 1
+
+        fc._parallel(mark, 4)
+        os._exit(0 if (seen == 1).all() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
