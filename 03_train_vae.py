@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, drawing, frames, manifest, training
+from lib.fast_adam import FastAdam
 from lib.seeding import derive_seed
 from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss
 
@@ -198,7 +199,7 @@ def main(argv=None):
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
     shuffle_rng = np.random.default_rng(derive_seed(args.seed, "vae/shuffle"))
     loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng, object_weight=args.object_weight)
-    optimizer = chainer.optimizers.Adam(alpha=args.lr)
+    optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(vae)
 
     epoch, iteration, perm, partial = 0, 0, None, None

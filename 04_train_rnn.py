@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import checkpoints, cli, latents, manifest, rnn_data, training
+from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, mdn_nll, sample
 from lib.seeding import derive_seed
 
@@ -293,7 +294,7 @@ def main(argv=None):
     model = MDNRNN(**config)
     model.to_device(device)
     loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight)
-    optimizer = chainer.optimizers.Adam(alpha=args.lr)
+    optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(model)
     if args.grad_clip > 0:
         optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(args.grad_clip))

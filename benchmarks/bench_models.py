@@ -34,6 +34,7 @@ import chainer
 import numpy as np
 
 import lib  # noqa: F401  (process-wide thread/allocator settings first)
+from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.vae import ConvVAE, VAELoss
 
@@ -61,7 +62,7 @@ def vae_train():
     rng = np.random.default_rng(0)
     vae = ConvVAE()
     loss = VAELoss(vae, kl_tolerance=0.5, rng=rng)
-    optimizer = chainer.optimizers.Adam(alpha=1e-4)
+    optimizer = FastAdam(alpha=1e-4)
     optimizer.setup(vae)
     x = _frames(rng, 100)
 
@@ -89,7 +90,7 @@ def rnn_train():
     rng = np.random.default_rng(0)
     model = MDNRNN()
     loss = MDNRNNLoss(model)
-    optimizer = chainer.optimizers.Adam(alpha=1e-3)
+    optimizer = FastAdam(alpha=1e-3)
     optimizer.setup(model)
     optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(1.0))
     z = rng.standard_normal((100, 100, 32), dtype=np.float32)
