@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import checkpoints, cli, latents, manifest, rnn_data, training
+from lib.agent import calibrated_done_logit
 from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, mdn_nll, sample
 from lib.seeding import derive_seed
@@ -149,7 +150,7 @@ def scheduled_inputs(model, chunk, state, prob, tau, rng):
     return z
 
 
-def evaluate(model, data, z, batch_size, seq_len):
+def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
     """Held-out NLL per latent dim, reward MSE and done accuracy / recall."""
     sums = {
         "nll": 0.0,
@@ -189,7 +190,7 @@ def evaluate(model, data, z, batch_size, seq_len):
                 if model.done_head:
                     logit = chainer.backend.CpuDevice().send(out.done_logit.array).reshape(-1)
                     done = ch["done"].reshape(-1) > 0.5
-                    guess = logit > 0
+                    guess = calibrated_done_logit(logit, done_pos_weight) > 0
                     sums["done_right"] += float(((guess == done) * mask).sum())
                     sums["pos"] += float((done * mask).sum())
                     sums["pos_hit"] += float((done & guess).sum())
@@ -434,7 +435,7 @@ def main(argv=None):
             row = {"epoch": epoch, "ss_prob": round(ss_prob, 4), "seconds": round(seconds, 2)}
             row.update({f"train_{k}": v / max(count, 1.0) for k, v in sums.items()})
             if test is not None:
-                row.update(evaluate(model, test, z_test, args.batch_size, args.seq_len))
+                row.update(evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight))
                 row["constant_z_nll"] = baselines["constant_z"]
                 row["copy_z_nll"] = baselines["copy_z"]
             log.append(row)

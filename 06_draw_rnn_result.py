@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from lib import checkpoints, cli, drawing, latents, training
+from lib.agent import calibrated_done_logit
 from lib.mdn_rnn import sample
 from lib.rollouts import load_episode
 
@@ -62,7 +63,9 @@ def main(argv=None):
     try:
         device = training.select_device(args.gpu)
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
-        model, _ = checkpoints.load_rnn(args.data_dir, args.mode, vae_sidecar["config"]["z_size"])
+        model, rnn_sidecar = checkpoints.load_rnn(
+            args.data_dir, args.mode, vae_sidecar["config"]["z_size"]
+        )
     except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     model.to_device(device)
@@ -138,7 +141,10 @@ def main(argv=None):
         image = drawing.upscale(checkpoints.decode_latents(vae, z)[0], 4)
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
-            p_done = float(1.0 / (1.0 + np.exp(-float(out.done_logit[0]))))
+            logit = calibrated_done_logit(
+                float(out.done_logit[0]), rnn_sidecar.get("done_pos_weight", 1.0)
+            )
+            p_done = float(1.0 / (1.0 + np.exp(-logit)))
             text = f"t={t + 1} r={float(out.reward[0]):+.3f} p(done)={p_done:.2f}"
             frames.append(drawing.caption(image, text))
             if p_done > 0.5:

@@ -98,7 +98,26 @@ class WorldModelsAgent(Policy):
         return actions
 
 
-def dream_rollouts(rnn, params, which, z0, tau, rng, max_steps=sn.MAX_STEPS, done_threshold=0.5):
+def calibrated_done_logit(logit, done_pos_weight):
+    """M's done logit with the training-time class weight taken out.
+
+    A sigmoid cross-entropy whose positives weigh w is minimised by
+    logit = log(w p / (1 - p)), so log(w) is subtracted to recover log-odds.
+    """
+    return logit - np.log(done_pos_weight)
+
+
+def dream_rollouts(
+    rnn,
+    params,
+    which,
+    z0,
+    tau,
+    rng,
+    max_steps=sn.MAX_STEPS,
+    done_threshold=0.5,
+    done_pos_weight=1.0,
+):
     """Plays controllers inside M, all agents in lockstep.
 
     Args:
@@ -111,6 +130,10 @@ def dream_rollouts(rnn, params, which, z0, tau, rng, max_steps=sn.MAX_STEPS, don
         max_steps: the episode limit; reaching it adds the timeout reward, a
             rule of the task rather than something M must learn.
         done_threshold: an episode ends when M's done probability exceeds this.
+        done_pos_weight: the positive-class weight M's done head was trained
+            with (its sidecar's `done_pos_weight`). Weighting positives by w
+            shifts the head's logit by log(w); it is subtracted here so the
+            probability is calibrated (see `calibrated_done_logit`).
 
     Returns:
         (returns (N,) float64, lengths (N,) int64).
@@ -126,7 +149,7 @@ def dream_rollouts(rnn, params, which, z0, tau, rng, max_steps=sn.MAX_STEPS, don
     alive = np.ones(n, bool)
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
-    logit_threshold = np.log(done_threshold / (1.0 - done_threshold))
+    logit_threshold = np.log(done_threshold / (1.0 - done_threshold)) + np.log(done_pos_weight)
     for _ in range(max_steps):
         actions = act_batch(weights, biases, which, z, h)
         out = rnn.step(z, actions, state)

@@ -57,6 +57,7 @@ def init_worker(spec: Spec) -> None:
     rnn = MDNRNN(**sidecar["config"])
     checkpoints.load_weights(path, rnn, "04_train_rnn.py")
     _WORKER["rnn"] = rnn
+    _WORKER["done_pos_weight"] = float(sidecar.get("done_pos_weight") or 1.0)
     if spec.dream:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
@@ -107,7 +108,14 @@ def evaluate_group(task: dict) -> dict:
         rng = np.random.default_rng(derive_seed(spec.seed, "es-dream-noise", gen, task["first"]))
         config = sn.EnvConfig(**spec.env)
         returns, lengths = dream_rollouts(
-            rnn, params, which, z0, spec.temperature, rng, config.max_steps
+            rnn,
+            params,
+            which,
+            z0,
+            spec.temperature,
+            rng,
+            config.max_steps,
+            done_pos_weight=_WORKER["done_pos_weight"],
         )
         return {
             "first": task["first"],

@@ -156,9 +156,15 @@ def plot_curves(
     epochs = [int(r[log.fields[0]]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for column, label in series:
-        ys = [float(r[column]) if r.get(column) not in (None, "") else np.nan for r in rows]
-        if not np.all(np.isnan(ys)):
-            ax.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, label=label)
+        ys = np.array(
+            [float(r[column]) if r.get(column) not in (None, "") else np.nan for r in rows]
+        )
+        keep = ~np.isnan(ys)
+        if keep.any():
+            # Sparse series (an evaluation every k epochs) are drawn point to point.
+            xs = np.asarray(epochs)[keep]
+            marker = "o" if keep.sum() < 30 or keep.sum() < len(ys) else None
+            ax.plot(xs, ys[keep], marker=marker, label=label)
     ax.set_xlabel(log.fields[0])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
