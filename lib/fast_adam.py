@@ -43,7 +43,10 @@ _SPLIT_MIN = 1 << 16
 _FUSED_DTYPES = (np.float32, np.float64)
 
 
-@numba.njit(cache=True, nogil=True)
+# error_model="numpy": a division by zero gives inf/nan as in Chainer's NumPy
+# code instead of raising, and without the zero check LLVM vectorizes the loop
+# (about 5x faster on one core: 12 -> 2.2 ms for the VAE's 4.3 M floats).
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam_kernel(p, g, m, v, one_minus_beta1, one_minus_beta2, alpha_t, eps, neg_eta):
     """One Adam step, in place, in the order and precision of Chainer's NumPy code.
 

@@ -154,3 +154,18 @@ def test_unsupported_options_raise(option):
         setattr(opt.hyperparam, key, value)
     with pytest.raises(NotImplementedError):
         _steps(model, opt, 0, 1)
+
+
+def test_division_by_zero_gives_nan_like_chainer():
+    # eps = 0 and a zero gradient: 0 / 0 in the step, nan in Chainer's NumPy code.
+    results = []
+    for cls in (chainer.optimizers.Adam, FastAdam):
+        model, opt = _make(cls, False, eps=0.0)
+        for param in model.params():
+            param.grad = np.zeros_like(param.array)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            opt.update()
+        results.append(_state(model, opt))
+    assert np.isnan(results[0]["/big/W"]).all()
+    for key, value in results[0].items():
+        np.testing.assert_array_equal(results[1][key], value, err_msg=key)
