@@ -13,6 +13,9 @@ the same for any --workers, and re-running the command writes only the files
 that are missing (an interrupted run loses nothing).
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import os
 
 from lib import cli, datagen

@@ -20,6 +20,9 @@ continues. A NaN or infinite loss stops training and keeps the last good
 snapshot.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import os
 import time
 

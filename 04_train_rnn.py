@@ -25,6 +25,9 @@ fast LSTM still applies), which keeps M stable when it is fed its own dreams.
 z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import os
 import time
 

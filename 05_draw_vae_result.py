@@ -13,6 +13,9 @@ Writes (data/results/):
     vae_summary.json: held-out reconstruction error and per-dimension KL.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import json
 import os
 

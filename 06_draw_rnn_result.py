@@ -17,6 +17,9 @@ Writes (data/results/):
     rnn_<mode>_summary.json: one-step and open-loop latent errors.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import json
 import os
 

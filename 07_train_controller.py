@@ -23,6 +23,9 @@ the mean return. Every --eval-every generations the CMA-ES mean is evaluated in
 the real environment on --eval-episodes held-out episodes.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import json
 import os
 import time

@@ -17,6 +17,9 @@ Every policy plays the same --episodes held-out episodes (seeds from --seed),
 so differences between rows are differences between policies.
 """
 
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import os
 import time
 

@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
 
+# isort: split
 import chainer
 import numpy as np
 
-import lib  # noqa: F401  (process-wide thread/allocator settings first)
 from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.vae import ConvVAE, VAELoss
