@@ -4,11 +4,10 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error, run
 
 from lib import checkpoints, fitness
 from lib import socnavenv as sn
@@ -16,30 +15,6 @@ from lib.agent import WorldModelsAgent, dream_rollouts
 from lib.controller import Controller, act_batch, n_params, unflatten
 from lib.es import CMAES, ReplayMismatch
 from lib.evaluation import evaluate, evaluation_seeds
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def one_line_error(proc):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if "error:" in ln]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,38 +5,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error, run
 
 from lib import frames
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def one_line_error(proc):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if "error:" in ln]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
