@@ -258,10 +258,9 @@ def main(argv=None):
     reporter = chainer.Reporter()
     reporter.add_observer("v", loss_fn)
     n_batches = -(-len(train) // args.batch_size)
-    done_iterations = 0
     if epoch >= args.epochs:
         print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
-    with training.DeferredInterrupt() as interrupt:
+    with training.DeferredInterrupt(args.max_iterations) as interrupt:
         while epoch < args.epochs:
             if perm is None or iteration == 0:
                 perm = shuffle_rng.permutation(len(train))
@@ -299,27 +298,16 @@ def main(argv=None):
                     sums[k] += float(obs[f"v/{k}"].array) * len(x)
                 count += len(x)
                 session_frames += len(x)
-                done_iterations += 1
+                interrupt.count()
                 bar.set_postfix(
                     loss=f"{sums['loss'] / count:.1f}",
                     rec=f"{sums['rec'] / count:.1f}",
                     kl=f"{sums['kl'] / count:.2f}",
                 )
-                stop = interrupt.requested or (
-                    args.max_iterations is not None and done_iterations >= args.max_iterations
-                )
-                if stop and it + 1 < n_batches:
+                if interrupt.requested_now and it + 1 < n_batches:
                     bar.close()
                     snapshot(epoch, it + 1, perm, {"sums": sums, "count": count})
-                    why = (
-                        "interrupted"
-                        if interrupt.requested
-                        else f"stopped after {done_iterations} batches"
-                    )
-                    print(
-                        f"{why}: saved {snapshot_path} (epoch {epoch + 1}, batch {it + 1}) — continue with --resume"
-                    )
-                    raise SystemExit(130 if interrupt.requested else 0)
+                    interrupt.exit(snapshot_path, f"epoch {epoch + 1}, batch {it + 1}")
             bar.close()
             epoch += 1
             iteration = 0
@@ -365,15 +353,10 @@ def main(argv=None):
             print(
                 f"epoch {epoch}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held_text}, {seconds:.1f} s ({session_frames / seconds:.0f} frames/s)"
             )
-            if interrupt.requested or (
-                args.max_iterations is not None and done_iterations >= args.max_iterations
-            ):
+            if interrupt.requested_now:
                 if epoch % args.snapshot_interval != 0:
                     snapshot(epoch, 0, None)
-                print(
-                    f"stopped after epoch {epoch}: saved {snapshot_path} — continue with --resume"
-                )
-                raise SystemExit(130 if interrupt.requested else 0)
+                interrupt.exit(snapshot_path, f"after epoch {epoch}")
 
     # OUTPUTS
     print(

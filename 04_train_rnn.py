@@ -359,11 +359,10 @@ def main(argv=None):
     reporter = chainer.Reporter()
     reporter.add_observer("m", loss_fn)
     xp = model.xp
-    done_iterations = 0
     keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
     if epoch >= args.epochs:
         print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
-    with training.DeferredInterrupt() as interrupt:
+    with training.DeferredInterrupt(args.max_iterations) as interrupt:
         while epoch < args.epochs:
             # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch, batch),
             # so a resumed run repeats it exactly.
@@ -414,23 +413,12 @@ def main(argv=None):
                     for k in keys:
                         sums[k] += float(obs[f"m/{k}"].array) * n
                     count += n
-                done_iterations += 1
+                interrupt.count()
                 bar.set_postfix(nll=f"{sums['nll'] / max(count, 1):.3f}")
-                stop = interrupt.requested or (
-                    args.max_iterations is not None and done_iterations >= args.max_iterations
-                )
-                if stop and it + 1 < len(plan):
+                if interrupt.requested_now and it + 1 < len(plan):
                     bar.close()
                     snapshot(epoch, it + 1, {"sums": sums, "count": count})
-                    why = (
-                        "interrupted"
-                        if interrupt.requested
-                        else f"stopped after {done_iterations} batches"
-                    )
-                    print(
-                        f"{why}: saved {snapshot_path} (epoch {epoch + 1}, batch {it + 1}) — continue with --resume"
-                    )
-                    raise SystemExit(130 if interrupt.requested else 0)
+                    interrupt.exit(snapshot_path, f"epoch {epoch + 1}, batch {it + 1}")
             bar.close()
             epoch += 1
             iteration = 0
@@ -463,15 +451,10 @@ def main(argv=None):
                 if heads:
                     text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
             print(text + f", {seconds:.1f} s")
-            if interrupt.requested or (
-                args.max_iterations is not None and done_iterations >= args.max_iterations
-            ):
+            if interrupt.requested_now:
                 if epoch % args.snapshot_interval != 0:
                     snapshot(epoch, 0, None)
-                print(
-                    f"stopped after epoch {epoch}: saved {snapshot_path} — continue with --resume"
-                )
-                raise SystemExit(130 if interrupt.requested else 0)
+                interrupt.exit(snapshot_path, f"after epoch {epoch}")
 
     # OUTPUTS
     print(

@@ -178,21 +178,43 @@ def plot_curves(
 
 class DeferredInterrupt:
     """Turns the first Ctrl-C into a flag checked between iterations, so a
-    snapshot is never taken halfway through an optimizer update. A second
+    snapshot is never taken halfway through an optimizer update, and counts
+    iterations against an optional budget (`--max-iterations`). A second
     Ctrl-C interrupts at once.
 
     Use::
 
-        with DeferredInterrupt() as stop:
+        with DeferredInterrupt(max_iterations) as stop:
             for ...:
                 step()
-                if stop.requested:
-                    save(); break
+                stop.count()
+                if stop.requested_now:
+                    save()
+                    stop.exit(snapshot_path, "epoch 3, batch 7")
     """
 
-    def __init__(self):
+    def __init__(self, max_iterations: int | None = None):
         self.requested = False
+        self.max_iterations = max_iterations
+        self.done = 0
         self._previous = None
+
+    def count(self) -> None:
+        """Records one finished iteration."""
+        self.done += 1
+
+    @property
+    def requested_now(self) -> bool:
+        """Ctrl-C was pressed or the iteration budget is spent."""
+        return self.requested or (
+            self.max_iterations is not None and self.done >= self.max_iterations
+        )
+
+    def exit(self, snapshot_path: str, where: str):
+        """Says what was saved and exits: 130 after Ctrl-C, 0 after the budget."""
+        why = "interrupted" if self.requested else f"stopped after {self.done} batches"
+        print(f"{why}: saved {snapshot_path} ({where}) — continue with --resume")
+        raise SystemExit(130 if self.requested else 0)
 
     def _handler(self, signum, frame):
         if self.requested:
