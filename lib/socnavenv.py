@@ -689,9 +689,19 @@ def _observation_space(config: EnvConfig, obs_type: str) -> spaces.Box:
     return spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
 
 
-def _check_obs_type(obs_type: str) -> None:
+def _env_config(obs_type, render_mode, n_humans, max_steps, view_size, image_size, render_size):
+    """Checks the Gymnasium envs' keyword arguments and builds their EnvConfig."""
     if obs_type not in ("image", "vector"):
         raise ValueError(f'obs_type must be "image" or "vector", got {obs_type!r}')
+    if render_mode not in (None, "rgb_array"):
+        raise ValueError(f'render_mode must be None or "rgb_array", got {render_mode!r}')
+    return EnvConfig(
+        n_humans=n_humans,
+        max_steps=max_steps,
+        view_size=view_size,
+        image_size=image_size,
+        render_size=render_size,
+    )
 
 
 class SocNavEnv(gym.Env):
@@ -775,15 +785,8 @@ class SocNavEnv(gym.Env):
         image_size: int = 64,
         render_size: int = 256,
     ):
-        _check_obs_type(obs_type)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f'render_mode must be None or "rgb_array", got {render_mode!r}')
-        self.config = EnvConfig(
-            n_humans=n_humans,
-            max_steps=max_steps,
-            view_size=view_size,
-            image_size=image_size,
-            render_size=render_size,
+        self.config = _env_config(
+            obs_type, render_mode, n_humans, max_steps, view_size, image_size, render_size
         )
         self.obs_type = obs_type
         self.render_mode = render_mode
@@ -849,15 +852,8 @@ class SocNavVectorEnv(VectorEnv):
         image_size: int = 64,
         render_size: int = 256,
     ):
-        _check_obs_type(obs_type)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f'render_mode must be None or "rgb_array", got {render_mode!r}')
-        self.config = EnvConfig(
-            n_humans=n_humans,
-            max_steps=max_steps,
-            view_size=view_size,
-            image_size=image_size,
-            render_size=render_size,
+        self.config = _env_config(
+            obs_type, render_mode, n_humans, max_steps, view_size, image_size, render_size
         )
         self.num_envs = num_envs
         self.obs_type = obs_type
