@@ -25,6 +25,7 @@ import numpy as np
 
 from lib import socnavenv as sn
 from lib.controller import act_batch, unflatten
+from lib.fast_encoder import make_encoder
 from lib.mdn_rnn import sample
 from lib.policies import Policy
 
@@ -51,6 +52,7 @@ class WorldModelsAgent(Policy):
         self.temperature = float(temperature)
         self.rngs = [np.random.default_rng(i) for i in range(n)]
         self.vae = vae
+        self.encoder = make_encoder(vae)  # V's weights are fixed while the agent lives
         self.rnn = rnn
         self.z_size = rnn.z_size
         self.hidden_size = rnn.hidden_size
@@ -74,13 +76,11 @@ class WorldModelsAgent(Policy):
             self.rngs[i] = np.random.default_rng([int(seed), 0x7A])
 
     def encode(self, images, slots):
-        with chainer.using_config("train", False), chainer.no_backprop_mode():
-            mu, logvar = self.vae.encode(images)
-        mu = self.cpu.send(mu.array)
+        mu, logvar = self.encoder(images)
         if self.temperature == 0:
             return mu
         eps = np.stack([self.rngs[i].standard_normal(mu.shape[1], dtype=np.float32) for i in slots])
-        std = np.exp(0.5 * self.cpu.send(logvar.array)) * np.sqrt(self.temperature)
+        std = np.exp(0.5 * logvar) * np.sqrt(self.temperature)
         return (mu + std * eps).astype(np.float32)
 
     def act(self, sim, images=None):

@@ -66,7 +66,8 @@ def load_vae(data_dir: str, device=None):
 
 
 def encode_frames(vae, frames: np.ndarray, batch_size: int = 500):
-    """Posterior means and log-variances of uint8 frames, without a graph.
+    """Posterior means and log-variances of uint8 frames, without a graph
+    (through `lib.fast_encoder` on the CPU).
 
     Args:
         frames: (N, S, S, 3) uint8.
@@ -74,13 +75,14 @@ def encode_frames(vae, frames: np.ndarray, batch_size: int = 500):
     Returns:
         (mu, logvar), each (N, z) float32 NumPy arrays.
     """
+    from lib.fast_encoder import make_encoder
+
+    encoder = make_encoder(vae)
     mus, logvars = [], []
-    cpu = chainer.backend.CpuDevice()
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        for start in range(0, len(frames), batch_size):
-            mu, logvar = vae.encode(frames[start : start + batch_size])
-            mus.append(cpu.send(mu.array))
-            logvars.append(cpu.send(logvar.array))
+    for start in range(0, len(frames), batch_size):
+        mu, logvar = encoder(frames[start : start + batch_size])
+        mus.append(mu)
+        logvars.append(logvar)
     return np.concatenate(mus), np.concatenate(logvars)
 
 

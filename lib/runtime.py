@@ -39,7 +39,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 512 << 20  # bytes of free heap top kept before returning it
 
-_state = {"blas_sleeps": None, "kernel_threads": None}
+_state = {"blas_sleeps": None, "kernel_threads": None, "blas": None}
 
 
 def apply() -> None:
@@ -86,6 +86,20 @@ def kernel_threads() -> int:
             cores = min(cores, max(1, int(limit)))
         _state["kernel_threads"] = cores if blas_threads_sleep() else 1
     return _state["kernel_threads"]
+
+
+def single_blas_thread():
+    """Context manager: BLAS runs on the calling thread only, then as before.
+
+    For code that splits work over its own threads, each calling GEMMs on a
+    part (`lib.fast_encoder`): one BLAS thread per caller, so the callers do
+    not fight over the cores. The BLAS libraries are looked up once.
+    """
+    if _state["blas"] is None:
+        from threadpoolctl import ThreadpoolController
+
+        _state["blas"] = ThreadpoolController().select(user_api="blas")
+    return _state["blas"].limit(limits=1)
 
 
 apply()

@@ -1,0 +1,367 @@
+"""V's encoder for inference on the CPU, fast at the batch sizes of control.
+
+`ConvVAE.encode` runs through Chainer and `lib.fastconv`, which is built for
+training batches: at the 1 to 128 frames of a control step it spends its time
+in GEMMs that OpenBLAS splits badly over two cores, in per-layer
+`FunctionNode` bookkeeping and in passes over memory between layers.
+`FastEncoder` computes the same (mu, logvar) with three changes:
+
+- Data parallel. The batch is encoded in fixed chunks of `CHUNK` frames,
+  dealt to one thread per core; each thread runs the whole encoder on its
+  chunks with a single-threaded BLAS, so the cores never wait for each other
+  between layers. The numba kernels and NumPy's GEMMs release the GIL. A
+  frame's result depends on the batch size (GEMM rounding depends on a
+  GEMM's shape) but never on the number of threads.
+- First layer straight from uint8. A numba kernel reads the frames' bytes and
+  convolves them with weights pre-scaled by 1/255, with bias and relu fused:
+  no float copy of the frames, no column matrix.
+- Fewer multiplications. Every later layer is a 4x4 stride-2 convolution,
+  which is a 2x2 stride-1 convolution over a space-to-depth view of its input
+  (2x2 pixel blocks stacked into 4C channels). That is computed with
+  Winograd's minimal filtering F(2x2, 2x2): 9 GEMMs of (tiles, 4C) x (4C, O)
+  per 2x2 block of outputs where direct convolution needs the work of 16,
+  so 0.56 of the multiplications, with transforms of +-1 that
+  add no rounding beyond a few ulps. The input transform reads the NHWC
+  activations directly (the space-to-depth view is never built) and the
+  output transform adds the bias and applies relu.
+
+Layers that do not fit (kernel other than 4, stride other than 2, an odd
+output side) fall back to im2col and one GEMM. Results agree with
+`ConvVAE.encode` to about 1e-6 relative (tests/test_fast_encoder.py).
+
+The weights are copied when the encoder is built: build a new one after V's
+weights change. `make_encoder(vae)` returns a `FastEncoder` for a V on the CPU
+and a thin wrapper around `vae.encode` otherwise (GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import chainer
+import numba
+import numpy as np
+
+from lib import runtime
+
+# Frames per chunk: the batch is encoded this many frames at a time (see
+# `FastEncoder.__call__`); large enough for efficient GEMMs, small enough that
+# 64 agents make one chunk per core.
+CHUNK = 32
+
+# Frames per GEMM in the first layer (its columns stay in a core's L2 cache).
+_FIRST_LAYER_FRAMES = 4
+
+# Winograd F(2x2, 2x2) for correlation: y = A^T [(G g G^T) * (B^T d B)] A.
+_G = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+
+_POOL = {"pid": None, "executor": None}
+
+
+# ---------------------------------------------------------------------------
+# numba kernels
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2col_u8(frames, kernel, stride, col):
+    """Columns of a valid strided window over uint8 frames, as float32.
+
+    Args:
+        frames: (N, H, W, C) uint8.
+        kernel, stride: ints.
+        col: (N * Ho * Wo, kernel * kernel * C) float32 output, rows ordered
+            (n, oh, ow) and columns (i, j, c); overwritten.
+    """
+    n_b, _, n_w, n_c = frames.shape
+    n_ow = (n_w - kernel) // stride + 1
+    n_oh = col.shape[0] // (n_b * n_ow)
+    run = kernel * n_c
+    r = 0
+    for n in range(n_b):
+        img = frames[n].reshape(frames.shape[1], n_w * n_c)
+        for oh in range(n_oh):
+            for ow in range(n_ow):
+                dst = col[r]
+                base = ow * stride * n_c
+                for i in range(kernel):
+                    src = img[oh * stride + i]
+                    for t in range(run):
+                        dst[i * run + t] = src[base + t]
+                r += 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _winograd_input(x, v):
+    """B^T d B for every 3x3 tile of the space-to-depth view of `x`.
+
+    Tile (ty, tx) covers space-to-depth positions (2ty + u, 2tx + s), u, s in
+    0..2; position (r, s') holds the 4C values x[2r + p, 2s' + q, c] ordered
+    (p, q, c), so for each p the (q, c) values are one contiguous run of 2C
+    in a row of `x`: the transform reads rows of `x` directly.
+
+    Args:
+        x: (N, H, W, C) float32 activations.
+        v: (9, N * T * T, 4C) float32 output, T tiles a side; overwritten.
+    """
+    n_b, n_h, n_w, n_c = x.shape
+    n_t = int(np.sqrt(v.shape[1] // n_b) + 0.5)
+    run = 2 * n_c
+    for n in range(n_b):
+        img = x[n].reshape(n_h, n_w * n_c)
+        for ty in range(n_t):
+            for tx in range(n_t):
+                t = (n * n_t + ty) * n_t + tx
+                for p in range(2):
+                    # dUS: tile position (u, s), the 2C values (q, c) for this p.
+                    # (Slicing first lets the loops below index from 0, which
+                    # numba compiles to SIMD; offsets inside them would not be.)
+                    r0 = img[4 * ty + p]
+                    r1 = img[4 * ty + 2 + p]
+                    r2 = img[4 * ty + 4 + p]
+                    c0 = 4 * tx * n_c
+                    c1, c2, c3 = c0 + run, c0 + 2 * run, c0 + 3 * run
+                    d00, d01, d02 = r0[c0:c1], r0[c1:c2], r0[c2:c3]
+                    d10, d11, d12 = r1[c0:c1], r1[c1:c2], r1[c2:c3]
+                    d20, d21, d22 = r2[c0:c1], r2[c1:c2], r2[c2:c3]
+                    vt = v[:, t, p * run : (p + 1) * run]
+                    # Rows (d0 - d1, d1, d2 - d1), then the same along columns;
+                    # one output at a time, so each loop has one store stream.
+                    _sub4(vt[0], d00, d10, d01, d11)
+                    _sub2(vt[1], d01, d11)
+                    _sub4(vt[2], d02, d12, d01, d11)
+                    _sub2(vt[3], d10, d11)
+                    vt[4, :] = d11
+                    _sub2(vt[5], d12, d11)
+                    _sub4(vt[6], d20, d10, d21, d11)
+                    _sub2(vt[7], d21, d11)
+                    _sub4(vt[8], d22, d12, d21, d11)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _sub2(dst, a, b):
+    for k in range(dst.shape[0]):
+        dst[k] = a[k] - b[k]
+
+
+@numba.njit(inline="always", fastmath=True)
+def _sub4(dst, a, b, c, d):
+    """dst = (a - b) - (c - d)."""
+    for k in range(dst.shape[0]):
+        dst[k] = (a[k] - b[k]) - (c[k] - d[k])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _winograd_output(m, b, y):
+    """A^T M A for every tile, plus bias and relu, into NHWC output.
+
+    Args:
+        m: (9, N * T * T, O) float32, the nine GEMM products.
+        b: (O,) float32.
+        y: (N, 2T, 2T, O) float32 output; overwritten.
+    """
+    n_b, n_h, _, n_o = y.shape
+    n_t = n_h // 2
+    zero = np.float32(0.0)
+    for n in range(n_b):
+        for ty in range(n_t):
+            for tx in range(n_t):
+                t = (n * n_t + ty) * n_t + tx
+                y00 = y[n, 2 * ty, 2 * tx]
+                y01 = y[n, 2 * ty, 2 * tx + 1]
+                y10 = y[n, 2 * ty + 1, 2 * tx]
+                y11 = y[n, 2 * ty + 1, 2 * tx + 1]
+                for o in range(n_o):
+                    m0, m1, m2 = m[0, t, o], m[1, t, o], m[2, t, o]
+                    m3, m4, m5 = m[3, t, o], m[4, t, o], m[5, t, o]
+                    m6, m7, m8 = m[6, t, o], m[7, t, o], m[8, t, o]
+                    y00[o] = max(m0 + m1 + m3 + m4 + b[o], zero)
+                    y01[o] = max(m1 + m2 + m4 + m5 + b[o], zero)
+                    y10[o] = max(m3 + m4 + m6 + m7 + b[o], zero)
+                    y11[o] = max(m4 + m5 + m7 + m8 + b[o], zero)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _bias_relu(y, b):
+    """y = max(y + b, 0) in place; y (N, O), b (O,)."""
+    n, n_o = y.shape
+    for r in range(n):
+        for o in range(n_o):
+            y[r, o] = max(y[r, o] + b[o], np.float32(0.0))
+
+
+# ---------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------
+
+
+def _out_size(size, k, s):
+    return (size - k) // s + 1
+
+
+def winograd_weights(w):
+    """U = G g G^T for a 4x4 stride-2 conv seen as 2x2 over space-to-depth.
+
+    Args:
+        w: (4, 4, C, O) conv weights (NHWC layout of `lib.fastconv`).
+
+    Returns:
+        (9, 4C, O) float32, the nine GEMM right-hand sides.
+    """
+    n_c, n_o = w.shape[2], w.shape[3]
+    # g[a, b] is the (p, q, c) x O slice W[2a + p, 2b + q, c, :].
+    g = w.astype(np.float64).reshape(2, 2, 2, 2, n_c, n_o).transpose(0, 2, 1, 3, 4, 5)
+    g = g.reshape(2, 2, 4 * n_c, n_o)
+    u = np.einsum("ia,jb,abko->ijko", _G, _G, g)
+    return np.ascontiguousarray(u.reshape(9, 4 * n_c, n_o), np.float32)
+
+
+class _Layer:
+    """One encoder conv with relu, applied to one part of the batch."""
+
+    def __init__(self, w, b, stride, first):
+        kh, kw, n_c, n_o = w.shape
+        self.kernel, self.stride, self.n_o = kh, stride, n_o
+        self.b = np.ascontiguousarray(b, np.float32)
+        self.first = first
+        # The first layer reads uint8 frames: its weights absorb the 1/255.
+        scale = np.float32(1.0 / 255.0) if first else np.float32(1.0)
+        self.w = np.ascontiguousarray(w * scale, np.float32).reshape(kh * kw * n_c, n_o)
+        self.u = winograd_weights(w) if (not first and kh == kw == 4 and stride == 2) else None
+
+    def __call__(self, x):
+        n_b, n_h, n_w, n_c = x.shape
+        k, s = self.kernel, self.stride
+        n_oh, n_ow = _out_size(n_h, k, s), _out_size(n_w, k, s)
+        y = np.empty((n_b, n_oh, n_ow, self.n_o), np.float32)
+        if self.first:
+            # A few frames at a time, so the columns are still in cache for
+            # the GEMM and the GEMM's output for the bias and relu.
+            flat = y.reshape(n_b * n_oh * n_ow, self.n_o)
+            rows = n_oh * n_ow
+            for lo in range(0, n_b, _FIRST_LAYER_FRAMES):
+                hi = min(n_b, lo + _FIRST_LAYER_FRAMES)
+                col = np.empty(((hi - lo) * rows, len(self.w)), np.float32)
+                _im2col_u8(x[lo:hi], k, s, col)
+                part = flat[lo * rows : hi * rows]
+                np.matmul(col, self.w, out=part)
+                _bias_relu(part, self.b)
+        elif self.u is not None and n_oh == n_ow and n_oh % 2 == 0:
+            n_t = n_oh // 2
+            v = np.empty((9, n_b * n_t * n_t, 4 * n_c), np.float32)
+            _winograd_input(x, v)
+            _winograd_output(np.matmul(v, self.u), self.b, y)
+        else:
+            sb, sh, sw, sc = x.strides
+            view = np.lib.stride_tricks.as_strided(
+                x, (n_b, n_oh, n_ow, k, k * n_c), (sb, sh * s, sw * s, sh, sc)
+            )
+            flat = y.reshape(n_b * n_oh * n_ow, self.n_o)
+            np.matmul(np.ascontiguousarray(view).reshape(len(flat), -1), self.w, out=flat)
+            _bias_relu(flat, self.b)
+        return y
+
+
+# ---------------------------------------------------------------------------
+# the encoder
+# ---------------------------------------------------------------------------
+
+
+def _executor(k):
+    if _POOL["pid"] != os.getpid() or _POOL["executor"]._max_workers < k:
+        # A forked child inherits the pool object but not its threads.
+        _POOL["executor"] = ThreadPoolExecutor(max_workers=k, thread_name_prefix="fast_encoder")
+        _POOL["pid"] = os.getpid()
+    return _POOL["executor"]
+
+
+class FastEncoder:
+    """(mu, logvar) of uint8 frames, for a `ConvVAE` on the CPU (see module doc).
+
+    Args:
+        vae: `ConvVAE`; its weights are copied now.
+        threads: threads the chunks are dealt to; default
+            `runtime.kernel_threads()` (the cores, or 1 in a worker process
+            given one BLAS thread).
+        chunk: frames per chunk (`CHUNK`).
+    """
+
+    def __init__(self, vae, threads=None, chunk=CHUNK):
+        cpu = chainer.backend.CpuDevice()
+        self.z_size = vae.z_size
+        self.image_size = vae.image_size
+        self.in_channels = vae.in_channels
+        self.layers = [
+            _Layer(cpu.send(conv.W.array), cpu.send(conv.b.array), conv.stride, i == 0)
+            for i, conv in enumerate(vae.enc)
+        ]
+        # mu and logvar in one GEMM: (flat, 2z).
+        self.w_head = np.ascontiguousarray(
+            np.concatenate([cpu.send(vae.mu.W.array), cpu.send(vae.logvar.W.array)]).T, np.float32
+        )
+        self.b_head = np.concatenate([cpu.send(vae.mu.b.array), cpu.send(vae.logvar.b.array)])
+        self.threads = runtime.kernel_threads() if threads is None else max(1, int(threads))
+        self.chunk = max(1, int(chunk))
+
+    def _encode_part(self, frames):
+        h = frames
+        for layer in self.layers:
+            h = layer(h)
+        out = h.reshape(len(frames), -1) @ self.w_head
+        out += self.b_head
+        return out
+
+    def __call__(self, frames):
+        """(mu, logvar), each (N, z_size) float32, of (N, H, W, C) uint8 frames."""
+        frames = np.ascontiguousarray(frames)
+        expected = (self.image_size, self.image_size, self.in_channels)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != expected:
+            raise ValueError(
+                f"FastEncoder takes (N, {expected[0]}, {expected[1]}, {expected[2]}) uint8 "
+                f"frames, got {frames.dtype} {frames.shape}"
+            )
+        n = len(frames)
+        out = np.empty((n, 2 * self.z_size), np.float32)
+        # Fixed chunks of `chunk` frames (the last one shorter), dealt to the
+        # threads in contiguous runs: each GEMM's shape, and so each frame's
+        # result, depends on the batch size only, never on the thread count.
+        starts = list(range(0, n, self.chunk))
+        k = min(self.threads, len(starts))
+        runs = [starts[len(starts) * i // k : len(starts) * (i + 1) // k] for i in range(k)]
+
+        def run(i):
+            for lo in runs[i]:
+                hi = min(n, lo + self.chunk)
+                out[lo:hi] = self._encode_part(frames[lo:hi])
+
+        # One BLAS thread per caller: OpenBLAS's own threads cost more than they
+        # give on GEMMs this small (20 ms instead of 0.8 for one frame).
+        with runtime.single_blas_thread():
+            futures = [_executor(k - 1).submit(run, i) for i in range(1, k)]
+            run(0)
+            for f in futures:
+                f.result()
+        return out[:, : self.z_size], out[:, self.z_size :]
+
+
+class _ChainerEncoder:
+    """`vae.encode` with no graph, as arrays on the host (GPU or fallback path)."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.cpu = chainer.backend.CpuDevice()
+
+    def __call__(self, frames):
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            mu, logvar = self.vae.encode(frames)
+        return self.cpu.send(mu.array), self.cpu.send(logvar.array)
+
+
+def make_encoder(vae):
+    """A callable frames -> (mu, logvar) host arrays: `FastEncoder` for a V on
+    the CPU (unless `chainer.config.fastconv` is False), Chainer's otherwise."""
+    on_cpu = isinstance(vae.device, chainer.backend.CpuDevice)
+    if on_cpu and getattr(chainer.config, "fastconv", True):
+        return FastEncoder(vae)
+    return _ChainerEncoder(vae)
