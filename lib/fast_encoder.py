@@ -65,31 +65,33 @@ _POOL = {"pid": None, "executor": None}
 
 
 @numba.njit(cache=True, nogil=True)
-def _im2col_u8(frames, kernel, stride, col):
+def _im2col_u8(frames, kernel, stride, n_out, col):
     """Columns of a valid strided window over uint8 frames, as float32.
 
     Args:
         frames: (N, H, W, C) uint8.
         kernel, stride: ints.
-        col: (N * Ho * Wo, kernel * kernel * C) float32 output, rows ordered
-            (n, oh, ow) and columns (i, j, c); overwritten.
+        n_out: output positions computed a side (the top-left n_out x n_out).
+        col: (N * n_out * n_out, kernel * kernel * C) float32 output, rows
+            ordered (n, oh, ow) and columns (i, j, c); overwritten.
     """
-    n_b, _, n_w, n_c = frames.shape
-    n_ow = (n_w - kernel) // stride + 1
-    n_oh = col.shape[0] // (n_b * n_ow)
+    n_b, n_h, n_w, n_c = frames.shape
     run = kernel * n_c
-    r = 0
+    row = np.empty(n_w * n_c, np.float32)
     for n in range(n_b):
-        img = frames[n].reshape(frames.shape[1], n_w * n_c)
-        for oh in range(n_oh):
-            for ow in range(n_ow):
-                dst = col[r]
-                base = ow * stride * n_c
-                for i in range(kernel):
-                    src = img[oh * stride + i]
+        img = frames[n].reshape(n_h, n_w * n_c)
+        for oh in range(n_out):
+            first = (n * n_out + oh) * n_out
+            for i in range(kernel):
+                # One conversion of the source row, then runs of kernel * C.
+                src = img[oh * stride + i]
+                for t in range(row.shape[0]):
+                    row[t] = src[t]
+                for ow in range(n_out):
+                    dst = col[first + ow, i * run : (i + 1) * run]
+                    part = row[ow * stride * n_c : ow * stride * n_c + run]
                     for t in range(run):
-                        dst[i * run + t] = src[base + t]
-                r += 1
+                        dst[t] = part[t]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -230,12 +232,17 @@ class _Layer:
         self.w = np.ascontiguousarray(w * scale, np.float32).reshape(kh * kw * n_c, n_o)
         self.u = winograd_weights(w) if (not first and kh == kw == 4 and stride == 2) else None
 
-    def __call__(self, x):
+    def __call__(self, x, side=None):
+        """relu(conv(x) + b): (N, H, W, C) -> (N, side, side, O), where `side`
+        (default: the whole output) keeps only the top-left outputs, the
+        ones the next layer reads."""
         n_b, n_h, n_w, n_c = x.shape
         k, s = self.kernel, self.stride
         n_oh, n_ow = _out_size(n_h, k, s), _out_size(n_w, k, s)
+        if side is not None:
+            n_oh, n_ow = min(n_oh, side), min(n_ow, side)
         y = np.empty((n_b, n_oh, n_ow, self.n_o), np.float32)
-        if self.first:
+        if self.first:  # square frames (FastEncoder checks them)
             # A few frames at a time, so the columns are still in cache for
             # the GEMM and the GEMM's output for the bias and relu.
             flat = y.reshape(n_b * n_oh * n_ow, self.n_o)
@@ -243,15 +250,17 @@ class _Layer:
             for lo in range(0, n_b, _FIRST_LAYER_FRAMES):
                 hi = min(n_b, lo + _FIRST_LAYER_FRAMES)
                 col = np.empty(((hi - lo) * rows, len(self.w)), np.float32)
-                _im2col_u8(x[lo:hi], k, s, col)
+                _im2col_u8(x[lo:hi], k, s, n_oh, col)
                 part = flat[lo * rows : hi * rows]
                 np.matmul(col, self.w, out=part)
                 _bias_relu(part, self.b)
         elif self.u is not None and n_oh == n_ow and n_oh % 2 == 0:
-            n_t = n_oh // 2
-            v = np.empty((9, n_b * n_t * n_t, 4 * n_c), np.float32)
+            n_tiles = n_b * (n_oh // 2) ** 2
+            v = np.empty((9, n_tiles, 4 * n_c), np.float32)
+            m = np.empty((9, n_tiles, self.n_o), np.float32)
             _winograd_input(x, v)
-            _winograd_output(np.matmul(v, self.u), self.b, y)
+            np.matmul(v, self.u, out=m)
+            _winograd_output(m, self.b, y)
         else:
             sb, sh, sw, sc = x.strides
             view = np.lib.stride_tricks.as_strided(
@@ -296,6 +305,15 @@ class FastEncoder:
             _Layer(cpu.send(conv.W.array), cpu.send(conv.b.array), conv.stride, i == 0)
             for i, conv in enumerate(vae.enc)
         ]
+        # Each layer computes only the outputs the next one reads (the first
+        # conv's last row and column are never read by the second: 30 of 31).
+        sides = [self.image_size]
+        for layer in self.layers:
+            sides.append(_out_size(sides[-1], layer.kernel, layer.stride))
+        self.sides = sides[1:]
+        for i in range(len(self.layers) - 2, -1, -1):
+            nxt = self.layers[i + 1]
+            self.sides[i] = min(self.sides[i], (self.sides[i + 1] - 1) * nxt.stride + nxt.kernel)
         # mu and logvar in one GEMM: (flat, 2z).
         self.w_head = np.ascontiguousarray(
             np.concatenate([cpu.send(vae.mu.W.array), cpu.send(vae.logvar.W.array)]).T, np.float32
@@ -306,8 +324,8 @@ class FastEncoder:
 
     def _encode_part(self, frames):
         h = frames
-        for layer in self.layers:
-            h = layer(h)
+        for layer, side in zip(self.layers, self.sides):
+            h = layer(h, side)
         out = h.reshape(len(frames), -1) @ self.w_head
         out += self.b_head
         return out
