@@ -18,12 +18,16 @@ in GEMMs that OpenBLAS splits badly over two cores, in per-layer
 - Fewer multiplications. Every later layer is a 4x4 stride-2 convolution,
   which is a 2x2 stride-1 convolution over a space-to-depth view of its input
   (2x2 pixel blocks stacked into 4C channels). That is computed with
-  Winograd's minimal filtering F(2x2, 2x2): 9 GEMMs of (tiles, 4C) x (4C, O)
-  per 2x2 block of outputs where direct convolution needs the work of 16,
-  so 0.56 of the multiplications, with transforms of +-1 that
+  Winograd's minimal filtering F(m x m, 2 x 2): (m + 1)^2 GEMMs of
+  (tiles, 4C) x (4C, O) per m x m block of outputs where direct convolution
+  needs the work of 4m^2, so 0.56 of the multiplications with m = 2 (second
+  and fourth convs) and 0.44 with m = 3 (third conv, whose 6x6 output splits
+  into 3x3 tiles). The transforms' coefficients are 0, +-1 and 1/2, which
   add no rounding beyond a few ulps. The input transform reads the NHWC
   activations directly (the space-to-depth view is never built) and the
   output transform adds the bias and applies relu.
+- Only what is read. The first conv's output is 31x31, but the second conv
+  reads only its top-left 30x30: the last row and column are not computed.
 
 Layers that do not fit (kernel other than 4, stride other than 2, an odd
 output side) fall back to im2col and one GEMM. Results agree with
@@ -53,8 +57,21 @@ CHUNK = 32
 # Frames per GEMM in the first layer (its columns stay in a core's L2 cache).
 _FIRST_LAYER_FRAMES = 4
 
-# Winograd F(2x2, 2x2) for correlation: y = A^T [(G g G^T) * (B^T d B)] A.
-_G = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+# Winograd's F(m x m, 2 x 2) for correlation, y = A^T [(G g G^T) * (B^T d B)] A,
+# for m = 2 (3x3 input tiles, 9 products) and m = 3 (4x4 tiles, 16 products):
+# m -> (B^T, G, A^T), from the points 0, 1, -1 (and infinity for m = 3).
+WINOGRAD = {
+    2: (
+        np.array([[1, -1, 0], [0, 1, 0], [0, -1, 1]], np.float32),
+        np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]),
+        np.array([[1, 1, 0], [0, 1, 1]], np.float32),
+    ),
+    3: (
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], np.float32),
+        np.array([[1.0, 0.0], [0.5, 0.5], [0.5, -0.5], [0.0, 1.0]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], np.float32),
+    ),
+}
 
 _POOL = {"pid": None, "executor": None}
 
@@ -185,6 +202,95 @@ def _winograd_output(m, b, y):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _winograd_input_any(x, bt, v):
+    """B^T d B for every tile, any F(m x m, 2 x 2): `_winograd_input` for
+    m = 2 is the same with the coefficients written out (and faster).
+
+    Args:
+        x: (N, H, W, C) float32 activations.
+        bt: (n, n) float32 B^T, n = m + 1: tiles of n x n space-to-depth
+            positions, m apart.
+        v: (n * n, N * T * T, 4C) float32 output, T tiles a side; overwritten.
+    """
+    n_b, n_h, n_w, n_c = x.shape
+    n = bt.shape[0]
+    m = n - 1
+    n_t = int(np.sqrt(v.shape[1] // n_b) + 0.5)
+    run = 2 * n_c
+    rows = np.empty((n, n, run), np.float32)  # B^T applied along the rows
+    for b_ in range(n_b):
+        img = x[b_].reshape(n_h, n_w * n_c)
+        for ty in range(n_t):
+            for tx in range(n_t):
+                t = (b_ * n_t + ty) * n_t + tx
+                for p in range(2):
+                    for a in range(n):
+                        for s in range(n):
+                            dst = rows[a, s]
+                            dst[:] = 0.0
+                            c0 = 2 * (m * tx + s) * n_c
+                            for u in range(n):
+                                coef = bt[a, u]
+                                if coef != 0.0:
+                                    src = img[2 * (m * ty + u) + p, c0 : c0 + run]
+                                    for k in range(run):
+                                        dst[k] += coef * src[k]
+                    for a in range(n):
+                        for c in range(n):
+                            dst = v[a * n + c, t, p * run : (p + 1) * run]
+                            dst[:] = 0.0
+                            for s in range(n):
+                                coef = bt[c, s]
+                                if coef != 0.0:
+                                    src = rows[a, s]
+                                    for k in range(run):
+                                        dst[k] += coef * src[k]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _winograd_output_any(m_, at, b, y):
+    """A^T M A for every tile, any F(m x m, 2 x 2), plus bias and relu.
+
+    Args:
+        m_: (n * n, N * T * T, O) float32, the GEMM products.
+        at: (m, n) float32 A^T.
+        b: (O,) float32.
+        y: (N, mT, mT, O) float32 output; overwritten.
+    """
+    n_b, n_h, _, n_o = y.shape
+    m, n = at.shape
+    n_t = n_h // m
+    rows = np.empty((m, n, n_o), np.float32)  # A^T applied along the rows
+    acc = np.empty(n_o, np.float32)
+    for b_ in range(n_b):
+        for ty in range(n_t):
+            for tx in range(n_t):
+                t = (b_ * n_t + ty) * n_t + tx
+                for i in range(m):
+                    for c in range(n):
+                        dst = rows[i, c]
+                        dst[:] = 0.0
+                        for a in range(n):
+                            coef = at[i, a]
+                            if coef != 0.0:
+                                src = m_[a * n + c, t]
+                                for o in range(n_o):
+                                    dst[o] += coef * src[o]
+                for i in range(m):
+                    for j in range(m):
+                        acc[:] = b
+                        for c in range(n):
+                            coef = at[j, c]
+                            if coef != 0.0:
+                                src = rows[i, c]
+                                for o in range(n_o):
+                                    acc[o] += coef * src[o]
+                        dst = y[b_, m * ty + i, m * tx + j]
+                        for o in range(n_o):
+                            dst[o] = max(acc[o], np.float32(0.0))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _bias_relu(y, b):
     """y = max(y + b, 0) in place; y (N, O), b (O,)."""
     n, n_o = y.shape
@@ -202,21 +308,23 @@ def _out_size(size, k, s):
     return (size - k) // s + 1
 
 
-def winograd_weights(w):
+def winograd_weights(w, m=2):
     """U = G g G^T for a 4x4 stride-2 conv seen as 2x2 over space-to-depth.
 
     Args:
         w: (4, 4, C, O) conv weights (NHWC layout of `lib.fastconv`).
+        m: output tile side of F(m x m, 2 x 2): 2 or 3.
 
     Returns:
-        (9, 4C, O) float32, the nine GEMM right-hand sides.
+        ((m + 1) ** 2, 4C, O) float32, the GEMM right-hand sides.
     """
+    g_mat = WINOGRAD[m][1]
     n_c, n_o = w.shape[2], w.shape[3]
     # g[a, b] is the (p, q, c) x O slice W[2a + p, 2b + q, c, :].
     g = w.astype(np.float64).reshape(2, 2, 2, 2, n_c, n_o).transpose(0, 2, 1, 3, 4, 5)
     g = g.reshape(2, 2, 4 * n_c, n_o)
-    u = np.einsum("ia,jb,abko->ijko", _G, _G, g)
-    return np.ascontiguousarray(u.reshape(9, 4 * n_c, n_o), np.float32)
+    u = np.einsum("ia,jb,abko->ijko", g_mat, g_mat, g)
+    return np.ascontiguousarray(u.reshape(len(g_mat) ** 2, 4 * n_c, n_o), np.float32)
 
 
 class _Layer:
@@ -230,7 +338,14 @@ class _Layer:
         # The first layer reads uint8 frames: its weights absorb the 1/255.
         scale = np.float32(1.0 / 255.0) if first else np.float32(1.0)
         self.w = np.ascontiguousarray(w * scale, np.float32).reshape(kh * kw * n_c, n_o)
-        self.u = winograd_weights(w) if (not first and kh == kw == 4 and stride == 2) else None
+        # Winograd right-hand sides by tile side m (none for other convs).
+        winograd = not first and kh == kw == 4 and stride == 2
+        self.u = {m: winograd_weights(w, m) for m in WINOGRAD} if winograd else {}
+
+    def tile(self, side):
+        """The Winograd tile side m for `side` outputs a side, or None (im2col)."""
+        fits = [m for m in self.u if side % m == 0]
+        return max(fits) if fits else None
 
     def __call__(self, x, side=None):
         """relu(conv(x) + b): (N, H, W, C) -> (N, side, side, O), where `side`
@@ -254,13 +369,21 @@ class _Layer:
                 part = flat[lo * rows : hi * rows]
                 np.matmul(col, self.w, out=part)
                 _bias_relu(part, self.b)
-        elif self.u is not None and n_oh == n_ow and n_oh % 2 == 0:
-            n_tiles = n_b * (n_oh // 2) ** 2
-            v = np.empty((9, n_tiles, 4 * n_c), np.float32)
-            m = np.empty((9, n_tiles, self.n_o), np.float32)
-            _winograd_input(x, v)
-            np.matmul(v, self.u, out=m)
-            _winograd_output(m, self.b, y)
+        elif n_oh == n_ow and self.tile(n_oh):
+            m = self.tile(n_oh)
+            bt, _, at = WINOGRAD[m]
+            n_tiles = n_b * (n_oh // m) ** 2
+            v = np.empty((len(bt) ** 2, n_tiles, 4 * n_c), np.float32)
+            prod = np.empty((len(bt) ** 2, n_tiles, self.n_o), np.float32)
+            if m == 2:
+                _winograd_input(x, v)
+            else:
+                _winograd_input_any(x, bt, v)
+            np.matmul(v, self.u[m], out=prod)
+            if m == 2:
+                _winograd_output(prod, self.b, y)
+            else:
+                _winograd_output_any(prod, at, self.b, y)
         else:
             sb, sh, sw, sc = x.strides
             view = np.lib.stride_tricks.as_strided(

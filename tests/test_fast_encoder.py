@@ -44,15 +44,17 @@ def test_agrees_with_chainer_encode(n):
     _close(logvar, ref_logvar)
 
 
-def test_every_layer_after_the_first_is_winograd_at_paper_size():
-    layers = fe.FastEncoder(_vae()).layers
-    assert [layer.u is not None for layer in layers] == [False, True, True, True]
+def test_winograd_tiles_at_paper_size():
+    """Outputs 30 (first conv, uint8 GEMM), 14 (F(2x2)), 6 (F(3x3)), 2 (F(2x2))."""
+    enc = fe.FastEncoder(_vae())
+    assert enc.sides == [30, 14, 6, 2]
+    assert [layer.tile(side) for layer, side in zip(enc.layers, enc.sides)] == [None, 2, 3, 2]
 
 
-@pytest.mark.parametrize("side", [6, 7, 14, 15, 31])
+@pytest.mark.parametrize("side", [6, 7, 14, 15, 20, 23, 31])
 def test_winograd_layer_equals_direct_convolution(side):
-    """4x4 stride-2 conv (relu) on inputs whose output side is even (Winograd)
-    and odd (im2col fallback), against a float64 direct sum."""
+    """4x4 stride-2 conv (relu) with output sides that take F(2x2) (2, 14),
+    F(3x3) (6, 9) and neither (5, 11, im2col), against a float64 direct sum."""
     rng = np.random.default_rng(side)
     n_c, n_o = 5, 7
     w = rng.normal(0, 0.3, (4, 4, n_c, n_o)).astype(np.float32)
@@ -68,6 +70,34 @@ def test_winograd_layer_equals_direct_convolution(side):
     ref = np.maximum(ref + b, 0.0)
     assert y.shape == ref.shape
     _close(y, ref, 2e-6)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_winograd_transforms_by_definition(m):
+    """Each F(m, 2) in one dimension: A^T [(G g) * (B^T d)] is the correlation."""
+    bt, g_mat, at = fe.WINOGRAD[m]
+    rng = np.random.default_rng(m)
+    d, g = rng.normal(size=m + 1), rng.normal(size=2)
+    expected = [d[i] * g[0] + d[i + 1] * g[1] for i in range(m)]
+    np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), expected, rtol=1e-6)
+
+
+def test_general_kernels_match_the_written_out_ones():
+    """The F(m, 2) kernels for any m, run with m = 2, equal the F(2x2) ones."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 14, 14, 3)).astype(np.float32)
+    bt, _, at = fe.WINOGRAD[2]
+    n_tiles = 2 * 3 * 3
+    v_fast, v_any = (np.empty((9, n_tiles, 12), np.float32) for _ in range(2))
+    fe._winograd_input(x, v_fast)
+    fe._winograd_input_any(x, bt, v_any)
+    np.testing.assert_allclose(v_any, v_fast, atol=1e-6)
+    prod = rng.normal(size=(9, n_tiles, 5)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    y_fast, y_any = (np.empty((2, 6, 6, 5), np.float32) for _ in range(2))
+    fe._winograd_output(prod, b, y_fast)
+    fe._winograd_output_any(prod, at, b, y_any)
+    np.testing.assert_allclose(y_any, y_fast, atol=1e-6)
 
 
 def test_winograd_weights_of_a_single_tap():
@@ -106,7 +136,7 @@ def test_chunks_are_independent():
 def test_other_kernel_sizes_fall_back_to_im2col():
     vae = _vae(enc_kernel=5)
     enc = fe.FastEncoder(vae)
-    assert all(layer.u is None for layer in enc.layers)
+    assert all(layer.tile(side) is None for layer, side in zip(enc.layers, enc.sides))
     frames = _frames(4)
     _close(enc(frames)[0], _chainer_encode(vae, frames)[0])
 
