@@ -89,8 +89,8 @@ def test_general_kernels_match_the_written_out_ones():
     bt, _, at = fe.WINOGRAD[2]
     n_tiles = 2 * 3 * 3
     v_fast, v_any = (np.empty((9, n_tiles, 12), np.float32) for _ in range(2))
-    fe._winograd_input(x, v_fast)
-    fe._winograd_input_any(x, bt, v_any)
+    fe._winograd_input(x, v_fast, 0)
+    fe._winograd_input_any(x, bt, v_any, 0)
     np.testing.assert_allclose(v_any, v_fast, atol=1e-6)
     prod = rng.normal(size=(9, n_tiles, 5)).astype(np.float32)
     b = rng.normal(size=5).astype(np.float32)

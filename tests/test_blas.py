@@ -1,0 +1,76 @@
+"""lib.blas: single-threaded GEMM through SciPy's OpenBLAS, with NumPy's as fallback."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from lib import blas
+
+
+def _operands(shape_a, shape_b, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=shape_a).astype(np.float32),
+        rng.normal(size=shape_b).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    "shape_a, shape_b",
+    [
+        ((37, 48), (48, 32)),
+        ((1, 512), (512, 256)),
+        ((3, 20, 16), (3, 16, 8)),
+        ((9, 1, 5), (9, 5, 4)),
+    ],
+    ids=["2d", "one-row", "stack", "stack-one-row"],
+)
+def test_matmul_equals_numpy(shape_a, shape_b):
+    a, b = _operands(shape_a, shape_b)
+    out = np.empty(shape_a[:-1] + shape_b[-1:], np.float32)
+    assert blas.matmul(a, b, out) is out
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_scipys_openblas_is_found_here():
+    """The pinned SciPy wheel bundles it; without it everything still works
+    (next test), only slower."""
+    assert blas.AVAILABLE
+
+
+def test_fallback_is_numpy(monkeypatch):
+    a, b = _operands((6, 7), (7, 3))
+    monkeypatch.setattr(blas, "AVAILABLE", False)
+    out = np.empty((6, 3), np.float32)
+    blas.matmul(a, b, out)
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+
+
+def test_refuses_strided_input():
+    a, b = _operands((8, 8), (8, 8))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        blas.matmul(a[:, ::2], b[::2], np.empty((8, 8), np.float32))
+
+
+def test_threads_at_once_give_the_same_products():
+    """Two threads calling at the same time (the GIL is released) get exactly
+    what one thread gets."""
+    pairs = [_operands((9, 300, 64), (9, 64, 32), seed) for seed in range(2)]
+    alone = []
+    for a, b in pairs:
+        out = np.empty((9, 300, 32), np.float32)
+        alone.append(blas.matmul(a, b, out).copy())
+    together = [np.empty((9, 300, 32), np.float32) for _ in pairs]
+
+    def work(i):
+        for _ in range(20):
+            blas.matmul(*pairs[i], together[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, expected in zip(together, alone):
+        np.testing.assert_array_equal(got, expected)
