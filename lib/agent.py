@@ -42,17 +42,20 @@ class WorldModelsAgent(Policy):
         temperature: 0 (default) feeds V's posterior mean as z; tau > 0 samples
             z from the posterior with its standard deviation scaled by sqrt(tau),
             with noise drawn from each episode's seed.
+        encoder: `lib.fast_encoder.make_encoder(vae)` to reuse (building one
+            takes ~20 ms); made from `vae` if None.
     """
 
     name = "world_models"
     needs_image = True
 
-    def __init__(self, n, vae, rnn, params, candidate_of=None, temperature=0.0):
+    def __init__(self, n, vae, rnn, params, candidate_of=None, temperature=0.0, encoder=None):
         super().__init__(n)
         self.temperature = float(temperature)
         self.rngs = [np.random.default_rng(i) for i in range(n)]
         self.vae = vae
-        self.encoder = make_encoder(vae)  # V's weights are fixed while the agent lives
+        # V's weights are fixed while the agent lives.
+        self.encoder = make_encoder(vae) if encoder is None else encoder
         self.rnn = rnn
         self.z_size = rnn.z_size
         self.hidden_size = rnn.hidden_size

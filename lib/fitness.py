@@ -62,7 +62,10 @@ def init_worker(spec: Spec) -> None:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
     else:
+        from lib.fast_encoder import make_encoder
+
         _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir)
+        _WORKER["encoder"] = make_encoder(_WORKER["vae"])
 
 
 def trial_seeds(seed: int, generation: int, trials: int) -> list[int]:
@@ -128,7 +131,12 @@ def evaluate_group(task: dict) -> dict:
 
     seeds = trial_seeds(spec.seed, gen, trials) * n_cand
     agent = WorldModelsAgent(
-        len(seeds), _WORKER["vae"], rnn, params, candidate_of=lambda k: k // trials
+        len(seeds),
+        _WORKER["vae"],
+        rnn,
+        params,
+        candidate_of=lambda k: k // trials,
+        encoder=_WORKER["encoder"],
     )
     returns = np.zeros(len(seeds))
     lengths = np.zeros(len(seeds), np.int64)

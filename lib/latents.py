@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from lib.checkpoints import encode_frames
+from lib.fast_encoder import make_encoder
 from lib.fileio import atomic_path
 from lib.frames import selection_key
 from lib.rollouts import BadRolloutError, list_rollouts, load_episode
@@ -136,13 +137,14 @@ def _build(files, vae, path, info, progress):
     size = vae.image_size if hasattr(vae, "image_size") else None
     parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done")}
     f_off, s_off, names, skipped = [0], [0], [], []
+    encoder = make_encoder(vae)
     for k, file in enumerate(files):
         try:
             ep = load_episode(file, image_size=size)
         except BadRolloutError as e:
             skipped.append(str(e))
             continue
-        mu, logvar = encode_frames(vae, ep["obs"])
+        mu, logvar = encode_frames(vae, ep["obs"], encoder=encoder)
         parts["mu"].append(mu)
         parts["logvar"].append(logvar)
         for key in ("action", "reward", "done"):
