@@ -1,26 +1,31 @@
-"""Single-threaded float32 GEMM for kernels that split work over their own threads.
+"""float32 GEMM through the fastest OpenBLAS this environment has.
 
 NumPy's wheel bundles OpenBLAS 0.3.23; SciPy's (a dependency already) bundles
-a newer one, `libscipy_openblas` 0.3.30, whose kernels run the small, skinny
-GEMMs of `lib.fast_encoder` faster on this project's 2-core AMD machine (one
-thread, GFLOP/s, NumPy -> SciPy's library):
+a newer one, `libscipy_openblas` 0.3.30, whose kernels run this project's
+GEMMs faster on its 2-core AMD machine (GFLOP/s, NumPy's -> SciPy's):
 
-| GEMM (M x K x N)      | where                      | NumPy | SciPy's |
-|-----------------------|----------------------------|-------|---------|
-| 3600 x 48 x 32        | first conv, 4 frames       | 50    | 64      |
-| 9 x (1568 x 128 x 64) | second conv, Winograd      | 70    | 83      |
-| 16 x (128 x 256 x 128)| third conv, Winograd       | 69    | 76      |
+| GEMM (M x K x N)       | where                          | threads | NumPy | SciPy's |
+|------------------------|--------------------------------|---------|-------|---------|
+| 3600 x 48 x 32         | encoder, first conv, 4 frames  | 1       | 50    | 64      |
+| 9 x (1568 x 128 x 64)  | encoder, second conv, Winograd | 1       | 70    | 83      |
+| 16 x (128 x 256 x 128) | encoder, third conv, Winograd  | 1       | 69    | 76      |
+| 4096 x 512 x 64        | training, second conv forward  | 2       | 145   | 165     |
+| 2500 x 128 x 1600      | training, deconv forward       | 2       | 152   | 169     |
 
-SciPy's own wrapper (`scipy.linalg.blas.sgemm`) holds the GIL, so the two
-encoder threads would take turns; here the library's `cblas_sgemm` is called
-from a numba function instead, which releases the GIL. The library's threads
-are set to one when it is loaded: callers bring their own threads.
+SciPy's own wrapper (`scipy.linalg.blas.sgemm`) holds the GIL, so threads
+that split work between them would take turns; here the library's
+`cblas_sgemm` is called from numba functions, which release it.
 
-`matmul(a, b, out)` uses it when it is found (`AVAILABLE`) and NumPy's
-`matmul` otherwise (other platforms, a SciPy built against another BLAS), and
-for single-row products, which NumPy sends to GEMV. Results of the two differ
-in the last bits; which one runs depends only on the shapes, so a frame's
-result never depends on the thread count.
+- `matmul(a, b, out)`: on the calling thread only, for `lib.fast_encoder`,
+  whose own threads each run a part of the batch.
+- `gemm(a, b, out, trans_a, trans_b, accumulate, threads)`: one GEMM on
+  `threads` threads, for `lib.fastconv`'s training passes.
+
+Both use NumPy when the library is not found (`AVAILABLE` is False: other
+platforms, a SciPy built against another BLAS), `matmul` also for single-row
+products (NumPy sends them to GEMV) and `gemm` for anything but C-contiguous
+float32. Which path runs depends only on shapes and dtypes, so a result never
+depends on the thread count of the caller's own threads.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ import os
 import numba
 import numpy as np
 
-_ROW_MAJOR, _NO_TRANS = 101, 111
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 def _load():
-    """SciPy's OpenBLAS `cblas_sgemm`, or None."""
+    """SciPy's OpenBLAS (`cblas_sgemm`, get and set threads), or None."""
     try:
         import scipy
     except ImportError:
@@ -46,10 +51,12 @@ def _load():
         try:
             lib = ctypes.CDLL(path)
             sgemm = lib.scipy_cblas_sgemm
+            get_threads = lib.scipy_openblas_get_num_threads
             set_threads = lib.scipy_openblas_set_num_threads
         except (OSError, AttributeError):
             continue
-        set_threads.argtypes = [ctypes.c_int]
+        get_threads.argtypes, get_threads.restype = [], ctypes.c_int
+        set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
         set_threads(1)
         sgemm.restype = None
         sgemm.argtypes = [ctypes.c_int] * 6 + [
@@ -62,43 +69,55 @@ def _load():
             ctypes.c_void_p,
             ctypes.c_int,
         ]
-        return sgemm
+        return sgemm, get_threads, set_threads
     return None
 
 
-_SGEMM = _load()
-AVAILABLE = _SGEMM is not None
+_LIB = _load()
+AVAILABLE = _LIB is not None
 
 if AVAILABLE:
-    _cblas_sgemm = _SGEMM
+    _cblas_sgemm, _get_threads, _set_threads = _LIB
 
-    # Not cached: the library's address is compiled in (about 0.3 s per process).
+    # Not cached: the library's addresses are compiled in (about 0.3 s per process).
+    @numba.njit(nogil=True)
+    def _gemm(a, b, out, trans_a, trans_b, beta, threads):
+        """out = op(a) @ op(b) + beta * out, row-major, on `threads` threads."""
+        if _get_threads() != threads:
+            _set_threads(threads)
+        n_m, n_n = out.shape
+        n_k = a.shape[0] if trans_a else a.shape[1]
+        _cblas_sgemm(
+            _ROW_MAJOR,
+            _TRANS if trans_a else _NO_TRANS,
+            _TRANS if trans_b else _NO_TRANS,
+            n_m,
+            n_n,
+            n_k,
+            np.float32(1.0),
+            a.ctypes.data,
+            a.shape[1],
+            b.ctypes.data,
+            b.shape[1],
+            np.float32(beta),
+            out.ctypes.data,
+            n_n,
+        )
+
     @numba.njit(nogil=True)
     def _matmul_stack(a, b, out):
-        n_s, n_m, n_k = a.shape
-        n_n = b.shape[2]
-        one, zero = np.float32(1.0), np.float32(0.0)
-        for i in range(n_s):
-            _cblas_sgemm(
-                _ROW_MAJOR,
-                _NO_TRANS,
-                _NO_TRANS,
-                n_m,
-                n_n,
-                n_k,
-                one,
-                a[i].ctypes.data,
-                n_k,
-                b[i].ctypes.data,
-                n_n,
-                zero,
-                out[i].ctypes.data,
-                n_n,
-            )
+        for i in range(a.shape[0]):
+            _gemm(a[i], b[i], out[i], False, False, 0.0, 1)
+
+
+def _check(*arrays):
+    for arr in arrays:
+        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+            raise ValueError("lib.blas takes C-contiguous float32 arrays")
 
 
 def matmul(a, b, out):
-    """out = a @ b on the calling thread; float32, C-contiguous.
+    """out = a @ b on the calling thread only; float32, C-contiguous.
 
     Args:
         a: (M, K) or (S, M, K).
@@ -112,11 +131,37 @@ def matmul(a, b, out):
         # One row: NumPy's matmul goes to GEMV, ten times faster than this
         # GEMM (11 vs 96 us for 1 x 512 x 256).
         return np.matmul(a, b, out=out)
-    for arr in (a, b, out):
-        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ValueError("blas.matmul takes C-contiguous float32 arrays")
+    _check(a, b, out)
     if a.ndim == 2:
         _matmul_stack(a[None], b[None], out[None])
     else:
         _matmul_stack(a, b, out)
+    return out
+
+
+def gemm(a, b, out, trans_a=False, trans_b=False, accumulate=False, threads=1):
+    """out = op(a) @ op(b), or out += op(a) @ op(b), on `threads` threads.
+
+    For `lib.fastconv`'s training GEMMs, which run one at a time on all cores
+    (`threads=runtime.kernel_threads()`).
+
+    Args:
+        a, b: 2-D arrays; op transposes when `trans_a`/`trans_b`. Anything but
+            C-contiguous float32 goes through NumPy.
+        out: (M, N) C-contiguous float32.
+        accumulate: add to `out` instead of overwriting it.
+        threads: BLAS threads for this call.
+
+    Returns:
+        out.
+    """
+    usable = all(x.dtype == np.float32 and x.flags.c_contiguous for x in (a, b, out))
+    if not (AVAILABLE and usable):  # NumPy for other dtypes (float64 gradient checks)
+        product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if accumulate:
+            out += product
+        else:
+            out[...] = product
+        return out
+    _gemm(a, b, out, bool(trans_a), bool(trans_b), 1.0 if accumulate else 0.0, int(threads))
     return out

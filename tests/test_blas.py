@@ -74,3 +74,34 @@ def test_threads_at_once_give_the_same_products():
         t.join()
     for got, expected in zip(together, alone):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_transposes_and_threads(trans_a, trans_b, threads):
+    a, b = _operands((40, 30) if not trans_a else (30, 40), (30, 20) if not trans_b else (20, 30))
+    out = np.empty((40, 20), np.float32)
+    blas.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, threads=threads)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_accumulates():
+    a, b = _operands((50, 10), (50, 8))
+    out = np.ones((10, 8), np.float32)
+    blas.gemm(a, b, out, trans_a=True, accumulate=True, threads=2)
+    np.testing.assert_allclose(out, 1.0 + a.T.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_other_dtypes_go_through_numpy():
+    """float64 (the gradient checks) and strided views are still right."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(5, 4))
+    out = np.zeros((6, 4))
+    blas.gemm(a, b, out, accumulate=True)
+    np.testing.assert_allclose(out, a @ b)
+    a32, b32 = _operands((8, 6), (6, 4))
+    out32 = np.empty((4, 4), np.float32)
+    blas.gemm(a32[::2], b32, out32)
+    np.testing.assert_allclose(out32, a32[::2] @ b32, rtol=1e-6)
