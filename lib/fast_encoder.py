@@ -499,6 +499,8 @@ class FastEncoder:
             )
         n = len(frames)
         out = np.empty((n, 2 * self.z_size), np.float32)
+        if n == 0:
+            return out[:, : self.z_size], out[:, self.z_size :]
         # Fixed chunks of `chunk` frames (the last one shorter), dealt to the
         # threads in contiguous runs: each GEMM's shape, and so each frame's
         # result, depends on the batch size only, never on the thread count.
@@ -512,7 +514,9 @@ class FastEncoder:
                 out[lo:hi] = self._encode_part(frames[lo:hi])
 
         # One BLAS thread per caller: OpenBLAS's own threads cost more than they
-        # give on GEMMs this small (20 ms instead of 0.8 for one frame).
+        # give on GEMMs this small (20 ms instead of 0.8 for one frame). `lib.blas`
+        # runs its GEMMs on the caller's thread; this also covers NumPy's
+        # (single rows, or when SciPy's OpenBLAS is missing).
         with runtime.single_blas_thread():
             futures = [_executor(k - 1).submit(run, i) for i in range(1, k)]
             run(0)

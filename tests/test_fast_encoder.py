@@ -165,6 +165,11 @@ def test_bad_frames_are_refused(frames):
         fe.FastEncoder(_vae())(frames)
 
 
+def test_no_frames_give_empty_latents():
+    mu, logvar = fe.FastEncoder(_vae())(np.zeros((0, 64, 64, 3), np.uint8))
+    assert mu.shape == logvar.shape == (0, 32)
+
+
 def test_make_encoder_follows_the_fastconv_switch():
     vae = _vae()
     frames = _frames(3)
