@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from chainer.optimizers import adam
 
-from lib.fastconv import _parallel  # the GIL-free kernels' shared thread pool
+from lib import runtime  # parallel_ranges: the GIL-free kernels' shared thread pool
 
 # Parameters smaller than this run on the calling thread: below it a thread
 # hand-off costs more than the pass itself (float32 elements).
@@ -129,7 +129,7 @@ class FastAdamRule(adam.AdamRule):
         def part(lo, hi):
             _adam_kernel(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], *scalars)
 
-        _parallel(part, n)
+        runtime.parallel_ranges(part, n)
 
 
 class FastAdam(chainer.optimizers.Adam):

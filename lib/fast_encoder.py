@@ -41,9 +41,6 @@ and a thin wrapper around `vae.encode` otherwise (GPU).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import chainer
 import numba
 import numpy as np
@@ -73,8 +70,6 @@ WINOGRAD = {
         np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], np.float32),
     ),
 }
-
-_POOL = {"pid": None, "executor": None}
 
 
 # ---------------------------------------------------------------------------
@@ -421,14 +416,6 @@ class _Layer:
 # ---------------------------------------------------------------------------
 
 
-def _executor(k):
-    if _POOL["pid"] != os.getpid() or _POOL["executor"]._max_workers < k:
-        # A forked child inherits the pool object but not its threads.
-        _POOL["executor"] = ThreadPoolExecutor(max_workers=k, thread_name_prefix="fast_encoder")
-        _POOL["pid"] = os.getpid()
-    return _POOL["executor"]
-
-
 class FastEncoder:
     """(mu, logvar) of uint8 frames, for a `ConvVAE` on the CPU (see module doc).
 
@@ -499,17 +486,13 @@ class FastEncoder:
             )
         n = len(frames)
         out = np.empty((n, 2 * self.z_size), np.float32)
-        if n == 0:
-            return out[:, : self.z_size], out[:, self.z_size :]
         # Fixed chunks of `chunk` frames (the last one shorter), dealt to the
         # threads in contiguous runs: each GEMM's shape, and so each frame's
         # result, depends on the batch size only, never on the thread count.
         starts = list(range(0, n, self.chunk))
-        k = min(self.threads, len(starts))
-        runs = [starts[len(starts) * i // k : len(starts) * (i + 1) // k] for i in range(k)]
 
-        def run(i):
-            for lo in runs[i]:
+        def run(first, last):
+            for lo in starts[first:last]:
                 hi = min(n, lo + self.chunk)
                 out[lo:hi] = self._encode_part(frames[lo:hi])
 
@@ -518,10 +501,7 @@ class FastEncoder:
         # runs its GEMMs on the caller's thread; this also covers NumPy's
         # (single rows, or when SciPy's OpenBLAS is missing).
         with runtime.single_blas_thread():
-            futures = [_executor(k - 1).submit(run, i) for i in range(1, k)]
-            run(0)
-            for f in futures:
-                f.result()
+            runtime.parallel_ranges(run, len(starts), self.threads)
         return out[:, : self.z_size], out[:, self.z_size :]
 
 

@@ -51,9 +51,6 @@ Two more things make it fast on a small CPU (measured on 2 cores):
   weight gradients accumulate in the GEMM (beta = 1), with no temporary.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import chainer
 import chainer.functions as F
 import numba
@@ -64,8 +61,6 @@ from lib import blas, runtime
 
 ACTIVATIONS = (None, "relu", "sigmoid")
 _ACT_CODE = {None: 0, "relu": 1, "sigmoid": 2}
-
-_POOL = {"pid": None, "executor": None}  # created on first use; see `_parallel`
 
 # Batch chunk sizes are chosen so that one chunk's column buffer fits in the
 # shared L3 cache (32 MiB here) with room for the GEMM's other operands.
@@ -195,27 +190,6 @@ def _threads():
     return runtime.kernel_threads()
 
 
-def _parallel(fn, n):
-    """Runs `fn(lo, hi)` over contiguous parts of `range(n)`, one per core.
-
-    The numba kernels release the GIL, and so do NumPy's copies, so Python
-    threads are enough. The calling thread takes the first part.
-    """
-    k = min(n, _threads())
-    if k <= 1:
-        fn(0, n)
-        return
-    if _POOL["pid"] != os.getpid():
-        # A forked child inherits the pool object but not its threads.
-        _POOL["executor"] = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="fastconv")
-        _POOL["pid"] = os.getpid()
-    bounds = [n * i // k for i in range(k + 1)]
-    futures = [_POOL["executor"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
-    fn(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
-
-
 # ---------------------------------------------------------------------------
 # array helpers
 # ---------------------------------------------------------------------------
@@ -246,7 +220,7 @@ def _im2col(x, kh, kw, stride, out=None):
         x, (n_b, n_oh, n_ow, kh, kw * n_c), (sb, sh * stride, sw * stride, sh, sc)
     )
     col = np.empty(view.shape, x.dtype) if out is None else out.reshape(view.shape)
-    _parallel(lambda lo, hi: np.copyto(col[lo:hi], view[lo:hi]), n_b)
+    runtime.parallel_ranges(lambda lo, hi: np.copyto(col[lo:hi], view[lo:hi]), n_b)
     return col
 
 
@@ -257,7 +231,7 @@ def _chunks(n_b, bytes_per_item):
 
 def _bias_act_parallel(y, bias, act):
     """y = act(y + bias) in place; y (N, O), bias (O,)."""
-    _parallel(lambda lo, hi: _bias_act(y[lo:hi], bias, act), y.shape[0])
+    runtime.parallel_ranges(lambda lo, hi: _bias_act(y[lo:hi], bias, act), y.shape[0])
 
 
 def _act_backward_parallel(gy, y, act):
@@ -279,7 +253,7 @@ def _act_backward_parallel(gy, y, act):
         partial_sums[lo] = part = np.empty(n_o, np.float64)
         _act_backward(gy[lo:hi], y[lo:hi], act, gz[lo:hi], part)
 
-    _parallel(run, n)
+    runtime.parallel_ranges(run, n)
     # Summed in a fixed order, so the result does not depend on thread timing.
     gb = sum(partial_sums[lo] for lo in sorted(partial_sums))
     return gz, np.asarray(gb).astype(gy.dtype)
@@ -372,7 +346,7 @@ class Conv2DNHWC(chainer.function_node.FunctionNode):
                 blas.gemm(gzc, w2, gcol, trans_b=True, threads=_threads())
                 gcol = gcol.reshape(hi - lo, n_oh, n_ow, kh, kw * n_c)
                 gxc = gx[lo:hi]
-                _parallel(
+                runtime.parallel_ranges(
                     lambda a, z: _col2im(gcol[a:z], self.stride, n_c, gxc[a:z]),  # noqa: B023
                     hi - lo,
                 )
@@ -425,7 +399,10 @@ class Deconv2DNHWC(chainer.function_node.FunctionNode):
             blas.gemm(x2[lo:hi].reshape(-1, n_c), w2, cols, threads=_threads())
             cols = cols.reshape(hi - lo, n_h, n_w, kh, kw * n_o)
             yc = y[lo:hi]
-            _parallel(lambda a, z: _deconv_scatter(cols[a:z], b, s, act, yc[a:z]), hi - lo)  # noqa: B023
+            runtime.parallel_ranges(
+                lambda a, z: _deconv_scatter(cols[a:z], b, s, act, yc[a:z]),  # noqa: B023
+                hi - lo,
+            )
         self.retain_inputs((0, 1))
         if self.activation is not None:
             self.retain_outputs((0,))

@@ -20,6 +20,7 @@ from concurrent import futures
 
 import numpy as np
 
+from lib import runtime
 from lib import socnavenv as sn
 from lib.seeding import derive_seed
 
@@ -225,9 +226,7 @@ class Evaluator:
         if self.pool is None:
             # One BLAS thread, as in every pool worker: GEMM results can depend
             # on the thread count, and fitness must not depend on --workers.
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1, user_api="blas"):
+            with runtime.single_blas_thread():
                 results = [self.task_fn(t) for t in tasks]
         elif isinstance(self.pool, futures.ProcessPoolExecutor):
             import tempfile

@@ -40,6 +40,7 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 512 << 20  # bytes of free heap top kept before returning it
 
 _state = {"blas_sleeps": None, "kernel_threads": None, "blas": None}
+_pool = {"pid": None, "executor": None}  # threads of `parallel_ranges`, made on first use
 
 
 def apply() -> None:
@@ -100,6 +101,32 @@ def single_blas_thread():
 
         _state["blas"] = ThreadpoolController().select(user_api="blas")
     return _state["blas"].limit(limits=1)
+
+
+def parallel_ranges(fn, n, threads=None):
+    """Runs `fn(lo, hi)` over contiguous parts of `range(n)`, one per thread.
+
+    For GIL-free kernels (numba `nogil`, NumPy copies, `lib.blas`), where
+    plain Python threads are enough. `threads` defaults to `kernel_threads()`;
+    part i is `[n * i // k, n * (i + 1) // k)` with k = min(n, threads), and
+    the calling thread takes the first part.
+    """
+    k = min(n, kernel_threads() if threads is None else max(1, int(threads)))
+    if k <= 1:
+        fn(0, n)
+        return
+    pool = _pool["executor"]
+    if _pool["pid"] != os.getpid() or pool._max_workers < k - 1:
+        # A forked child inherits the pool object but not its threads.
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="lib")
+        _pool["executor"], _pool["pid"] = pool, os.getpid()
+    bounds = [n * i // k for i in range(k + 1)]
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    fn(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
 
 
 apply()

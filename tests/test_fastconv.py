@@ -11,6 +11,7 @@ import pytest
 from chainer import gradient_check
 
 from lib import fastconv as fc
+from lib import runtime
 
 ACTS = {None: lambda h: h, "relu": F.relu, "sigmoid": F.sigmoid}
 
@@ -223,14 +224,14 @@ def test_parallel_covers_every_item_once(n):
     def mark(lo, hi):
         seen[lo:hi] += 1
 
-    fc._parallel(mark, n)
+    runtime.parallel_ranges(mark, n)
     np.testing.assert_array_equal(seen, 1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_parallel_works_in_a_forked_child():
     """A child forked after the pool started gets a pool of its own (no hang)."""
-    fc._parallel(lambda lo, hi: None, 4)
+    runtime.parallel_ranges(lambda lo, hi: None, 4)
     pid = os.fork()
     if pid == 0:  # child: exit code 0 on success, killed by SIGALRM on a hang
         signal.alarm(20)
@@ -239,7 +240,7 @@ def test_parallel_works_in_a_forked_child():
         def mark(lo, hi):
             seen[lo:hi] += 1
 
-        fc._parallel(mark, 4)
+        runtime.parallel_ranges(mark, 4)
         os._exit(0 if (seen == 1).all() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
