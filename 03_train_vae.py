@@ -30,7 +30,7 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, drawing, frames, manifest, training
+from lib import cli, devices, drawing, frames, manifest, training
 from lib.fast_adam import FastAdam
 from lib.seeding import derive_seed
 from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss
@@ -72,7 +72,7 @@ def parse_args(argv=None):
         help="weight of coloured pixels (goal, people, robot) in the reconstruction error; "
         "1 is the paper's plain squared error (see lib/vae.object_weights)",
     )
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    cli.add_gpu_arg(p, "V")
     p.add_argument(
         "--resume", action="store_true", help="continue from data/models/vae_snapshot.npz"
     )
@@ -158,8 +158,8 @@ def main(argv=None):
             f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
         )
     try:
-        device = training.select_device(args.gpu)
-    except training.DeviceUnavailable as e:
+        device = devices.select_device(args.gpu)
+    except devices.DeviceUnavailable as e:
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
     data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}

@@ -35,7 +35,7 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from lib import checkpoints, cli, latents, manifest, rnn_data, training
+from lib import checkpoints, cli, devices, latents, manifest, rnn_data, training
 from lib.agent import calibrated_done_logit
 from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, mdn_nll, sample
@@ -99,7 +99,7 @@ def parse_args(argv=None):
         default=None,
         help="use at most this many training episodes",
     )
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    cli.add_gpu_arg(p, "M (and V, to encode its data)")
     p.add_argument("--resume", action="store_true", help="continue from rnn_<mode>_snapshot.npz")
     p.add_argument(
         "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
@@ -172,7 +172,7 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 state = (out.state[0].array, out.state[1].array)
                 b, t = ch["mask"].shape
                 mask = ch["mask"].reshape(-1)
-                n = mask.sum()
+                n = float(mask.sum())  # a Python float: NumPy 2 keeps float32 scalars float32
                 raw = out.mixture.array.reshape(b * t, -1)
                 nll = mdn_nll(
                     raw,
@@ -222,9 +222,9 @@ def main(argv=None):
 
     # CHECKS: V exists and fits the data; nothing is written before this passes.
     try:
-        device = training.select_device(args.gpu)
+        device = devices.select_device(args.gpu)
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
-    except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if not os.path.isdir(train_dir):

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from lib import checkpoints, cli, drawing, training
+from lib import checkpoints, cli, devices, drawing
 from lib.rollouts import BadRolloutError, list_rollouts, load_episode
 
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
         "--rows", type=cli.positive_int, default=3, help="pairs of rows of reconstructions"
     )
     p.add_argument("--dims", type=cli.positive_int, default=6, help="latent dimensions to traverse")
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    cli.add_gpu_arg(p, "V")
     p.add_argument("--split", choices=("test", "train"), default="test", help="frames to draw from")
     return p.parse_args(argv)
 
@@ -46,9 +46,9 @@ def main(argv=None):
 
     # INPUTS
     try:
-        device = training.select_device(args.gpu)
+        device = devices.select_device(args.gpu)
         vae, sidecar = checkpoints.load_vae(args.data_dir, device)
-    except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     files = list_rollouts(split_dir)
     if not files:

@@ -25,8 +25,9 @@ import os
 
 import numpy as np
 
-from lib import checkpoints, cli, drawing, latents, training
+from lib import checkpoints, cli, devices, drawing, latents
 from lib.agent import calibrated_done_logit
+from lib.devices import to_host
 from lib.mdn_rnn import sample
 from lib.rollouts import load_episode
 
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=cli.positive_int, default=12, help="open-loop steps")
     p.add_argument("--dream-steps", type=cli.positive_int, default=100, help="longest dream")
     p.add_argument("--temperature", type=float, default=1.0, help="tau of M's samples in the dream")
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy); -1 for the CPU")
+    cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)
     if args.temperature < 0:
@@ -64,14 +65,13 @@ def main(argv=None):
 
     # INPUTS
     try:
-        device = training.select_device(args.gpu)
+        device = devices.select_device(args.gpu)
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
         model, rnn_sidecar = checkpoints.load_rnn(
-            args.data_dir, args.mode, vae_sidecar["config"]["z_size"]
+            args.data_dir, args.mode, vae_sidecar["config"]["z_size"], device
         )
-    except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
-    model.to_device(device)
     test_dir = os.path.join(args.data_dir, "rnn_data", "test")
     try:
         data, _ = latents.encode_split(
@@ -87,12 +87,13 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     t_len = len(ep["action"])
 
-    # ONE-STEP PREDICTIONS (teacher-forced)
+    # ONE-STEP PREDICTIONS (teacher-forced). M runs on its device; each step's
+    # prediction comes back to the host (`to_host`) for drawing and scoring.
     state, pred = None, [ep["mu"][0]]
     for t in range(t_len):
         out = model.step(ep["mu"][t][None], ep["action"][t][None], state)
         state = out.state
-        pred.append(sample(out.mixture, 0.0, rng)[0])
+        pred.append(to_host(sample(out.mixture, 0.0, rng))[0])
     pred = np.array(pred)
     picks = np.unique(np.linspace(1, t_len, min(args.frames, t_len)).round().astype(int))
     decoded = checkpoints.decode_latents(vae, pred[picks])
@@ -117,7 +118,7 @@ def main(argv=None):
     for t in range(warm, warm + horizon):
         out = model.step(z, ep["action"][t][None], state)
         state = out.state
-        z = sample(out.mixture, 0.0, rng)
+        z = to_host(sample(out.mixture, 0.0, rng))
         opened.append(z[0])
     opened = np.array(opened)
     real_idx = np.arange(warm + 1, warm + 1 + horizon)
@@ -140,15 +141,15 @@ def main(argv=None):
         action = np.clip(action + rng.normal(0, 0.2, (1, 2)), -1, 1).astype(np.float32)
         out = model.step(z, action, state)
         state = out.state
-        z = sample(out.mixture, args.temperature, rng)
+        z = to_host(sample(out.mixture, args.temperature, rng))
         image = drawing.upscale(checkpoints.decode_latents(vae, z)[0], 4)
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
             logit = calibrated_done_logit(
-                float(out.done_logit[0]), rnn_sidecar.get("done_pos_weight", 1.0)
+                float(to_host(out.done_logit)[0]), rnn_sidecar.get("done_pos_weight", 1.0)
             )
             p_done = float(1.0 / (1.0 + np.exp(-logit)))
-            text = f"t={t + 1} r={float(out.reward[0]):+.3f} p(done)={p_done:.2f}"
+            text = f"t={t + 1} r={float(to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"
             frames.append(drawing.caption(image, text))
             if p_done > 0.5:
                 break

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from lib import checkpoints, cli, drawing, latents, manifest, parallel, training
+from lib import checkpoints, cli, devices, drawing, latents, manifest, parallel, training
 from lib import socnavenv as sn
 from lib.agent import WorldModelsAgent
 from lib.controller import Controller, n_params
@@ -91,7 +91,11 @@ def parse_args(argv=None):
         help="stop once an evaluation reaches this mean return",
     )
     p.add_argument(
-        "--workers", type=cli.positive_int, default=cli.default_workers(), help="processes"
+        "--workers",
+        type=cli.positive_int,
+        default=None,
+        help="worker processes (default: one per core on the CPU; 1 with --gpu, where one "
+        "process keeps the device busy and each extra one costs its own CUDA context)",
     )
     p.add_argument(
         "--backend", choices=parallel.BACKENDS, default="local", help="where workers run"
@@ -106,6 +110,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
     )
+    cli.add_gpu_arg(p, "V, M and C in every worker and in the evaluations")
     p.add_argument("--resume", action="store_true", help="continue from controller_es.npz")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if a run exists")
     cli.add_common_args(p)
@@ -118,6 +123,8 @@ def parse_args(argv=None):
         p.error("--popsize must be at least 2")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    if args.workers is None:
+        args.workers = 1 if args.gpu >= 0 else cli.default_workers()
     return args
 
 
@@ -138,8 +145,9 @@ def main(argv=None):
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
     # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
     try:
-        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
-    except checkpoints.CheckpointError as e:
+        device = devices.select_device(args.gpu)
+        vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     rnn_mode = pick_rnn_mode(models, args.rnn_mode, args.dream)
     where = (
@@ -149,11 +157,13 @@ def main(argv=None):
     )
     print(
         f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} trials, "
-        f"sigma {args.sigma}, {where}, {args.workers} workers ({args.backend}), seed {args.seed}"
+        f"sigma {args.sigma}, {where}, {args.workers} workers ({args.backend}{f', GPU {args.gpu}' if args.gpu >= 0 else ''}), seed {args.seed}"
     )
 
     try:
-        rnn, _ = checkpoints.load_rnn(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"])
+        rnn, _ = checkpoints.load_rnn(
+            args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"], device
+        )
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
     rnn_path = os.path.join(models, f"rnn_{rnn_mode}.npz")
@@ -227,6 +237,7 @@ def main(argv=None):
         args.temperature,
         config.to_dict(),
         starts_path,
+        args.gpu,
     )
     eval_seeds = evaluation_seeds(
         derive_seed(args.seed, "controller-eval") % 2**31, args.eval_episodes

@@ -25,7 +25,7 @@ import time
 
 from tqdm import tqdm
 
-from lib import checkpoints, cli, drawing, evaluation, manifest, training
+from lib import checkpoints, cli, devices, drawing, evaluation, manifest
 from lib import socnavenv as sn
 from lib.agent import WorldModelsAgent
 from lib.policies import make_policy
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--n-envs", type=cli.positive_int, default=64, help="episodes stepped in lockstep"
     )
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (CuPy) for V and M; -1 for the CPU")
+    cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)
     if args.temperature < 0:
@@ -110,13 +110,13 @@ def main(argv=None):
     policies = {}
     if not args.baselines_only:
         try:
-            device = training.select_device(args.gpu)
+            device = devices.select_device(args.gpu)
             controller, c_sidecar = checkpoints.load_controller(args.data_dir)
             vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
             rnn, _ = checkpoints.load_rnn(
                 args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
             )
-        except (training.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
             cli.fail(f"{e} (or pass --baselines-only)")
         if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
             cli.fail(

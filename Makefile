@@ -1,21 +1,40 @@
 # Two commands a user needs: `make demo` and `make test`. `make venv` is run by both.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The newest Python 3.11+ that actually runs (a pyenv shim can answer `command -v` and
+# still fail), or PYTHON=/path/to/python3.X. 3.11, 3.12 and 3.13 are supported.
+PY_CANDIDATES := python3.13 python3.12 python3.11 python3
+PY_IS_NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+PYTHON ?= $(shell for p in $(PY_CANDIDATES); do \
+	$$p $(PY_IS_NEW_ENOUGH) >/dev/null 2>&1 && { command -v $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: venv test lint demo bench
+.PHONY: venv venv-gpu test lint demo bench
 
 # The quick preset: every step at a size that runs in minutes on 2 cores.
 DEMO_DIR ?= data/demo
+# `make demo GPU=0` runs V, M and C on CUDA GPU 0 (after `make venv-gpu CUDA=12|13`).
+GPU ?= -1
+# `make venv-gpu CUDA=13` (or 12) adds the CuPy wheel for that CUDA to .venv.
+CUDA ?= 13
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "make: no Python 3.11 or newer runs here (tried $(PY_CANDIDATES)); install one, or pass PYTHON=/path/to/python3.X" >&2; exit 2; \
+	elif ! "$(PYTHON)" $(PY_IS_NEW_ENOUGH) >/dev/null 2>&1; then \
+		echo "make: PYTHON=$(PYTHON) is not a working Python 3.11 or newer ($$("$(PYTHON)" -V 2>&1 | head -1)); pass PYTHON=/path/to/python3.11, 3.12 or 3.13" >&2; exit 2; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip "setuptools<70" wheel
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt
 	touch $@
+
+venv-gpu: venv
+	@if [ ! -f requirements-cuda$(CUDA).txt ]; then \
+		echo "make: CUDA=$(CUDA) is not supported; use CUDA=12 or CUDA=13 (see nvidia-smi)" >&2; exit 2; fi
+	$(BIN)/pip install --quiet -r requirements-cuda$(CUDA).txt
 
 # Ray is optional for users (--backend ray); the tests cover it, so `make test` installs it.
 $(VENV)/.ray-installed: $(VENV)/.installed requirements-ray.txt
@@ -40,12 +59,12 @@ bench: venv
 demo: venv
 	$(PY) 01_generate_vae_data.py --rollouts 200 --testrollouts 20 --data-dir $(DEMO_DIR)
 	$(PY) 02_generate_rnn_data.py --episodes 300 --testepisodes 30 --data-dir $(DEMO_DIR)
-	$(PY) 03_train_vae.py --epochs 4 --lr 1e-3 --object-weight 10 --test-frames 1000 --data-dir $(DEMO_DIR) --overwrite
-	$(PY) 04_train_rnn.py --mode dream --residual --epochs 30 --batch-size 32 --data-dir $(DEMO_DIR) --overwrite
-	$(PY) 05_draw_vae_result.py --data-dir $(DEMO_DIR)
-	$(PY) 06_draw_rnn_result.py --mode dream --data-dir $(DEMO_DIR)
-	$(PY) 07_train_controller.py --epochs 40 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite
-	$(PY) 08_test_controller.py --episodes 100 --data-dir $(DEMO_DIR)
+	$(PY) 03_train_vae.py --epochs 4 --lr 1e-3 --object-weight 10 --test-frames 1000 --data-dir $(DEMO_DIR) --overwrite --gpu $(GPU)
+	$(PY) 04_train_rnn.py --mode dream --residual --epochs 30 --batch-size 32 --data-dir $(DEMO_DIR) --overwrite --gpu $(GPU)
+	$(PY) 05_draw_vae_result.py --data-dir $(DEMO_DIR) --gpu $(GPU)
+	$(PY) 06_draw_rnn_result.py --mode dream --data-dir $(DEMO_DIR) --gpu $(GPU)
+	$(PY) 07_train_controller.py --epochs 40 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite --gpu $(GPU)
+	$(PY) 08_test_controller.py --episodes 100 --data-dir $(DEMO_DIR) --gpu $(GPU)
 	$(PY) docs/make_env_figures.py --out $(DEMO_DIR)/results
 	@echo
 	@echo "demo outputs (in $(DEMO_DIR)):"

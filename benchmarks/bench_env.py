@@ -17,9 +17,12 @@ import json
 import sys
 import time
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import numpy as np
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from lib import socnavenv as sn
 
 

@@ -1,11 +1,14 @@
 """Times the models at paper sizes on random inputs; one JSON line per workload.
 
-Usage: `python benchmarks/bench_models.py [NAME ...]` (all workloads if none).
+Usage: `python benchmarks/bench_models.py [--gpu N] [NAME ...]` (all workloads if
+none; on a GPU, the ones `torch_ref.py --device cuda` measures, plus `dream_b1024`).
 Each line is `{"name": ..., "per_sec": ...}` plus context fields, with the same
 names and units as `../shared/reference/torch_ref.py`, so the two can be run
 side by side:
 
-- `vae_train`: frames/s, batch 100, forward + backward + Adam(1e-4).
+- `vae_train`: frames/s, batch 100, forward + backward + Adam(1e-4); the uint8
+  batch starts on the host, as in training.
+- `vae_train_b1000`: the same at batch 1000 (a GPU's batch, not the paper's).
 - `vae_encode`: frames/s, batch 1000, `no_backprop_mode` and `train=False`.
 - `rnn_train`: sequence-steps/s, batch 100 x 100 steps, z 32, 2-D actions, 5
   mixtures, hidden 256, forward + backward + Adam(1e-3) + gradient clip 1.0.
@@ -16,7 +19,8 @@ side by side:
 
 Workloads live in `WORKLOADS` (name -> function returning a rate); add new
 ones there. Timing: warm up, then the median of a few timed rounds of several
-iterations each. The machine is shared: run under `flock /tmp/bench.lock`.
+iterations each; on a GPU each round ends by synchronising the device. The
+machine is shared: run under `flock /tmp/bench.lock`.
 
 Reads: nothing. Writes: nothing (stdout only).
 """
@@ -35,20 +39,43 @@ import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede 
 import chainer
 import numpy as np
 
+from lib import devices
 from lib.fast_adam import FastAdam
 from lib.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.vae import ConvVAE, VAELoss
+
+# Where the workloads run: set by `main` from --gpu (the CPU by default).
+RUN = {"device": chainer.get_device("@numpy")}
+GPU_DEFAULT = ("vae_train", "vae_train_b1000", "vae_encode", "rnn_train", "dream_b1024")
+
+
+def _sync():
+    """Waits for the device's queued work (a no-op on the CPU)."""
+    if not devices.on_cpu(RUN["device"]):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+def _on_device(link):
+    return link.to_device(RUN["device"])
+
+
+def _send(x):
+    return RUN["device"].send(x)
 
 
 def bench(fn, n, warmup=2, repeats=3):
     """Median seconds per call of `fn` over `repeats` rounds of `n` calls."""
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(n):
             fn()
+        _sync()
         times.append((time.perf_counter() - start) / n)
     return statistics.median(times)
 
@@ -58,45 +85,56 @@ def _frames(rng, n):
     return rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
 
 
-def vae_train():
-    """Frames/s of VAE training steps, batch 100, Adam(1e-4)."""
+def _vae_train(batch):
+    """Frames/s of VAE training steps at `batch`, Adam(1e-4); frames start on the host."""
     rng = np.random.default_rng(0)
-    vae = ConvVAE()
+    vae = _on_device(ConvVAE())
     loss = VAELoss(vae, kl_tolerance=0.5, rng=rng)
     optimizer = FastAdam(alpha=1e-4)
     optimizer.setup(vae)
-    x = _frames(rng, 100)
+    x = _frames(rng, batch)
 
     def step():
         optimizer.update(loss, x)
 
-    return 100 / bench(step, 5)
+    on_gpu = not devices.on_cpu(RUN["device"])
+    return batch / bench(step, 20 if on_gpu else max(1, 500 // batch))
+
+
+def vae_train():
+    """Frames/s of VAE training steps, batch 100 (the paper's)."""
+    return _vae_train(100)
+
+
+def vae_train_b1000():
+    """Frames/s of VAE training steps, batch 1000."""
+    return _vae_train(1000)
 
 
 def vae_encode():
     """Frames/s of VAE encoding, batch 1000, no graph."""
     rng = np.random.default_rng(0)
-    vae = ConvVAE()
-    x = _frames(rng, 1000)
+    vae = _on_device(ConvVAE())
+    x = _send(_frames(rng, 1000))
 
     def step():
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             vae.encode(x)
 
-    return 1000 / bench(step, 2, 1)
+    return 1000 / bench(step, 2 if devices.on_cpu(RUN["device"]) else 20, 1)
 
 
 def rnn_train():
     """Sequence-steps/s of M training, batch 100 x 100 steps, Adam(1e-3), clip 1."""
     rng = np.random.default_rng(0)
-    model = MDNRNN()
+    model = _on_device(MDNRNN())
     loss = MDNRNNLoss(model)
     optimizer = FastAdam(alpha=1e-3)
     optimizer.setup(model)
     optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(1.0))
-    z = rng.standard_normal((100, 100, 32), dtype=np.float32)
-    a = rng.uniform(-1, 1, (100, 100, 2)).astype(np.float32)
-    z_next = rng.standard_normal((100, 100, 32), dtype=np.float32)
+    z = _send(rng.standard_normal((100, 100, 32), dtype=np.float32))
+    a = _send(rng.uniform(-1, 1, (100, 100, 2)).astype(np.float32))
+    z_next = _send(rng.standard_normal((100, 100, 32), dtype=np.float32))
 
     def step():
         model.cleargrads()
@@ -104,19 +142,20 @@ def rnn_train():
         value.backward()
         optimizer.update()
 
-    return 100 * 100 / bench(step, 5)
+    return 100 * 100 / bench(step, 5 if devices.on_cpu(RUN["device"]) else 20)
 
 
 def dream_b1024():
     """Agent-steps/s of dreaming: M step + heads + sampling + linear controller."""
     rng = np.random.default_rng(0)
     agents = 1024
-    model = MDNRNN(reward_head=True, done_head=True)
-    w = rng.standard_normal((2, 32 + 256), dtype=np.float32) * 0.1
-    b = np.zeros(2, np.float32)
+    model = _on_device(MDNRNN(reward_head=True, done_head=True))
+    xp = model.xp
+    w = _send(rng.standard_normal((2, 32 + 256), dtype=np.float32) * 0.1)
+    b = _send(np.zeros(2, np.float32))
     carry = {
-        "z": rng.standard_normal((agents, 32), dtype=np.float32),
-        "a": np.zeros((agents, 2), np.float32),
+        "z": _send(rng.standard_normal((agents, 32), dtype=np.float32)),
+        "a": _send(np.zeros((agents, 2), np.float32)),
         "state": model.initial_state(agents),
     }
 
@@ -124,7 +163,7 @@ def dream_b1024():
         out = model.step(carry["z"], carry["a"], carry["state"])
         carry["z"] = sample(out.mixture, 1.0, rng)
         carry["state"] = out.state
-        carry["a"] = np.tanh(np.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
+        carry["a"] = xp.tanh(xp.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
 
     return agents / bench(step, 20, 3)
 
@@ -136,8 +175,8 @@ def _ctrl(n_agents):
     from lib.controller import n_params
 
     rng = np.random.default_rng(0)
-    vae = ConvVAE()
-    rnn = MDNRNN()
+    vae = _on_device(ConvVAE())
+    rnn = _on_device(MDNRNN())
     params = rng.normal(0, 0.1, (1, n_params(32, 256))).astype(np.float32)
     agent = WorldModelsAgent(n_agents, vae, rnn, params)
     frames = _frames(rng, n_agents)
@@ -157,6 +196,7 @@ def ctrl_b64():
 
 WORKLOADS = {
     "vae_train": vae_train,
+    "vae_train_b1000": vae_train_b1000,
     "vae_encode": vae_encode,
     "rnn_train": rnn_train,
     "dream_b1024": dream_b1024,
@@ -174,7 +214,14 @@ def parse_args(argv=None):
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"workloads to run, default all: {', '.join(WORKLOADS)}",
+        help=f"workloads to run: {', '.join(WORKLOADS)} (default: all but vae_train_b1000 "
+        f"on the CPU; {', '.join(GPU_DEFAULT)} on a GPU)",
+    )
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        default=-1,
+        help="CUDA GPU id to run the workloads on (needs CuPy); -1 (default) the CPU",
     )
     parser.add_argument(
         "--chainer-conv",
@@ -186,22 +233,29 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    names = args.names or list(WORKLOADS)
+    on_gpu = args.gpu >= 0
+    default = GPU_DEFAULT if on_gpu else [n for n in WORKLOADS if n != "vae_train_b1000"]
+    names = args.names or list(default)
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         print(
-            f"bench_models.py: unknown workload {unknown[0]!r}; known: {', '.join(WORKLOADS)}",
+            f"bench_models.py: error: unknown workload {unknown[0]!r}; known: {', '.join(WORKLOADS)}",
             file=sys.stderr,
         )
         sys.exit(2)
-    conv = "chainer" if args.chainer_conv else "fastconv"
+    try:
+        RUN["device"] = devices.select_device(args.gpu)
+    except devices.DeviceUnavailable as e:
+        print(f"bench_models.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    RUN["device"].use()
+    context = {"fw": "chainer", "device": "cpu" if not on_gpu else f"cuda:{args.gpu}"}
+    if not on_gpu:  # which convolution runs matters only on the CPU, and only for V
+        context["conv"] = "chainer" if args.chainer_conv else "fastconv"
     for name in names:
         with chainer.using_config("fastconv", not args.chainer_conv):
             rate = WORKLOADS[name]()
-        print(
-            json.dumps({"name": name, "per_sec": rate, "fw": "chainer", "conv": conv}),
-            flush=True,
-        )
+        print(json.dumps({"name": name, "per_sec": rate, **context}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
+import numpy as np
+
 from lib import manifest
 
 

@@ -10,9 +10,12 @@ import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+
+# isort: split
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib import drawing
 from lib import socnavenv as sn
 from lib.policies import POLICY_NAMES, make_policy

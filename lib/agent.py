@@ -12,6 +12,11 @@ M's reward and done heads.
 Order within a step, as in the paper: the controller sees [z_t, h_t] and acts;
 then M reads [z_t, a_t] and its hidden state becomes h_{t+1}.
 
+On a GPU (V and M on a CuPy device) the agent's state, V's encoder, C's product
+and M's step stay on the device. A real-env step crosses to the device once (the
+frames, with any sampling noise) and back once (the actions the environment needs);
+a dream step sends its sampling noise in and brings back reward and done.
+
 Only agents whose episode is still running are computed. Fitness groups are
 fixed sets of (candidate, trial) episodes, so the sequence of batch shapes a
 group sees depends only on its own episodes, and results never depend on the
@@ -20,11 +25,11 @@ number of workers (floating-point GEMM results can depend on a batch's shape).
 
 from __future__ import annotations
 
-import chainer
 import numpy as np
 
 from lib import socnavenv as sn
 from lib.controller import act_batch, unflatten
+from lib.devices import to_host
 from lib.fast_encoder import make_encoder
 from lib.mdn_rnn import sample
 from lib.policies import Policy
@@ -57,34 +62,39 @@ class WorldModelsAgent(Policy):
         # V's weights are fixed while the agent lives.
         self.encoder = make_encoder(vae) if encoder is None else encoder
         self.rnn = rnn
+        self.device, self.xp = rnn.device, rnn.xp  # on the CPU, `send` returns its input
         self.z_size = rnn.z_size
         self.hidden_size = rnn.hidden_size
-        self.weights, self.biases = unflatten(
-            np.atleast_2d(params), self.z_size, self.hidden_size, rnn.action_size
+        self.weights, self.biases = (
+            self.device.send(w)
+            for w in unflatten(
+                np.atleast_2d(params), self.z_size, self.hidden_size, rnn.action_size
+            )
         )
         self.candidate_of = candidate_of or (lambda k: 0)
-        self.which = np.zeros(n, np.int64)
-        self.h, self.c = (
-            np.asarray(chainer.backend.CpuDevice().send(s)) for s in rnn.initial_state(n)
-        )
-        self.cpu = chainer.backend.CpuDevice()
+        self.which = self.device.send(np.zeros(n, np.int64))
+        self.h, self.c = rnn.initial_state(n)
 
     def reset(self, slots, seeds, episodes=None):
         slots = np.asarray(slots)
-        self.h[slots] = 0.0
-        self.c[slots] = 0.0
+        on_device = self.device.send(slots)
+        self.h[on_device] = 0.0
+        self.c[on_device] = 0.0
         if episodes is not None:
-            self.which[slots] = [self.candidate_of(int(k)) for k in episodes]
+            which = np.array([self.candidate_of(int(k)) for k in episodes], np.int64)
+            self.which[on_device] = self.device.send(which)
         for i, seed in zip(slots, seeds):
             self.rngs[i] = np.random.default_rng([int(seed), 0x7A])
 
     def encode(self, images, slots):
+        """z of host frames `images` (B, S, S, 3) uint8, as (B, Z) float32 on the device."""
         mu, logvar = self.encoder(images)
         if self.temperature == 0:
             return mu
         eps = np.stack([self.rngs[i].standard_normal(mu.shape[1], dtype=np.float32) for i in slots])
-        std = np.exp(0.5 * logvar) * np.sqrt(self.temperature)
-        return (mu + std * eps).astype(np.float32)
+        xp = self.xp
+        std = xp.exp(0.5 * logvar) * np.float32(np.sqrt(self.temperature))  # float32 under NumPy 2
+        return (mu + std * self.device.send(eps)).astype(np.float32)
 
     def act(self, sim, images=None):
         # Only the slots still playing are computed: a group's batch shapes then
@@ -96,11 +106,13 @@ class WorldModelsAgent(Policy):
         # With every slot playing, views instead of gathers (a gather of 64
         # frames costs 0.3 ms, 2 % of a step).
         sel = slice(None) if len(live) == self.n else live
-        z = self.encode(images[sel], live)
-        h, c = self.h[sel], self.c[sel]
-        actions[sel] = act_batch(self.weights, self.biases, self.which[sel], z, h)
-        out = self.rnn.step(z, actions[sel], (h, c), mixture=False)
-        self.h[sel], self.c[sel] = (np.asarray(self.cpu.send(s)) for s in out.state)
+        on_device = sel if len(live) == self.n else self.device.send(live)
+        z = self.encode(images[sel], live)  # in: the frames
+        h, c = self.h[on_device], self.c[on_device]
+        a = act_batch(self.weights, self.biases, self.which[on_device], z, h)
+        actions[sel] = to_host(a)  # out: the actions
+        out = self.rnn.step(z, a, (h, c), mixture=False)
+        self.h[on_device], self.c[on_device] = out.state
         return actions
 
 
@@ -146,12 +158,15 @@ def dream_rollouts(
     """
     if not (rnn.reward_head and rnn.done_head):
         raise ValueError("dreaming needs an M with reward and done heads (--mode reward or dream)")
-    weights, biases = unflatten(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
+    device = rnn.device  # M's: everything below but the bookkeeping stays there
+    weights, biases = (
+        device.send(w) for w in unflatten(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
+    )
+    which = device.send(np.asarray(which))
     n = len(z0)
-    cpu = chainer.backend.CpuDevice()
     state = rnn.initial_state(n)
-    h = np.asarray(cpu.send(state[0]))
-    z = np.asarray(z0, np.float32)
+    h = state[0]
+    z = device.send(np.asarray(z0, np.float32))
     alive = np.ones(n, bool)
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
@@ -159,15 +174,16 @@ def dream_rollouts(
     for _ in range(max_steps):
         actions = act_batch(weights, biases, which, z, h)
         out = rnn.step(z, actions, state)
-        state = out.state
-        h = np.asarray(cpu.send(out.h))
-        reward = np.asarray(cpu.send(out.reward), np.float64)
-        done = np.asarray(cpu.send(out.done_logit)) > logit_threshold
+        state, h = out.state, out.h
+        # out: reward and done logit, in one transfer
+        reward, done_logit = to_host(rnn.xp.stack([out.reward, out.done_logit]))
+        reward = reward.astype(np.float64)
+        done = done_logit > logit_threshold
         returns += np.where(alive, reward, 0.0)
         lengths += alive
         alive &= ~done
         if not alive.any():
             break
-        z = np.asarray(cpu.send(sample(out.mixture, tau, rng)))
+        z = sample(out.mixture, tau, rng)  # in: the sampling noise, drawn on the host
     returns += np.where(alive, sn.TIMEOUT_REWARD, 0.0)
     return returns, lengths

@@ -14,6 +14,8 @@ import os
 import chainer
 import numpy as np
 
+from lib.devices import to_host
+
 
 class CheckpointError(ValueError):
     """A model file is missing, unreadable or of the wrong size."""
@@ -83,18 +85,19 @@ def encode_frames(vae, frames: np.ndarray, batch_size: int = 500, encoder=None):
     mus, logvars = [], []
     for start in range(0, len(frames), batch_size):
         mu, logvar = encoder(frames[start : start + batch_size])
-        mus.append(mu)
-        logvars.append(logvar)
+        mus.append(to_host(mu))
+        logvars.append(to_host(logvar))
     return np.concatenate(mus), np.concatenate(logvars)
 
 
-def decode_latents(vae, z: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """uint8 frames (N, S, S, 3) decoded from (N, z) float32 latents."""
+def decode_latents(vae, z, batch_size: int = 500) -> np.ndarray:
+    """uint8 frames (N, S, S, 3) on the host, decoded from (N, z) float32 latents
+    (NumPy, or CuPy on V's device)."""
     out = []
-    cpu = chainer.backend.CpuDevice()
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         for start in range(0, len(z), batch_size):
-            y = cpu.send(vae.decode(np.asarray(z[start : start + batch_size], np.float32)).array)
+            batch = vae.device.send(z[start : start + batch_size]).astype(np.float32, copy=False)
+            y = to_host(vae.decode(batch))
             out.append((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
     return np.concatenate(out)
 

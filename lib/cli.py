@@ -69,5 +69,16 @@ def add_common_args(parser: argparse.ArgumentParser, seed: int = 0) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=seed, help="random seed")
 
 
+def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
+    """--gpu, which every script that runs V or M has."""
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        default=-1,
+        help=f"CUDA GPU id for {what} (needs CuPy: see the README's GPU section); "
+        "-1 (default) runs on the CPU with this project's fast kernels",
+    )
+
+
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)

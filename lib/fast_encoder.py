@@ -506,21 +506,25 @@ class FastEncoder:
 
 
 class _ChainerEncoder:
-    """`vae.encode` with no graph, as arrays on the host (GPU or fallback path)."""
+    """`vae.encode` with no graph, as arrays on V's device (GPU or fallback path).
+
+    Frames may be on the host: `ConvVAE.to_float` sends them to V's device.
+    """
 
     def __init__(self, vae):
         self.vae = vae
-        self.cpu = chainer.backend.CpuDevice()
 
     def __call__(self, frames):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             mu, logvar = self.vae.encode(frames)
-        return self.cpu.send(mu.array), self.cpu.send(logvar.array)
+        return mu.array, logvar.array
 
 
 def make_encoder(vae):
-    """A callable frames -> (mu, logvar) host arrays: `FastEncoder` for a V on
-    the CPU (unless `chainer.config.fastconv` is False), Chainer's otherwise."""
+    """A callable frames -> (mu, logvar), (B, z) float32 arrays on V's device.
+
+    `FastEncoder` for a V on the CPU (unless `chainer.config.fastconv` is False),
+    Chainer's own convolutions otherwise (a V on a GPU gives CuPy arrays)."""
     on_cpu = isinstance(vae.device, chainer.backend.CpuDevice)
     if on_cpu and getattr(chainer.config, "fastconv", True):
         return FastEncoder(vae)

@@ -41,22 +41,26 @@ class Spec:
     temperature: float = 1.0
     env: dict = dataclasses.field(default_factory=dict)
     dream_starts: str | None = None  # .npz with mu, logvar (E, z) of real first frames
+    gpu: int = -1  # the CUDA GPU each worker runs V, M and C on; -1 the CPU
 
 
 _WORKER: dict = {}
 
 
 def init_worker(spec: Spec) -> None:
-    """Loads V (unless dreaming) and M once per process."""
+    """Loads V (unless dreaming) and M once per process, on the spec's device."""
     from lib import checkpoints
+    from lib.devices import select_device
     from lib.mdn_rnn import MDNRNN
 
     _WORKER.clear()
     _WORKER["spec"] = spec
+    device = select_device(spec.gpu)
     path = os.path.join(spec.data_dir, "models", f"rnn_{spec.rnn_mode}.npz")
     sidecar = checkpoints.read_sidecar(path, "04_train_rnn.py")
     rnn = MDNRNN(**sidecar["config"])
     checkpoints.load_weights(path, rnn, "04_train_rnn.py")
+    rnn.to_device(device)
     _WORKER["rnn"] = rnn
     _WORKER["done_pos_weight"] = float(sidecar.get("done_pos_weight") or 1.0)
     if spec.dream:
@@ -65,7 +69,7 @@ def init_worker(spec: Spec) -> None:
     else:
         from lib.fast_encoder import make_encoder
 
-        _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir)
+        _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir, device)
         _WORKER["encoder"] = make_encoder(_WORKER["vae"])
 
 

@@ -1,4 +1,4 @@
-"""What V's and M's training scripts share: devices, exact-resume snapshots,
+"""What V's and M's training scripts share: exact-resume snapshots,
 the CSV log and its plot, and the guard against NaN losses.
 
 A training snapshot is one `.npz` (no pickles) holding the model under
@@ -21,27 +21,8 @@ import numpy as np
 from lib.fileio import atomic_path
 
 
-class DeviceUnavailable(RuntimeError):
-    """--gpu asked for a device this machine cannot provide."""
-
-
 class NonFiniteLoss(FloatingPointError):
     """A loss became NaN or infinite."""
-
-
-def select_device(gpu: int):
-    """Chainer device for `--gpu` (-1: CPU via NumPy; N >= 0: CuPy GPU N)."""
-    if gpu < 0:
-        return chainer.get_device("@numpy")
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        raise DeviceUnavailable(
-            f"--gpu {gpu} needs CuPy: pip install 'cupy-cuda12x<14' (or use --gpu -1 for the CPU)"
-        ) from None
-    if not chainer.backends.cuda.available:
-        raise DeviceUnavailable(f"--gpu {gpu}: CuPy is installed but Chainer cannot use CUDA here")
-    return chainer.get_device(f"@cupy:{gpu}")
 
 
 def rng_state(rng: np.random.Generator) -> dict:

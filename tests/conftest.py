@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+# `lib` first: its thread settings must precede NumPy, its Chainer shims (lib/compat.py)
+# must precede Chainer, and test modules import both.
+import lib  # noqa: F401, I001
+
+import numpy as np
+import pytest
 
 from lib import socnavenv as sn
 

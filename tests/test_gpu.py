@@ -1,0 +1,195 @@
+"""`--gpu 0` in 03-08 and bench_models.py, against the CPU at tiny sizes.
+
+Marked `gpu`; skipped where CuPy or a CUDA GPU is missing (`pytest -m gpu` runs only
+these). One CPU run of 01-04 makes the data and models; each GPU step then runs on a
+copy of them, and its losses, images' statistics and agent returns are compared with
+the CPU's within float tolerance (the GPU runs Chainer's and CuPy's ops, the CPU this
+project's own kernels, so results agree to rounding, not bit for bit).
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cli_helpers import run
+
+from lib import devices
+
+
+def _gpu_reason():
+    try:
+        devices.select_device(0)
+    except devices.DeviceUnavailable as e:
+        return str(e)
+    return None
+
+
+REASON = _gpu_reason()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(REASON is not None, reason=f"no GPU ({(REASON or '').split(':')[0]})"),
+]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--max-steps", 40, "--workers", 1]
+
+
+def read_log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cpu_dir(tmp_path_factory):
+    """Data and models made on the CPU: 01, 02, 03 (1 epoch), 04 (dream, 2 epochs)."""
+    d = tmp_path_factory.mktemp("cpu") / "data"
+    run("01_generate_vae_data.py", "--rollouts", 6, "--testrollouts", 2, *TINY, "--data-dir", d)
+    run("02_generate_rnn_data.py", "--episodes", 10, "--testepisodes", 2, *TINY, "--data-dir", d)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--z-size", 8, "--data-dir", d)
+    run(
+        "04_train_rnn.py", "--mode", "dream", "--epochs", 2, "--batch-size", 4, "--hidden", 16,
+        "--data-dir", d,
+    )  # fmt: skip
+    return d
+
+
+@pytest.fixture
+def gpu_dir(cpu_dir, tmp_path):
+    """A copy of the CPU's data and models for a GPU step to read and write."""
+    d = tmp_path / "data"
+    shutil.copytree(cpu_dir, d)
+    return d
+
+
+def test_03_trains_on_the_gpu_with_the_cpus_losses(cpu_dir, gpu_dir):
+    args = ["--epochs", 1, "--batch-size", 32, "--z-size", 8, "--overwrite"]
+    run("03_train_vae.py", *args, "--gpu", 0, "--data-dir", gpu_dir)
+    cpu = read_log(cpu_dir / "models" / "vae_log.csv")[-1]
+    gpu = read_log(gpu_dir / "models" / "vae_log.csv")[-1]
+    for key in ("train_loss", "test_loss", "test_rec", "test_kl"):
+        assert float(gpu[key]) == pytest.approx(float(cpu[key]), rel=1e-3), key
+
+
+def test_04_trains_on_the_gpu_with_the_cpus_losses(cpu_dir, gpu_dir):
+    args = ["--mode", "dream", "--epochs", 2, "--batch-size", 4, "--hidden", 16, "--overwrite"]
+    run("04_train_rnn.py", *args, "--gpu", 0, "--data-dir", gpu_dir)
+    cpu = read_log(cpu_dir / "models" / "rnn_dream_log.csv")
+    gpu = read_log(gpu_dir / "models" / "rnn_dream_log.csv")
+    assert len(cpu) == len(gpu) == 2
+    for c, g in zip(cpu, gpu):
+        for key in ("train_loss", "test_nll", "test_reward_mse"):
+            assert float(g[key]) == pytest.approx(float(c[key]), rel=1e-3, abs=1e-5), key
+
+
+def test_05_and_06_draw_on_the_gpu_as_on_the_cpu(cpu_dir, gpu_dir):
+    cpu_out = cpu_dir.parent / "cpu_draw"
+    shutil.copytree(cpu_dir, cpu_out)
+    for d, gpu in ((cpu_out, -1), (gpu_dir, 0)):
+        run("05_draw_vae_result.py", "--frames", 4, "--rows", 1, "--dims", 2, "--gpu", gpu,
+            "--data-dir", d)  # fmt: skip
+        run("06_draw_rnn_result.py", "--mode", "dream", "--dream-steps", 6, "--gpu", gpu,
+            "--data-dir", d)  # fmt: skip
+    cpu = json.loads((cpu_out / "results" / "vae_summary.json").read_text())
+    gpu = json.loads((gpu_dir / "results" / "vae_summary.json").read_text())
+    assert gpu["reconstruction_sse_per_frame"] == pytest.approx(
+        cpu["reconstruction_sse_per_frame"], rel=1e-3
+    )
+    np.testing.assert_allclose(gpu["kl_per_dim"], cpu["kl_per_dim"], rtol=1e-3, atol=1e-4)
+    cpu = json.loads((cpu_out / "results" / "rnn_dream_summary.json").read_text())
+    gpu = json.loads((gpu_dir / "results" / "rnn_dream_summary.json").read_text())
+    # tau 0: one-step and open-loop predictions are deterministic
+    for key in ("onestep_sq_error", "openloop_sq_error"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-5), key
+
+
+def test_the_agent_acts_on_the_gpu_as_on_the_cpu(cpu_dir):
+    """WorldModelsAgent (V encode, C, M step) on both devices, the same frames, 5 steps."""
+    from lib import checkpoints
+    from lib import socnavenv as sn
+    from lib.agent import WorldModelsAgent
+    from lib.controller import n_params
+
+    cpu_dev, gpu_dev = devices.select_device(-1), devices.select_device(0)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    actions = {}
+    for name, dev in (("cpu", cpu_dev), ("gpu", gpu_dev)):
+        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
+        rnn, _ = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
+        params = np.random.default_rng(1).normal(0, 0.5, (3, n_params(8, 16))).astype(np.float32)
+        for temperature in (0.0, 1.0):
+            agent = WorldModelsAgent(6, vae, rnn, params, lambda k: k % 3, temperature)
+            agent.reset(np.arange(6), np.arange(6) + 10, episodes=np.arange(6))
+            sim = sn.SocNavSim(6, sn.EnvConfig())
+            sim.active[:] = True
+            sim.active[4] = False  # a finished slot is skipped
+            steps = []
+            for images in frames:
+                steps.append(agent.act(sim, images))
+            actions[name, temperature] = np.array(steps)
+            assert isinstance(actions[name, temperature], np.ndarray)
+    for temperature in (0.0, 1.0):
+        np.testing.assert_allclose(
+            actions["gpu", temperature], actions["cpu", temperature], rtol=1e-4, atol=1e-5
+        )
+        assert np.all(actions["gpu", temperature][:, 4] == 0)
+
+
+def test_dreams_on_the_gpu_match_the_cpu(cpu_dir):
+    from lib import checkpoints
+    from lib.agent import dream_rollouts
+    from lib.controller import n_params
+
+    out = {}
+    for name, gpu in (("cpu", -1), ("gpu", 0)):
+        rnn, side = checkpoints.load_rnn(str(cpu_dir), "dream", 8, devices.select_device(gpu))
+        params = np.random.default_rng(1).normal(0, 0.5, (2, n_params(8, 16))).astype(np.float32)
+        z0 = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
+        which = np.arange(8) % 2
+        out[name] = dream_rollouts(
+            rnn, params, which, z0, 0.0, np.random.default_rng(3), 40,
+            done_pos_weight=side.get("done_pos_weight") or 1.0,
+        )  # fmt: skip
+    np.testing.assert_allclose(out["gpu"][0], out["cpu"][0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(out["gpu"][1], out["cpu"][1])
+
+
+@pytest.mark.parametrize("dream", [True, False], ids=["dream", "real-env"])
+def test_07_and_08_run_on_the_gpu(cpu_dir, gpu_dir, dream):
+    common = ["--epochs", 2, "--popsize", 4, "--trials", 2, "--eval-every", 1,
+              "--eval-episodes", 4, "--max-steps", 40, "--overwrite"]  # fmt: skip
+    flags = ["--dream", "--temperature", 0] if dream else []
+    cpu_out = gpu_dir.parent / "cpu_07"
+    shutil.copytree(cpu_dir, cpu_out)
+    run("07_train_controller.py", *common, *flags, "--workers", 1, "--data-dir", cpu_out)
+    run("07_train_controller.py", *common, *flags, "--gpu", 0, "--data-dir", gpu_dir)
+    cpu = read_log(cpu_out / "models" / "controller_log.csv")
+    gpu = read_log(gpu_dir / "models" / "controller_log.csv")
+    assert [r["generation"] for r in gpu] == ["1", "2"]
+    # The first generation's candidates are the same on both (same seed): their
+    # fitness agrees to rounding unless an episode ends a step apart.
+    assert float(gpu[0]["mean"]) == pytest.approx(float(cpu[0]["mean"]), abs=0.05)
+    proc = run("08_test_controller.py", "--episodes", 4, "--record", 0, "--max-steps", 40,
+               "--gpu", 0, "--data-dir", gpu_dir)  # fmt: skip
+    report = json.loads((gpu_dir / "results" / "test_controller.json").read_text())
+    assert report["world_models"]["episodes"] == 4
+    assert "| world_models |" in proc.stdout
+
+
+def test_bench_models_runs_on_the_gpu():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_models.py", "--gpu", "0", "dream_b1024", "rnn_train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["name"] for r in lines] == ["dream_b1024", "rnn_train"]
+    assert all(r["device"] == "cuda:0" and r["per_sec"] > 0 for r in lines)
