@@ -68,39 +68,32 @@ def test_a_gpu_that_is_not_there_is_one_clear_line(monkeypatch, count, gpu, need
     assert "--gpu -1" in str(e.value)
 
 
-def test_without_cupy_the_error_says_what_to_install():
+def select_gpu0_in_child(fake_cupy: str) -> str:
+    """The message of `select_device(0)` in a fresh interpreter where `sys.modules['cupy']`
+    is `fake_cupy` (a Python expression), set before `lib` and Chainer load."""
     code = (
-        f"import sys; sys.path.insert(0, {ROOT!r})\n"
-        "sys.modules['cupy'] = None  # import cupy raises ImportError\n"
-        "import lib\n"
+        f"import sys, types; sys.path.insert(0, {ROOT!r})\n"
+        f"sys.modules['cupy'] = {fake_cupy}\n"
+        "import lib, chainer\n"
         "from lib import devices\n"
         "try:\n"
         "    devices.select_device(0)\n"
         "except devices.DeviceUnavailable as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     ).stdout.strip()
+
+
+def test_without_cupy_the_error_says_what_to_install():
+    out = select_gpu0_in_child("None")  # `import cupy` raises ImportError
     assert out.startswith("--gpu 0 needs CuPy, which is not installed")
     assert "requirements-cuda13.txt" in out and "requirements-cuda12.txt" in out
 
 
 def test_a_cupy_chainer_cannot_use_is_one_clear_line():
-    code = (
-        f"import sys, types; sys.path.insert(0, {ROOT!r})\n"
-        "sys.modules['cupy'] = types.ModuleType('cupy')  # no cupy.cuda: Chainer gives up\n"
-        "import lib, chainer\n"
-        "from lib import devices\n"
-        "assert not chainer.backends.cuda.available\n"
-        "try:\n"
-        "    devices.select_device(0)\n"
-        "except devices.DeviceUnavailable as e:\n"
-        "    print(e)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout.strip()
+    out = select_gpu0_in_child("types.ModuleType('cupy')")  # no cupy.cuda: Chainer gives up
     assert out.startswith("--gpu 0: Chainer cannot use CuPy here (ImportError")
     assert "\n" not in out
 
