@@ -4,7 +4,7 @@ Reads: nothing.
 Writes:
     data/rnn_data/{train,test}/NNNNNN.npz, one episode each:
         obs (T+1, 64, 64, 3) uint8, action (T, 2) float32, reward (T,) float32,
-        done (T,) bool, outcome str, seed int64 (see lib/rollouts.py).
+        done (T,) bool, outcome str, seed int64 (see lib/env/rollouts.py).
     data/rnn_data/manifest.json: script, arguments, seed, policy, environment
         settings, versions, file counts.
 
@@ -13,13 +13,14 @@ the same for any --workers, and re-running the command writes only the files
 that are missing (an interrupted run loses nothing).
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import os
 
-from lib import cli, datagen
-from lib import socnavenv as sn
+from lib import cli
+from lib.data import datagen
+from lib.env import socnavenv as sn
 
 
 def parse_args(argv=None):

@@ -2,7 +2,7 @@
 
 Reads:
     data/vae_data/train/*.npz, data/vae_data/test/*.npz: `obs` (T+1, 64, 64, 3)
-        uint8 (see lib/rollouts.py). Frames go through a uint8 memory-mapped
+        uint8 (see lib/env/rollouts.py). Frames go through a uint8 memory-mapped
         cache built once in data/vae_data/cache/.
 Writes:
     data/models/vae.npz: the model (Chainer save_npz), after every epoch.
@@ -20,7 +20,7 @@ continues. A NaN or infinite loss stops training and keeps the last good
 snapshot.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import os
@@ -30,10 +30,11 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, devices, drawing, frames, manifest, training
-from lib.fast_adam import FastAdam
+from lib import cli, devices, drawing, manifest, training
+from lib.data import frames
+from lib.kernels.fast_adam import FastAdam
+from lib.models.vae import PAPER_CONFIG, ConvVAE, VAELoss
 from lib.seeding import derive_seed
-from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss
 
 LOG_FIELDS = [
     "epoch",

@@ -2,9 +2,9 @@
 
 Reads:
     data/models/vae.npz (+ vae.json): V from 03_train_vae.py.
-    data/rnn_data/{train,test}/*.npz: episodes (see lib/rollouts.py), encoded
+    data/rnn_data/{train,test}/*.npz: episodes (see lib/env/rollouts.py), encoded
         once by V into data/rnn_data/cache/latents_<split>_<hash>.npz (rebuilt
-        only when V's weights or the episode files change; lib/latents.py).
+        only when V's weights or the episode files change; lib/data/latents.py).
 Writes:
     data/models/rnn_<mode>.npz: the model (Chainer save_npz), after every epoch.
     data/models/rnn_<mode>.json: sizes to rebuild it (MDNRNN(**config)), mode,
@@ -25,7 +25,7 @@ fast LSTM still applies), which keeps M stable when it is fed its own dreams.
 z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import os
@@ -35,13 +35,22 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from lib import checkpoints, cli, devices, latents, manifest, rnn_data, training
-from lib.agent import calibrated_done_logit
-from lib.fast_adam import FastAdam
-from lib.mdn_rnn import MDNRNN, MDNRNNLoss, mdn_nll, sample
+from lib import cli, devices, manifest, training
+from lib.data import latents, rnn_data
+from lib.kernels.fast_adam import FastAdam
+from lib.models import checkpoints
+from lib.models.mdn_rnn import (
+    MDNRNN,
+    MDNRNNLoss,
+    calibrated_done_logit,
+    done_logit_threshold,
+    mdn_nll,
+)
 from lib.seeding import derive_seed
 
 MODES = ("normal", "window", "reward", "dream")
+# The done head's default positive weight: #negatives / #positives, at most this.
+MAX_DONE_POS_WEIGHT = 50.0
 LOG_FIELDS = [
     "epoch",
     "train_loss",
@@ -139,20 +148,6 @@ def batches_for_epoch(mode, data, z, args, rng):
     ]
 
 
-def scheduled_inputs(model, chunk, state, prob, tau, rng):
-    """Replaces each input z_t (t >= 1) by M's sample of it with probability `prob`."""
-    if prob <= 0:
-        return chunk["z"]
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        out = model(chunk["z"], chunk["a"], state)
-    predicted = chainer.backend.CpuDevice().send(sample(model.split(out.mixture.array), tau, rng))
-    z = chunk["z"].copy()
-    swap = rng.random(z.shape[:2]) < prob
-    swap[:, 0] = False
-    z[:, 1:][swap[:, 1:]] = predicted[:, :-1][swap[:, 1:]]
-    return z
-
-
 def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
     """Held-out NLL per latent dim, reward MSE and done accuracy / recall."""
     sums = {
@@ -193,7 +188,7 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 if model.done_head:
                     logit = chainer.backend.CpuDevice().send(out.done_logit.array).reshape(-1)
                     done = ch["done"].reshape(-1) > 0.5
-                    guess = calibrated_done_logit(logit, done_pos_weight) > 0
+                    guess = calibrated_done_logit(logit, done_pos_weight) > done_logit_threshold()
                     sums["done_right"] += float(((guess == done) * mask).sum())
                     sums["pos"] += float((done * mask).sum())
                     sums["pos_hit"] += float((done & guess).sum())
@@ -280,7 +275,9 @@ def main(argv=None):
     )
     if heads:
         dones = float(train.done.sum())
-        pos_weight = args.done_pos_weight or min((len(train.done) - dones) / max(dones, 1.0), 50.0)
+        pos_weight = args.done_pos_weight or min(
+            (len(train.done) - dones) / max(dones, 1.0), MAX_DONE_POS_WEIGHT
+        )
     else:
         pos_weight = 1.0
 
@@ -381,10 +378,8 @@ def main(argv=None):
                 rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
                 state = None
                 for ch in plan[it]:
-                    z_in = (
-                        scheduled_inputs(model, ch, state, ss_prob, args.temperature, rng)
-                        if ss_prob > 0
-                        else ch["z"]
+                    z_in = model.scheduled_inputs(
+                        ch["z"], ch["a"], ss_prob, args.temperature, rng, state
                     )
                     obs = {}
                     with reporter.scope(obs):

@@ -13,7 +13,7 @@ Writes (data/results/):
     vae_summary.json: held-out reconstruction error and per-dimension KL.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import json
@@ -21,8 +21,10 @@ import os
 
 import numpy as np
 
-from lib import checkpoints, cli, devices, drawing
-from lib.rollouts import BadRolloutError, list_rollouts, load_episode
+from lib import cli, devices, drawing
+from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
+from lib.models import checkpoints
+from lib.models.vae import decode_latents, encode_frames
 
 
 def parse_args(argv=None):
@@ -70,8 +72,8 @@ def main(argv=None):
     n = args.frames * args.rows
     picks = np.sort(rng.choice(len(frames), size=min(n, len(frames)), replace=False))
     shown = frames[picks]
-    mu, _ = checkpoints.encode_frames(vae, shown)
-    recon = checkpoints.decode_latents(vae, mu)
+    mu, _ = encode_frames(vae, shown)
+    recon = decode_latents(vae, mu)
     rows = []
     for r in range(0, len(shown), args.frames):
         rows += [list(shown[r : r + args.frames]), list(recon[r : r + args.frames])]
@@ -86,7 +88,7 @@ def main(argv=None):
     # SAMPLES FROM THE PRIOR
     z_size = sidecar["config"]["z_size"]
     z = rng.standard_normal((n, z_size)).astype(np.float32)
-    samples = checkpoints.decode_latents(vae, z)
+    samples = decode_latents(vae, z)
     drawing.save_png(
         os.path.join(out_dir, "vae_samples.png"),
         drawing.caption(
@@ -101,7 +103,7 @@ def main(argv=None):
     )
 
     # LATENT TRAVERSAL (dims with the most information about the frames)
-    all_mu, all_logvar = checkpoints.encode_frames(vae, frames[: min(len(frames), 4000)])
+    all_mu, all_logvar = encode_frames(vae, frames[: min(len(frames), 4000)])
     kl = 0.5 * (all_mu**2 + np.exp(all_logvar) - 1.0 - all_logvar).mean(axis=0)
     dims = np.argsort(kl)[::-1][: args.dims]
     centre = all_mu.mean(axis=0)
@@ -113,14 +115,14 @@ def main(argv=None):
         zs[:, d] = centre[d] + steps * spread[d]
         rows.append(
             drawing.caption(
-                drawing.upscale(drawing.grid([list(checkpoints.decode_latents(vae, zs))]), 3),
+                drawing.upscale(drawing.grid([list(decode_latents(vae, zs))]), 3),
                 f"z[{d}] (mean KL {kl[d]:.2f} nats): -2 sd ... +2 sd",
             )
         )
     drawing.save_png(os.path.join(out_dir, "vae_traversal.png"), np.concatenate(rows, axis=0))
 
     # SUMMARY
-    rec = checkpoints.decode_latents(vae, all_mu[:1000]).astype(np.float32) / 255.0
+    rec = decode_latents(vae, all_mu[:1000]).astype(np.float32) / 255.0
     target = frames[: len(rec)].astype(np.float32) / 255.0
     summary = {
         "frames": len(rec),

@@ -3,7 +3,7 @@
 Reads:
     data/models/vae.npz (+ json) and data/models/rnn_<mode>.npz (+ json).
     data/rnn_data/test/*.npz: held-out episodes (encoded by V through the
-        latent cache of lib/latents.py).
+        latent cache of lib/data/latents.py).
 Writes (data/results/):
     rnn_<mode>_onestep.png: a test episode's real frames (top row) over V's
         decoding of M's prediction of each frame from the steps before it
@@ -17,7 +17,7 @@ Writes (data/results/):
     rnn_<mode>_summary.json: one-step and open-loop latent errors.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import json
@@ -25,11 +25,13 @@ import os
 
 import numpy as np
 
-from lib import checkpoints, cli, devices, drawing, latents
-from lib.agent import calibrated_done_logit
+from lib import cli, devices, drawing
+from lib.data import latents
 from lib.devices import to_host
-from lib.mdn_rnn import sample
-from lib.rollouts import load_episode
+from lib.env.rollouts import load_episode
+from lib.models import checkpoints
+from lib.models.mdn_rnn import DONE_THRESHOLD, calibrated_done_logit, sample
+from lib.models.vae import decode_latents
 
 MODES = ("normal", "window", "reward", "dream")
 
@@ -96,7 +98,7 @@ def main(argv=None):
         pred.append(to_host(sample(out.mixture, 0.0, rng))[0])
     pred = np.array(pred)
     picks = np.unique(np.linspace(1, t_len, min(args.frames, t_len)).round().astype(int))
-    decoded = checkpoints.decode_latents(vae, pred[picks])
+    decoded = decode_latents(vae, pred[picks])
     drawing.save_png(
         os.path.join(out_dir, f"{name}_onestep.png"),
         strip(
@@ -126,7 +128,7 @@ def main(argv=None):
         os.path.join(out_dir, f"{name}_openloop.png"),
         strip(
             real[real_idx],
-            checkpoints.decode_latents(vae, opened),
+            decode_latents(vae, opened),
             f"open loop from step {warm}: real (top) vs M on its own predictions with the real actions (bottom)",
         ),
     )
@@ -142,7 +144,7 @@ def main(argv=None):
         out = model.step(z, action, state)
         state = out.state
         z = to_host(sample(out.mixture, args.temperature, rng))
-        image = drawing.upscale(checkpoints.decode_latents(vae, z)[0], 4)
+        image = drawing.upscale(decode_latents(vae, z)[0], 4)
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
             logit = calibrated_done_logit(
@@ -151,7 +153,7 @@ def main(argv=None):
             p_done = float(1.0 / (1.0 + np.exp(-logit)))
             text = f"t={t + 1} r={float(to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"
             frames.append(drawing.caption(image, text))
-            if p_done > 0.5:
+            if p_done > DONE_THRESHOLD:
                 break
         else:
             frames.append(drawing.caption(image, text))

@@ -4,7 +4,7 @@ environment through V and M, or with --dream inside M alone.
 Reads:
     data/models/vae.npz (+ json), data/models/rnn_<mode>.npz (+ json).
     With --dream: the first frames of data/rnn_data/train episodes, encoded by V
-        (lib/latents.py cache), as the dreams' starting points.
+        (lib/data/latents.py cache), as the dreams' starting points.
 Writes:
     data/models/controller.npz (+ controller.json): the best controller so far
         by the real-environment evaluation of the CMA-ES mean.
@@ -23,25 +23,27 @@ the mean return. Every --eval-every generations the CMA-ES mean is evaluated in
 the real environment on --eval-episodes held-out episodes.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
-import json
 import os
 import time
 
 import numpy as np
 
-from lib import checkpoints, cli, devices, drawing, latents, manifest, parallel, training
-from lib import socnavenv as sn
-from lib.agent import WorldModelsAgent
-from lib.controller import Controller, n_params
-from lib.es import CMAES, ReplayMismatch
-from lib.evaluation import evaluate, evaluation_seeds
-from lib.fitness import Evaluator, Spec, WorkerDied
+from lib import cli, devices, drawing, manifest, parallel, training
+from lib.control.agent import WorldModelsAgent
+from lib.control.es import CMAES, ReplayMismatch
+from lib.control.fitness import Evaluator, Spec, WorkerDied
+from lib.data import latents
+from lib.env import socnavenv as sn
+from lib.env.evaluation import evaluate, evaluation_seeds
+from lib.models import checkpoints
+from lib.models.controller import Controller, n_params
 from lib.seeding import derive_seed
 
 RNN_PREFERENCE = ("dream", "reward", "window", "normal")
+EVAL_LOCKSTEP = 64  # evaluation episodes the agent steps in lockstep
 LOG_FIELDS = [
     "generation",
     "best",
@@ -203,12 +205,10 @@ def main(argv=None):
     record = {"best_eval": -np.inf, "evals": []}
     if args.resume:
         try:
-            with np.load(es_path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            saved = json.loads(str(arrays.pop("record")))
-            if int(arrays["settings"][0]) != size:
+            arrays, saved = CMAES.load_state(es_path)
+            if int(arrays["n_params"]) != size:
                 cli.fail(
-                    f"{es_path} searched {int(arrays['settings'][0])} parameters, this V+M needs {size} — use --overwrite"
+                    f"{es_path} searched {int(arrays['n_params'])} parameters, this V+M needs {size} — use --overwrite"
                 )
             es = CMAES.replay(arrays)
         except (OSError, KeyError, ValueError) as e:
@@ -244,116 +244,105 @@ def main(argv=None):
     )
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
 
-    def save_state():
-        arrays = es.state_arrays()
-        arrays["record"] = np.array(json.dumps(record))
-        from lib.fileio import atomic_path
-
-        with atomic_path(es_path) as tmp:
-            np.savez(tmp, **arrays)
-
     def real_eval(params, generation):
-        agent = WorldModelsAgent(min(64, len(eval_seeds)), vae, rnn, params[None])
-        summary, episodes = evaluate(agent, eval_seeds, config, n_envs=64, record=1)
+        agent = WorldModelsAgent(min(EVAL_LOCKSTEP, len(eval_seeds)), vae, rnn, params[None])
+        summary, episodes = evaluate(agent, eval_seeds, config, n_envs=EVAL_LOCKSTEP, record=1)
         return summary, episodes[0]
 
     # GENERATIONS
-    evaluator = Evaluator(spec, args.workers, args.backend, args.address, args.group_size)
-    try:
-        while es.generation < args.epochs:
-            start = time.perf_counter()
-            gen = es.generation
-            xs = es.ask()
-            returns, lengths = evaluator(xs, gen)
-            fitness = returns.mean(axis=1)
-            es.tell(xs, fitness)
-            row = {
-                "generation": gen + 1,
-                "best": float(fitness.max()),
-                "mean": float(fitness.mean()),
-                "worst": float(fitness.min()),
-                "sigma": es.sigma,
-                "mean_length": float(lengths.mean()),
-            }
-            text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
-            if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
-                summary, shown = real_eval(es.mean.astype(np.float32), gen + 1)
-                row.update(
-                    eval_return=summary["return_mean"],
-                    eval_success=summary["success_rate"],
-                    eval_collision=summary["collision_rate"],
-                )
-                record["evals"].append(
-                    {
-                        "generation": gen + 1,
-                        **{
-                            k: summary[k]
-                            for k in (
-                                "return_mean",
-                                "success_rate",
-                                "collision_rate",
-                                "timeout_rate",
-                                "out_of_map_rate",
-                            )
-                        },
-                    }
-                )
-                text += f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
-                if summary["return_mean"] > record["best_eval"]:
-                    record["best_eval"] = summary["return_mean"]
-                    controller.set_flat(es.mean)
-                    training.save_model(
-                        os.path.join(models, "controller.npz"),
-                        controller,
+    with Evaluator(spec, args.workers, args.backend, args.address, args.group_size) as evaluator:
+        try:
+            while es.generation < args.epochs:
+                start = time.perf_counter()
+                gen = es.generation
+                xs = es.ask()
+                returns, lengths = evaluator(xs, gen)
+                fitness = returns.mean(axis=1)
+                es.tell(xs, fitness)
+                row = {
+                    "generation": gen + 1,
+                    "best": float(fitness.max()),
+                    "mean": float(fitness.mean()),
+                    "worst": float(fitness.min()),
+                    "sigma": es.sigma,
+                    "mean_length": float(lengths.mean()),
+                }
+                text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
+                if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
+                    summary, shown = real_eval(es.mean.astype(np.float32), gen + 1)
+                    row.update(
+                        eval_return=summary["return_mean"],
+                        eval_success=summary["success_rate"],
+                        eval_collision=summary["collision_rate"],
+                    )
+                    record["evals"].append(
                         {
-                            "config": controller.config(),
-                            "rnn_mode": rnn_mode,
-                            "dream": args.dream,
-                            "temperature": args.temperature,
                             "generation": gen + 1,
-                            "evaluation": summary,
-                            "args": vars(args),
-                        },
+                            **{
+                                k: summary[k]
+                                for k in (
+                                    "return_mean",
+                                    "success_rate",
+                                    "collision_rate",
+                                    "timeout_rate",
+                                    "out_of_map_rate",
+                                )
+                            },
+                        }
                     )
-                    drawing.episode_gif(
-                        os.path.join(results, "controller_best.gif"), shown, f"gen {gen + 1}"
-                    )
-                    text += " (new best, saved)"
-            row["seconds"] = round(time.perf_counter() - start, 2)
-            log.append(row)
-            save_state()
-            training.plot_curves(
-                log,
-                os.path.join(models, "controller_progress.png"),
-                [
-                    ("best", "best candidate"),
-                    ("mean", "population mean"),
-                    ("worst", "worst candidate"),
-                    ("eval_return", "CMA mean, real env"),
-                ],
-                "C: fitness per generation (" + ("dream" if args.dream else "real env") + ")",
-                ylabel="mean return",
+                    text += f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
+                    if summary["return_mean"] > record["best_eval"]:
+                        record["best_eval"] = summary["return_mean"]
+                        controller.set_flat(es.mean)
+                        training.save_model(
+                            os.path.join(models, "controller.npz"),
+                            controller,
+                            {
+                                "config": controller.config(),
+                                "rnn_mode": rnn_mode,
+                                "dream": args.dream,
+                                "temperature": args.temperature,
+                                "generation": gen + 1,
+                                "evaluation": summary,
+                                "args": vars(args),
+                            },
+                        )
+                        drawing.episode_gif(
+                            os.path.join(results, "controller_best.gif"), shown, f"gen {gen + 1}"
+                        )
+                        text += " (new best, saved)"
+                row["seconds"] = round(time.perf_counter() - start, 2)
+                log.append(row)
+                es.save(es_path, record)
+                training.plot_curves(
+                    log,
+                    os.path.join(models, "controller_progress.png"),
+                    [
+                        ("best", "best candidate"),
+                        ("mean", "population mean"),
+                        ("worst", "worst candidate"),
+                        ("eval_return", "CMA mean, real env"),
+                    ],
+                    "C: fitness per generation (" + ("dream" if args.dream else "real env") + ")",
+                    ylabel="mean return",
+                )
+                print(text + f", {row['seconds']:.1f} s", flush=True)
+                if (
+                    args.target_return is not None
+                    and row.get("eval_return", -np.inf) >= args.target_return
+                ):
+                    print(f"target return {args.target_return} reached: stopping")
+                    break
+        except KeyboardInterrupt:
+            cli.fail(
+                f"interrupted: {es_path} holds the run up to generation {es.generation} — continue with --resume",
+                code=130,
             )
-            print(text + f", {row['seconds']:.1f} s", flush=True)
-            if (
-                args.target_return is not None
-                and row.get("eval_return", -np.inf) >= args.target_return
-            ):
-                print(f"target return {args.target_return} reached: stopping")
-                break
-    except KeyboardInterrupt:
-        evaluator.close()
-        cli.fail(
-            f"interrupted: {es_path} holds the run up to generation {es.generation} — continue with --resume",
-            code=130,
-        )
-    except WorkerDied as e:
-        evaluator.close()
-        cli.fail(
-            f"{e}; {es_path} holds the run up to generation {es.generation} — continue with --resume",
-            code=1,
-        )
-    evaluator.close()
+        except WorkerDied as e:
+            cli.fail(
+                f"{e}; {es_path} holds the run up to generation {es.generation} — continue with --resume",
+                code=1,
+            )
 
     # OUTPUTS
     manifest.write_json(

@@ -17,7 +17,7 @@ Every policy plays the same --episodes held-out episodes (seeds from --seed),
 so differences between rows are differences between policies.
 """
 
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import os
@@ -25,10 +25,12 @@ import time
 
 from tqdm import tqdm
 
-from lib import checkpoints, cli, devices, drawing, evaluation, manifest
-from lib import socnavenv as sn
-from lib.agent import WorldModelsAgent
-from lib.policies import make_policy
+from lib import cli, devices, drawing, manifest
+from lib.control.agent import WorldModelsAgent
+from lib.env import evaluation
+from lib.env import socnavenv as sn
+from lib.env.policies import make_policy
+from lib.models import checkpoints
 
 BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
 

@@ -18,12 +18,12 @@ import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import numpy as np
 
-from lib import socnavenv as sn
+from lib.env import socnavenv as sn
 
 
 def _single(obs_type: str, seconds: float) -> float:

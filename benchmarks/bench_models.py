@@ -33,16 +33,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import chainer
 import numpy as np
 
 from lib import devices
-from lib.fast_adam import FastAdam
-from lib.mdn_rnn import MDNRNN, MDNRNNLoss, sample
-from lib.vae import ConvVAE, VAELoss
+from lib.kernels.fast_adam import FastAdam
+from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
+from lib.models.vae import ConvVAE, VAELoss
 
 # Where the workloads run: set by `main` from --gpu (the CPU by default).
 RUN = {"device": chainer.get_device("@numpy")}
@@ -171,8 +171,8 @@ def dream_b1024():
 def _ctrl(n_agents):
     """Agent-steps/s of one real-env control step for `n_agents` in lockstep:
     V encode of uint8 64x64 frames, one M step, one batched C product."""
-    from lib.agent import WorldModelsAgent
-    from lib.controller import n_params
+    from lib.control.agent import WorldModelsAgent
+    from lib.models.controller import n_params
 
     rng = np.random.default_rng(0)
     vae = _on_device(ConvVAE())
@@ -226,7 +226,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--chainer-conv",
         action="store_true",
-        help="use Chainer's own convolution on the CPU instead of lib.fastconv (for comparison)",
+        help="use Chainer's own convolution on the CPU instead of lib.kernels.fastconv (for comparison)",
     )
     return parser.parse_args(argv)
 

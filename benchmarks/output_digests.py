@@ -5,8 +5,12 @@ Runs, at `--seed 0` in a scratch folder: 01 and 02 at the demo's sizes, 03 for o
 (`make demo`), then prints one JSON line per output with the SHA-256 of its arrays
 (names, dtypes, shapes and bytes; a zip's timestamps do not count):
 
-- `vae_data`, `rnn_data`: every rollout `.npz` of both splits, in name order;
+- `vae_data`, `rnn_data`: every rollout `.npz` of both splits, in name order (not 04's
+  latent cache, named by a hash of V's file);
 - `vae`, `rnn_dream`, `controller`: the weights files.
+
+Digests depend on the processor and the library versions (OpenBLAS picks kernels by
+CPU), so compare two runs on the same machine, before and after a change.
 
 Usage:
     python benchmarks/output_digests.py --out before.json          # record
@@ -28,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import numpy as np
@@ -76,7 +80,11 @@ def run_pipeline(data_dir: Path, seed: int) -> None:
 def digests(data_dir: Path) -> dict:
     out = {}
     for name in ("vae_data", "rnn_data"):
-        files = sorted(str(p) for p in (data_dir / name).glob("*/*.npz"))
+        # the rollouts only: 04's latent cache beside them is named by a hash of V's
+        # file, whose zip timestamps differ from run to run
+        files = sorted(
+            str(p) for split in ("train", "test") for p in (data_dir / name / split).glob("*.npz")
+        )
         out[name] = digest_npz(files)
     for name in ("vae", "rnn_dream", "controller"):
         out[name] = digest_npz([str(data_dir / "models" / f"{name}.npz")])

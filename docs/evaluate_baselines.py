@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib import socnavenv as sn
-from lib.evaluation import evaluate, evaluation_seeds
-from lib.policies import make_policy
+from lib.env import socnavenv as sn
+from lib.env.evaluation import evaluate, evaluation_seeds
+from lib.env.policies import make_policy
 
 BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
 

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lib  # noqa: F401  (first: lib/runtime.py's thread settings must precede NumPy)
+import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
 import numpy as np
 
 from lib import drawing
-from lib import socnavenv as sn
-from lib.policies import POLICY_NAMES, make_policy
-from lib.rollouts import run_episodes
+from lib.env import socnavenv as sn
+from lib.env.policies import POLICY_NAMES, make_policy
+from lib.env.rollouts import run_episodes
 
 
 def main():

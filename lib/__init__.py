@@ -1,11 +1,11 @@
 """Shared library of the World Models on SocNavEnv pipeline.
 
-Importing `lib` applies the process-wide speed settings in `lib.runtime` first (they
+Importing `lib` applies the process-wide speed settings in `lib.kernels.runtime` first (they
 must precede NumPy), then `lib.compat`'s stand-ins for the names Chainer 7.8.1 needs
 from NumPy and setuptools (they must precede Chainer).
 """
 
-from lib import runtime as _runtime  # noqa: F401  (side effect: thread/allocator settings)
+from lib.kernels import runtime as _runtime  # noqa: F401  (side effect: thread/allocator settings)
 
 # isort: split
 from lib import compat as _compat

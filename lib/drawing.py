@@ -87,7 +87,7 @@ def episode_gif(path: str, episode, title: str = "", scale: int = 4, fps: float 
     observation, with the step, reward so far and, on the last frame, the outcome.
 
     Args:
-        episode: a `lib.rollouts.Episode` recorded with frames and obs.
+        episode: a `lib.env.rollouts.Episode` recorded with frames and obs.
     """
     frames = []
     total = 0.0

@@ -11,14 +11,15 @@ import datetime
 import json
 import platform
 
+import gymnasium
+import numba
+import numpy
+
 from lib.fileio import atomic_path
 
 
 def versions() -> dict:
     """Versions of the libraries that shape the results."""
-    import gymnasium
-    import numba
-    import numpy
 
     out = {
         "python": platform.python_version(),

@@ -14,6 +14,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 
 import chainer
 import numpy as np
@@ -126,7 +128,7 @@ def plot_curves(
     Args:
         series: (column, label) pairs; missing or empty columns are skipped.
     """
-    import matplotlib
+    import matplotlib  # here, not at the top: it adds to every script's start-up
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -207,16 +209,11 @@ class DeferredInterrupt:
         )
 
     def __enter__(self):
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False

@@ -18,7 +18,7 @@ import lib  # noqa: F401, I001
 import numpy as np
 import pytest
 
-from lib import socnavenv as sn
+from lib.env import socnavenv as sn
 
 
 def place(robot, goal, humans=(), max_steps=sn.MAX_STEPS, steps=0) -> sn.SocNavSim:

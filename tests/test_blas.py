@@ -1,11 +1,11 @@
-"""lib.blas: single-threaded GEMM through SciPy's OpenBLAS, with NumPy's as fallback."""
+"""lib.kernels.blas: single-threaded GEMM through SciPy's OpenBLAS, with NumPy's as fallback."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from lib import blas
+from lib.kernels import blas
 
 
 def _operands(shape_a, shape_b, seed=0):

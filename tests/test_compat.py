@@ -218,3 +218,24 @@ def test_entry_points_import_lib_before_numpy_and_chainer(path):
             assert first["lib"] < first[other], (
                 f"{path} imports {other} (line {first[other]}) before lib (line {first['lib']})"
             )
+
+
+@pytest.mark.parametrize("numpy_first", [True, False])
+def test_importing_lib_after_numpy_warns(numpy_first):
+    first, second = ("numpy", "lib") if numpy_first else ("lib", "numpy")
+    code = (
+        f"import os, sys; sys.path.insert(0, {ROOT!r})\n"
+        "os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None)\n"
+        f"import {first}, {second}\n"
+        "from lib.kernels import runtime\n"
+        "print(runtime.blas_threads_sleep(), runtime.kernel_threads())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    sleeps, threads = proc.stdout.split()
+    if numpy_first:
+        assert "lib was imported after NumPy" in proc.stderr and "import lib first" in proc.stderr
+        assert (sleeps, threads) == ("False", "1")
+    else:
+        assert "RuntimeWarning" not in proc.stderr and sleeps == "True"

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from cli_helpers import one_line_error, run
 
-from lib import checkpoints, fitness
-from lib import socnavenv as sn
-from lib.agent import WorldModelsAgent, dream_rollouts
-from lib.controller import Controller, act_batch, n_params, unflatten
-from lib.es import CMAES, ReplayMismatch
-from lib.evaluation import evaluate, evaluation_seeds
+from lib.control import fitness
+from lib.control.agent import WorldModelsAgent, dream_rollouts
+from lib.control.es import CMAES, ReplayMismatch
+from lib.env import socnavenv as sn
+from lib.env.evaluation import evaluate, evaluation_seeds
+from lib.models import checkpoints
+from lib.models.controller import Controller, act_batch, n_params, unflatten
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,33 @@ def test_cma_replay_is_exact_and_guarded():
     arrays["checksums"] = arrays["checksums"] + 1.0
     with pytest.raises(ReplayMismatch):
         CMAES.replay(arrays)
+
+
+def test_cma_state_file_round_trip_by_named_fields(tmp_path):
+    es = CMAES(5, popsize=6, sigma=0.2, seed=4)
+    for _ in range(3):
+        xs = es.ask()
+        es.tell(xs, -np.abs(xs).sum(1))
+    es.save(str(tmp_path / "es.npz"), {"best_eval": 1.5})
+    arrays, record = CMAES.load_state(str(tmp_path / "es.npz"))
+    assert record == {"best_eval": 1.5}
+    assert (int(arrays["n_params"]), int(arrays["popsize"])) == (5, 6)
+    assert (float(arrays["sigma"]), int(arrays["seed"])) == (0.2, 4)
+    np.testing.assert_array_equal(CMAES.replay(arrays).ask(), es.ask())
+    # a file from before the fields were named: one `settings` array
+    old = es.state_arrays()
+    old = {
+        "settings": np.array([old.pop(k) for k in ("n_params", "popsize", "sigma", "seed")]),
+        **old,
+        "record": np.array('{"best_eval": 2.0}'),
+    }
+    np.savez(tmp_path / "old.npz", **old)
+    arrays, record = CMAES.load_state(str(tmp_path / "old.npz"))
+    assert record == {"best_eval": 2.0}
+    np.testing.assert_array_equal(CMAES.replay(arrays).mean, es.mean)
+    np.savez(tmp_path / "bad.npz", history=np.zeros((1, 6)))
+    with pytest.raises(KeyError, match="n_params"):
+        CMAES.load_state(str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError):
         CMAES(5, seed=0)
 
@@ -135,7 +163,7 @@ def test_dream_rollouts_need_heads_and_count_steps(models):
     )
     assert returns.shape == (4,) and np.all((lengths >= 1) & (lengths <= 20))
     assert np.all(np.isfinite(returns))
-    from lib.mdn_rnn import MDNRNN
+    from lib.models.mdn_rnn import MDNRNN
 
     with pytest.raises(ValueError, match="reward and done heads"):
         dream_rollouts(
@@ -156,13 +184,14 @@ def test_fitness_independent_of_workers(models, tmp_path, dream):
         np.savez(starts, mu=np.zeros((3, 8), np.float32), logvar=np.zeros((3, 8), np.float32))
     spec = fitness.Spec(str(models), "dream", 2, 11, dream, 1.0, {"max_steps": 30}, starts)
     params = np.random.default_rng(3).normal(0, 0.3, (6, n_params(8, 16))).astype(np.float32)
-    one = fitness.Evaluator(spec, workers=1, group_size=2)
-    two = fitness.Evaluator(spec, workers=2, group_size=2)
-    try:
+    env_before = dict(os.environ)
+    with fitness.Evaluator(spec, workers=1, group_size=2) as one:
         r1, l1 = one(params, 0)
+    with fitness.Evaluator(spec, workers=2, group_size=2) as two:
         r2, l2 = two(params, 0)
-    finally:
-        two.close()
+        assert two.pool is not None
+    assert two.pool is None  # closed on leaving the block
+    assert dict(os.environ) == env_before  # workers limit their own threads, not the parent's
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(l1, l2)
     assert r1.shape == (6, 2)
@@ -178,10 +207,11 @@ def die_on_second_group(task):
 def test_dying_worker_raises_with_its_candidates(models):
     spec = fitness.Spec(str(models), "dream", 1, 0, False, 1.0, {"max_steps": 10})
     params = np.zeros((4, n_params(8, 16)), np.float32)
-    ev = fitness.Evaluator(spec, workers=2, group_size=2, task_fn=die_on_second_group)
-    with pytest.raises(fitness.WorkerDied, match="candidates 2-3 of generation 1"):
+    with (
+        fitness.Evaluator(spec, workers=2, group_size=2, task_fn=die_on_second_group) as ev,
+        pytest.raises(fitness.WorkerDied, match="candidates 2-3 of generation 1"),
+    ):
         ev(params, 0)
-    ev.close()
 
 
 def test_ray_backend_matches_local(models):

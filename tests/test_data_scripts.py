@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lib.rollouts import BadRolloutError, list_rollouts, load_episode
+from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE = "01_generate_vae_data.py"

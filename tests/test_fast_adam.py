@@ -1,4 +1,4 @@
-"""lib.fast_adam: agreement with Chainer's Adam, hooks, snapshots, fallback.
+"""lib.kernels.fast_adam: agreement with Chainer's Adam, hooks, snapshots, fallback.
 
 The CuPy fallback (`update_core_gpu`, inherited from Chainer) is not tested
 here: the test machine has no GPU.
@@ -11,8 +11,8 @@ import pytest
 from chainer import serializers
 from chainer.optimizers import adam
 
-from lib import fast_adam, fastconv
-from lib.fast_adam import FastAdam
+from lib.kernels import fast_adam, fastconv
+from lib.kernels.fast_adam import FastAdam
 
 STEPS = 6
 

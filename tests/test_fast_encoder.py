@@ -1,11 +1,11 @@
-"""lib.fast_encoder: agreement with ConvVAE.encode, Winograd layers, threads, fallback."""
+"""lib.kernels.fast_encoder: agreement with ConvVAE.encode, Winograd layers, threads, fallback."""
 
 import chainer
 import numpy as np
 import pytest
 
-from lib import fast_encoder as fe
-from lib.vae import ConvVAE
+from lib.kernels import fast_encoder as fe
+from lib.models.vae import ConvVAE, encode_frames
 
 
 def _vae(seed=0, **config):
@@ -184,7 +184,6 @@ def test_make_encoder_follows_the_fastconv_switch():
 def test_encode_frames_reuses_a_given_encoder():
     """Callers that encode many episodes (the latent cache) build the encoder
     once: building one costs ~20 ms, more than encoding a short episode."""
-    from lib import checkpoints
 
     vae = _vae()
     frames = _frames(7)
@@ -195,7 +194,7 @@ def test_encode_frames_reuses_a_given_encoder():
         calls.append(len(batch))
         return enc(batch)
 
-    mu, logvar = checkpoints.encode_frames(vae, frames, batch_size=4, encoder=counting)
+    mu, logvar = encode_frames(vae, frames, batch_size=4, encoder=counting)
     assert calls == [4, 3]
     np.testing.assert_array_equal(mu, np.concatenate([enc(frames[:4])[0], enc(frames[4:])[0]]))
     assert logvar.shape == (7, 32)

@@ -1,4 +1,4 @@
-"""lib.fast_lstm: the whole-sequence LSTM node against Chainer's own LSTM."""
+"""lib.kernels.fast_lstm: the whole-sequence LSTM node against Chainer's own LSTM."""
 
 import chainer
 import chainer.functions as F
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from chainer import gradient_check
 
-from lib import fast_lstm
+from lib.kernels import fast_lstm
 
 
 def _inputs(rng, batch=3, steps=5, n_in=4, hidden=6, dtype=np.float64, scale=0.5):

@@ -1,4 +1,4 @@
-"""lib.fastconv: gradients, agreement with Chainer's own links, chunking, fallback."""
+"""lib.kernels.fastconv: gradients, agreement with Chainer's own links, chunking, fallback."""
 
 import os
 import signal
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from chainer import gradient_check
 
-from lib import fastconv as fc
-from lib import runtime
+from lib.kernels import fastconv as fc
+from lib.kernels import runtime
 
 ACTS = {None: lambda h: h, "relu": F.relu, "sigmoid": F.sigmoid}
 

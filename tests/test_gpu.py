@@ -108,10 +108,10 @@ def test_05_and_06_draw_on_the_gpu_as_on_the_cpu(cpu_dir, gpu_dir):
 
 def test_the_agent_acts_on_the_gpu_as_on_the_cpu(cpu_dir):
     """WorldModelsAgent (V encode, C, M step) on both devices, the same frames, 5 steps."""
-    from lib import checkpoints
-    from lib import socnavenv as sn
-    from lib.agent import WorldModelsAgent
-    from lib.controller import n_params
+    from lib.control.agent import WorldModelsAgent
+    from lib.env import socnavenv as sn
+    from lib.models import checkpoints
+    from lib.models.controller import n_params
 
     cpu_dev, gpu_dev = devices.select_device(-1), devices.select_device(0)
     rng = np.random.default_rng(0)
@@ -140,9 +140,9 @@ def test_the_agent_acts_on_the_gpu_as_on_the_cpu(cpu_dir):
 
 
 def test_dreams_on_the_gpu_match_the_cpu(cpu_dir):
-    from lib import checkpoints
-    from lib.agent import dream_rollouts
-    from lib.controller import n_params
+    from lib.control.agent import dream_rollouts
+    from lib.models import checkpoints
+    from lib.models.controller import n_params
 
     out = {}
     for name, gpu in (("cpu", -1), ("gpu", 0)):
@@ -169,10 +169,18 @@ def test_07_and_08_run_on_the_gpu(cpu_dir, gpu_dir, dream):
     run("07_train_controller.py", *common, *flags, "--gpu", 0, "--data-dir", gpu_dir)
     cpu = read_log(cpu_out / "models" / "controller_log.csv")
     gpu = read_log(gpu_dir / "models" / "controller_log.csv")
-    assert [r["generation"] for r in gpu] == ["1", "2"]
-    # The first generation's candidates are the same on both (same seed): their
-    # fitness agrees to rounding unless an episode ends a step apart.
-    assert float(gpu[0]["mean"]) == pytest.approx(float(cpu[0]["mean"]), abs=0.05)
+    assert [r["generation"] for r in gpu] == [r["generation"] for r in cpu] == ["1", "2"]
+    if dream:
+        # The first generation's candidates are the same on both (same seed), and a
+        # dream at tau 0 is deterministic: fitness agrees to rounding unless a dream
+        # ends a step apart.
+        assert float(gpu[0]["mean"]) == pytest.approx(float(cpu[0]["mean"]), abs=0.05)
+    else:
+        # In the real env an episode's outcome can flip on a rounding difference
+        # (collision or not), so only the range is checked; the agent's actions are
+        # compared step by step in test_the_agent_acts_on_the_gpu_as_on_the_cpu.
+        for row in gpu:
+            assert -1.6 <= float(row["worst"]) <= float(row["mean"]) <= float(row["best"]) <= 1.1
     proc = run("08_test_controller.py", "--episodes", 4, "--record", 0, "--max-steps", 40,
                "--gpu", 0, "--data-dir", gpu_dir)  # fmt: skip
     report = json.loads((gpu_dir / "results" / "test_controller.json").read_text())

@@ -1,4 +1,4 @@
-"""lib.mdn_rnn: the MDN-LSTM's likelihood, sampling, masking, stepping and saving."""
+"""lib.models.mdn_rnn: the MDN-LSTM's likelihood, sampling, masking, stepping and saving."""
 
 import json
 
@@ -8,8 +8,9 @@ import pytest
 from chainer import gradient_check, serializers
 from scipy import stats
 
-from lib import mdn_rnn
-from lib.mdn_rnn import MDNRNN, MDNRNNLoss, MixtureParams, sample
+from lib.kernels import mdn
+from lib.models import mdn_rnn
+from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, MixtureParams, sample
 
 Z, K = 3, 4  # small sizes for the density tests
 LO, HI = -7.0, 4.0
@@ -69,7 +70,7 @@ def test_fused_nll_check_backward():
     mask = np.array([1, 1, 0, 1, 1, 1], np.float64)
 
     def f(x):
-        return mdn_rnn.MDNNLL(K, LO, HI).apply((x, target, mask))[0]
+        return mdn.MDNNLL(K, LO, HI).apply((x, target, mask))[0]
 
     gradient_check.check_backward(f, (raw,), np.array(1.3), dtype=np.float64, atol=1e-6, rtol=1e-5)
 
@@ -280,6 +281,32 @@ def test_scheduled_inputs_replace_with_own_predictions():
     replaced = np.all(mixed != z, axis=2)
     assert not replaced[:, 0].any()
     assert 0.2 < replaced[:, 1:].mean() < 0.4
+
+
+def test_scheduled_inputs_draw_in_the_documented_order():
+    """M's samples at all T steps, then the (B, T) uniform: the order 04's training
+    has always used, so its results do not change."""
+    model = MDNRNN(z_size=8, hidden_size=16)
+    z, a = _batch(np.random.default_rng(3), batch=5, steps=7)[:2]
+    got = model.scheduled_inputs(z, a, 0.4, 1.0, np.random.default_rng(9))
+    rng = np.random.default_rng(9)
+    with chainer.no_backprop_mode(), chainer.using_config("train", False):
+        predicted = sample(model.split(model(z, a).mixture.array), 1.0, rng)
+    swap = rng.random(z.shape[:2]) < 0.4
+    swap[:, 0] = False
+    want = z.copy()
+    want[:, 1:][swap[:, 1:]] = predicted[:, :-1][swap[:, 1:]]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_done_calibration_and_threshold():
+    w, p = 50.0, np.array([0.1, 0.5, 0.9])
+    weighted = np.log(w * p / (1 - p))  # what a head trained with positive weight w outputs
+    np.testing.assert_allclose(mdn_rnn.calibrated_done_logit(weighted, w), np.log(p / (1 - p)))
+    assert mdn_rnn.done_logit_threshold() == 0.0  # p > DONE_THRESHOLD = 0.5
+    assert mdn_rnn.DONE_THRESHOLD == 0.5
+    assert mdn_rnn.done_logit_threshold(w) == pytest.approx(np.log(w))
+    assert mdn_rnn.done_logit_threshold(1.0, 0.9) == pytest.approx(np.log(9.0))
 
 
 def test_save_load_round_trip(tmp_path):

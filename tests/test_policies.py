@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from lib import evaluation as ev
-from lib import policies as P
-from lib import socnavenv as sn
-from lib.rollouts import Episode
+from lib.env import evaluation as ev
+from lib.env import policies as P
+from lib.env import socnavenv as sn
+from lib.env.rollouts import Episode
 
 N_EPISODES = 200
 SEEDS = ev.evaluation_seeds(0, N_EPISODES)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cli_helpers import one_line_error, run
 
-from lib import latents, rnn_data
+from lib.data import latents, rnn_data
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_resume_is_exact(trained_v, tmp_path):
 
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
     d = copy_data(trained_v, tmp_path)
-    from lib import checkpoints
+    from lib.models import checkpoints
 
     vae, _ = checkpoints.load_vae(str(d))
     vae_path = str(d / "models" / "vae.npz")
@@ -108,7 +108,7 @@ def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
 
 
 def test_batches_mask_padding_and_windows(trained_v):
-    from lib import checkpoints
+    from lib.models import checkpoints
 
     vae, _ = checkpoints.load_vae(str(trained_v))
     data, _ = latents.encode_split(
@@ -218,7 +218,7 @@ def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
 
 
 def test_residual_m_starts_from_copying_z():
-    from lib.mdn_rnn import MDNRNN
+    from lib.models.mdn_rnn import MDNRNN
 
     m = MDNRNN(z_size=3, hidden_size=8, n_mixtures=2, residual=True)
     m.mdn.W.array[...] = 0.0

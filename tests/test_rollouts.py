@@ -7,10 +7,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from lib import datagen
-from lib import policies as P
-from lib import socnavenv as sn
-from lib.rollouts import (
+from lib.data import datagen
+from lib.env import policies as P
+from lib.env import socnavenv as sn
+from lib.env.rollouts import (
     BadRolloutError,
     Episode,
     episode_filename,

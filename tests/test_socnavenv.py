@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from lib import socnavenv as sn
+from lib.env import socnavenv as sn
 
 DT = sn.TIMESTEP
 STEP_LEN = sn.MAX_ADVANCE * DT  # m moved per step at full speed

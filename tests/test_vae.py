@@ -1,4 +1,4 @@
-"""lib.vae: shapes, config, the floored KL, the loss, training, snapshots."""
+"""lib.models.vae: shapes, config, the floored KL, the loss, training, snapshots."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import chainer
 import numpy as np
 import pytest
 
-from lib.vae import PAPER_CONFIG, ConvVAE, VAELoss, floored_kl, kl_divergence
+from lib.models.vae import PAPER_CONFIG, ConvVAE, VAELoss, floored_kl, kl_divergence
 
 # A narrow VAE with the paper's geometry (64x64x3, the same kernels), for speed.
 SMALL = {"enc_channels": [4, 8, 8, 16], "dense_size": 32, "dec_channels": [8, 8, 4], "z_size": 6}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cli_helpers import one_line_error, run
 
-from lib import frames
+from lib.data import frames
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +188,8 @@ def test_draw_vae_result(vae_data, tmp_path):
 
 
 def test_object_weights_favour_coloured_pixels():
-    from lib import socnavenv as sn
-    from lib.vae import object_weights
+    from lib.env import socnavenv as sn
+    from lib.models.vae import object_weights
 
     pixels = np.array([[sn.FLOOR_RGB, sn.WALL_RGB, sn.OUTSIDE_RGB, sn.GOAL_RGB, sn.HUMAN_RGB]])
     w = object_weights((pixels / 255.0).astype(np.float32)[None], 10.0)[0, 0, :, 0]

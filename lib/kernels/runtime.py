@@ -7,7 +7,7 @@ environment variables and makes two `mallopt` calls.
 
 - Threads. numba and OpenBLAS each keep their own threads; on a 2-core machine
   they fight. numba runs single-threaded (`NUMBA_NUM_THREADS=1`): where a
-  kernel is worth splitting, `lib.fastconv` splits it over plain Python
+  kernel is worth splitting, `lib.kernels.fastconv` splits it over plain Python
   threads instead (its kernels release the GIL). OpenMP threads sleep instead
   of spinning when idle (`OMP_WAIT_POLICY=PASSIVE`), and so do OpenBLAS's
   (`OPENBLAS_THREAD_TIMEOUT=4`: after a GEMM its workers otherwise spin for
@@ -27,6 +27,10 @@ environment variables and makes two `mallopt` calls.
 import ctypes
 import os
 import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import ThreadpoolController  # loads no BLAS itself: safe before NumPy
 
 _DEFAULTS = {
     "OMP_WAIT_POLICY": "PASSIVE",
@@ -50,6 +54,13 @@ def apply() -> None:
         _state["blas_sleeps"] = "numpy" not in sys.modules or (
             os.environ.get("OPENBLAS_THREAD_TIMEOUT") is not None
         )
+        if not _state["blas_sleeps"]:
+            warnings.warn(
+                "lib was imported after NumPy, so OpenBLAS's idle threads spin and lib's "
+                "kernels run on one thread (same results, slower): import lib first",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         _tune_malloc()
     for key, value in _DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -73,7 +84,7 @@ def blas_threads_sleep() -> bool:
 
 
 def kernel_threads() -> int:
-    """Threads for the GIL-free kernels of `lib.fastconv`.
+    """Threads for the GIL-free kernels of `lib.kernels.fastconv`.
 
     One per available core, capped by `OPENBLAS_NUM_THREADS` (or
     `OMP_NUM_THREADS`) when set, so a worker process given one BLAS thread
@@ -93,12 +104,10 @@ def single_blas_thread():
     """Context manager: BLAS runs on the calling thread only, then as before.
 
     For code that splits work over its own threads, each calling GEMMs on a
-    part (`lib.fast_encoder`): one BLAS thread per caller, so the callers do
+    part (`lib.kernels.fast_encoder`): one BLAS thread per caller, so the callers do
     not fight over the cores. The BLAS libraries are looked up once.
     """
     if _state["blas"] is None:
-        from threadpoolctl import ThreadpoolController
-
         _state["blas"] = ThreadpoolController().select(user_api="blas")
     return _state["blas"].limit(limits=1)
 
@@ -106,7 +115,7 @@ def single_blas_thread():
 def parallel_ranges(fn, n, threads=None):
     """Runs `fn(lo, hi)` over contiguous parts of `range(n)`, one per thread.
 
-    For GIL-free kernels (numba `nogil`, NumPy copies, `lib.blas`), where
+    For GIL-free kernels (numba `nogil`, NumPy copies, `lib.kernels.blas`), where
     plain Python threads are enough. `threads` defaults to `kernel_threads()`;
     part i is `[n * i // k, n * (i + 1) // k)` with k = min(n, threads), and
     the calling thread takes the first part.
@@ -118,7 +127,6 @@ def parallel_ranges(fn, n, threads=None):
     pool = _pool["executor"]
     if _pool["pid"] != os.getpid() or pool._max_workers < k - 1:
         # A forked child inherits the pool object but not its threads.
-        from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="lib")
         _pool["executor"], _pool["pid"] = pool, os.getpid()

@@ -200,6 +200,8 @@ class FastLSTM(function_node.FunctionNode):
     """Whole-sequence LSTM on the CPU; see the module docstring."""
 
     def check_type_forward(self, in_types):
+        # Names the inputs in type errors: the (private) call every Chainer function
+        # makes here, with no public equivalent in Chainer 7.
         type_check._argname(in_types, ("x", "w_x", "w_h", "b", "h0", "c0"))
         x, w_x, w_h, b, h0, c0 = in_types
         type_check.expect(

@@ -12,9 +12,10 @@ import json
 import os
 
 import chainer
-import numpy as np
 
-from lib.devices import to_host
+from lib.models.controller import Controller
+from lib.models.mdn_rnn import MDNRNN
+from lib.models.vae import ConvVAE
 
 
 class CheckpointError(ValueError):
@@ -53,7 +54,6 @@ def load_vae(data_dir: str, device=None):
     Returns:
         (ConvVAE on `device`, sidecar dict).
     """
-    from lib.vae import ConvVAE
 
     path = os.path.join(data_dir, "models", "vae.npz")
     sidecar = read_sidecar(path, "03_train_vae.py")
@@ -67,48 +67,12 @@ def load_vae(data_dir: str, device=None):
     return vae, sidecar
 
 
-def encode_frames(vae, frames: np.ndarray, batch_size: int = 500, encoder=None):
-    """Posterior means and log-variances of uint8 frames, without a graph
-    (through `lib.fast_encoder` on the CPU).
-
-    Args:
-        frames: (N, S, S, 3) uint8.
-        encoder: `lib.fast_encoder.make_encoder(vae)`, to reuse one over many
-            calls (building it copies and transforms V's weights: ~20 ms).
-
-    Returns:
-        (mu, logvar), each (N, z) float32 NumPy arrays.
-    """
-    from lib.fast_encoder import make_encoder
-
-    encoder = make_encoder(vae) if encoder is None else encoder
-    mus, logvars = [], []
-    for start in range(0, len(frames), batch_size):
-        mu, logvar = encoder(frames[start : start + batch_size])
-        mus.append(to_host(mu))
-        logvars.append(to_host(logvar))
-    return np.concatenate(mus), np.concatenate(logvars)
-
-
-def decode_latents(vae, z, batch_size: int = 500) -> np.ndarray:
-    """uint8 frames (N, S, S, 3) on the host, decoded from (N, z) float32 latents
-    (NumPy, or CuPy on V's device)."""
-    out = []
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        for start in range(0, len(z), batch_size):
-            batch = vae.device.send(z[start : start + batch_size]).astype(np.float32, copy=False)
-            y = to_host(vae.decode(batch))
-            out.append((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-    return np.concatenate(out)
-
-
 def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
     """M from `data_dir/models/rnn_<mode>.npz`, checked against V's z size.
 
     Returns:
         (MDNRNN on `device`, sidecar dict).
     """
-    from lib.mdn_rnn import MDNRNN
 
     maker = f"04_train_rnn.py --mode {mode}"
     path = os.path.join(data_dir, "models", f"rnn_{mode}.npz")
@@ -134,7 +98,6 @@ def load_controller(data_dir: str):
     Returns:
         (Controller, sidecar dict); the sidecar names the M it was trained with.
     """
-    from lib.controller import Controller
 
     path = os.path.join(data_dir, "models", "controller.npz")
     sidecar = read_sidecar(path, "07_train_controller.py")

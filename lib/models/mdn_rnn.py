@@ -13,7 +13,7 @@ the user-facing (..., Z, K) views. Log-sigma is clamped to
 however small the network pushes sigma.
 
 On the CPU, training runs the LSTM over the whole sequence as one node
-(`lib.fast_lstm`) and the NLL as one fused numba kernel that computes the
+(`lib.kernels.fast_lstm`) and the NLL as one fused numba kernel (`lib.kernels.mdn`) that computes the
 gradient during the forward pass; on a GPU both fall back to plain Chainer
 functions. `chainer.config.fast_lstm = False` forces the plain path on the CPU
 too (for comparison). Inference (`step`) is plain NumPy on the CPU: no graph.
@@ -34,19 +34,13 @@ from typing import NamedTuple
 import chainer
 import chainer.functions as F
 import chainer.links as L
-import numba
 import numpy as np
-from chainer import backend, function_node, initializers
-from numba import types
-from numba.extending import overload
+from chainer import backend, initializers
 
-from lib import fast_lstm
+from lib.kernels import fast_lstm, mdn
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-# Far beyond any sane z-score, but finite in float32 (1e30 < 3.4e38), so an
-# absurd target gives a huge finite NLL rather than inf - inf = NaN.
-_MAX_SQUARED_Z = 1e30
-_MAX_Z = 1e15
+# Far beyond any sane z-score, but finite in float32, as the kernel's clamp of its square.
+_MAX_Z = math.sqrt(mdn.MAX_SQUARED_Z)
 
 
 class MixtureParams(NamedTuple):
@@ -141,208 +135,8 @@ def mixture_log_prob(params, target):
     t = F.broadcast_to(F.expand_dims(target, 2), mu.shape)
     score = F.clip((t - mu) * F.exp(-log_sigma), -_MAX_Z, _MAX_Z)
     score2 = score * score
-    log_normal = -0.5 * score2 - log_sigma - _HALF_LOG_2PI
+    log_normal = -0.5 * score2 - log_sigma - mdn.HALF_LOG_2PI
     return F.logsumexp(log_pi + log_normal, axis=2)
-
-
-# error_model="numpy" drops numba's division-by-zero branch and the fastmath
-# flags allow contraction, which lets LLVM vectorise the loops below; NaN/inf
-# semantics are kept so a diverging run still shows NaN.
-_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "nsz"}}
-
-
-def _exp_into(src, dst, bits):
-    """`dst[:] = exp(src)`; for float32 a vectorisable version (see the overload)."""
-    for i in range(src.shape[0]):
-        dst[i] = math.exp(src[i])
-
-
-def _exp_into_f32(src, dst, bits):
-    # exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2; exp(r) by its
-    # degree-7 Taylor polynomial (rel. error < 1e-7) and 2^k by writing the
-    # exponent bits. All arithmetic, so LLVM vectorises it: ~0.7 ns per value
-    # against ~5 ns for a libm expf call per value.
-    f32 = np.float32
-    for i in range(src.shape[0]):
-        x = src[i]
-        x = min(x, f32(88.0))  # x first, so NaN propagates
-        x = max(x, f32(-87.0))
-        k = np.floor(x * f32(1.44269504088896341) + f32(0.5))
-        r = x - k * f32(0.693359375) - k * f32(-2.12194440e-4)  # ln 2 in two parts
-        p = f32(1.0 / 5040.0)
-        p = p * r + f32(1.0 / 720.0)
-        p = p * r + f32(1.0 / 120.0)
-        p = p * r + f32(1.0 / 24.0)
-        p = p * r + f32(1.0 / 6.0)
-        p = p * r + f32(0.5)
-        p = p * r + f32(1.0)
-        p = p * r + f32(1.0)
-        dst[i] = p
-        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
-    scale = bits.view(np.float32)
-    for i in range(src.shape[0]):
-        dst[i] *= scale[i]
-
-
-@overload(_exp_into, jit_options=_JIT)
-def _exp_into_overload(src, dst, bits):
-    if src.dtype == types.float32:
-        return _exp_into_f32
-    return _exp_into
-
-
-@numba.njit(**_JIT)
-def _mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
-    """Masked NLL sum and its gradient, fused; single-threaded.
-
-    Loops run over the latent dimension, contiguous in the head's `(3, K, Z)`
-    layout, so they vectorise; only the two logs per (row, dimension) are
-    scalar calls.
-
-    Args:
-        raw: (N, 3 * K * Z) float32/64 C-contiguous mixture head.
-        target: (N, Z) float targets, same dtype.
-        mask: (N,) float weights (0 drops a row), same dtype.
-        n_mix: int, K.
-        lo, hi: float, the log-sigma clamp.
-        scale: float, factor of the gradient (1 / normaliser of the loss).
-        grad: (N, 3 * K * Z) out: `scale * d(sum of masked NLL) / d raw`.
-        want_grad: bool, fill `grad`.
-
-    Returns:
-        float64, sum over rows and dimensions of `mask * NLL`.
-    """
-    n_rows, z_size = target.shape
-    kz = n_mix * z_size
-    dtype = raw.dtype
-    one = dtype.type(1.0)
-    half = dtype.type(0.5)
-    lo = dtype.type(lo)
-    hi = dtype.type(hi)
-    big = dtype.type(_MAX_SQUARED_Z)
-    c = dtype.type(_HALF_LOG_2PI)
-    # Per-row scratch, (K, Z) flattened.
-    arg = np.empty(kz, dtype)
-    e_pi = np.empty(kz, dtype)
-    inv = np.empty(kz, dtype)
-    zsc = np.empty(kz, dtype)
-    lp = np.empty(kz, dtype)
-    e_lp = np.empty(kz, dtype)
-    bits = np.empty(kz, np.int32)
-    m = np.empty(z_size, dtype)
-    se = np.empty(z_size, dtype)
-    log_norm = np.empty(z_size, dtype)
-    best = np.empty(z_size, dtype)
-    acc = np.empty(z_size, dtype)
-    total = 0.0
-    for n in range(n_rows):
-        w = mask[n]
-        row = raw[n]
-        logit, mu, log_sigma = row[:kz], row[kz : 2 * kz], row[2 * kz :]
-        if w == 0:
-            if want_grad:
-                grad[n, :] = 0
-            continue
-        y = target[n]
-        # log-softmax of the logits over k, per dimension.
-        m[:] = logit[:z_size]
-        for k in range(1, n_mix):
-            lk = logit[k * z_size : (k + 1) * z_size]
-            for d in range(z_size):
-                m[d] = max(m[d], lk[d])
-        for k in range(n_mix):
-            for d in range(z_size):
-                arg[k * z_size + d] = logit[k * z_size + d] - m[d]
-        _exp_into(arg, e_pi, bits)
-        se[:] = 0
-        for k in range(n_mix):
-            for d in range(z_size):
-                se[d] += e_pi[k * z_size + d]
-        for d in range(z_size):
-            log_norm[d] = m[d] + math.log(se[d])
-        # Component log densities; sigma clamped so the z-score stays finite.
-        for i in range(kz):
-            s = max(log_sigma[i], lo)  # value first, so NaN propagates
-            arg[i] = -min(s, hi)
-        _exp_into(arg, inv, bits)
-        for k in range(n_mix):
-            for d in range(z_size):
-                i = k * z_size + d
-                zi = (y[d] - mu[i]) * inv[i]
-                z2 = zi * zi
-                # A clamped z-score is a constant: zero it so the gradients
-                # below (linear in it for mu, quadratic for sigma) see that.
-                zsc[i] = zi if z2 < big else 0
-                z2 = min(z2, big)
-                lp[i] = logit[i] - log_norm[d] - half * z2 + arg[i] - c
-        # log-sum-exp over k.
-        best[:] = lp[:z_size]
-        for k in range(1, n_mix):
-            for d in range(z_size):
-                best[d] = max(best[d], lp[k * z_size + d])
-        for k in range(n_mix):
-            for d in range(z_size):
-                arg[k * z_size + d] = lp[k * z_size + d] - best[d]
-        _exp_into(arg, e_lp, bits)
-        acc[:] = 0
-        for k in range(n_mix):
-            for d in range(z_size):
-                acc[d] += e_lp[k * z_size + d]
-        row_nll = 0.0
-        for d in range(z_size):
-            row_nll -= best[d] + math.log(acc[d])
-        total += w * row_nll
-        if want_grad:
-            g = dtype.type(scale * w)
-            g_row = grad[n]
-            g_logit, g_mu, g_ls = g_row[:kz], g_row[kz : 2 * kz], g_row[2 * kz :]
-            for k in range(n_mix):
-                for d in range(z_size):
-                    i = k * z_size + d
-                    r = e_lp[i] / acc[d]  # posterior responsibility of component k
-                    g_logit[i] = g * (e_pi[i] / se[d] - r)
-                    g_mu[i] = -g * r * zsc[i] * inv[i]
-                    inside = log_sigma[i] >= lo and log_sigma[i] <= hi
-                    g_ls[i] = g * r * (one - zsc[i] * zsc[i]) if inside else 0
-    return total
-
-
-class MDNNLL(function_node.FunctionNode):
-    """Masked mean NLL of a mixture head, fused on the CPU (first order only).
-
-    The gradient is computed in the forward pass (it needs the same
-    responsibilities) and scaled by the incoming gradient in backward.
-    """
-
-    def __init__(self, n_mix, lo, hi):
-        self.n_mix = n_mix
-        self.lo = lo
-        self.hi = hi
-
-    def forward_cpu(self, inputs):
-        raw, target, mask = inputs
-        raw = np.ascontiguousarray(raw)
-        norm = max(float(mask.sum()) * target.shape[1], 1.0)
-        want = chainer.config.enable_backprop
-        grad = np.empty_like(raw) if want else np.empty((0, 0), raw.dtype)
-        total = _mdn_nll_kernel(
-            raw,
-            np.ascontiguousarray(target, raw.dtype),
-            np.ascontiguousarray(mask, raw.dtype),
-            self.n_mix,
-            self.lo,
-            self.hi,
-            1.0 / norm,
-            grad,
-            want,
-        )
-        self._grad = grad
-        return (np.asarray(total / norm, raw.dtype),)
-
-    def backward(self, indexes, grad_outputs):
-        (gy,) = grad_outputs
-        grad = chainer.Variable(self._grad) * F.broadcast_to(gy, self._grad.shape)
-        return grad, None, None
 
 
 def mdn_nll(raw, target, mask, z_size, n_mixtures, log_sigma_min, log_sigma_max):
@@ -364,7 +158,7 @@ def mdn_nll(raw, target, mask, z_size, n_mixtures, log_sigma_min, log_sigma_max)
     if isinstance(target, chainer.Variable):
         target = target.array
     if _use_fast(raw):
-        return MDNNLL(n_mixtures, log_sigma_min, log_sigma_max).apply((raw, target, mask))[0]
+        return mdn.MDNNLL(n_mixtures, log_sigma_min, log_sigma_max).apply((raw, target, mask))[0]
     params = split_mixture(raw, z_size, n_mixtures, log_sigma_min, log_sigma_max)
     log_p = mixture_log_prob(params, target)
     xp = backend.get_array_module(mask)
@@ -398,7 +192,7 @@ def mask_through_done(done):
 class MDNRNN(chainer.Chain):
     """MDN-LSTM: `[z_t, a_t]` -> LSTM -> mixture over `z_{t+1}` (and heads).
 
-    LSTM gates use `lib.fast_lstm`'s blocked layout. Weights start uniform in
+    LSTM gates use `lib.kernels.fast_lstm`'s blocked layout. Weights start uniform in
     `+-1 / sqrt(hidden)` (PyTorch's LSTM default), with the forget-gate bias at
     1 so early training keeps its memory.
 
@@ -594,18 +388,44 @@ class MDNRNN(chainer.Chain):
             state: initial (h, c) as in `forward`.
 
         Returns:
-            (B, T, Z) float32 array: the inputs to train on (targets stay real).
+            (B, T, Z) float32 array on the model's device: the inputs to train on
+            (targets stay real).
+
+        Randomness, in this order from `rng`: M's samples at all T steps (the last
+        is not used), then a (B, T) uniform that picks the replaced steps.
         """
         z = self.xp.asarray(z, np.float32)
         if prob <= 0:
             return z
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             out = self.forward(z, a, state)
-        predicted = sample(self.split(out.mixture.array[:, :-1]), tau, rng)
+        predicted = sample(self.split(out.mixture.array), tau, rng)[:, :-1]
         replace = self.xp.asarray(rng.random(z.shape[:2]) < prob)[:, 1:, None]
         mixed = z.copy()
         mixed[:, 1:] = self.xp.where(replace, predicted, z[:, 1:])
         return mixed
+
+
+# An episode of M's ends where its calibrated done probability exceeds this.
+DONE_THRESHOLD = 0.5
+
+
+def calibrated_done_logit(logit, done_pos_weight):
+    """M's done logit with the training-time class weight taken out.
+
+    A sigmoid cross-entropy whose positives weigh w is minimised by
+    logit = log(w p / (1 - p)), so log(w) is subtracted to recover log-odds.
+    """
+    return logit - np.log(done_pos_weight)
+
+
+def done_logit_threshold(done_pos_weight=1.0, threshold=DONE_THRESHOLD):
+    """The done head's raw logit above which an episode ends.
+
+    The log-odds of `threshold`, plus log(w) for a head trained with positive
+    weight w (see `calibrated_done_logit`); 0 for w = 1 and the default threshold.
+    """
+    return np.log(threshold / (1.0 - threshold)) + np.log(done_pos_weight)
 
 
 def sample(params, tau, rng):
@@ -642,7 +462,7 @@ def sample(params, tau, rng):
         # agent, several times for a thousand.
         z_size, k = mu.shape[-2:]
         out = np.empty(lead, np.float32)
-        _sample_kernel(
+        mdn.sample_kernel(
             *(p.reshape(-1, z_size, k).swapaxes(1, 2) for p in (logit, mu, log_sigma)),
             np.float32(1.0 / tau),  # float32 scalars keep the kernel in float32
             np.float32(math.sqrt(tau)),
@@ -667,56 +487,6 @@ def _sample_xp(logit, mu, log_sigma, tau, u, noise):
     mean = xp.take_along_axis(mu, pick, axis=-1)[..., 0]
     sigma = xp.exp(xp.take_along_axis(log_sigma, pick, axis=-1)[..., 0])
     return (mean + sigma * math.sqrt(tau) * noise).astype(np.float32)
-
-
-@numba.njit(**_JIT)
-def _sample_kernel(logit, mu, log_sigma, inv_tau, sqrt_tau, u, noise, out):
-    """`sample` for NumPy arrays, one agent at a time, vectorised over z.
-
-    Args:
-        logit, mu, log_sigma: (N, K, Z) float32 mixture parameters (any strides;
-            z is contiguous in the views `split_mixture` makes).
-        inv_tau, sqrt_tau: float32, 1 / tau and sqrt(tau).
-        u: (N, Z) float32 uniform draws in [0, 1) that pick the components.
-        noise: (N, Z) float32 standard normal draws.
-        out: (N, Z) float32, out: the samples.
-    """
-    n_rows, n_mix, z_size = mu.shape
-    arg = np.empty(n_mix * z_size, np.float32)
-    weight = np.empty(n_mix * z_size, np.float32)
-    bits = np.empty(n_mix * z_size, np.int32)
-    m = np.empty(z_size, np.float32)
-    threshold = np.empty(z_size, np.float32)
-    chosen = np.empty(z_size, np.float32)
-    for n in range(n_rows):
-        for d in range(z_size):
-            m[d] = logit[n, 0, d] * inv_tau
-        for k in range(1, n_mix):
-            for d in range(z_size):
-                m[d] = max(m[d], logit[n, k, d] * inv_tau)
-        for k in range(n_mix):
-            for d in range(z_size):
-                arg[k * z_size + d] = logit[n, k, d] * inv_tau - m[d]
-        _exp_into(arg, weight, bits)
-        threshold[:] = 0
-        for k in range(n_mix):
-            for d in range(z_size):
-                threshold[d] += weight[k * z_size + d]
-        for d in range(z_size):
-            threshold[d] *= u[n, d]
-            # First component whose cumulative weight exceeds u * total.
-            pick = n_mix - 1
-            acc = np.float32(0.0)
-            for k in range(n_mix):
-                acc += weight[k * z_size + d]
-                if threshold[d] < acc:
-                    pick = k
-                    break
-            arg[d] = log_sigma[n, pick, d]
-            chosen[d] = mu[n, pick, d]
-        _exp_into(arg[:z_size], weight[:z_size], bits[:z_size])
-        for d in range(z_size):
-            out[n, d] = chosen[d] + weight[d] * sqrt_tau * noise[n, d]
 
 
 class MDNRNNLoss(chainer.Chain):

@@ -34,21 +34,21 @@ else, such as CuPy arrays; setting `chainer.config.fastconv = False` forces
 that fallback on the CPU too, which is how the tests and benchmarks compare the
 two. The backward passes are first-order only (no double backprop).
 
-Two more things make it fast on a small CPU (measured on 2 cores):
+Three more things make it fast on a small CPU:
 
 - Cache-sized chunks. Every pass walks the batch a chunk of frames at a time
   (`_CHUNK_BYTES` of columns), so a GEMM's output is still in cache when the
   scatter, col2im or the bias and relu read it, and the GEMMs themselves run
-  faster (for example 108 -> 135 GFLOP/s for the second conv's column GEMM).
+  faster on cache-sized operands.
 - Threads without a fight. numba runs single-threaded (`NUMBA_NUM_THREADS=1`,
-  set by `lib.runtime`); the GIL-free numba kernels and NumPy's copies are
+  set by `lib.kernels.runtime`); the GIL-free numba kernels and NumPy's copies are
   split over the batch on plain Python threads, one per core, between GEMMs
-  that OpenBLAS runs on all cores. That only pays because `lib.runtime` makes
+  that OpenBLAS runs on all cores. That only pays because `lib.kernels.runtime` makes
   OpenBLAS's idle threads sleep; when it could not (NumPy imported before
   `lib`), `runtime.kernel_threads()` is 1 and the kernels run on one thread.
-- A newer BLAS. The GEMMs go through `lib.blas.gemm`, SciPy's bundled
-  OpenBLAS 0.3.30 (NumPy's is 0.3.23): `vae_train` 389 -> 427 frames/s. The
-  weight gradients accumulate in the GEMM (beta = 1), with no temporary.
+- One BLAS call per GEMM. The GEMMs go through `lib.kernels.blas.gemm` (SciPy's
+  bundled OpenBLAS), and the weight gradients accumulate in the GEMM (beta = 1),
+  with no temporary.
 """
 
 import chainer
@@ -57,7 +57,7 @@ import numba
 import numpy as np
 from chainer import initializers
 
-from lib import blas, runtime
+from lib.kernels import blas, runtime
 
 ACTIVATIONS = (None, "relu", "sigmoid")
 _ACT_CODE = {None: 0, "relu": 1, "sigmoid": 2}
@@ -553,6 +553,19 @@ class _Permuted(chainer.initializer.Initializer):
         array[...] = chainer.backend.get_array_module(array).asarray(np.transpose(tmp, self.axes))
 
 
+def _as_initializer(value):
+    """What `L.Convolution2D`'s `initialW` accepts, as an initializer: None gives
+    LeCunNormal, an array or a scalar a Constant, an initializer itself. (Chainer's
+    links do this with a private helper; these are its rules, with public classes.)"""
+    if value is None:
+        return initializers.LeCunNormal()
+    if isinstance(value, chainer.get_array_types()) or np.isscalar(value):
+        return initializers.Constant(value)
+    if not callable(value):
+        raise TypeError(f"invalid initializer: {type(value).__name__}")
+    return value
+
+
 class ConvolutionNHWC(chainer.Link):
     """`L.Convolution2D` (no padding) for NHWC input, with a fused activation.
 
@@ -576,7 +589,7 @@ class ConvolutionNHWC(chainer.Link):
         super().__init__()
         self.stride = stride
         self.activation = activation
-        base = initializers._get_initializer(initialW)
+        base = _as_initializer(initialW)
         shape = (out_channels, in_channels, ksize, ksize)
         with self.init_scope():
             self.W = chainer.Parameter(
@@ -612,7 +625,7 @@ class DeconvolutionNHWC(chainer.Link):
         super().__init__()
         self.stride = stride
         self.activation = activation
-        base = initializers._get_initializer(initialW)
+        base = _as_initializer(initialW)
         shape = (in_channels, out_channels, ksize, ksize)
         with self.init_scope():
             self.W = chainer.Parameter(

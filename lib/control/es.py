@@ -22,9 +22,15 @@ The loop reads as pycma's own::
 from __future__ import annotations
 
 import contextlib
+import json
 
 import cma
 import numpy as np
+
+from lib.fileio import atomic_path
+
+# The constructor's settings, saved by name with the history.
+SETTINGS = ("n_params", "popsize", "sigma", "seed")
 
 
 class ReplayMismatch(RuntimeError):
@@ -122,15 +128,42 @@ class CMAES:
         return np.array(self.es.result.xbest), -float(self.es.result.fbest)
 
     def state_arrays(self) -> dict:
-        """Everything `replay` needs, as plain arrays (no pickles)."""
+        """Everything `replay` needs, as plain arrays (no pickles): the `SETTINGS` by
+        name, `history` (G, popsize) float64 returns and `checksums` (G,) float64."""
         p = self.settings["popsize"]
         return {
-            "settings": np.array(
-                [self.settings[k] for k in ("n_params", "popsize", "sigma", "seed")], np.float64
-            ),
+            **{k: np.array(self.settings[k]) for k in SETTINGS},
             "history": np.array(self.history, np.float64).reshape(-1, p),
             "checksums": np.array(self.checksums, np.float64),
         }
+
+    def save(self, path: str, record=None) -> None:
+        """Writes `state_arrays()` and `record` (anything JSON-able, under the key
+        "record") to the `.npz` at `path`, atomically."""
+        arrays = self.state_arrays()
+        arrays["record"] = np.array(json.dumps(record))
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
+
+    @staticmethod
+    def load_state(path: str) -> tuple[dict, object]:
+        """The arrays and record `save` wrote, for `replay`.
+
+        Files from before the settings were saved by name (one `settings` array in
+        `SETTINGS` order) load too.
+
+        Raises:
+            OSError, KeyError, ValueError: the file is missing, unreadable or incomplete.
+        """
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if "settings" in arrays:
+            arrays.update(zip(SETTINGS, arrays.pop("settings")))
+        record = json.loads(str(arrays.pop("record"))) if "record" in arrays else None
+        missing = [k for k in (*SETTINGS, "history", "checksums") if k not in arrays]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        return arrays, record
 
     @classmethod
     def replay(cls, arrays: dict, x0=None, log_prefix=None) -> CMAES:
@@ -140,8 +173,14 @@ class CMAES:
             ReplayMismatch: a generation's candidates differ from the original
                 run's (for example another pycma version).
         """
-        n, popsize, sigma, seed = arrays["settings"]
-        es = cls(int(n), int(popsize), float(sigma), int(seed), x0=x0, log_prefix=log_prefix)
+        es = cls(
+            int(arrays["n_params"]),
+            int(arrays["popsize"]),
+            float(arrays["sigma"]),
+            int(arrays["seed"]),
+            x0=x0,
+            log_prefix=log_prefix,
+        )
         for g, (returns, checksum) in enumerate(zip(arrays["history"], arrays["checksums"])):
             xs = es.ask()
             if not np.isclose(_checksum(xs), checksum, rtol=0, atol=1e-9 * max(1.0, abs(checksum))):

@@ -1,25 +1,18 @@
 """float32 GEMM through the fastest OpenBLAS this environment has.
 
-NumPy's wheel bundles OpenBLAS 0.3.23; SciPy's (a dependency already) bundles
-a newer one, `libscipy_openblas` 0.3.30, whose kernels run this project's
-GEMMs faster on its 2-core AMD machine (GFLOP/s, NumPy's -> SciPy's):
-
-| GEMM (M x K x N)       | where                          | threads | NumPy | SciPy's |
-|------------------------|--------------------------------|---------|-------|---------|
-| 3600 x 48 x 32         | encoder, first conv, 4 frames  | 1       | 50    | 64      |
-| 9 x (1568 x 128 x 64)  | encoder, second conv, Winograd | 1       | 70    | 83      |
-| 16 x (128 x 256 x 128) | encoder, third conv, Winograd  | 1       | 69    | 76      |
-| 4096 x 512 x 64        | training, second conv forward  | 2       | 145   | 165     |
-| 2500 x 128 x 1600      | training, deconv forward       | 2       | 152   | 169     |
+SciPy (a dependency already) bundles its own OpenBLAS, `libscipy_openblas`. It
+was chosen when NumPy 1.26's wheel bundled an older OpenBLAS (0.3.23) whose
+kernels ran this project's GEMMs slower than SciPy's 0.3.30; the measurements
+are in docs/experiments.md. (NumPy 2.4's wheel bundles 0.3.31.)
 
 SciPy's own wrapper (`scipy.linalg.blas.sgemm`) holds the GIL, so threads
 that split work between them would take turns; here the library's
 `cblas_sgemm` is called from numba functions, which release it.
 
-- `matmul(a, b, out)`: on the calling thread only, for `lib.fast_encoder`,
+- `matmul(a, b, out)`: on the calling thread only, for `lib.kernels.fast_encoder`,
   whose own threads each run a part of the batch.
 - `gemm(a, b, out, trans_a, trans_b, accumulate, threads)`: one GEMM on
-  `threads` threads, for `lib.fastconv`'s training passes.
+  `threads` threads, for `lib.kernels.fastconv`'s training passes.
 
 Both use NumPy when the library is not found (`AVAILABLE` is False: other
 platforms, a SciPy built against another BLAS), `matmul` also for single-row
@@ -43,7 +36,7 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 def _load():
     """SciPy's OpenBLAS (`cblas_sgemm`, get and set threads), or None."""
     try:
-        import scipy
+        import scipy  # here: without SciPy, the NumPy fallback runs
     except ImportError:
         return None
     libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
@@ -113,7 +106,7 @@ if AVAILABLE:
 def _check(*arrays):
     for arr in arrays:
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ValueError("lib.blas takes C-contiguous float32 arrays")
+            raise ValueError("lib.kernels.blas takes C-contiguous float32 arrays")
 
 
 def matmul(a, b, out):
@@ -142,7 +135,7 @@ def matmul(a, b, out):
 def gemm(a, b, out, trans_a=False, trans_b=False, accumulate=False, threads=1):
     """out = op(a) @ op(b), or out += op(a) @ op(b), on `threads` threads.
 
-    For `lib.fastconv`'s training GEMMs, which run one at a time on all cores
+    For `lib.kernels.fastconv`'s training GEMMs, which run one at a time on all cores
     (`threads=runtime.kernel_threads()`).
 
     Args:

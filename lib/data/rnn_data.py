@@ -1,11 +1,15 @@
 """Batches of encoded episodes for M, and the baselines M must beat.
 
 Two ways to cut episodes into training batches, matching 04's modes:
-- `episode_batches` (normal / reward / dream): whole episodes, padded to the
-  longest in the batch, then cut into chunks of `seq_len` steps for truncated
-  backpropagation through time; the LSTM state carries across chunks.
-- `window_batches` (window): random windows of `window` steps, the state reset
-  at each window's start.
+- normal / reward / dream: `episode_plan` draws an epoch's batches of whole
+  episodes; `episode_batch` pads a batch's episodes to the longest, and `chunks`
+  cuts it into `seq_len` steps for truncated backpropagation through time (the
+  LSTM state carries across chunks).
+- window: `window_plan` draws an epoch's random windows of `window` steps, and
+  `window_batch` gathers them (the state is reset at each window's start).
+
+`sample_z` re-samples every frame's z from V's posterior (once per epoch), and
+`baseline_nll` scores the constant-z and copy-z baselines M must beat.
 
 A batch is a dict of (B, T, ...) float32 arrays: `z` (inputs z_t), `a`, `z_next`
 (targets z_{t+1}), `reward`, `done`, and `mask` (1 on real steps, 0 on padding;
@@ -18,7 +22,7 @@ import math
 
 import numpy as np
 
-from lib.latents import LatentEpisodes
+from lib.data.latents import LatentEpisodes
 
 
 def sample_z(data: LatentEpisodes, rng: np.random.Generator) -> np.ndarray:

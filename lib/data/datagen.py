@@ -1,7 +1,7 @@
 """Generating rollout datasets (01 for V's frames, 02 for M's episodes).
 
 A dataset is a folder with `train/` and `test/` subfolders of rollout files
-(see `lib.rollouts`) and a `manifest.json`. Rollout i of split s is seeded
+(see `lib.env.rollouts`) and a `manifest.json`. Rollout i of split s is seeded
 by `derive_seed(seed, stream + "/" + s, i)`, so the files are identical for any
 number of workers, and a re-run writes only the missing files.
 """
@@ -16,10 +16,14 @@ import time
 import numpy as np
 
 from lib import manifest, parallel
-from lib import socnavenv as sn
-from lib.policies import make_policy
-from lib.rollouts import episode_filename, list_rollouts, run_episodes, save_episode
+from lib.env import socnavenv as sn
+from lib.env.policies import make_policy
+from lib.env.rollouts import episode_filename, list_rollouts, run_episodes, save_episode
 from lib.seeding import derive_seed
+from tqdm import tqdm
+from lib import drawing
+from lib.env.policies import POLICY_NAMES
+from lib.env.rollouts import BadRolloutError, load_episode
 
 LOCKSTEP = 16  # episodes stepped together in one worker task
 
@@ -174,7 +178,6 @@ def mean_episode_length(directory: str, limit: int = 50) -> float:
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
     from lib import cli
-    from lib.policies import POLICY_NAMES
 
     p.add_argument("--policy", choices=POLICY_NAMES, default="mixed", help="behaviour policy")
     p.add_argument(
@@ -240,7 +243,6 @@ def build_dataset(
     manifest.write_json(path, manifest.make(script, info, identity=ident, complete=False))
 
     # GENERATE
-    from tqdm import tqdm
 
     start = time.perf_counter()
     total_todo = sum(len(t) for t in todo.values())
@@ -278,8 +280,6 @@ def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 1
 
     Returns False (and writes nothing) when the split has no readable files.
     """
-    from lib import drawing
-    from lib.rollouts import BadRolloutError, load_episode
 
     rows = []
     for file in list_rollouts(split_dir)[:episodes]:

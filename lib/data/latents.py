@@ -26,11 +26,11 @@ import os
 
 import numpy as np
 
-from lib.checkpoints import encode_frames
-from lib.fast_encoder import make_encoder
+from lib.models.vae import encode_frames
+from lib.kernels.fast_encoder import make_encoder
 from lib.fileio import atomic_path
-from lib.frames import selection_key
-from lib.rollouts import BadRolloutError, list_rollouts, load_episode
+from lib.data.frames import selection_key
+from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
 
 
 class NoEpisodesError(ValueError):

@@ -1,6 +1,6 @@
 """The World Models agent (V + M + C), batched: many agents in lockstep.
 
-`WorldModelsAgent` is a policy for `lib.rollouts.run_episodes` in the real
+`WorldModelsAgent` is a policy for `lib.env.rollouts.run_episodes` in the real
 environment: at each step one V encode of all N frames, one batched controller
 product, one M step. Agent i plays with candidate `candidate_of(episode)`, so
 CMA-ES can evaluate many (candidate, trial) pairs in one batch.
@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib import socnavenv as sn
-from lib.controller import act_batch, unflatten
 from lib.devices import to_host
-from lib.fast_encoder import make_encoder
-from lib.mdn_rnn import sample
-from lib.policies import Policy
+from lib.env import socnavenv as sn
+from lib.env.policies import Policy
+from lib.kernels.fast_encoder import make_encoder
+from lib.models.controller import act_batch, unflatten
+from lib.models.mdn_rnn import DONE_THRESHOLD, done_logit_threshold, sample
+
+# Keys the stream of an episode's seed that draws V's posterior noise (temperature > 0),
+# apart from the streams the environment draws from the same seed.
+_LATENT_NOISE = 0x7A
 
 
 class WorldModelsAgent(Policy):
@@ -47,8 +51,8 @@ class WorldModelsAgent(Policy):
         temperature: 0 (default) feeds V's posterior mean as z; tau > 0 samples
             z from the posterior with its standard deviation scaled by sqrt(tau),
             with noise drawn from each episode's seed.
-        encoder: `lib.fast_encoder.make_encoder(vae)` to reuse (building one
-            takes ~20 ms); made from `vae` if None.
+        encoder: `lib.kernels.fast_encoder.make_encoder(vae)` to reuse (building one
+            copies and transforms V's weights); made from `vae` if None.
     """
 
     name = "world_models"
@@ -84,7 +88,7 @@ class WorldModelsAgent(Policy):
             which = np.array([self.candidate_of(int(k)) for k in episodes], np.int64)
             self.which[on_device] = self.device.send(which)
         for i, seed in zip(slots, seeds):
-            self.rngs[i] = np.random.default_rng([int(seed), 0x7A])
+            self.rngs[i] = np.random.default_rng([int(seed), _LATENT_NOISE])
 
     def encode(self, images, slots):
         """z of host frames `images` (B, S, S, 3) uint8, as (B, Z) float32 on the device."""
@@ -103,8 +107,7 @@ class WorldModelsAgent(Policy):
         actions = np.zeros((self.n, 2), np.float32)
         if len(live) == 0:
             return actions
-        # With every slot playing, views instead of gathers (a gather of 64
-        # frames costs 0.3 ms, 2 % of a step).
+        # With every slot playing, views instead of gathers (a gather copies every frame).
         sel = slice(None) if len(live) == self.n else live
         on_device = sel if len(live) == self.n else self.device.send(live)
         z = self.encode(images[sel], live)  # in: the frames
@@ -116,15 +119,6 @@ class WorldModelsAgent(Policy):
         return actions
 
 
-def calibrated_done_logit(logit, done_pos_weight):
-    """M's done logit with the training-time class weight taken out.
-
-    A sigmoid cross-entropy whose positives weigh w is minimised by
-    logit = log(w p / (1 - p)), so log(w) is subtracted to recover log-odds.
-    """
-    return logit - np.log(done_pos_weight)
-
-
 def dream_rollouts(
     rnn,
     params,
@@ -133,7 +127,7 @@ def dream_rollouts(
     tau,
     rng,
     max_steps=sn.MAX_STEPS,
-    done_threshold=0.5,
+    done_threshold=DONE_THRESHOLD,
     done_pos_weight=1.0,
 ):
     """Plays controllers inside M, all agents in lockstep.
@@ -151,7 +145,7 @@ def dream_rollouts(
         done_pos_weight: the positive-class weight M's done head was trained
             with (its sidecar's `done_pos_weight`). Weighting positives by w
             shifts the head's logit by log(w); it is subtracted here so the
-            probability is calibrated (see `calibrated_done_logit`).
+            probability is calibrated (see `lib.models.mdn_rnn.calibrated_done_logit`).
 
     Returns:
         (returns (N,) float64, lengths (N,) int64).
@@ -170,7 +164,7 @@ def dream_rollouts(
     alive = np.ones(n, bool)
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
-    logit_threshold = np.log(done_threshold / (1.0 - done_threshold)) + np.log(done_pos_weight)
+    logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
     for _ in range(max_steps):
         actions = act_batch(weights, biases, which, z, h)
         out = rnn.step(z, actions, state)

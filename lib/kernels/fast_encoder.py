@@ -1,6 +1,6 @@
 """V's encoder for inference on the CPU, fast at the batch sizes of control.
 
-`ConvVAE.encode` runs through Chainer and `lib.fastconv`, which is built for
+`ConvVAE.encode` runs through Chainer and `lib.kernels.fastconv`, which is built for
 training batches: at the 1 to 128 frames of a control step it spends its time
 in GEMMs that OpenBLAS splits badly over two cores, in per-layer
 `FunctionNode` bookkeeping and in passes over memory between layers.
@@ -8,7 +8,7 @@ in GEMMs that OpenBLAS splits badly over two cores, in per-layer
 
 - Data parallel. The batch is encoded in fixed chunks of `CHUNK` frames,
   dealt to one thread per core; each thread runs the whole encoder on its
-  chunks with a single-threaded BLAS (`lib.blas`: SciPy's newer OpenBLAS,
+  chunks with a single-threaded BLAS (`lib.kernels.blas`: SciPy's newer OpenBLAS,
   10-27 % faster than NumPy's on these GEMMs), so the cores never wait for
   each other between layers. The numba kernels and NumPy's GEMMs release the GIL. A
   frame's result depends on the batch size (GEMM rounding depends on a
@@ -45,7 +45,7 @@ import chainer
 import numba
 import numpy as np
 
-from lib import blas, runtime
+from lib.kernels import blas, runtime
 
 # Frames per chunk: the batch is encoded this many frames at a time (see
 # `FastEncoder.__call__`); large enough for efficient GEMMs, small enough that
@@ -311,7 +311,7 @@ def winograd_weights(w, m=2):
     """U = G g G^T for a 4x4 stride-2 conv seen as 2x2 over space-to-depth.
 
     Args:
-        w: (4, 4, C, O) conv weights (NHWC layout of `lib.fastconv`).
+        w: (4, 4, C, O) conv weights (NHWC layout of `lib.kernels.fastconv`).
         m: output tile side of F(m x m, 2 x 2): 2 or 3.
 
     Returns:
@@ -496,8 +496,8 @@ class FastEncoder:
                 hi = min(n, lo + self.chunk)
                 out[lo:hi] = self._encode_part(frames[lo:hi])
 
-        # One BLAS thread per caller: OpenBLAS's own threads cost more than they
-        # give on GEMMs this small (20 ms instead of 0.8 for one frame). `lib.blas`
+        # One BLAS thread per caller: OpenBLAS's own threads cost far more than they
+        # give on GEMMs this small. `lib.kernels.blas`
         # runs its GEMMs on the caller's thread; this also covers NumPy's
         # (single rows, or when SciPy's OpenBLAS is missing).
         with runtime.single_blas_thread():

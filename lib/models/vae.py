@@ -8,7 +8,7 @@ convolutions (kernels 5, 5, 6, 6; 128, 64, 32, 3 channels; relu, then sigmoid
 last) back to 64x64x3.
 
 Everything is NHWC, like the frames on disk, so the fast CPU kernels of
-`lib.fastconv` apply without transposes (Chainer's own convolution is used on
+`lib.kernels.fastconv` apply without transposes (Chainer's own convolution is used on
 GPU). Frames enter as uint8 (B, 64, 64, 3); `ConvVAE.to_float` is the one place
 they become float32 in [0, 1].
 
@@ -26,7 +26,12 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 
-from lib.fastconv import ConvolutionNHWC, DeconvolutionNHWC
+from lib.devices import to_host
+from lib.kernels.fast_encoder import make_encoder
+from lib.kernels.fastconv import ConvolutionNHWC, DeconvolutionNHWC
+
+# Frames or latents per call when encoding or decoding many without a graph.
+INFERENCE_BATCH = 500
 
 PAPER_CONFIG = {
     "z_size": 32,
@@ -337,3 +342,36 @@ class VAELoss(chainer.Chain):
             {"loss": loss, "rec": rec, "kl": kl, "kl_raw": F.mean(kl_raw)}, self
         )
         return loss
+
+
+def encode_frames(vae, frames: np.ndarray, batch_size: int = INFERENCE_BATCH, encoder=None):
+    """Posterior means and log-variances of uint8 frames, without a graph
+    (through `lib.kernels.fast_encoder` on the CPU).
+
+    Args:
+        frames: (N, S, S, 3) uint8.
+        encoder: `make_encoder(vae)`, to reuse one over many
+            calls (building it copies and transforms V's weights).
+
+    Returns:
+        (mu, logvar), each (N, z) float32 NumPy arrays.
+    """
+    encoder = make_encoder(vae) if encoder is None else encoder
+    mus, logvars = [], []
+    for start in range(0, len(frames), batch_size):
+        mu, logvar = encoder(frames[start : start + batch_size])
+        mus.append(to_host(mu))
+        logvars.append(to_host(logvar))
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def decode_latents(vae, z, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+    """uint8 frames (N, S, S, 3) on the host, decoded from (N, z) float32 latents
+    (NumPy, or CuPy on V's device)."""
+    out = []
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        for start in range(0, len(z), batch_size):
+            batch = vae.device.send(z[start : start + batch_size]).astype(np.float32, copy=False)
+            y = to_host(vae.decode(batch))
+            out.append((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    return np.concatenate(out)

@@ -24,7 +24,7 @@ import zipfile
 import numpy as np
 
 from lib.fileio import atomic_path
-from lib.rollouts import BadRolloutError, list_rollouts
+from lib.env.rollouts import BadRolloutError, list_rollouts
 
 
 class NoFramesError(ValueError):

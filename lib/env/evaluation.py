@@ -12,9 +12,9 @@ import math
 import numpy as np
 from scipy import stats
 
-from lib import socnavenv as sn
-from lib.policies import Policy
-from lib.rollouts import Episode, run_episodes
+from lib.env import socnavenv as sn
+from lib.env.policies import Policy
+from lib.env.rollouts import Episode, run_episodes
 from lib.seeding import derive_seeds
 
 RATE_KEYS = ("success", "collision", "out_of_map", "timeout")

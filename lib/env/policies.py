@@ -29,7 +29,7 @@ import math
 import numpy as np
 from numba import njit
 
-from lib import socnavenv as sn
+from lib.env import socnavenv as sn
 
 POLICY_NAMES = ("random", "brownian", "greedy", "greedy_avoid", "oracle", "mixed")
 

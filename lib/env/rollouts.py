@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from lib import socnavenv as sn
+from lib.env import socnavenv as sn
+from lib.env.policies import Policy
 from lib.fileio import atomic_path
-from lib.policies import Policy
 
 EPISODE_KEYS = ("obs", "action", "reward", "done")
 
@@ -114,7 +114,8 @@ def run_episodes(
             "keep": keep_obs or record(k),
         }
 
-    def frames_of(slots: np.ndarray) -> np.ndarray:
+    def sim_of(slots: np.ndarray) -> sn.SocNavSim:
+        """A simulator holding copies of `slots`' states, to draw them."""
         sub = sn.SocNavSim(len(slots), config)
         sub.robot[:] = sim.robot[slots]
         sub.goal[:] = sim.goal[slots]
@@ -132,17 +133,15 @@ def run_episodes(
                 images = sim.observe_images(images)
             else:
                 images = images if images is not None else sim.observe_images()
-                images[busy] = frames_of(busy).observe_images()
+                images[busy] = sim_of(busy).observe_images()
         for i in busy:
             b = buffers[i]
             if b["keep"]:
                 b["obs"].append(
-                    images[i].copy()
-                    if need_images
-                    else frames_of(np.array([i])).observe_images()[0]
+                    images[i].copy() if need_images else sim_of(np.array([i])).observe_images()[0]
                 )
             if b["frames"] is not None:
-                b["frames"].append(frames_of(np.array([i])).render_global()[0])
+                b["frames"].append(sim_of(np.array([i])).render_global()[0])
 
         actions = sn.applied_actions(policy.act(sim, images if policy.needs_image else None))
         sim.step(actions)
@@ -160,13 +159,13 @@ def run_episodes(
                 finished.append(i)
         if finished:
             fin = np.array(finished)
-            last = frames_of(fin).observe_images()
+            last = sim_of(fin).observe_images()
             for row, i in enumerate(finished):
                 b = buffers[i]
                 if b["keep"]:
                     b["obs"].append(last[row])
                 if b["frames"] is not None:
-                    b["frames"].append(frames_of(np.array([i])).render_global()[0])
+                    b["frames"].append(sim_of(np.array([i])).render_global()[0])
                 k = int(slot_episode[i])
                 t = len(b["action"])
                 done = np.zeros(t, bool)

@@ -16,12 +16,20 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import tempfile
 from concurrent import futures
 
 import numpy as np
 
-from lib import runtime
-from lib import socnavenv as sn
+from lib.control.agent import WorldModelsAgent, dream_rollouts
+from lib.devices import select_device
+from lib.env import socnavenv as sn
+from lib.env.rollouts import run_episodes
+from lib.kernels import runtime
+from lib.kernels.fast_encoder import make_encoder
+from lib.models import checkpoints
+from lib.models.mdn_rnn import MDNRNN
+from lib.parallel import make_pool
 from lib.seeding import derive_seed
 
 
@@ -49,9 +57,6 @@ _WORKER: dict = {}
 
 def init_worker(spec: Spec) -> None:
     """Loads V (unless dreaming) and M once per process, on the spec's device."""
-    from lib import checkpoints
-    from lib.devices import select_device
-    from lib.mdn_rnn import MDNRNN
 
     _WORKER.clear()
     _WORKER["spec"] = spec
@@ -67,10 +72,22 @@ def init_worker(spec: Spec) -> None:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
     else:
-        from lib.fast_encoder import make_encoder
-
         _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir, device)
         _WORKER["encoder"] = make_encoder(_WORKER["vae"])
+
+
+def init_pool_worker(spec: Spec) -> None:
+    """`init_worker` for a local pool process, which first limits BLAS to one thread.
+
+    One BLAS thread per worker, as the in-process path has (`runtime.single_blas_thread`):
+    GEMM results can depend on the thread count, and fitness must not depend on
+    `--workers`. The limit is set in the worker (its environment, read by
+    `runtime.kernel_threads`, and OpenBLAS's own setting), never in the parent's.
+    """
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    init_worker(spec)
+    _WORKER["blas_limit"] = runtime.single_blas_thread()  # applied now, for the worker's life
 
 
 def trial_seeds(seed: int, generation: int, trials: int) -> list[int]:
@@ -108,8 +125,6 @@ def evaluate_group(task: dict) -> dict:
     params = np.asarray(task["params"], np.float32)
     n_cand, trials, gen = len(params), spec.trials, task["generation"]
     if spec.dream:
-        from lib.agent import dream_rollouts
-
         mu, logvar = _WORKER["starts"]
         z0 = np.tile(dream_starts(spec.seed, gen, trials, mu, logvar), (n_cand, 1))
         which = np.repeat(np.arange(n_cand), trials)
@@ -130,9 +145,6 @@ def evaluate_group(task: dict) -> dict:
             "returns": returns.reshape(n_cand, trials),
             "lengths": lengths.reshape(n_cand, trials),
         }
-
-    from lib.agent import WorldModelsAgent
-    from lib.rollouts import run_episodes
 
     seeds = trial_seeds(spec.seed, gen, trials) * n_cand
     agent = WorldModelsAgent(
@@ -169,6 +181,16 @@ def _run_marked(task_fn, task, marker_dir):
     return result
 
 
+def _pool_processes(pool: futures.ProcessPoolExecutor) -> dict:
+    """{pid: Process} of a ProcessPoolExecutor's workers.
+
+    The executor has no public list of its processes; naming the candidates a dead
+    worker held needs one, so this is the one place that reads the private
+    `_processes` (an empty dict if a Python version drops it).
+    """
+    return dict(getattr(pool, "_processes", None) or {})
+
+
 class Evaluator:
     """Evaluates a population: `evaluator(params, generation) -> (returns, lengths)`,
     each (P, trials).
@@ -202,17 +224,11 @@ class Evaluator:
         if backend == "local" and workers == 1:
             init_worker(spec)
         elif backend == "local":
-            # One BLAS thread per worker (set before the workers start: they
-            # read it when NumPy loads), so results match the in-process path.
-            os.environ["OPENBLAS_NUM_THREADS"] = "1"
-            os.environ["OMP_NUM_THREADS"] = "1"
             ctx = multiprocessing.get_context("forkserver")
             self.pool = futures.ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=init_worker, initargs=(spec,)
+                workers, mp_context=ctx, initializer=init_pool_worker, initargs=(spec,)
             )
         else:
-            from lib.parallel import make_pool
-
             self.pool = make_pool(
                 workers, backend, address, initializer=init_worker, initargs=(spec,)
             )
@@ -233,8 +249,6 @@ class Evaluator:
             with runtime.single_blas_thread():
                 results = [self.task_fn(t) for t in tasks]
         elif isinstance(self.pool, futures.ProcessPoolExecutor):
-            import tempfile
-
             with tempfile.TemporaryDirectory(prefix="wm_workers_") as notes:
                 pending = {self.pool.submit(_run_marked, self.task_fn, t, notes): t for t in tasks}
                 for fut in futures.as_completed(pending):
@@ -266,7 +280,7 @@ class Evaluator:
     def _dead_workers_candidates(self, notes: str) -> str:
         """'a-b' ranges noted by worker processes that have exited."""
         held = []
-        for pid, proc in list(getattr(self.pool, "_processes", {}).items()):
+        for pid, proc in _pool_processes(self.pool).items():
             note = os.path.join(notes, str(pid))
             if proc.exitcode is not None and os.path.exists(note):
                 with open(note) as f:
@@ -286,7 +300,14 @@ class Evaluator:
         )
         return f"{what} while evaluating candidates {first}-{last} of generation {task['generation'] + 1}"
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
+        """Stops the workers (idempotent)."""
         if self.pool is None:
             return
         if isinstance(self.pool, futures.ProcessPoolExecutor):
