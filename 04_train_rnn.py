@@ -100,7 +100,10 @@ def parse_args(argv=None):
         "--ss-max", type=float, default=0.5, help="final scheduled-sampling probability (dream)"
     )
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="tau of scheduled samples (dream)"
+        "--temperature",
+        type=cli.non_negative_float,
+        default=1.0,
+        help="tau of scheduled samples (dream)",
     )
     p.add_argument(
         "--max-episodes",
@@ -128,8 +131,6 @@ def parse_args(argv=None):
         p.error(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.ss_max <= 1:
         p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
-    if args.temperature < 0:
-        p.error(f"--temperature must be >= 0, got {args.temperature}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
     return args

@@ -73,7 +73,12 @@ def parse_args(argv=None):
         default=None,
         help="which M (default: the first present of dream, reward, window, normal)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="tau of M's samples in dreams")
+    p.add_argument(
+        "--temperature",
+        type=cli.non_negative_float,
+        default=1.0,
+        help="tau of M's samples in dreams",
+    )
     p.add_argument(
         "--eval-every",
         type=cli.positive_int,
@@ -119,8 +124,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.sigma > 0:
         p.error(f"--sigma must be > 0, got {args.sigma}")
-    if args.temperature < 0:
-        p.error(f"--temperature must be >= 0, got {args.temperature}")
     if args.popsize < 2:
         p.error("--popsize must be at least 2")
     if args.resume and args.overwrite:

@@ -48,7 +48,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--temperature",
-        type=float,
+        type=cli.non_negative_float,
         default=0.0,
         help="0: the agent's z is V's posterior mean (as in training); tau > 0 samples z "
         "from V's posterior with its std scaled by sqrt(tau)",
@@ -73,8 +73,6 @@ def parse_args(argv=None):
     cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)
-    if args.temperature < 0:
-        p.error(f"--temperature must be >= 0, got {args.temperature}")
     return args
 
 

@@ -157,10 +157,12 @@ def _pkg_resources() -> None:
         return
     module = types.ModuleType("pkg_resources")
     module.__doc__ = "Stand-in from lib/compat.py: setuptools' pkg_resources is not installed."
-    module.ResolutionError = ResolutionError
-    module.DistributionNotFound = DistributionNotFound
-    module.VersionConflict = VersionConflict
-    module.require = _require
-    module.get_distribution = _get_distribution
-    module.WorkingSet = _WorkingSet
+    vars(module).update(
+        ResolutionError=ResolutionError,
+        DistributionNotFound=DistributionNotFound,
+        VersionConflict=VersionConflict,
+        require=_require,
+        get_distribution=_get_distribution,
+        WorkingSet=_WorkingSet,
+    )
     sys.modules["pkg_resources"] = module

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import make_tiny_models, one_line_error, run
 
 from lib.control import fitness
 from lib.control.agent import WorldModelsAgent, dream_rollouts
@@ -21,16 +21,7 @@ from lib.models.controller import Controller, act_batch, n_params, unflatten
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Tiny V (z 8) and M (hidden 16, with reward/done heads) on tiny data."""
-    root = tmp_path_factory.mktemp("ctrl")
-    common = ["--max-steps", 40, "--workers", 1, "--data-dir", root]
-    run("01_generate_vae_data.py", "--rollouts", 3, "--testrollouts", 1, *common)
-    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 1, *common)
-    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--z-size", 8, "--data-dir", root)
-    run(
-        "04_train_rnn.py", "--mode", "dream", "--epochs", 1, "--batch-size", 4, "--hidden", 16,
-        "--data-dir", root,
-    )  # fmt: skip
-    return root
+    return make_tiny_models(tmp_path_factory.mktemp("ctrl"))
 
 
 def copy_data(src, tmp_path):

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import run
+from cli_helpers import make_tiny_models, run
 
 from lib import devices
 
@@ -35,7 +35,6 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"no GPU ({(REASON or '').split(':')[0]})"),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--max-steps", 40, "--workers", 1]
 
 
 def read_log(path):
@@ -47,14 +46,7 @@ def read_log(path):
 def cpu_dir(tmp_path_factory):
     """Data and models made on the CPU: 01, 02, 03 (1 epoch), 04 (dream, 2 epochs)."""
     d = tmp_path_factory.mktemp("cpu") / "data"
-    run("01_generate_vae_data.py", "--rollouts", 6, "--testrollouts", 2, *TINY, "--data-dir", d)
-    run("02_generate_rnn_data.py", "--episodes", 10, "--testepisodes", 2, *TINY, "--data-dir", d)
-    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--z-size", 8, "--data-dir", d)
-    run(
-        "04_train_rnn.py", "--mode", "dream", "--epochs", 2, "--batch-size", 4, "--hidden", 16,
-        "--data-dir", d,
-    )  # fmt: skip
-    return d
+    return make_tiny_models(d, rollouts=6, episodes=10, rnn_epochs=2, vae_batch=32)
 
 
 @pytest.fixture

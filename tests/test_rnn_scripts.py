@@ -37,6 +37,12 @@ def train(d, mode, *extra, check=True):
     )  # fmt: skip
 
 
+def train_v(d, epochs, z_size, *flags):
+    """03 on `d` at batch 64."""
+    return run("03_train_vae.py", "--epochs", epochs, "--batch-size", 64, "--z-size", z_size,
+               *flags, "--data-dir", d)  # fmt: skip
+
+
 def log_rows(d, mode):
     with open(d / "models" / f"rnn_{mode}_log.csv") as f:
         return list(csv.DictReader(f))
@@ -87,18 +93,7 @@ def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
     _, again = latents.encode_split(split, vae, vae_path)
     assert not again["rebuilt"] and again["cache"] == info["cache"]
     # New V weights -> new key.
-    run(
-        "03_train_vae.py",
-        "--epochs",
-        2,
-        "--batch-size",
-        64,
-        "--z-size",
-        8,
-        "--resume",
-        "--data-dir",
-        d,
-    )
+    train_v(d, 2, 8, "--resume")
     _, changed = latents.encode_split(split, vae, vae_path)
     assert changed["rebuilt"] and changed["cache"] != info["cache"]
     # A new episode file -> new key.
@@ -197,18 +192,7 @@ def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
     d = copy_data(trained_v, tmp_path)
     train(d, "window")
     # Retrain V with another z size; resuming M, or drawing it, must refuse.
-    run(
-        "03_train_vae.py",
-        "--epochs",
-        1,
-        "--batch-size",
-        64,
-        "--z-size",
-        4,
-        "--overwrite",
-        "--data-dir",
-        d,
-    )
+    train_v(d, 1, 4, "--overwrite")
     line = one_line_error(train(d, "window", "--resume", check=False))
     assert "z_size" in line
     line = one_line_error(

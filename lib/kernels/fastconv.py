@@ -566,7 +566,30 @@ def _as_initializer(value):
     return value
 
 
-class ConvolutionNHWC(chainer.Link):
+class _NHWCLink(chainer.Link):
+    """What the two links share: W initialised in Chainer's layout, then permuted to
+    this module's, and b at zeros (created in that order, as Chainer's links do).
+
+    Args:
+        chainer_shape: W's shape in Chainer's layout, in which `initialW` draws.
+        perm: the axes of `chainer_shape` in this module's layout.
+        stride, activation, initialW: as in the subclasses.
+    """
+
+    def __init__(self, chainer_shape, perm, stride, activation, initialW):
+        super().__init__()
+        self.stride = stride
+        self.activation = activation
+        out_channels = chainer_shape[perm[-1]]
+        with self.init_scope():
+            self.W = chainer.Parameter(
+                _Permuted(_as_initializer(initialW), chainer_shape, perm),
+                tuple(chainer_shape[a] for a in perm),
+            )
+            self.b = chainer.Parameter(0.0, (out_channels,))
+
+
+class ConvolutionNHWC(_NHWCLink):
     """`L.Convolution2D` (no padding) for NHWC input, with a fused activation.
 
     Args:
@@ -586,52 +609,28 @@ class ConvolutionNHWC(chainer.Link):
     def __init__(
         self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
     ):
-        super().__init__()
-        self.stride = stride
-        self.activation = activation
-        base = _as_initializer(initialW)
-        shape = (out_channels, in_channels, ksize, ksize)
-        with self.init_scope():
-            self.W = chainer.Parameter(
-                _Permuted(base, shape, (2, 3, 1, 0)), (ksize, ksize, in_channels, out_channels)
-            )
-            self.b = chainer.Parameter(0.0, (out_channels,))
+        super().__init__(
+            (out_channels, in_channels, ksize, ksize), (2, 3, 1, 0), stride, activation, initialW
+        )
 
     def forward(self, x):
         """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
         return conv2d_nhwc(x, self.W, self.b, self.stride, self.activation)
 
 
-class DeconvolutionNHWC(chainer.Link):
+class DeconvolutionNHWC(_NHWCLink):
     """`L.Deconvolution2D` (no padding) for NHWC input, with a fused activation.
 
-    Args:
-        in_channels: int, C.
-        out_channels: int, O.
-        ksize: int, square kernel size.
-        stride: int.
-        activation: None, "relu" or "sigmoid".
-        initialW: Chainer initializer in Chainer's (C, O, kh, kw) layout;
-            LeCunNormal by default, as in `L.Deconvolution2D`.
-
-    Attributes:
-        W: (C, k, k, O) float32 Parameter.
-        b: (O,) float32 Parameter, zeros at start.
+    Arguments as `ConvolutionNHWC`'s, except that `initialW` draws in Chainer's
+    (C, O, kh, kw) layout for deconvolutions, and W is (C, k, k, O).
     """
 
     def __init__(
         self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
     ):
-        super().__init__()
-        self.stride = stride
-        self.activation = activation
-        base = _as_initializer(initialW)
-        shape = (in_channels, out_channels, ksize, ksize)
-        with self.init_scope():
-            self.W = chainer.Parameter(
-                _Permuted(base, shape, (0, 2, 3, 1)), (in_channels, ksize, ksize, out_channels)
-            )
-            self.b = chainer.Parameter(0.0, (out_channels,))
+        super().__init__(
+            (in_channels, out_channels, ksize, ksize), (0, 2, 3, 1), stride, activation, initialW
+        )
 
     def forward(self, x):
         """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""

@@ -1,0 +1,28 @@
+"""lib/cli.py's argument types, and the one-line error a script gives for them."""
+
+import argparse
+
+import pytest
+from cli_helpers import one_line_error, run
+
+from lib import cli
+
+
+@pytest.mark.parametrize("text, value", [("0", 0.0), ("1.15", 1.15), ("2e-3", 0.002)])
+def test_non_negative_float_accepts(text, value):
+    assert cli.non_negative_float(text) == value
+
+
+@pytest.mark.parametrize("text", ["-0.1", "nan", "inf", "x", ""])
+def test_non_negative_float_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.non_negative_float(text)
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["04_train_rnn.py", "06_draw_rnn_result.py", "07_train_controller.py", "08_test_controller.py"],
+)
+def test_a_negative_temperature_is_one_line(script, tmp_path):
+    line = one_line_error(run(script, "--temperature", "-1", "--data-dir", tmp_path, check=False))
+    assert "--temperature: must be >= 0, got -1" in line
