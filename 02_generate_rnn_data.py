@@ -17,10 +17,15 @@ import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must 
 
 # isort: split
 import os
+import time
 
-from lib import cli
+from tqdm import tqdm
+
+from lib import cli, parallel
 from lib.data import datagen
 from lib.env import socnavenv as sn
+
+SCRIPT = "02_generate_rnn_data.py"
 
 
 def parse_args(argv=None):
@@ -41,7 +46,50 @@ def main(argv=None):
         f"02: episodes {splits}, policy {args.policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend}) -> {root}"
     )
-    datagen.build_dataset(root, splits, args, config, "rnn", "02_generate_rnn_data.py")
+
+    # CHECKS AND PLAN: nothing is written or deleted before the checks pass; only the
+    # rollouts not on disk yet are planned.
+    cli.ensure_writable_dir(root)
+    try:
+        parallel.check_backend(args.backend)
+        plan = datagen.plan_dataset(
+            root, splits, args.seed, args.policy, config, "rnn", args.overwrite
+        )
+    except (datagen.DatasetMismatch, parallel.BackendUnavailable) as e:
+        cli.fail(str(e))
+    datagen.write_manifest(plan, SCRIPT, vars(args), complete=False)
+    print(f"{plan.total} rollouts to write ({plan.on_disk} already on disk)")
+
+    # ROLLOUTS: tasks of datagen.LOCKSTEP episodes stepped together, over the workers;
+    # each episode is written to its own file as it ends.
+    start = time.perf_counter()
+    stats = {}
+    try:
+        with tqdm(total=plan.total, unit="ep", desc="rollouts") as bar:
+            for split, todo in plan.todo.items():
+                tasks = datagen.make_tasks(os.path.join(root, split), todo, args.policy, config)
+                stats[split] = datagen.run_tasks(
+                    tasks, args.workers, args.backend, args.address, bar
+                )
+    except KeyboardInterrupt:
+        cli.fail(
+            "interrupted; finished rollouts are kept — re-run the same command to finish", code=130
+        )
+    elapsed = time.perf_counter() - start
+
+    # SUMMARY
+    datagen.write_manifest(plan, SCRIPT, vars(args), complete=True)
+    counts = datagen.dataset_summary(root, splits)
+    for split, s in stats.items():
+        print(
+            f"  {split}: {counts[split]} files on disk; new ones: {datagen.outcome_table(s['outcomes'])}"
+        )
+    frames = sum(s["frames"] for s in stats.values())
+    rate = frames / elapsed if elapsed > 0 else 0.0
+    print(f"wrote {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s) to {root}")
+    preview = os.path.join(root, "preview.png")
+    if datagen.write_preview(os.path.join(root, "train"), preview):
+        print(f"preview of the first rollouts: {preview}")
 
 
 if __name__ == "__main__":

@@ -182,11 +182,10 @@ def main(argv=None):
         cli.fail(
             f"{es_path} exists: pass --resume to continue that run, or --overwrite to start again"
         )
-    if args.backend == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            cli.fail("--backend ray needs Ray: pip install -r requirements-ray.txt")
+    try:
+        parallel.check_backend(args.backend)
+    except parallel.BackendUnavailable as e:
+        cli.fail(str(e))
     cli.ensure_writable_dir(models)
     starts_path = None
     if args.dream:

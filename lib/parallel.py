@@ -15,6 +15,19 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot be used here (for example Ray missing)."""
 
 
+def check_backend(backend: str) -> None:
+    """Raises BackendUnavailable unless `backend` can run here (Ray installed for "ray")."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401  (optional: only --backend ray needs it)
+        except ImportError:
+            raise BackendUnavailable(
+                "--backend ray needs Ray: pip install -r requirements-ray.txt"
+            ) from None
+
+
 def make_pool(
     workers: int, backend: str = "local", address: str | None = None, initializer=None, initargs=()
 ):

@@ -26,3 +26,14 @@ def test_non_negative_float_refuses(text):
 def test_a_negative_temperature_is_one_line(script, tmp_path):
     line = one_line_error(run(script, "--temperature", "-1", "--data-dir", tmp_path, check=False))
     assert "--temperature: must be >= 0, got -1" in line
+
+
+def test_check_backend(monkeypatch):
+    from lib import parallel
+
+    parallel.check_backend("local")
+    with pytest.raises(parallel.BackendUnavailable, match="unknown backend 'mpi'"):
+        parallel.check_backend("mpi")
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(parallel.BackendUnavailable, match="pip install -r requirements-ray.txt"):
+        parallel.check_backend("ray")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from lib import manifest, parallel
+from lib import cli, manifest, parallel
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
 from lib.env.rollouts import episode_filename, list_rollouts, run_episodes, save_episode
@@ -177,8 +177,6 @@ def mean_episode_length(directory: str, limit: int = 50) -> float:
 
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
-    from lib import cli
-
     p.add_argument("--policy", choices=POLICY_NAMES, default="mixed", help="behaviour policy")
     p.add_argument(
         "--workers", type=cli.positive_int, default=cli.default_workers(), help="processes"
@@ -198,81 +196,69 @@ def add_generation_args(p) -> None:
     )
 
 
-def build_dataset(
-    root: str, splits: dict, args, config: sn.EnvConfig, stream: str, script: str
-) -> dict:
-    """The whole of 01/02 after argument parsing: check, plan, generate, summarise.
+@dataclasses.dataclass
+class Plan:
+    """What 01/02 will write: the rollouts of each split not on disk yet.
+
+    Attributes:
+        root: the dataset folder; splits: {split: count wanted};
+        identity: what must match for files to belong to this dataset (`identity`);
+        todo: {split: [(index, seed), ...]} still to write.
+    """
+
+    root: str
+    splits: dict
+    identity: dict
+    todo: dict
+
+    @property
+    def total(self) -> int:
+        return sum(len(t) for t in self.todo.values())
+
+    @property
+    def on_disk(self) -> int:
+        return sum(self.splits.values()) - self.total
+
+
+def plan_dataset(
+    root: str, splits: dict, seed: int, policy: str, config: sn.EnvConfig, stream: str,
+    overwrite: bool = False,
+) -> Plan:  # fmt: skip
+    """Checks `root` against these settings, then plans the missing rollouts.
+
+    Nothing is deleted before the check passes; then, with `overwrite`, the splits'
+    rollouts are removed, and temporaries of an interrupted run always are.
 
     Args:
-        root: dataset folder (for example data/vae_data).
+        root: dataset folder (for example data/vae_data), existing and writable.
         splits: {"train": count, "test": count}.
-        args: the parsed flags (seed, policy, workers, backend, address, overwrite).
-        config: environment settings.
+        seed, policy, config: the rollouts' settings.
         stream: seed stream name ("vae" or "rnn"), so 01 and 02 differ.
-        script: the script's name, for the manifest.
+        overwrite: replace a dataset made with other settings.
 
-    Returns:
-        {"files": per-split counts, "frames": new frames, "seconds": elapsed}.
+    Raises:
+        DatasetMismatch: `root` holds rollouts made with other settings.
     """
-    from lib import cli  # scripts' one-line failure path
-
-    # CHECKS: nothing is written before the inputs are known to be usable.
-    cli.ensure_writable_dir(root)
-    ident = identity(args.seed, args.policy, config, stream)
-    try:
-        check_manifest(root, ident, args.overwrite)
-    except DatasetMismatch as e:
-        cli.fail(str(e))
-    if args.backend == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            cli.fail("--backend ray needs Ray: pip install -r requirements-ray.txt")
-
-    # PLAN: only the rollouts that are not on disk yet.
+    ident = identity(seed, policy, config, stream)
+    check_manifest(root, ident, overwrite)
     todo = {}
     for split, count in splits.items():
         directory = os.path.join(root, split)
         os.makedirs(directory, exist_ok=True)
-        if args.overwrite:
+        if overwrite:
             clear_split(directory)
         remove_stale_temporaries(directory)
-        todo[split] = plan_split(directory, count, args.seed, stream, split)
-    info = {k: v for k, v in vars(args).items()}
-    path = os.path.join(root, "manifest.json")
-    manifest.write_json(path, manifest.make(script, info, identity=ident, complete=False))
+        todo[split] = plan_split(directory, count, seed, stream, split)
+    return Plan(root, dict(splits), ident, todo)
 
-    # GENERATE
 
-    start = time.perf_counter()
-    total_todo = sum(len(t) for t in todo.values())
-    print(f"{total_todo} rollouts to write ({sum(splits.values()) - total_todo} already on disk)")
-    stats = {}
-    try:
-        with tqdm(total=total_todo, unit="ep", desc="rollouts") as bar:
-            for split, items in todo.items():
-                tasks = make_tasks(os.path.join(root, split), items, args.policy, config)
-                stats[split] = run_tasks(tasks, args.workers, args.backend, args.address, bar)
-    except KeyboardInterrupt:
-        cli.fail(
-            "interrupted; finished rollouts are kept — re-run the same command to finish", code=130
-        )
-    elapsed = time.perf_counter() - start
-
-    # SUMMARY
-    counts = dataset_summary(root, splits)
+def write_manifest(plan: Plan, script: str, args: dict, complete: bool) -> None:
+    """The dataset's manifest.json: marked incomplete while rollouts are written."""
+    extra = {"files": dataset_summary(plan.root, plan.splits)} if complete else {}
     manifest.write_json(
-        path, manifest.make(script, info, identity=ident, complete=True, files=counts)
+        os.path.join(plan.root, "manifest.json"),
+        manifest.make(script, args, identity=plan.identity, complete=complete, **extra),
     )
-    frames = sum(s["frames"] for s in stats.values())
-    for split, s in stats.items():
-        print(f"  {split}: {counts[split]} files on disk; new ones: {outcome_table(s['outcomes'])}")
-    rate = frames / elapsed if elapsed > 0 else 0.0
-    print(f"wrote {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s) to {root}")
-    preview = os.path.join(root, "preview.png")
-    if write_preview(os.path.join(root, "train"), preview):
-        print(f"preview of the first rollouts: {preview}")
-    return {"files": counts, "frames": frames, "seconds": elapsed}
 
 
 def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 10) -> bool:
