@@ -152,12 +152,10 @@ def main(argv=None):
     train_dir = os.path.join(vae_root, "train")
     if not os.path.isdir(train_dir):
         cli.fail(f"{train_dir} not found — run 01_generate_vae_data.py first")
-    if args.resume and not os.path.exists(snapshot_path):
-        cli.fail(f"--resume: {snapshot_path} not found — run without --resume to start training")
-    if not args.resume and not args.overwrite and os.path.exists(snapshot_path):
-        cli.fail(
-            f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
-        )
+    try:
+        training.check_run(snapshot_path, args.resume, args.overwrite)
+    except training.RunConflict as e:
+        cli.fail(str(e))
     try:
         device = devices.select_device(args.gpu)
     except devices.DeviceUnavailable as e:
@@ -250,9 +248,8 @@ def main(argv=None):
             "shuffle_rng": training.rng_state(shuffle_rng),
         }
         extra = {"perm": order} if order is not None else {}
-        training.save_snapshot(snapshot_path, vae, optimizer, state, extra)
-        manifest.write_json(
-            training.sidecar_path(snapshot_path), sidecar({"epoch": ep, "iteration": it})
+        training.save_snapshot(
+            snapshot_path, vae, optimizer, state, extra, sidecar({"epoch": ep, "iteration": it})
         )
 
     # TRAINING LOOP
@@ -280,18 +277,12 @@ def main(argv=None):
                 with reporter.scope(obs):
                     loss = loss_fn(x)
                 try:
-                    training.check_finite(float(loss.array), "the VAE loss")
+                    training.check_loss(
+                        float(loss.array), "the VAE loss", epoch + 1, it + 1, snapshot_path
+                    )
                 except training.NonFiniteLoss as e:
                     bar.close()
-                    kept = (
-                        f"the last good snapshot {snapshot_path} is kept"
-                        if os.path.exists(snapshot_path)
-                        else "no snapshot was written"
-                    )
-                    cli.fail(
-                        f"{e} at epoch {epoch + 1}, batch {it + 1}; {kept} — try a lower --lr",
-                        code=1,
-                    )
+                    cli.fail(str(e), code=1)
                 vae.cleargrads()
                 loss.backward()
                 optimizer.update()

@@ -235,12 +235,10 @@ def main(argv=None):
         cli.fail(
             f"{root} has {frame_size}x{frame_size} frames but V expects {vae_sidecar['config']['image_size']} — retrain V or regenerate 02's data"
         )
-    if args.resume and not os.path.exists(snapshot_path):
-        cli.fail(f"--resume: {snapshot_path} not found — run without --resume to start training")
-    if not args.resume and not args.overwrite and os.path.exists(snapshot_path):
-        cli.fail(
-            f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
-        )
+    try:
+        training.check_run(snapshot_path, args.resume, args.overwrite)
+    except training.RunConflict as e:
+        cli.fail(str(e))
     cli.ensure_writable_dir(models)
 
     # INPUTS: V's encoding of every frame, cached by content hash.
@@ -347,10 +345,11 @@ def main(argv=None):
 
     def snapshot(ep, it, part):
         training.save_snapshot(
-            snapshot_path, model, optimizer, {"epoch": ep, "iteration": it, "partial": part}
-        )
-        manifest.write_json(
-            training.sidecar_path(snapshot_path), sidecar({"epoch": ep, "iteration": it})
+            snapshot_path,
+            model,
+            optimizer,
+            {"epoch": ep, "iteration": it, "partial": part},
+            sidecar=sidecar({"epoch": ep, "iteration": it}),
         )
 
     # TRAINING LOOP
@@ -389,18 +388,12 @@ def main(argv=None):
                             xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
                         )  # fmt: skip
                     try:
-                        training.check_finite(float(loss.array), "the M loss")
+                        training.check_loss(
+                            float(loss.array), "the M loss", epoch + 1, it + 1, snapshot_path
+                        )
                     except training.NonFiniteLoss as e:
                         bar.close()
-                        kept = (
-                            f"the last good snapshot {snapshot_path} is kept"
-                            if os.path.exists(snapshot_path)
-                            else "no snapshot was written"
-                        )
-                        cli.fail(
-                            f"{e} at epoch {epoch + 1}, batch {it + 1}; {kept} — try a lower --lr",
-                            code=1,
-                        )
+                        cli.fail(str(e), code=1)
                     model.cleargrads()
                     loss.backward()
                     optimizer.update()

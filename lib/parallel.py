@@ -39,17 +39,12 @@ def make_pool(
         address: Ray cluster address (None starts a local Ray instance).
         initializer, initargs: run once in each worker, as in multiprocessing.
     """
+    check_backend(backend)
     if backend == "local":
         # fork: workers inherit the already-compiled numba kernels and loaded
         # modules, so they start in milliseconds.
         return multiprocessing.get_context("fork").Pool(workers, initializer, initargs)
-    if backend == "ray":
-        try:
-            from ray.util.multiprocessing import Pool as RayPool
-        except ImportError:
-            raise BackendUnavailable(
-                "--backend ray needs Ray: pip install -r requirements-ray.txt"
-            ) from None
-        kwargs = {"ray_address": address} if address else {}
-        return RayPool(processes=workers, initializer=initializer, initargs=initargs, **kwargs)
-    raise BackendUnavailable(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    from ray.util.multiprocessing import Pool as RayPool  # optional: checked just above
+
+    kwargs = {"ray_address": address} if address else {}
+    return RayPool(processes=workers, initializer=initializer, initargs=initargs, **kwargs)

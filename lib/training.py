@@ -20,11 +20,51 @@ import threading
 import chainer
 import numpy as np
 
+from lib import manifest
 from lib.fileio import atomic_path
 
 
 class NonFiniteLoss(FloatingPointError):
     """A loss became NaN or infinite."""
+
+
+class RunConflict(ValueError):
+    """--resume without a snapshot, or a new run over an existing one without --overwrite."""
+
+
+def check_run(snapshot_path: str, resume: bool, overwrite: bool) -> None:
+    """The resume/overwrite rules of a training run, before anything is written.
+
+    Raises:
+        RunConflict: `resume` and no snapshot, or a snapshot and neither flag.
+    """
+    if resume and not os.path.exists(snapshot_path):
+        raise RunConflict(
+            f"--resume: {snapshot_path} not found — run without --resume to start training"
+        )
+    if not resume and not overwrite and os.path.exists(snapshot_path):
+        raise RunConflict(
+            f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
+        )
+
+
+def check_loss(value: float, what: str, epoch: int, batch: int, snapshot_path: str) -> float:
+    """The NaN guard: `value` if finite.
+
+    Raises:
+        NonFiniteLoss: its message says where (1-based epoch and batch), whether the
+            last good snapshot at `snapshot_path` is kept, and what to try.
+    """
+    if math.isfinite(value):
+        return value
+    kept = (
+        f"the last good snapshot {snapshot_path} is kept"
+        if os.path.exists(snapshot_path)
+        else "no snapshot was written"
+    )
+    raise NonFiniteLoss(
+        f"{what} is {value} at epoch {epoch}, batch {batch}; {kept} — try a lower --lr"
+    )
 
 
 def rng_state(rng: np.random.Generator) -> dict:
@@ -35,8 +75,11 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
     rng.bit_generator.state = state
 
 
-def save_snapshot(path: str, model, optimizer, state: dict, extra: dict | None = None) -> None:
-    """Writes model + optimizer + `state` (JSON-able) + `extra` arrays, atomically."""
+def save_snapshot(
+    path: str, model, optimizer, state: dict, extra: dict | None = None, sidecar: dict | None = None
+) -> None:
+    """Writes model + optimizer + `state` (JSON-able) + `extra` arrays, atomically, and
+    `sidecar` (the run's settings, JSON) beside it when given."""
     target: dict = {}
     ser = chainer.serializers.DictionarySerializer(target)
     ser["model"].save(model)
@@ -46,6 +89,8 @@ def save_snapshot(path: str, model, optimizer, state: dict, extra: dict | None =
     target["state"] = np.array(json.dumps(state))
     with atomic_path(path) as tmp:
         np.savez(tmp, **{k: chainer.backend.CpuDevice().send(v) for k, v in target.items()})
+    if sidecar is not None:
+        manifest.write_json(sidecar_path(path), sidecar)
 
 
 def load_snapshot(path: str, model, optimizer) -> tuple[dict, dict]:
@@ -79,12 +124,6 @@ def save_model(path: str, model, sidecar: dict) -> None:
 
 def sidecar_path(model_path: str) -> str:
     return os.path.splitext(model_path)[0] + ".json"
-
-
-def check_finite(value: float, what: str) -> float:
-    if not math.isfinite(value):
-        raise NonFiniteLoss(f"{what} is {value}")
-    return value
 
 
 class CsvLog:

@@ -1,0 +1,32 @@
+"""lib/training.py's run rules: resume/overwrite and the NaN guard's message."""
+
+import math
+
+import pytest
+
+from lib import training
+
+
+def test_check_run(tmp_path):
+    snap = str(tmp_path / "m_snapshot.npz")
+    training.check_run(snap, resume=False, overwrite=False)  # a fresh run
+    with pytest.raises(training.RunConflict, match="--resume: .* not found"):
+        training.check_run(snap, resume=True, overwrite=False)
+    (tmp_path / "m_snapshot.npz").write_bytes(b"x")
+    with pytest.raises(training.RunConflict, match="pass --resume .* or --overwrite"):
+        training.check_run(snap, resume=False, overwrite=False)
+    training.check_run(snap, resume=True, overwrite=False)
+    training.check_run(snap, resume=False, overwrite=True)
+
+
+def test_check_loss(tmp_path):
+    snap = str(tmp_path / "m_snapshot.npz")
+    assert training.check_loss(1.5, "the loss", 1, 1, snap) == 1.5
+    with pytest.raises(training.NonFiniteLoss) as e:
+        training.check_loss(math.nan, "the M loss", 3, 7, snap)
+    assert str(e.value) == (
+        "the M loss is nan at epoch 3, batch 7; no snapshot was written — try a lower --lr"
+    )
+    (tmp_path / "m_snapshot.npz").write_bytes(b"x")
+    with pytest.raises(training.NonFiniteLoss, match=f"last good snapshot {snap} is kept"):
+        training.check_loss(math.inf, "the M loss", 3, 7, snap)
