@@ -23,6 +23,7 @@ snapshot.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import functools
 import os
 import time
 
@@ -71,29 +72,15 @@ def parse_args(argv=None):
         type=float,
         default=1.0,
         help="weight of coloured pixels (goal, people, robot) in the reconstruction error; "
-        "1 is the paper's plain squared error (see lib/vae.object_weights)",
+        "1 is the paper's plain squared error (see lib/models/vae.py, object_weights)",
     )
     cli.add_gpu_arg(p, "V")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from data/models/vae_snapshot.npz"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
-    )
-    p.add_argument(
-        "--snapshot-interval", type=cli.positive_int, default=1, help="epochs between snapshots"
-    )
+    cli.add_run_args(p, "data/models/vae_snapshot.npz")
     p.add_argument(
         "--test-frames",
         type=cli.non_negative_int,
         default=2000,
         help="held-out frames scored after each epoch (0: none)",
-    )
-    p.add_argument(
-        "--max-iterations",
-        type=cli.positive_int,
-        default=None,
-        help="stop after this many batches in this run and save a snapshot (for time-boxed runs)",
     )
     cli.add_common_args(p)
     args = p.parse_args(argv)
@@ -103,8 +90,7 @@ def parse_args(argv=None):
         p.error(f"--object-weight must be >= 1, got {args.object_weight}")
     if args.kl_tolerance < 0:
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite exclude each other")
+    cli.check_run_args(p, args)
     return args
 
 
@@ -335,8 +321,12 @@ def main(argv=None):
                 f"epoch {epoch}: frames (top) and reconstructions of their mean z (bottom)",
             )
             training.save_model(model_path, vae, sidecar({"epochs": epoch, "last": row}))
-            if epoch % args.snapshot_interval == 0 or epoch == args.epochs:
-                snapshot(epoch, 0, None)
+            interrupt.snapshot_if_due(
+                epoch,
+                args.epochs,
+                args.snapshot_interval,
+                functools.partial(snapshot, epoch, 0, None),
+            )
             held_text = (
                 f", held-out {row['test_loss']:.1f} (rec {row['test_rec']:.1f}, KL {row['test_kl']:.2f})"
                 if test is not None
@@ -345,10 +335,7 @@ def main(argv=None):
             print(
                 f"epoch {epoch}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held_text}, {seconds:.1f} s ({session_frames / seconds:.0f} frames/s)"
             )
-            if interrupt.requested_now:
-                if epoch % args.snapshot_interval != 0:
-                    snapshot(epoch, 0, None)
-                interrupt.exit(snapshot_path, f"after epoch {epoch}")
+            interrupt.exit_if_requested(snapshot_path, f"after epoch {epoch}")
 
     # OUTPUTS
     print(

@@ -28,6 +28,7 @@ z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import functools
 import os
 import time
 
@@ -112,27 +113,14 @@ def parse_args(argv=None):
         help="use at most this many training episodes",
     )
     cli.add_gpu_arg(p, "M (and V, to encode its data)")
-    p.add_argument("--resume", action="store_true", help="continue from rnn_<mode>_snapshot.npz")
-    p.add_argument(
-        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
-    )
-    p.add_argument(
-        "--snapshot-interval", type=cli.positive_int, default=1, help="epochs between snapshots"
-    )
-    p.add_argument(
-        "--max-iterations",
-        type=cli.positive_int,
-        default=None,
-        help="stop after this many batches in this run and save a snapshot (for time-boxed runs)",
-    )
+    cli.add_run_args(p, "data/models/rnn_<mode>_snapshot.npz")
     cli.add_common_args(p)
     args = p.parse_args(argv)
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.ss_max <= 1:
         p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite exclude each other")
+    cli.check_run_args(p, args)
     return args
 
 
@@ -432,18 +420,19 @@ def main(argv=None):
                 ylabel="nats",
             )
             training.save_model(model_path, model, sidecar({"epochs": epoch, "last": row}))
-            if epoch % args.snapshot_interval == 0 or epoch == args.epochs:
-                snapshot(epoch, 0, None)
+            interrupt.snapshot_if_due(
+                epoch,
+                args.epochs,
+                args.snapshot_interval,
+                functools.partial(snapshot, epoch, 0, None),
+            )
             text = f"epoch {epoch}: train NLL {row['train_nll']:.3f}"
             if test is not None:
                 text += f", held-out {row['test_nll']:.3f} (constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f})"
                 if heads:
                     text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
             print(text + f", {seconds:.1f} s")
-            if interrupt.requested_now:
-                if epoch % args.snapshot_interval != 0:
-                    snapshot(epoch, 0, None)
-                interrupt.exit(snapshot_path, f"after epoch {epoch}")
+            interrupt.exit_if_requested(snapshot_path, f"after epoch {epoch}")
 
     # OUTPUTS
     print(

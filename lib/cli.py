@@ -91,5 +91,30 @@ def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
     )
 
 
+def add_run_args(parser: argparse.ArgumentParser, snapshot: str) -> None:
+    """--resume, --overwrite, --snapshot-interval and --max-iterations, which the
+    training scripts (03, 04) share; `snapshot` names their snapshot file for --help.
+    `parse_run_args` checks them."""
+    parser.add_argument("--resume", action="store_true", help=f"continue from {snapshot}")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
+    )
+    parser.add_argument(
+        "--snapshot-interval", type=positive_int, default=1, help="epochs between snapshots"
+    )
+    parser.add_argument(
+        "--max-iterations",
+        type=positive_int,
+        default=None,
+        help="stop after this many batches in this run and save a snapshot (for time-boxed runs)",
+    )
+
+
+def check_run_args(parser: argparse.ArgumentParser, args) -> None:
+    """Refuses --resume with --overwrite (through `parser.error`)."""
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+
+
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)

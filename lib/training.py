@@ -232,6 +232,19 @@ class DeferredInterrupt:
             self.max_iterations is not None and self.done >= self.max_iterations
         )
 
+    def snapshot_if_due(self, epoch: int, epochs: int, interval: int, save) -> bool:
+        """After an epoch: calls `save()` every `interval` epochs, after the last one,
+        and when the run is about to stop (Ctrl-C or the budget). Returns whether it did."""
+        due = epoch % interval == 0 or epoch == epochs or self.requested_now
+        if due:
+            save()
+        return due
+
+    def exit_if_requested(self, snapshot_path: str, where: str) -> None:
+        """`exit` if Ctrl-C was pressed or the budget is spent; otherwise nothing."""
+        if self.requested_now:
+            self.exit(snapshot_path, where)
+
     def exit(self, snapshot_path: str, where: str):
         """Says what was saved and exits: 130 after Ctrl-C, 0 after the budget."""
         why = "interrupted" if self.requested else f"stopped after {self.done} batches"

@@ -37,3 +37,15 @@ def test_check_backend(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(parallel.BackendUnavailable, match="pip install -r requirements-ray.txt"):
         parallel.check_backend("ray")
+
+
+@pytest.mark.parametrize("script", ["03_train_vae.py", "04_train_rnn.py"])
+def test_run_flags_shared_by_the_training_scripts(script, tmp_path):
+    out = run(script, "--help").stdout
+    for flag in ("--resume", "--overwrite", "--snapshot-interval", "--max-iterations"):
+        assert flag in out, flag
+    line = one_line_error(
+        run(script, "--resume", "--overwrite", "--data-dir", tmp_path, check=False)
+    )
+    assert "--resume and --overwrite exclude each other" in line
+    assert list(tmp_path.iterdir()) == []

@@ -30,3 +30,18 @@ def test_check_loss(tmp_path):
     (tmp_path / "m_snapshot.npz").write_bytes(b"x")
     with pytest.raises(training.NonFiniteLoss, match=f"last good snapshot {snap} is kept"):
         training.check_loss(math.inf, "the M loss", 3, 7, snap)
+
+
+def test_end_of_epoch_snapshots_and_exit():
+    saved = []
+    stop = training.DeferredInterrupt(max_iterations=None)
+    due = [stop.snapshot_if_due(e, 5, 2, lambda e=e: saved.append(e)) for e in range(1, 6)]
+    assert saved == [2, 4, 5] and due == [False, True, False, True, True]
+    stop.exit_if_requested("snap.npz", "after epoch 5")  # nothing requested: returns
+    budget = training.DeferredInterrupt(max_iterations=1)
+    budget.count()
+    assert budget.snapshot_if_due(1, 5, 2, lambda: saved.append("stop"))  # a stop is due
+    assert saved[-1] == "stop"
+    with pytest.raises(SystemExit) as e:
+        budget.exit_if_requested("snap.npz", "after epoch 1")
+    assert e.value.code == 0  # the budget, not Ctrl-C
