@@ -77,19 +77,9 @@ def main(argv=None):
         )
     elapsed = time.perf_counter() - start
 
-    # SUMMARY
-    datagen.write_manifest(plan, SCRIPT, vars(args), complete=True)
-    counts = datagen.dataset_summary(root, splits)
-    for split, s in stats.items():
-        print(
-            f"  {split}: {counts[split]} files on disk; new ones: {datagen.outcome_table(s['outcomes'])}"
-        )
-    frames = sum(s["frames"] for s in stats.values())
-    rate = frames / elapsed if elapsed > 0 else 0.0
-    print(f"wrote {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s) to {root}")
-    preview = os.path.join(root, "preview.png")
-    if datagen.write_preview(os.path.join(root, "train"), preview):
-        print(f"preview of the first rollouts: {preview}")
+    # SUMMARY: the manifest marked complete, per-split outcomes, a preview image.
+    for line in datagen.finish_dataset(plan, stats, elapsed, SCRIPT, vars(args)):
+        print(line)
 
 
 if __name__ == "__main__":

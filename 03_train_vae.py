@@ -115,7 +115,7 @@ def held_out_loss(vae, store, kl_tolerance, batch_size, limit, seed):
 def save_reconstructions(vae, sample, path, title):
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         mu, _ = vae.encode(sample)
-        recon = chainer.backend.CpuDevice().send(vae.decode(mu).array)
+        recon = devices.to_host(vae.decode(mu))
     recon = (np.clip(recon, 0, 1) * 255 + 0.5).astype(np.uint8)
     image = drawing.upscale(drawing.grid([list(sample), list(recon)]), 2)
     drawing.save_png(path, drawing.caption(image, title))

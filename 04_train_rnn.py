@@ -170,12 +170,12 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 sums["nll"] += float(nll.array) * n
                 sums["steps"] += n
                 if model.reward_head:
-                    pred = chainer.backend.CpuDevice().send(out.reward.array).reshape(-1)
+                    pred = devices.to_host(out.reward).reshape(-1)
                     sums["reward_se"] += float(
                         (((pred - ch["reward"].reshape(-1)) ** 2) * mask).sum()
                     )
                 if model.done_head:
-                    logit = chainer.backend.CpuDevice().send(out.done_logit.array).reshape(-1)
+                    logit = devices.to_host(out.done_logit).reshape(-1)
                     done = ch["done"].reshape(-1) > 0.5
                     guess = calibrated_done_logit(logit, done_pos_weight) > done_logit_threshold()
                     sums["done_right"] += float(((guess == done) * mask).sum())

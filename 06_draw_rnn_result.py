@@ -27,7 +27,6 @@ import numpy as np
 
 from lib import cli, devices, drawing
 from lib.data import latents
-from lib.devices import to_host
 from lib.env.rollouts import load_episode
 from lib.models import checkpoints
 from lib.models.mdn_rnn import DONE_THRESHOLD, calibrated_done_logit, sample
@@ -98,7 +97,7 @@ def main(argv=None):
     for t in range(t_len):
         out = model.step(ep["mu"][t][None], ep["action"][t][None], state)
         state = out.state
-        pred.append(to_host(sample(out.mixture, 0.0, rng))[0])
+        pred.append(devices.to_host(sample(out.mixture, 0.0, rng))[0])
     pred = np.array(pred)
     picks = np.unique(np.linspace(1, t_len, min(args.frames, t_len)).round().astype(int))
     decoded = decode_latents(vae, pred[picks])
@@ -123,7 +122,7 @@ def main(argv=None):
     for t in range(warm, warm + horizon):
         out = model.step(z, ep["action"][t][None], state)
         state = out.state
-        z = to_host(sample(out.mixture, 0.0, rng))
+        z = devices.to_host(sample(out.mixture, 0.0, rng))
         opened.append(z[0])
     opened = np.array(opened)
     real_idx = np.arange(warm + 1, warm + 1 + horizon)
@@ -146,15 +145,15 @@ def main(argv=None):
         action = np.clip(action + rng.normal(0, 0.2, (1, 2)), -1, 1).astype(np.float32)
         out = model.step(z, action, state)
         state = out.state
-        z = to_host(sample(out.mixture, args.temperature, rng))
+        z = devices.to_host(sample(out.mixture, args.temperature, rng))
         image = drawing.upscale(decode_latents(vae, z)[0], 4)
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
             logit = calibrated_done_logit(
-                float(to_host(out.done_logit)[0]), rnn_sidecar.get("done_pos_weight", 1.0)
+                float(devices.to_host(out.done_logit)[0]), rnn_sidecar.get("done_pos_weight", 1.0)
             )
             p_done = float(1.0 / (1.0 + np.exp(-logit)))
-            text = f"t={t + 1} r={float(to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"
+            text = f"t={t + 1} r={float(devices.to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"
             frames.append(drawing.caption(image, text))
             if p_done > DONE_THRESHOLD:
                 break

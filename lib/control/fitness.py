@@ -28,7 +28,6 @@ from lib.env.rollouts import run_episodes
 from lib.kernels import runtime
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import checkpoints
-from lib.models.mdn_rnn import MDNRNN
 from lib.parallel import make_pool
 from lib.seeding import derive_seed
 
@@ -57,15 +56,10 @@ _WORKER: dict = {}
 
 def init_worker(spec: Spec) -> None:
     """Loads V (unless dreaming) and M once per process, on the spec's device."""
-
     _WORKER.clear()
     _WORKER["spec"] = spec
     device = select_device(spec.gpu)
-    path = os.path.join(spec.data_dir, "models", f"rnn_{spec.rnn_mode}.npz")
-    sidecar = checkpoints.read_sidecar(path, "04_train_rnn.py")
-    rnn = MDNRNN(**sidecar["config"])
-    checkpoints.load_weights(path, rnn, "04_train_rnn.py")
-    rnn.to_device(device)
+    rnn, sidecar = checkpoints.load_rnn(spec.data_dir, spec.rnn_mode, device=device)
     _WORKER["rnn"] = rnn
     _WORKER["done_pos_weight"] = float(sidecar.get("done_pos_weight") or 1.0)
     if spec.dream:

@@ -261,6 +261,28 @@ def write_manifest(plan: Plan, script: str, args: dict, complete: bool) -> None:
     )
 
 
+def finish_dataset(plan: Plan, stats: dict, seconds: float, script: str, args: dict) -> list:
+    """Marks the manifest complete, draws `preview.png`, and returns the summary lines
+    for the script to print.
+
+    Args:
+        stats: {split: `run_tasks` result}; seconds: the time the rollouts took.
+    """
+    write_manifest(plan, script, args, complete=True)
+    counts = dataset_summary(plan.root, plan.splits)
+    lines = [
+        f"  {split}: {counts[split]} files on disk; new ones: {outcome_table(s['outcomes'])}"
+        for split, s in stats.items()
+    ]
+    frames = sum(s["frames"] for s in stats.values())
+    rate = frames / seconds if seconds > 0 else 0.0
+    lines.append(f"wrote {frames} frames in {seconds:.1f} s ({rate:.0f} frames/s) to {plan.root}")
+    preview = os.path.join(plan.root, "preview.png")
+    if write_preview(os.path.join(plan.root, "train"), preview):
+        lines.append(f"preview of the first rollouts: {preview}")
+    return lines
+
+
 def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 10) -> bool:
     """A PNG of a few rollouts: one row each, frames evenly spaced in time.
 
