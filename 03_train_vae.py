@@ -34,7 +34,7 @@ from tqdm import tqdm
 from lib import cli, devices, drawing, manifest, training
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
-from lib.models.vae import PAPER_CONFIG, ConvVAE, VAELoss
+from lib.models.vae import KEYPOINT_ENC_CHANNELS, PAPER_CONFIG, ConvVAE, VAELoss
 from lib.seeding import derive_seed
 
 LOG_FIELDS = [
@@ -73,6 +73,14 @@ def parse_args(argv=None):
         default=1.0,
         help="weight of coloured pixels (goal, people, robot) in the reconstruction error; "
         "1 is the paper's plain squared error (see lib/models/vae.py, object_weights)",
+    )
+    p.add_argument(
+        "--keypoints",
+        type=cli.non_negative_int,
+        default=0,
+        help="0: the paper's encoder (z read from the last conv's flattened map); K > 0: "
+        "a spatial-autoencoder encoder, two convs then K keypoints (each the expected "
+        "position of a spatial softmax) that z is linear in (see lib/models/vae.py)",
     )
     cli.add_gpu_arg(p, "V")
     cli.add_run_args(p, "data/models/vae_snapshot.npz")
@@ -182,6 +190,8 @@ def main(argv=None):
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
     config = dict(PAPER_CONFIG, z_size=args.z_size, image_size=image_size)
+    if args.keypoints:
+        config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
     vae = ConvVAE(**config)
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
@@ -196,7 +206,7 @@ def main(argv=None):
         if old.get("config", config) != config:
             cli.fail(
                 f"{snapshot_path} is a VAE with {old.get('config')}, not {config} — "
-                "use the same --z-size, or --overwrite to start again"
+                "use the same --z-size and --keypoints, or --overwrite to start again"
             )
         try:
             state, extra = training.load_snapshot(snapshot_path, vae, optimizer)

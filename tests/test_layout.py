@@ -1,4 +1,5 @@
-"""lib's packages import downward only: utilities < kernels < env < models < data < control."""
+"""lib's packages import downward only: utilities < kernels < env < models < data < control
+< diagnostics."""
 
 import ast
 import os
@@ -6,7 +7,7 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ["", "kernels", "env", "models", "data", "control"]  # "": lib's top-level modules
+ORDER = ["", "kernels", "env", "models", "data", "control", "diagnostics"]  # "": lib's top-level modules
 
 
 def layer(module: str) -> str | None:

@@ -7,6 +7,7 @@ import chainer
 import numpy as np
 import pytest
 
+from lib.kernels.fast_encoder import make_encoder
 from lib.models.vae import PAPER_CONFIG, ConvVAE, VAELoss, floored_kl, kl_divergence
 
 # A narrow VAE with the paper's geometry (64x64x3, the same kernels), for speed.
@@ -175,3 +176,52 @@ def test_sample_uses_the_given_generator():
     z = vae.sample(mu, logvar, np.random.default_rng(3)).array
     eps = np.random.default_rng(3).standard_normal((2, 6), dtype=np.float32)
     np.testing.assert_allclose(z, 1 + 2 * eps, rtol=1e-6)
+
+
+KEYPOINT = dict(SMALL, enc_channels=[4, 8], keypoints=5)
+
+
+def test_keypoint_encoder_shapes_and_config():
+    vae = ConvVAE(**KEYPOINT)
+    assert vae.config()["keypoints"] == 5
+    assert "keypoints" not in ConvVAE(**SMALL).config()  # the paper V's sidecar is unchanged
+    again = ConvVAE(**json.loads(json.dumps(vae.config())))
+    assert again.keypoints == 5
+    shapes = {name: p.shape for name, p in vae.namedparams()}
+    assert shapes["/kp/W"] == (5, 8)  # the 1x1 conv: 8 channels -> 5 keypoints
+    assert shapes["/mu/W"] == (6, 10)  # z is linear in the 5 (x, y) pairs
+    mu, logvar = _eval(lambda: vae.encode(_frames(3)))
+    assert mu.shape == logvar.shape == (3, 6)
+    with pytest.raises(ValueError, match="keypoints must be >= 0"):
+        ConvVAE(**dict(KEYPOINT, keypoints=-1))
+
+
+def test_a_keypoint_is_the_expected_position_of_its_softmax():
+    vae = ConvVAE(**KEYPOINT)
+    side = 14  # two 4x4 stride-2 convs of a 64x64 frame
+    # One keypoint channel that fires only at row 2, column 11 of the map.
+    h = np.zeros((1, side, side, 8), np.float32)
+    h[0, 2, 11, 0] = 1.0
+    vae.kp.W.array[:] = 0.0
+    vae.kp.W.array[0, 0] = 1000.0  # sharp softmax: all mass on that position
+    vae.kp.b.array[:] = 0.0
+    xy = _eval(lambda: vae.keypoint_coordinates(h)).array[0]
+    centre = lambda i: (i + 0.5) * 2.0 / side - 1.0
+    assert xy[0] == pytest.approx(centre(11), abs=1e-5)  # x of keypoint 0
+    assert xy[5] == pytest.approx(centre(2), abs=1e-5)  # y of keypoint 0
+    # The other keypoints see a flat softmax: the map's centre.
+    np.testing.assert_allclose(xy[[1, 2, 3, 4, 6, 7, 8, 9]], 0.0, atol=1e-6)
+
+
+def test_keypoint_vae_trains_and_encodes_through_chainer():
+    vae = ConvVAE(**KEYPOINT)
+    loss = VAELoss(vae, 0.5, rng=np.random.default_rng(0), object_weight=10.0)
+    vae.cleargrads()
+    loss(_frames(4)).backward()
+    for name, p in vae.namedparams():
+        assert np.isfinite(p.grad).all(), name
+    assert float(np.abs(vae.kp.W.grad).sum()) > 0
+    encoder = make_encoder(vae)  # FastEncoder has no keypoint head: Chainer's path
+    mu, _ = encoder(_frames(3))
+    expect, _ = _eval(lambda: vae.encode(_frames(3)))
+    np.testing.assert_allclose(mu, expect.array, rtol=1e-6)

@@ -1,5 +1,5 @@
 """Training and running C: the batched V + M + C agent and dreams inside M (`agent`),
 the CMA-ES driver (`es`) and fitness across worker processes (`fitness`).
 
-The top layer: imports every other package of `lib`.
+Imports every package of `lib` below it; only `lib.diagnostics` sits above.
 """

@@ -524,8 +524,9 @@ def make_encoder(vae):
     """A callable frames -> (mu, logvar), (B, z) float32 arrays on V's device.
 
     `FastEncoder` for a V on the CPU (unless `chainer.config.fastconv` is False),
-    Chainer's own convolutions otherwise (a V on a GPU gives CuPy arrays)."""
+    Chainer's own convolutions otherwise (a V on a GPU gives CuPy arrays, and a
+    keypoint V, `ConvVAE(keypoints=K)`, whose head `FastEncoder` does not compute)."""
     on_cpu = isinstance(vae.device, chainer.backend.CpuDevice)
-    if on_cpu and getattr(chainer.config, "fastconv", True):
+    if on_cpu and getattr(chainer.config, "fastconv", True) and not vae.keypoints:
         return FastEncoder(vae)
     return _ChainerEncoder(vae)

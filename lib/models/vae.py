@@ -46,6 +46,10 @@ PAPER_CONFIG = {
 
 _STRIDE = 2
 
+# The keypoint encoder (`ConvVAE(keypoints=K)`): two convs to a 14x14 map of a 64x64
+# frame, where each of K channels' spatial softmax gives one expected (x, y).
+KEYPOINT_ENC_CHANNELS = (32, 64)
+
 
 def decoder_output_size(dec_kernels, stride=_STRIDE):
     """Side of the decoder's output, starting from a 1x1 map.
@@ -86,6 +90,14 @@ class ConvVAE(chainer.Chain):
             last (whose output has `in_channels`).
         dec_kernels: sequence of int, kernel size of each deconv (stride 2);
             one longer than `dec_channels`.
+        keypoints: int; 0 (the paper) reads mu and log-variance from the last conv's
+            flattened map. K > 0 makes a spatial-autoencoder encoder (Finn et al. 2016,
+            "Deep Spatial Autoencoders for Visuomotor Learning"): a 1x1 conv maps the last
+            conv's map to K channels, a softmax over each channel's positions turns it
+            into an expected image position (x, y) in [-1, 1], and mu and log-variance
+            are linear in those 2K coordinates. Where things are in the frame (the goal,
+            the people) then reaches z linearly, which is what a linear C needs; use
+            with fewer convs (`KEYPOINT_ENC_CHANNELS`) so the map keeps its resolution.
 
     Raises:
         ValueError: sizes that do not fit together.
@@ -101,6 +113,7 @@ class ConvVAE(chainer.Chain):
         dense_size=1024,
         dec_channels=(128, 64, 32),
         dec_kernels=(5, 5, 6, 6),
+        keypoints=0,
     ):
         super().__init__()
         enc_channels, dec_channels, dec_kernels = (
@@ -131,11 +144,20 @@ class ConvVAE(chainer.Chain):
             "dec_channels": dec_channels,
             "dec_kernels": dec_kernels,
         }
+        self.keypoints = int(keypoints)
+        if self.keypoints < 0:
+            raise ValueError(f"keypoints must be >= 0, got {keypoints}")
+        if self.keypoints:  # only then, so the paper V's sidecar is unchanged
+            self._config["keypoints"] = self.keypoints
         self.z_size = int(z_size)
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
         self.dense_size = int(dense_size)
-        flat = side * side * enc_channels[-1]
+        flat = 2 * self.keypoints if self.keypoints else side * side * enc_channels[-1]
+        # Each position's (x, y) in [-1, 1], row-major like the NHWC map.
+        grid = (np.arange(side, dtype=np.float32) + 0.5) * np.float32(2.0 / side) - 1.0
+        self._grid_x = np.tile(grid, side)
+        self._grid_y = np.repeat(grid, side)
         with self.init_scope():
             self.enc = chainer.ChainList(
                 *[
@@ -143,6 +165,8 @@ class ConvVAE(chainer.Chain):
                     for c_in, c_out in zip([in_channels, *enc_channels[:-1]], enc_channels)
                 ]
             )
+            if self.keypoints:
+                self.kp = L.Linear(enc_channels[-1], self.keypoints)  # the 1x1 conv
             self.mu = L.Linear(flat, z_size)
             self.logvar = L.Linear(flat, z_size)
             self.dec_fc = L.Linear(z_size, dense_size)
@@ -190,8 +214,23 @@ class ConvVAE(chainer.Chain):
         h = self.to_float(x)
         for conv in self.enc:
             h = conv(h)
-        h = F.reshape(h, (h.shape[0], -1))
+        if self.keypoints:
+            h = self.keypoint_coordinates(h)
+        else:
+            h = F.reshape(h, (h.shape[0], -1))
         return self.mu(h), self.logvar(h)
+
+    def keypoint_coordinates(self, h):
+        """(B, 2K) expected (x..., y...) positions of the K keypoint channels of the
+        last conv's (B, S, S, C) map (x right, y down, both in [-1, 1])."""
+        b, side, _, c = h.shape
+        logits = F.reshape(self.kp(F.reshape(h, (b * side * side, c))), (b, side * side, -1))
+        p = F.softmax(logits, axis=1)  # (B, S*S, K): where each keypoint is
+        xy = []
+        for g in (self._grid_x, self._grid_y):
+            g = self.xp.broadcast_to(self.device.send(g)[None, :, None], p.shape)
+            xy.append(F.sum(p * g, axis=1))
+        return F.concat(xy, axis=1)
 
     def sample(self, mu, logvar, rng=None):
         """Draws z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) (reparameterised).

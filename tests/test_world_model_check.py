@@ -1,0 +1,130 @@
+"""M's trustworthiness as a simulator (lib/diagnostics/world_model.py and
+check_world_model.py): the scores by hand, on a rigged M, and the script on tiny models."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from cli_helpers import make_tiny_models, one_line_error, run
+
+from lib.data.latents import LatentEpisodes
+from lib.diagnostics import world_model as wm
+from lib.models.mdn_rnn import MDNRNN
+
+
+def episodes(lengths, outcomes, z_size=3, seed=0):
+    """LatentEpisodes of the given lengths; each ends with its outcome's reward."""
+    rng = np.random.default_rng(seed)
+    final = {"collision": -1.0, "out_of_map": -0.5, "success": 1.0}
+    frames, steps = np.cumsum([0] + [t + 1 for t in lengths]), np.cumsum([0, *lengths])
+    reward = np.full(steps[-1], -0.004, np.float32)
+    done = np.zeros(steps[-1], bool)
+    for e, o in enumerate(outcomes):
+        reward[steps[e + 1] - 1] = final[o]
+        done[steps[e + 1] - 1] = True
+    return LatentEpisodes(
+        {
+            "mu": rng.normal(size=(frames[-1], z_size)).astype(np.float32),
+            "logvar": np.full((frames[-1], z_size), -2.0, np.float32),
+            "action": rng.uniform(-1, 1, (steps[-1], 2)).astype(np.float32),
+            "reward": reward,
+            "done": done,
+            "frame_offsets": frames,
+            "step_offsets": steps,
+            "files": np.array([f"{e:05d}.npz" for e in range(len(lengths))]),
+        }
+    )
+
+
+def test_rates_by_hand():
+    r = wm.rates([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
+    assert r == {"precision": 2 / 3, "recall": 2 / 3, "predicted": 3, "actual": 3}
+    assert wm.rates([0, 0], [0, 0])["precision"] is None
+
+
+def test_a_collision_is_an_end_with_a_collision_reward():
+    got = wm.is_collision(np.array([-1.0, -0.5, 1.0, -1.0]), np.array([1, 1, 1, 0], bool))
+    assert got.tolist() == [True, False, False, False]
+
+
+def test_actual_collision_soon_marks_the_last_steps_of_collisions():
+    data = episodes([12, 5], ["collision", "success"])
+    soon = wm.actual_collision_soon(data, horizon=10)
+    assert soon.tolist() == [False, False] + [True] * 10 + [False] * 5
+
+
+def test_copy_baseline_by_hand():
+    data = episodes([20, 30], ["success", "success"])
+    idx = np.concatenate([np.arange(0, 20), np.arange(21, 51)])
+    diff = (data.mu[idx + 1] - data.mu[idx]).astype(np.float64)
+    sigma = diff.std(axis=0)
+    expect = np.mean(0.5 * np.log(2 * np.pi) + np.log(sigma) + 0.5 * (diff / sigma) ** 2)
+    assert wm.copy_baseline_nll(data, data.mu, data, data.mu) == pytest.approx(expect)
+
+
+def test_spearman():
+    a = np.array([0.1, 0.5, 0.3, 0.9])
+    assert wm.spearman(a, a**3) == pytest.approx(1.0)
+    assert wm.spearman(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(wm.spearman(a, np.ones(4)))
+
+
+def rigged_m(reward, done_logit):
+    """An M whose heads say `reward` and `done_logit` whatever it reads."""
+    m = MDNRNN(z_size=3, hidden_size=4, n_mixtures=2, reward_head=True, done_head=True)
+    for head, value in ((m.reward, reward), (m.done, done_logit)):
+        head.W.array[:] = 0.0
+        head.b.array[:] = value
+    return m
+
+
+def test_an_m_that_always_predicts_collisions():
+    data = episodes([12, 6, 8], ["collision", "success", "out_of_map"])
+    m = rigged_m(-1.0, 20.0)
+    forced = wm.teacher_forced(m, data)
+    assert forced["h"].shape == (26, 4) and not forced["h"][0].any()  # h before step 0
+    scores = wm.head_scores(data, forced)
+    assert scores["done"] == {"precision": 3 / 26, "recall": 1.0, "predicted": 26, "actual": 3}
+    assert scores["collision_step"]["recall"] == 1.0
+    assert scores["reward_mse"] == pytest.approx(np.mean((data.reward + 1.0) ** 2))
+    forecast = wm.collision_forecasts(m, data, forced, np.random.default_rng(0))
+    assert forecast.all()
+    r = wm.rates(forecast, wm.actual_collision_soon(data))
+    assert r["recall"] == 1.0 and r["precision"] == pytest.approx(10 / 26)
+
+
+def test_an_m_that_never_ends_forecasts_nothing():
+    data = episodes([12], ["collision"])
+    m = rigged_m(-1.0, -20.0)
+    forced = wm.teacher_forced(m, data)
+    assert not wm.collision_forecasts(m, data, forced, np.random.default_rng(0)).any()
+    assert wm.head_scores(data, forced)["done"]["recall"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("wm"))
+
+
+def test_the_script_scores_m_and_compares_dream_with_real(models):
+    run("check_world_model.py", "--controllers", 3, "--episodes", 2, "--data-dir", models)
+    out = os.path.join(models, "results", "world_model_dream.json")
+    with open(out) as f:
+        r = json.load(f)["results"]
+    assert set(r["done"]) == {"precision", "recall", "predicted", "actual"}
+    assert r["test_steps"] > 0 and r["nll"] > -10 and r["copy_baseline_nll"] > -10
+    d = r["dream_vs_real"]
+    assert len(d["dream"]) == len(d["real"]) == len(d["labels"]) == 3
+    assert d["labels"][0] == "random"  # no controller.npz in the tiny models
+    assert all(-10 < x < 10 for x in d["real"] + d["dream"])
+    assert os.path.getsize(out[:-5] + ".png") > 10_000
+
+
+def test_the_script_needs_an_m_with_heads(models, tmp_path):
+    err = one_line_error(
+        run("check_world_model.py", "--mode", "reward", "--data-dir", models, check=False)
+    )
+    assert "rnn_reward" in err
+    err = one_line_error(run("check_world_model.py", "--controllers", "-1", check=False))
+    assert "--controllers" in err
