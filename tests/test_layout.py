@@ -7,7 +7,15 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ["", "kernels", "env", "models", "data", "control", "diagnostics"]  # "": lib's top-level modules
+ORDER = [
+    "",
+    "kernels",
+    "env",
+    "models",
+    "data",
+    "control",
+    "diagnostics",
+]  # "": lib's top-level modules
 
 
 def layer(module: str) -> str | None:
