@@ -407,8 +407,7 @@ def main(argv=None):
     except training.NonFiniteLoss as e:
         cli.fail(str(e), code=1)
     except training.Stopped as stop:
-        print(stop)
-        raise SystemExit(stop.code) from None
+        cli.stopped(stop)
 
     # OUTPUTS
     print(

@@ -29,6 +29,13 @@ def fail(message: str, prog: str | None = None, code: int = 2):
     raise SystemExit(code)
 
 
+def stopped(stop: Exception):
+    """Prints the message of a run that stopped on purpose (`training.Stopped`) on stdout
+    and exits with its `code` (0 after --max-iterations, 130 after Ctrl-C)."""
+    print(stop)
+    raise SystemExit(stop.code)
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     try:
