@@ -23,15 +23,14 @@ snapshot.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
-import functools
 import os
 import time
 
 import chainer
 import numpy as np
-from tqdm import tqdm
 
-from lib import cli, devices, drawing, manifest, training
+from lib import cli, devices, drawing, manifest, progress, training
+from lib.checkpointer import Checkpointer
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
 from lib.models.vae import KEYPOINT_ENC_CHANNELS, PAPER_CONFIG, ConvVAE, VAELoss
@@ -48,6 +47,16 @@ LOG_FIELDS = [
     "test_kl",
     "seconds",
 ]
+CURVES = (
+    [
+        ("train_loss", "train loss"),
+        ("test_loss", "held-out loss"),
+        ("train_rec", "train reconstruction"),
+        ("test_rec", "held-out reconstruction"),
+    ],
+    "VAE loss per frame (summed squared error + floored KL)",
+)
+HELD_OUT_BATCH = 500  # frames per held-out batch: no graph is kept, so it can exceed training's
 
 
 def parse_args(argv=None):
@@ -102,7 +111,7 @@ def parse_args(argv=None):
     return args
 
 
-def held_out_loss(vae, store, kl_tolerance, batch_size, limit, seed):
+def held_out_loss(vae, store, kl_tolerance, limit, seed, batch_size=HELD_OUT_BATCH):
     """Mean loss / rec / KL over up to `limit` frames (fixed noise, no graph)."""
     n = min(limit, len(store))
     loss_fn = VAELoss(vae, kl_tolerance, rng=np.random.default_rng(seed))
@@ -120,13 +129,75 @@ def held_out_loss(vae, store, kl_tolerance, batch_size, limit, seed):
     return {k: v / n for k, v in sums.items()}
 
 
-def save_reconstructions(vae, sample, path, title):
+def save_reconstructions(vae, sample, folder, epoch):
+    """`folder`/epoch_NNNN.png: the `sample` frames over their reconstructions."""
+    path = os.path.join(folder, f"epoch_{epoch:04d}.png")
+    title = f"epoch {epoch}: frames (top) and reconstructions of their mean z (bottom)"
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         mu, _ = vae.encode(sample)
         recon = devices.to_host(vae.decode(mu))
     recon = (np.clip(recon, 0, 1) * 255 + 0.5).astype(np.uint8)
     image = drawing.upscale(drawing.grid([list(sample), list(recon)]), 2)
     drawing.save_png(path, drawing.caption(image, title))
+
+
+def load_frames(vae_root, max_samples, test_frames, image_size):
+    """The train split's frames and the test split's (None without one, or with
+    --test-frames 0), through their memory-mapped caches; prints what they hold."""
+
+    def cache(split, limit):
+        with progress.callback(f"caching {split} frames", "file") as show:
+            return frames.build_cache(os.path.join(vae_root, split), limit, image_size, show)
+
+    try:
+        train_npy, train_index = cache("train", max_samples)
+    except frames.NoFramesError as e:
+        cli.fail(f"{e} — run 01_generate_vae_data.py first")
+    train = frames.FrameStore(train_npy)
+    test = None
+    if test_frames and os.path.isdir(os.path.join(vae_root, "test")):
+        try:
+            test = frames.FrameStore(cache("test", None)[0])
+        except frames.NoFramesError:
+            test = None
+    skipped = len(train_index["skipped"])
+    print(
+        f"train: {train_index['frames']} frames from {train_index['rollouts']} rollouts"
+        + (f" ({skipped} bad files skipped, see {train_npy[:-4]}.json)" if skipped else "")
+        + (f"; test: {len(test)} frames" if test else "; no test split: no held-out loss")
+    )
+    return train, test
+
+
+def resume(run, config, n_frames):
+    """Restores `run` from its snapshot after checking it fits; returns the resumed
+    epoch's shuffled order (None at an epoch boundary)."""
+    old = run.saved_settings()
+    if old.get("config", config) != config:
+        cli.fail(
+            f"{run.path} is a VAE with {old.get('config')}, not {config} — "
+            "use the same --z-size and --keypoints, or --overwrite to start again"
+        )
+    try:
+        perm = run.restore().get("perm")
+    except ValueError as e:
+        cli.fail(str(e))
+    if perm is not None and len(perm) != n_frames:
+        cli.fail(
+            f"{run.path} was trained on {len(perm)} frames, not {n_frames} — same --max_samples please"
+        )
+    print(f"resumed from {run.path}: epoch {run.epoch}, batch {run.iteration}")
+    return perm
+
+
+def epoch_line(row, seconds, frames):
+    """The line printed after an epoch."""
+    held = (
+        f", held-out {row['test_loss']:.1f} (rec {row['test_rec']:.1f}, KL {row['test_kl']:.2f})"
+        if "test_loss" in row
+        else ""
+    )
+    return f"epoch {row['epoch']}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held}, {seconds:.1f} s ({frames / seconds:.0f} frames/s)"
 
 
 def main(argv=None):
@@ -147,45 +218,16 @@ def main(argv=None):
     if not os.path.isdir(train_dir):
         cli.fail(f"{train_dir} not found — run 01_generate_vae_data.py first")
     try:
-        training.check_run(snapshot_path, args.resume, args.overwrite)
-    except training.RunConflict as e:
-        cli.fail(str(e))
-    try:
+        run = Checkpointer.from_args(snapshot_path, args)
         device = devices.select_device(args.gpu)
-    except devices.DeviceUnavailable as e:
+    except (training.RunConflict, devices.DeviceUnavailable) as e:
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
     data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
     image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
 
     # INPUTS: frame caches (built once, memory-mapped).
-    def cache(split, limit):
-        with tqdm(total=0, desc=f"caching {split} frames", unit="file", leave=False) as bar:
-
-            def show(done, total):
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            return frames.build_cache(os.path.join(vae_root, split), limit, image_size, show)
-
-    try:
-        train_npy, train_index = cache("train", args.max_samples)
-    except frames.NoFramesError as e:
-        cli.fail(f"{e} — run 01_generate_vae_data.py first")
-    train = frames.FrameStore(train_npy)
-    test = None
-    if args.test_frames and os.path.isdir(os.path.join(vae_root, "test")):
-        try:
-            test = frames.FrameStore(cache("test", None)[0])
-        except frames.NoFramesError:
-            test = None
-    skipped = len(train_index["skipped"])
-    print(
-        f"train: {train_index['frames']} frames from {train_index['rollouts']} rollouts"
-        + (f" ({skipped} bad files skipped, see {train_npy[:-4]}.json)" if skipped else "")
-        + (f"; test: {len(test)} frames" if test else "; no test split: no held-out loss")
-    )
+    train, test = load_frames(vae_root, args.max_samples, args.test_frames, image_size)
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
@@ -199,153 +241,69 @@ def main(argv=None):
     loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng, object_weight=args.object_weight)
     optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(vae)
-
-    epoch, iteration, perm, partial = 0, 0, None, None
-    if args.resume:
-        old = manifest.read_json(training.sidecar_path(snapshot_path)) or {}
-        if old.get("config", config) != config:
-            cli.fail(
-                f"{snapshot_path} is a VAE with {old.get('config')}, not {config} — "
-                "use the same --z-size and --keypoints, or --overwrite to start again"
-            )
-        try:
-            state, extra = training.load_snapshot(snapshot_path, vae, optimizer)
-        except ValueError as e:
-            cli.fail(str(e))
-        epoch, iteration = state["epoch"], state["iteration"]
-        training.set_rng_state(noise_rng, state["noise_rng"])
-        training.set_rng_state(shuffle_rng, state["shuffle_rng"])
-        perm = extra.get("perm")
-        partial = state.get("partial")
-        if perm is not None and len(perm) != len(train):
-            cli.fail(
-                f"{snapshot_path} was trained on {len(perm)} frames, not {len(train)} — same --max_samples please"
-            )
-        print(f"resumed from {snapshot_path}: epoch {epoch}, batch {iteration}")
-    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=epoch if args.resume else None)
-    sample = (test or train).batch(np.linspace(0, len(test or train) - 1, 8).astype(int))
-
-    def sidecar(extra_fields):
-        return {
+    run.track(
+        vae,
+        optimizer,
+        rngs={"noise_rng": noise_rng, "shuffle_rng": shuffle_rng},
+        settings={
             "config": config,
             "kl_tolerance": args.kl_tolerance,
             "object_weight": args.object_weight,
             "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
             "args": vars(args),
-            **extra_fields,
-        }
-
-    def snapshot(ep, it, order, partial=None):
-        state = {
-            "epoch": ep,
-            "iteration": it,
-            "partial": partial,
-            "noise_rng": training.rng_state(noise_rng),
-            "shuffle_rng": training.rng_state(shuffle_rng),
-        }
-        extra = {"perm": order} if order is not None else {}
-        training.save_snapshot(
-            snapshot_path, vae, optimizer, state, extra, sidecar({"epoch": ep, "iteration": it})
-        )
+        },
+    )
+    perm = resume(run, config, len(train)) if args.resume else None
+    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=run.epoch if args.resume else None)
+    sample = (test or train).batch(np.linspace(0, len(test or train) - 1, 8).astype(int))
 
     # TRAINING LOOP
     reporter = chainer.Reporter()
     reporter.add_observer("v", loss_fn)
     n_batches = -(-len(train) // args.batch_size)
-    if epoch >= args.epochs:
-        print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
-    with training.DeferredInterrupt(args.max_iterations) as interrupt:
-        while epoch < args.epochs:
-            if perm is None or iteration == 0:
-                perm = shuffle_rng.permutation(len(train))
-            # A resumed epoch carries the sums of its batches before the interruption.
-            sums = dict(partial["sums"]) if partial else {"loss": 0.0, "rec": 0.0, "kl": 0.0}
-            count = partial["count"] if partial else 0
-            partial = None
-            session_frames = 0
-            start = time.perf_counter()
-            bar = tqdm(
-                range(iteration, n_batches), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch"
-            )
-            for it in bar:
-                x = train.batch(perm[it * args.batch_size : (it + 1) * args.batch_size])
-                obs = {}
-                with reporter.scope(obs):
-                    loss = loss_fn(x)
-                try:
-                    training.check_loss(
-                        float(loss.array), "the VAE loss", epoch + 1, it + 1, snapshot_path
-                    )
-                except training.NonFiniteLoss as e:
-                    bar.close()
-                    cli.fail(str(e), code=1)
-                vae.cleargrads()
-                loss.backward()
-                optimizer.update()
-                for k in sums:
-                    sums[k] += float(obs[f"v/{k}"].array) * len(x)
-                count += len(x)
-                session_frames += len(x)
-                interrupt.count()
-                bar.set_postfix(
-                    loss=f"{sums['loss'] / count:.1f}",
-                    rec=f"{sums['rec'] / count:.1f}",
-                    kl=f"{sums['kl'] / count:.2f}",
-                )
-                if interrupt.requested_now and it + 1 < n_batches:
-                    bar.close()
-                    snapshot(epoch, it + 1, perm, {"sums": sums, "count": count})
-                    interrupt.exit(snapshot_path, f"epoch {epoch + 1}, batch {it + 1}")
-            bar.close()
-            epoch += 1
-            iteration = 0
-            seconds = time.perf_counter() - start
-            row = {"epoch": epoch, "iterations": epoch * n_batches, "seconds": round(seconds, 2)}
-            row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-            if test is not None:
-                held = held_out_loss(
-                    vae,
-                    test,
-                    args.kl_tolerance,
-                    500,
-                    args.test_frames,
-                    derive_seed(args.seed, "vae/test"),
-                )
-                row.update({f"test_{k}": v for k, v in held.items()})
-            log.append(row)
-            training.plot_curves(
-                log,
-                os.path.join(models, "vae_loss.png"),
-                [
-                    ("train_loss", "train loss"),
-                    ("test_loss", "held-out loss"),
-                    ("train_rec", "train reconstruction"),
-                    ("test_rec", "held-out reconstruction"),
-                ],
-                "VAE loss per frame (summed squared error + floored KL)",
-            )
-            save_reconstructions(
-                vae,
-                sample,
-                os.path.join(progress_dir, f"epoch_{epoch:04d}.png"),
-                f"epoch {epoch}: frames (top) and reconstructions of their mean z (bottom)",
-            )
-            training.save_model(model_path, vae, sidecar({"epochs": epoch, "last": row}))
-            interrupt.snapshot_if_due(
-                epoch,
-                args.epochs,
-                args.snapshot_interval,
-                functools.partial(snapshot, epoch, 0, None),
-            )
-            held_text = (
-                f", held-out {row['test_loss']:.1f} (rec {row['test_rec']:.1f}, KL {row['test_kl']:.2f})"
-                if test is not None
-                else ""
-            )
-            print(
-                f"epoch {epoch}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held_text}, {seconds:.1f} s ({session_frames / seconds:.0f} frames/s)"
-            )
-            interrupt.exit_if_requested(snapshot_path, f"after epoch {epoch}")
+    test_seed = derive_seed(args.seed, "vae/test")
+    if run.epoch >= args.epochs:
+        print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
+    try:
+        with run:
+            for epoch in run.epochs(args.epochs):
+                if perm is None or run.iteration == 0:
+                    perm = shuffle_rng.permutation(len(train))
+                # A resumed epoch carries the sums of its batches before the interruption.
+                means = training.EpochMeans(("loss", "rec", "kl"), run.partial)
+                start, session_frames = time.perf_counter(), 0
+                with run.batches(n_batches, f"epoch {epoch + 1}/{args.epochs}") as bar:
+                    for it in bar:
+                        x = train.batch(perm[it * args.batch_size : (it + 1) * args.batch_size])
+                        obs = {}
+                        with reporter.scope(obs):
+                            loss = loss_fn(x)
+                        run.check_loss(float(loss.array), "the VAE loss")
+                        vae.cleargrads()
+                        loss.backward()
+                        optimizer.update()
+                        means.add(obs, len(x), prefix="v/")
+                        session_frames += len(x)
+                        m = means.means()
+                        bar.set_postfix(
+                            loss=f"{m['loss']:.1f}", rec=f"{m['rec']:.1f}", kl=f"{m['kl']:.2f}"
+                        )
+                        run.batch_done(means.state(), extra={"perm": perm})
+                seconds = time.perf_counter() - start
+                row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}
+                row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
+                if test is not None:
+                    held = held_out_loss(vae, test, args.kl_tolerance, args.test_frames, test_seed)
+                    row.update({f"test_{k}": v for k, v in held.items()})
+                log.append(row)
+                training.plot_curves(log, os.path.join(models, "vae_loss.png"), *CURVES)
+                save_reconstructions(vae, sample, progress_dir, epoch + 1)
+                training.save_model(model_path, vae, run.sidecar(epochs=epoch + 1, last=row))
+                print(epoch_line(row, seconds, session_frames))
+    except training.NonFiniteLoss as e:
+        cli.fail(str(e), code=1)
+    except training.Stopped as stop:
+        cli.stopped(stop)
 
     # OUTPUTS
     print(

@@ -28,15 +28,14 @@ z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
-import functools
 import os
 import time
 
 import chainer
 import numpy as np
-from tqdm import tqdm
 
-from lib import cli, devices, manifest, training
+from lib import cli, devices, manifest, progress, training
+from lib.checkpointer import Checkpointer
 from lib.data import latents, rnn_data
 from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
@@ -66,6 +65,12 @@ LOG_FIELDS = [
     "test_done_recall",
     "ss_prob",
     "seconds",
+]
+CURVES = [
+    ("train_nll", "train NLL"),
+    ("test_nll", "held-out NLL"),
+    ("constant_z_nll", "baseline: constant z"),
+    ("copy_z_nll", "baseline: next z = current z"),
 ]
 
 
@@ -191,6 +196,95 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
     return out
 
 
+def load_latents(split_dir, vae, vae_path, limit):
+    """V's encoding of a split's episodes (`latents.encode_split`, cached), with a bar."""
+    desc = f"encoding {os.path.basename(split_dir)} with V"
+    with progress.callback(desc, "ep") as show:
+        return latents.encode_split(split_dir, vae, vae_path, limit, show)
+
+
+def check_frame_size(root, v_size):
+    """Fails unless 02's frames (its manifest says their size) are the size V expects."""
+    data_manifest = manifest.read_json(os.path.join(root, "manifest.json")) or {}
+    frame_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", v_size)
+    if frame_size != v_size:
+        cli.fail(
+            f"{root} has {frame_size}x{frame_size} frames but V expects {v_size} — retrain V or regenerate 02's data"
+        )
+
+
+def load_episodes(root, vae, vae_path, max_episodes):
+    """The train split's latent episodes and the test split's (None without one);
+    prints what they hold."""
+    try:
+        train, info = load_latents(os.path.join(root, "train"), vae, vae_path, max_episodes)
+    except latents.NoEpisodesError as e:
+        cli.fail(f"{e} — run 02_generate_rnn_data.py first")
+    test = None
+    if os.path.isdir(os.path.join(root, "test")):
+        try:
+            test, _ = load_latents(os.path.join(root, "test"), vae, vae_path, None)
+        except latents.NoEpisodesError:
+            test = None
+    note = " (cache rebuilt)" if info["rebuilt"] else " (cached)"
+    skipped = len(info["skipped"])
+    print(
+        f"train: {len(train)} episodes, {int(train.lengths.sum())} steps{note}"
+        + (f", {skipped} bad files skipped" if skipped else "")
+        + (f"; test: {len(test)} episodes" if test else "; no test split: no held-out metrics")
+    )
+    return train, test
+
+
+def held_out_baselines(train, test, seed):
+    """The test split's z (sampled once) and the NLL of the constant-z and copy-z
+    baselines on it; (None, None) without a test split."""
+    if test is None:
+        return None, None
+    rng = np.random.default_rng(derive_seed(seed, "rnn/test-z"))
+    z_test = rnn_data.sample_z(test, rng)
+    baselines = rnn_data.baseline_nll(train, rnn_data.sample_z(train, rng), test, z_test)
+    print(
+        f"held-out baselines (NLL per latent dim): constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f}"
+    )
+    return z_test, baselines
+
+
+def done_pos_weight(train, heads, wanted):
+    """The done loss's weight of done=1 steps: --done-pos-weight, or #not-done / #done
+    (at most MAX_DONE_POS_WEIGHT); 1 without the heads."""
+    if not heads:
+        return 1.0
+    dones = float(train.done.sum())
+    return wanted or min((len(train.done) - dones) / max(dones, 1.0), MAX_DONE_POS_WEIGHT)
+
+
+def resume(run, config):
+    """Restores `run` from its snapshot after checking it holds an M of these sizes."""
+    old = run.saved_settings()
+    old_config = {k: old.get("config", {}).get(k) for k in config}
+    if old.get("config") is not None and old_config != config:
+        cli.fail(
+            f"{run.path} is an M with {old_config}, not {config} — V's z size or the "
+            "flags changed; use the same V and flags, or --overwrite"
+        )
+    try:
+        run.restore()
+    except ValueError as e:
+        cli.fail(str(e))
+    print(f"resumed from {run.path}: epoch {run.epoch}, batch {run.iteration}")
+
+
+def epoch_line(row, baselines, heads, seconds):
+    """The line printed after an epoch."""
+    text = f"epoch {row['epoch']}: train NLL {row['train_nll']:.3f}"
+    if baselines is not None:
+        text += f", held-out {row['test_nll']:.3f} (constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f})"
+        if heads:
+            text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
+    return text + f", {seconds:.1f} s"
+
+
 def main(argv=None):
     args = parse_args(argv)
     heads = args.mode in ("reward", "dream")
@@ -198,7 +292,7 @@ def main(argv=None):
     models = os.path.join(args.data_dir, "models")
     name = f"rnn_{args.mode}"
     model_path = os.path.join(models, f"{name}.npz")
-    snapshot_path = os.path.join(models, f"{name}_snapshot.npz")
+    vae_path = os.path.join(models, "vae.npz")
     print(
         f"04: M in mode {args.mode} (reward/done heads: {heads}), hidden {args.hidden}, "
         f"{args.mixtures} mixtures, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, seed {args.seed}"
@@ -210,63 +304,20 @@ def main(argv=None):
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
     except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
-    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         cli.fail(f"{train_dir} not found — run 02_generate_rnn_data.py first")
-    data_manifest = manifest.read_json(os.path.join(root, "manifest.json")) or {}
-    frame_size = (
-        data_manifest.get("identity", {})
-        .get("env", {})
-        .get("image_size", vae_sidecar["config"]["image_size"])
-    )
-    if frame_size != vae_sidecar["config"]["image_size"]:
-        cli.fail(
-            f"{root} has {frame_size}x{frame_size} frames but V expects {vae_sidecar['config']['image_size']} — retrain V or regenerate 02's data"
-        )
+    check_frame_size(root, vae_sidecar["config"]["image_size"])
     try:
-        training.check_run(snapshot_path, args.resume, args.overwrite)
+        run = Checkpointer.from_args(os.path.join(models, f"{name}_snapshot.npz"), args)
     except training.RunConflict as e:
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
 
     # INPUTS: V's encoding of every frame, cached by content hash.
-    vae_path = os.path.join(models, "vae.npz")
-
-    def encode(split_dir, limit):
-        with tqdm(
-            total=0, desc=f"encoding {os.path.basename(split_dir)} with V", unit="ep", leave=False
-        ) as bar:
-
-            def show(done, total):
-                bar.total, bar.n = total, done
-                bar.refresh()
-
-            return latents.encode_split(split_dir, vae, vae_path, limit, show)
-
-    try:
-        train, train_info = encode(train_dir, args.max_episodes)
-    except latents.NoEpisodesError as e:
-        cli.fail(f"{e} — run 02_generate_rnn_data.py first")
-    test = None
-    if os.path.isdir(test_dir):
-        try:
-            test, _ = encode(test_dir, None)
-        except latents.NoEpisodesError:
-            test = None
-    note = " (cache rebuilt)" if train_info["rebuilt"] else " (cached)"
-    skipped = len(train_info["skipped"])
-    print(
-        f"train: {len(train)} episodes, {int(train.lengths.sum())} steps{note}"
-        + (f", {skipped} bad files skipped" if skipped else "")
-        + (f"; test: {len(test)} episodes" if test else "; no test split: no held-out metrics")
-    )
-    if heads:
-        dones = float(train.done.sum())
-        pos_weight = args.done_pos_weight or min(
-            (len(train.done) - dones) / max(dones, 1.0), MAX_DONE_POS_WEIGHT
-        )
-    else:
-        pos_weight = 1.0
+    train, test = load_episodes(root, vae, vae_path, args.max_episodes)
+    pos_weight = done_pos_weight(train, heads, args.done_pos_weight)
+    z_test, baselines = held_out_baselines(train, test, args.seed)
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "rnn/init") % 2**32)  # Chainer's initializers
@@ -286,153 +337,77 @@ def main(argv=None):
     optimizer.setup(model)
     if args.grad_clip > 0:
         optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(args.grad_clip))
-
-    epoch, iteration, partial = 0, 0, None
+    v_sha1 = latents.file_hash(vae_path)
+    vae_info = {"path": vae_path, "sha1": v_sha1, "config": vae_sidecar["config"]}
+    settings = {"config": model.config(), "mode": args.mode, "vae": vae_info}
+    settings.update(done_pos_weight=pos_weight, baselines=baselines, args=vars(args))
+    run.track(model, optimizer, settings=settings)
     if args.resume:
-        old = manifest.read_json(training.sidecar_path(snapshot_path)) or {}
-        old_config = {k: old.get("config", {}).get(k) for k in config}
-        if old.get("config") is not None and old_config != config:
-            cli.fail(
-                f"{snapshot_path} is an M with {old_config}, not {config} — V's z size or the "
-                "flags changed; use the same V and flags, or --overwrite"
-            )
-        try:
-            state, _ = training.load_snapshot(snapshot_path, model, optimizer)
-        except ValueError as e:
-            cli.fail(str(e))
-        epoch, iteration, partial = state["epoch"], state["iteration"], state.get("partial")
-        print(f"resumed from {snapshot_path}: epoch {epoch}, batch {iteration}")
-    log = training.CsvLog(
-        os.path.join(models, f"{name}_log.csv"),
-        LOG_FIELDS,
-        resume_epoch=epoch if args.resume else None,
-    )
-    baselines = None
-    if test is not None:
-        rng = np.random.default_rng(derive_seed(args.seed, "rnn/test-z"))
-        z_test = rnn_data.sample_z(test, rng)
-        baselines = rnn_data.baseline_nll(train, rnn_data.sample_z(train, rng), test, z_test)
-        print(
-            f"held-out baselines (NLL per latent dim): constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f}"
-        )
-
-    def sidecar(extra):
-        return {
-            "config": model.config(),
-            "mode": args.mode,
-            "vae": {
-                "path": vae_path,
-                "sha1": latents.file_hash(vae_path),
-                "config": vae_sidecar["config"],
-            },
-            "done_pos_weight": pos_weight,
-            "baselines": baselines,
-            "args": vars(args),
-            **extra,
-        }
-
-    def snapshot(ep, it, part):
-        training.save_snapshot(
-            snapshot_path,
-            model,
-            optimizer,
-            {"epoch": ep, "iteration": it, "partial": part},
-            sidecar=sidecar({"epoch": ep, "iteration": it}),
-        )
+        resume(run, config)
+    log_path = os.path.join(models, f"{name}_log.csv")
+    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=run.epoch if args.resume else None)
 
     # TRAINING LOOP
     reporter = chainer.Reporter()
     reporter.add_observer("m", loss_fn)
     xp = model.xp
     keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
-    if epoch >= args.epochs:
-        print(f"already trained for {epoch} epochs (--epochs {args.epochs}): nothing to do")
-    with training.DeferredInterrupt(args.max_iterations) as interrupt:
-        while epoch < args.epochs:
-            # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch, batch),
-            # so a resumed run repeats it exactly.
-            epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
-            z = rnn_data.sample_z(train, epoch_rng)
-            plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
-            ss_prob = args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0
-            sums = dict(partial["sums"]) if partial else dict.fromkeys(keys, 0.0)
-            count = partial["count"] if partial else 0.0
-            partial = None
-            start = time.perf_counter()
-            bar = tqdm(
-                range(iteration, len(plan)), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch"
-            )
-            for it in bar:
-                rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
-                state = None
-                for ch in plan[it]:
-                    z_in = model.scheduled_inputs(
-                        ch["z"], ch["a"], ss_prob, args.temperature, rng, state
-                    )
-                    obs = {}
-                    with reporter.scope(obs):
-                        loss, state = loss_fn(
-                            xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
-                            xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
-                        )  # fmt: skip
-                    try:
-                        training.check_loss(
-                            float(loss.array), "the M loss", epoch + 1, it + 1, snapshot_path
-                        )
-                    except training.NonFiniteLoss as e:
-                        bar.close()
-                        cli.fail(str(e), code=1)
-                    model.cleargrads()
-                    loss.backward()
-                    optimizer.update()
-                    state = (state[0].array, state[1].array)  # truncate BPTT here
-                    n = float(ch["mask"].sum())
-                    for k in keys:
-                        sums[k] += float(obs[f"m/{k}"].array) * n
-                    count += n
-                interrupt.count()
-                bar.set_postfix(nll=f"{sums['nll'] / max(count, 1):.3f}")
-                if interrupt.requested_now and it + 1 < len(plan):
-                    bar.close()
-                    snapshot(epoch, it + 1, {"sums": sums, "count": count})
-                    interrupt.exit(snapshot_path, f"epoch {epoch + 1}, batch {it + 1}")
-            bar.close()
-            epoch += 1
-            iteration = 0
-            seconds = time.perf_counter() - start
-            row = {"epoch": epoch, "ss_prob": round(ss_prob, 4), "seconds": round(seconds, 2)}
-            row.update({f"train_{k}": v / max(count, 1.0) for k, v in sums.items()})
-            if test is not None:
-                row.update(evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight))
-                row["constant_z_nll"] = baselines["constant_z"]
-                row["copy_z_nll"] = baselines["copy_z"]
-            log.append(row)
-            training.plot_curves(
-                log,
-                os.path.join(models, f"{name}_loss.png"),
-                [
-                    ("train_nll", "train NLL"),
-                    ("test_nll", "held-out NLL"),
-                    ("constant_z_nll", "baseline: constant z"),
-                    ("copy_z_nll", "baseline: next z = current z"),
-                ],
-                f"M ({args.mode}): NLL of z(t+1) per latent dimension",
-                ylabel="nats",
-            )
-            training.save_model(model_path, model, sidecar({"epochs": epoch, "last": row}))
-            interrupt.snapshot_if_due(
-                epoch,
-                args.epochs,
-                args.snapshot_interval,
-                functools.partial(snapshot, epoch, 0, None),
-            )
-            text = f"epoch {epoch}: train NLL {row['train_nll']:.3f}"
-            if test is not None:
-                text += f", held-out {row['test_nll']:.3f} (constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f})"
-                if heads:
-                    text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
-            print(text + f", {seconds:.1f} s")
-            interrupt.exit_if_requested(snapshot_path, f"after epoch {epoch}")
+    if run.epoch >= args.epochs:
+        print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
+    try:
+        with run:
+            for epoch in run.epochs(args.epochs):
+                # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch,
+                # batch), so a resumed run repeats it exactly.
+                epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
+                z = rnn_data.sample_z(train, epoch_rng)
+                plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
+                ss_prob = (
+                    args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0
+                )
+                means = training.EpochMeans(keys, run.partial)
+                start = time.perf_counter()
+                with run.batches(len(plan), f"epoch {epoch + 1}/{args.epochs}") as bar:
+                    for it in bar:
+                        rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
+                        state = None
+                        for ch in plan[it]:
+                            z_in = model.scheduled_inputs(
+                                ch["z"], ch["a"], ss_prob, args.temperature, rng, state
+                            )
+                            obs = {}
+                            with reporter.scope(obs):
+                                loss, state = loss_fn(
+                                    xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
+                                    xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
+                                )  # fmt: skip
+                            run.check_loss(float(loss.array), "the M loss")
+                            model.cleargrads()
+                            loss.backward()
+                            optimizer.update()
+                            state = (state[0].array, state[1].array)  # truncate BPTT here
+                            means.add(obs, float(ch["mask"].sum()), prefix="m/")
+                        bar.set_postfix(nll=f"{means.mean('nll'):.3f}")
+                        run.batch_done(means.state())
+                seconds = time.perf_counter() - start
+                row = {"epoch": epoch + 1, "ss_prob": round(ss_prob, 4)}
+                row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
+                if test is not None:
+                    held = evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight)
+                    row.update(held)
+                    row["constant_z_nll"] = baselines["constant_z"]
+                    row["copy_z_nll"] = baselines["copy_z"]
+                log.append(row)
+                title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
+                training.plot_curves(
+                    log, os.path.join(models, f"{name}_loss.png"), CURVES, title, "nats"
+                )
+                training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
+                print(epoch_line(row, baselines, heads, seconds))
+    except training.NonFiniteLoss as e:
+        cli.fail(str(e), code=1)
+    except training.Stopped as stop:
+        cli.stopped(stop)
 
     # OUTPUTS
     print(

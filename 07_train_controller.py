@@ -33,7 +33,7 @@ import numpy as np
 
 from lib import cli, devices, drawing, manifest, parallel, training
 from lib.control.agent import WorldModelsAgent
-from lib.control.es import CMAES, ReplayMismatch
+from lib.control.es import CMAES, CannotResume
 from lib.control.fitness import Evaluator, Spec, WorkerDied
 from lib.data import latents
 from lib.env import socnavenv as sn
@@ -56,6 +56,20 @@ LOG_FIELDS = [
     "eval_collision",
     "seconds",
 ]
+CURVES = [
+    ("best", "best candidate"),
+    ("mean", "population mean"),
+    ("worst", "worst candidate"),
+    ("eval_return", "CMA mean, real env"),
+]
+# The log's columns from a real-env evaluation's summary.
+EVAL_COLUMNS = {
+    "eval_return": "return_mean",
+    "eval_success": "success_rate",
+    "eval_collision": "collision_rate",
+}
+# What the evaluation record keeps of each real-env evaluation.
+EVAL_KEYS = ("return_mean", "success_rate", "collision_rate", "timeout_rate", "out_of_map_rate")
 
 
 def parse_args(argv=None):
@@ -118,16 +132,14 @@ def parse_args(argv=None):
         "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
     )
     cli.add_gpu_arg(p, "V, M and C in every worker and in the evaluations")
-    p.add_argument("--resume", action="store_true", help="continue from controller_es.npz")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if a run exists")
+    cli.add_resume_args(p, "controller_es.npz", existing="a run")
     cli.add_common_args(p)
     args = p.parse_args(argv)
     if not args.sigma > 0:
         p.error(f"--sigma must be > 0, got {args.sigma}")
     if args.popsize < 2:
         p.error("--popsize must be at least 2")
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite exclude each other")
+    cli.check_run_args(p, args)
     if args.workers is None:
         args.workers = 1 if args.gpu >= 0 else cli.default_workers()
     return args
@@ -140,6 +152,56 @@ def pick_rnn_mode(models, wanted, dream):
         if os.path.exists(os.path.join(models, f"rnn_{mode}.npz")):
             return mode
     cli.fail(f"no M in {models} — run 04_train_rnn.py first (--mode dream for --dream)")
+
+
+def load_m(data_dir, rnn_mode, z_size, device, dream):
+    """M (`rnn_<mode>.npz`) on `device`; fails in one line if it is missing, does not fit
+    V, or lacks the reward and done heads that `dream` needs."""
+    try:
+        rnn, _ = checkpoints.load_rnn(data_dir, rnn_mode, z_size, device)
+    except checkpoints.CheckpointError as e:
+        cli.fail(str(e))
+    if dream and not (rnn.reward_head and rnn.done_head):
+        rnn_path = os.path.join(data_dir, "models", f"rnn_{rnn_mode}.npz")
+        cli.fail(
+            f"--dream needs an M with reward and done heads; {rnn_path} has none — run 04_train_rnn.py --mode dream (or reward)"
+        )
+    return rnn
+
+
+def write_dream_starts(data_dir, vae, path):
+    """Saves V's (mu, logvar) of the first frame of every 02 training episode to `path`:
+    where dreams start."""
+    models = os.path.join(data_dir, "models")
+    train_dir = os.path.join(data_dir, "rnn_data", "train")
+    try:
+        data, _ = latents.encode_split(train_dir, vae, os.path.join(models, "vae.npz"))
+    except latents.NoEpisodesError as e:
+        cli.fail(f"{e} — run 02_generate_rnn_data.py first (dreams start from its first frames)")
+    first = data.frame_offsets[:-1]
+    np.savez(path, mu=data.mu[first], logvar=data.logvar[first])
+    print(f"dreams start from the first frames of {len(first)} real episodes")
+
+
+def real_eval(params, vae, rnn, seeds, config):
+    """One controller `params` (n_params,) float32 in the real env through V and M, on
+    `seeds`: (the summary, the first episode recorded)."""
+    agent = WorldModelsAgent(min(EVAL_LOCKSTEP, len(seeds)), vae, rnn, params[None])
+    summary, episodes = evaluate(agent, seeds, config, n_envs=EVAL_LOCKSTEP, record=1)
+    return summary, episodes[0]
+
+
+def save_best(controller, params, args, rnn_mode, generation, summary, shown):
+    """controller.npz (+ json) and controller_best.gif for a new best evaluation."""
+    models = os.path.join(args.data_dir, "models")
+    results = os.path.join(args.data_dir, "results")
+    controller.set_flat(params)
+    sidecar = {"config": controller.config(), "rnn_mode": rnn_mode, "dream": args.dream}
+    sidecar.update(temperature=args.temperature, generation=generation, evaluation=summary)
+    training.save_model(
+        os.path.join(models, "controller.npz"), controller, {**sidecar, "args": vars(args)}
+    )
+    drawing.episode_gif(os.path.join(results, "controller_best.gif"), shown, f"gen {generation}")
 
 
 def main(argv=None):
@@ -164,42 +226,16 @@ def main(argv=None):
         f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} trials, "
         f"sigma {args.sigma}, {where}, {args.workers} workers ({args.backend}{f', GPU {args.gpu}' if args.gpu >= 0 else ''}), seed {args.seed}"
     )
-
+    rnn = load_m(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"], device, args.dream)
     try:
-        rnn, _ = checkpoints.load_rnn(
-            args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"], device
-        )
-    except checkpoints.CheckpointError as e:
-        cli.fail(str(e))
-    rnn_path = os.path.join(models, f"rnn_{rnn_mode}.npz")
-    if args.dream and not (rnn.reward_head and rnn.done_head):
-        cli.fail(
-            f"--dream needs an M with reward and done heads; {rnn_path} has none — run 04_train_rnn.py --mode dream (or reward)"
-        )
-    if args.resume and not os.path.exists(es_path):
-        cli.fail(f"--resume: {es_path} not found — run without --resume to start")
-    if not args.resume and not args.overwrite and os.path.exists(es_path):
-        cli.fail(
-            f"{es_path} exists: pass --resume to continue that run, or --overwrite to start again"
-        )
-    try:
+        training.check_run(es_path, args.resume, args.overwrite, start="to start")
         parallel.check_backend(args.backend)
-    except parallel.BackendUnavailable as e:
+    except (training.RunConflict, parallel.BackendUnavailable) as e:
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
-    starts_path = None
+    starts_path = os.path.join(models, "dream_starts.npz") if args.dream else None
     if args.dream:
-        train_dir = os.path.join(args.data_dir, "rnn_data", "train")
-        try:
-            data, _ = latents.encode_split(train_dir, vae, os.path.join(models, "vae.npz"))
-        except latents.NoEpisodesError as e:
-            cli.fail(
-                f"{e} — run 02_generate_rnn_data.py first (dreams start from its first frames)"
-            )
-        first = data.frame_offsets[:-1]
-        starts_path = os.path.join(models, "dream_starts.npz")
-        np.savez(starts_path, mu=data.mu[first], logvar=data.logvar[first])
-        print(f"dreams start from the first frames of {len(first)} real episodes")
+        write_dream_starts(args.data_dir, vae, starts_path)
 
     # SEARCH: CMA-ES over the controller's flat parameters.
     size = n_params(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -207,49 +243,25 @@ def main(argv=None):
     record = {"best_eval": -np.inf, "evals": []}
     if args.resume:
         try:
-            arrays, saved = CMAES.load_state(es_path)
-            if int(arrays["n_params"]) != size:
-                cli.fail(
-                    f"{es_path} searched {int(arrays['n_params'])} parameters, this V+M needs {size} — use --overwrite"
-                )
-            es = CMAES.replay(arrays)
-        except (OSError, KeyError, ValueError) as e:
-            cli.fail(
-                f"{es_path}: cannot resume ({type(e).__name__}: {e}) — use --overwrite to start again"
-            )
-        except ReplayMismatch as e:
-            cli.fail(f"{es_path}: {e} (another pycma version?) — use --overwrite to start again")
-        record = saved
+            es, record = CMAES.resume(es_path, size)
+        except CannotResume as e:
+            cli.fail(str(e))
         print(
             f"resumed after generation {es.generation} (best evaluation so far {record['best_eval']:.3f})"
         )
     else:
         es = CMAES(size, args.popsize, args.sigma, cma_seed)
-    log = training.CsvLog(
-        os.path.join(models, "controller_log.csv"),
-        LOG_FIELDS,
-        resume_epoch=es.generation if args.resume else None,
-    )
-    spec = Spec(
-        args.data_dir,
-        rnn_mode,
-        args.trials,
-        args.seed,
-        args.dream,
-        args.temperature,
-        config.to_dict(),
-        starts_path,
-        args.gpu,
-    )
-    eval_seeds = evaluation_seeds(
-        derive_seed(args.seed, "controller-eval") % 2**31, args.eval_episodes
-    )
+    log_path = os.path.join(models, "controller_log.csv")
+    log = training.CsvLog(log_path, LOG_FIELDS, es.generation if args.resume else None)
+    spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
+    spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
+    eval_seed = derive_seed(args.seed, "controller-eval") % 2**31
+    eval_seeds = evaluation_seeds(eval_seed, args.eval_episodes)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
 
-    def real_eval(params, generation):
-        agent = WorldModelsAgent(min(EVAL_LOCKSTEP, len(eval_seeds)), vae, rnn, params[None])
-        summary, episodes = evaluate(agent, eval_seeds, config, n_envs=EVAL_LOCKSTEP, record=1)
-        return summary, episodes[0]
+    progress_png = os.path.join(models, "controller_progress.png")
+    title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"
+    target = np.inf if args.target_return is None else args.target_return
 
     # GENERATIONS
     with Evaluator(spec, args.workers, args.backend, args.address, args.group_size) as evaluator:
@@ -261,78 +273,28 @@ def main(argv=None):
                 returns, lengths = evaluator(xs, gen)
                 fitness = returns.mean(axis=1)
                 es.tell(xs, fitness)
-                row = {
-                    "generation": gen + 1,
-                    "best": float(fitness.max()),
-                    "mean": float(fitness.mean()),
-                    "worst": float(fitness.min()),
-                    "sigma": es.sigma,
-                    "mean_length": float(lengths.mean()),
-                }
+                row = {"generation": gen + 1, "best": float(fitness.max())}
+                row.update(mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma)
+                row["mean_length"] = float(lengths.mean())
                 text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
                 if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
-                    summary, shown = real_eval(es.mean.astype(np.float32), gen + 1)
-                    row.update(
-                        eval_return=summary["return_mean"],
-                        eval_success=summary["success_rate"],
-                        eval_collision=summary["collision_rate"],
-                    )
+                    params = es.mean.astype(np.float32)
+                    summary, shown = real_eval(params, vae, rnn, eval_seeds, config)
+                    row.update({column: summary[k] for column, k in EVAL_COLUMNS.items()})
                     record["evals"].append(
-                        {
-                            "generation": gen + 1,
-                            **{
-                                k: summary[k]
-                                for k in (
-                                    "return_mean",
-                                    "success_rate",
-                                    "collision_rate",
-                                    "timeout_rate",
-                                    "out_of_map_rate",
-                                )
-                            },
-                        }
+                        {"generation": gen + 1, **{k: summary[k] for k in EVAL_KEYS}}
                     )
                     text += f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
                     if summary["return_mean"] > record["best_eval"]:
                         record["best_eval"] = summary["return_mean"]
-                        controller.set_flat(es.mean)
-                        training.save_model(
-                            os.path.join(models, "controller.npz"),
-                            controller,
-                            {
-                                "config": controller.config(),
-                                "rnn_mode": rnn_mode,
-                                "dream": args.dream,
-                                "temperature": args.temperature,
-                                "generation": gen + 1,
-                                "evaluation": summary,
-                                "args": vars(args),
-                            },
-                        )
-                        drawing.episode_gif(
-                            os.path.join(results, "controller_best.gif"), shown, f"gen {gen + 1}"
-                        )
+                        save_best(controller, es.mean, args, rnn_mode, gen + 1, summary, shown)
                         text += " (new best, saved)"
                 row["seconds"] = round(time.perf_counter() - start, 2)
                 log.append(row)
                 es.save(es_path, record)
-                training.plot_curves(
-                    log,
-                    os.path.join(models, "controller_progress.png"),
-                    [
-                        ("best", "best candidate"),
-                        ("mean", "population mean"),
-                        ("worst", "worst candidate"),
-                        ("eval_return", "CMA mean, real env"),
-                    ],
-                    "C: fitness per generation (" + ("dream" if args.dream else "real env") + ")",
-                    ylabel="mean return",
-                )
+                training.plot_curves(log, progress_png, CURVES, title, "mean return")
                 print(text + f", {row['seconds']:.1f} s", flush=True)
-                if (
-                    args.target_return is not None
-                    and row.get("eval_return", -np.inf) >= args.target_return
-                ):
+                if row.get("eval_return", -np.inf) >= target:
                     print(f"target return {args.target_return} reached: stopping")
                     break
         except KeyboardInterrupt:

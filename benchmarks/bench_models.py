@@ -40,7 +40,9 @@ import chainer
 import numpy as np
 
 from lib import devices
+from lib.control.agent import WorldModelsAgent
 from lib.kernels.fast_adam import FastAdam
+from lib.models.controller import n_params
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss
 
@@ -52,7 +54,7 @@ GPU_DEFAULT = ("vae_train", "vae_train_b1000", "vae_encode", "rnn_train", "dream
 def _sync():
     """Waits for the device's queued work (a no-op on the CPU)."""
     if not devices.on_cpu(RUN["device"]):
-        import cupy
+        import cupy  # here: optional, only on the GPU
 
         cupy.cuda.get_current_stream().synchronize()
 
@@ -171,9 +173,6 @@ def dream_b1024():
 def _ctrl(n_agents):
     """Agent-steps/s of one real-env control step for `n_agents` in lockstep:
     V encode of uint8 64x64 frames, one M step, one batched C product."""
-    from lib.control.agent import WorldModelsAgent
-    from lib.models.controller import n_params
-
     rng = np.random.default_rng(0)
     vae = _on_device(ConvVAE())
     rnn = _on_device(MDNRNN())

@@ -29,6 +29,13 @@ def fail(message: str, prog: str | None = None, code: int = 2):
     raise SystemExit(code)
 
 
+def stopped(stop: Exception):
+    """Prints the message of a run that stopped on purpose (`training.Stopped`) on stdout
+    and exits with its `code` (0 after --max-iterations, 130 after Ctrl-C)."""
+    print(stop)
+    raise SystemExit(stop.code)
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     try:
@@ -91,14 +98,22 @@ def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
     )
 
 
+def add_resume_args(
+    parser: argparse.ArgumentParser, snapshot: str, existing: str = "a snapshot"
+) -> None:
+    """--resume and --overwrite; `snapshot` names what --resume continues from and
+    `existing` what --overwrite replaces, for --help. `check_run_args` checks them."""
+    parser.add_argument("--resume", action="store_true", help=f"continue from {snapshot}")
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"start afresh even if {existing} exists"
+    )
+
+
 def add_run_args(parser: argparse.ArgumentParser, snapshot: str) -> None:
     """--resume, --overwrite, --snapshot-interval and --max-iterations, which the
     training scripts (03, 04) share; `snapshot` names their snapshot file for --help.
-    `parse_run_args` checks them."""
-    parser.add_argument("--resume", action="store_true", help=f"continue from {snapshot}")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="start afresh even if a snapshot exists"
-    )
+    `check_run_args` checks them."""
+    add_resume_args(parser, snapshot)
     parser.add_argument(
         "--snapshot-interval", type=positive_int, default=1, help="epochs between snapshots"
     )

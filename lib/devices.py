@@ -36,7 +36,7 @@ def select_device(gpu: int):
     if gpu < 0:
         return chainer.get_device("@numpy")
     try:
-        import cupy
+        import cupy  # here: optional (only --gpu needs it), and slow to import
     except ImportError:
         raise DeviceUnavailable(f"--gpu {gpu} needs CuPy, which is not installed: {INSTALL_HINT}")
     except Exception as e:  # noqa: BLE001 — a broken CuPy raises anything at import

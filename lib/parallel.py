@@ -1,14 +1,35 @@
-"""Process pools: local `multiprocessing`, or a Ray cluster with the same API.
+"""Process pools, made in one place: local worker processes, or a Ray cluster.
 
-`--backend ray [--address ADDR]` swaps `multiprocessing.Pool` for
-`ray.util.multiprocessing.Pool`; nothing else in a script changes.
+`make_pool` is the only pool factory. Locally it returns a
+`concurrent.futures.ProcessPoolExecutor`, not a `multiprocessing.Pool`: when a
+worker dies, an executor fails the pending tasks (`BrokenProcessPool`) where a
+Pool waits for them forever. Its workers start one of two ways:
+
+- "fork" (01/02's rollouts, as before): a copy of the parent, with its
+  modules and compiled kernels, ready in milliseconds. Python 3.12+ warns (a
+  DeprecationWarning, hidden by default) that forking a process that has
+  threads can deadlock the child if one of them held a lock the child then
+  needs; 01/02's children only step the environment and write files.
+- "forkserver" (07's evaluator, whose parent holds kernel threads and, with
+  `--gpu`, a CUDA context that a fork would break): children of a clean
+  single-threaded server that imports `lib` and the environment once
+  (`_PRELOAD`). It costs a second or two per pool (see docs/experiments.md),
+  which is why 01/02 keep "fork".
+
+`--backend ray [--address ADDR]` returns `ray.util.multiprocessing.Pool`
+instead; `imap_unordered` and `shutdown` take either kind, so a caller needs no
+branch for the backend.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent import futures
 
 BACKENDS = ("local", "ray")
+# Modules the forkserver imports once, before it forks workers ("__main__" is its default).
+_PRELOAD = ["__main__", "lib", "lib.env.rollouts", "lib.env.policies"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -29,22 +50,76 @@ def check_backend(backend: str) -> None:
 
 
 def make_pool(
-    workers: int, backend: str = "local", address: str | None = None, initializer=None, initargs=()
+    workers: int,
+    backend: str = "local",
+    address: str | None = None,
+    initializer=None,
+    initargs=(),
+    start: str = "fork",
 ):
-    """A pool with `map` / `imap_unordered` / `terminate` / context-manager use.
+    """A pool of `workers` processes, each running `initializer(*initargs)` once.
 
     Args:
         workers: number of worker processes.
-        backend: "local" (multiprocessing, fork) or "ray".
+        backend: "local" (a `futures.ProcessPoolExecutor`) or "ray"
+            (`ray.util.multiprocessing.Pool`).
         address: Ray cluster address (None starts a local Ray instance).
         initializer, initargs: run once in each worker, as in multiprocessing.
+        start: how local workers start, "fork" or "forkserver" (see above).
     """
     check_backend(backend)
+    if start not in ("fork", "forkserver"):
+        raise ValueError(f"start must be 'fork' or 'forkserver', got {start!r}")
     if backend == "local":
-        # fork: workers inherit the already-compiled numba kernels and loaded
-        # modules, so they start in milliseconds.
-        return multiprocessing.get_context("fork").Pool(workers, initializer, initargs)
+        ctx = multiprocessing.get_context(start)
+        if start == "forkserver":
+            ctx.set_forkserver_preload(_PRELOAD)
+        return futures.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        )
     from ray.util.multiprocessing import Pool as RayPool  # optional: checked just above
 
     kwargs = {"ray_address": address} if address else {}
     return RayPool(processes=workers, initializer=initializer, initargs=initargs, **kwargs)
+
+
+def is_local(pool) -> bool:
+    """Whether `pool` is a local executor (it has `submit` and names dead workers)."""
+    return isinstance(pool, futures.ProcessPoolExecutor)
+
+
+def imap_unordered(pool, fn, tasks: Iterable) -> Iterator:
+    """`fn(task)` for every task on `pool`, yielded as they finish.
+
+    Raises:
+        concurrent.futures.process.BrokenProcessPool: a local worker died.
+        Exception: whatever `fn` raised in a worker.
+    """
+    if not is_local(pool):
+        yield from pool.imap_unordered(fn, tasks)
+        return
+    pending = [pool.submit(fn, task) for task in tasks]
+    for done in futures.as_completed(pending):
+        yield done.result()
+
+
+def shutdown(pool, wait: bool = False) -> None:
+    """Stops `pool`'s workers; with `wait`, after the tasks already given finish."""
+    if is_local(pool):
+        pool.shutdown(wait=wait, cancel_futures=not wait)
+    else:
+        if wait:
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
+
+
+def worker_processes(pool: futures.ProcessPoolExecutor) -> dict:
+    """{pid: multiprocessing.Process} of a local pool's workers.
+
+    The executor has no public list of its processes; naming the tasks a dead
+    worker held needs one, so this is the one place that reads the private
+    `_processes` (an empty dict if a Python version drops it).
+    """
+    return dict(getattr(pool, "_processes", None) or {})

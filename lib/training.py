@@ -1,5 +1,7 @@
-"""What V's and M's training scripts share: exact-resume snapshots,
-the CSV log and its plot, and the guard against NaN losses.
+"""What V's and M's training scripts share: exact-resume snapshots, the
+resume/overwrite rules, the deferred Ctrl-C, the epoch's running means, the CSV
+log and its plot, and the guard against NaN losses. `lib/checkpointer.py` puts
+them together as one run object.
 
 A training snapshot is one `.npz` (no pickles) holding the model under
 `model/`, the optimizer under `optimizer/` (Chainer's own serializers), any
@@ -32,16 +34,33 @@ class RunConflict(ValueError):
     """--resume without a snapshot, or a new run over an existing one without --overwrite."""
 
 
-def check_run(snapshot_path: str, resume: bool, overwrite: bool) -> None:
+class Stopped(Exception):
+    """A run stopped on purpose after saving its snapshot; the message says where and
+    how to continue.
+
+    Attributes:
+        code: the exit status a script should give: 130 after Ctrl-C, 0 after the
+            `--max-iterations` budget.
+    """
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def check_run(
+    snapshot_path: str, resume: bool, overwrite: bool, start: str = "to start training"
+) -> None:
     """The resume/overwrite rules of a training run, before anything is written.
+
+    Args:
+        start: the end of the hint "run without --resume ..." when there is no snapshot.
 
     Raises:
         RunConflict: `resume` and no snapshot, or a snapshot and neither flag.
     """
     if resume and not os.path.exists(snapshot_path):
-        raise RunConflict(
-            f"--resume: {snapshot_path} not found — run without --resume to start training"
-        )
+        raise RunConflict(f"--resume: {snapshot_path} not found — run without --resume {start}")
     if not resume and not overwrite and os.path.exists(snapshot_path):
         raise RunConflict(
             f"{snapshot_path} exists: pass --resume to continue that run, or --overwrite to start again"
@@ -124,6 +143,38 @@ def save_model(path: str, model, sidecar: dict) -> None:
 
 def sidecar_path(model_path: str) -> str:
     return os.path.splitext(model_path)[0] + ".json"
+
+
+class EpochMeans:
+    """An epoch's running means of reported losses, weighted by batch size, whose
+    state (`{"sums", "count"}`, JSON) a mid-epoch snapshot carries to the resumed run.
+
+    Args:
+        keys: the losses, in the order the log lists them.
+        partial: `state()` of the interrupted epoch, or None to start at zero.
+    """
+
+    def __init__(self, keys, partial: dict | None = None):
+        self.sums = dict(partial["sums"]) if partial else dict.fromkeys(keys, 0.0)
+        self.count = partial["count"] if partial else 0
+
+    def add(self, reported: dict, n, prefix: str = "") -> None:
+        """Adds a batch of weight `n` (frames, steps): `reported[prefix + key]` for each
+        key, a float or a Chainer Variable (as `chainer.Reporter` observes it)."""
+        for k in self.sums:
+            value = reported[prefix + k]
+            self.sums[k] += float(getattr(value, "array", value)) * n
+        self.count += n
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / max(self.count, 1)
+
+    def means(self, prefix: str = "") -> dict:
+        """{prefix + key: mean}."""
+        return {prefix + k: self.mean(k) for k in self.sums}
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "count": self.count}
 
 
 class CsvLog:
@@ -212,7 +263,7 @@ class DeferredInterrupt:
                 stop.count()
                 if stop.requested_now:
                     save()
-                    stop.exit(snapshot_path, "epoch 3, batch 7")
+                    stop.stop(snapshot_path, "epoch 3, batch 7")  # raises Stopped
     """
 
     def __init__(self, max_iterations: int | None = None):
@@ -240,16 +291,18 @@ class DeferredInterrupt:
             save()
         return due
 
-    def exit_if_requested(self, snapshot_path: str, where: str) -> None:
-        """`exit` if Ctrl-C was pressed or the budget is spent; otherwise nothing."""
+    def stop_if_requested(self, snapshot_path: str, where: str) -> None:
+        """`stop` if Ctrl-C was pressed or the budget is spent; otherwise nothing."""
         if self.requested_now:
-            self.exit(snapshot_path, where)
+            self.stop(snapshot_path, where)
 
-    def exit(self, snapshot_path: str, where: str):
-        """Says what was saved and exits: 130 after Ctrl-C, 0 after the budget."""
+    def stop(self, snapshot_path: str, where: str):
+        """Raises `Stopped` saying what was saved: code 130 after Ctrl-C, 0 after the budget."""
         why = "interrupted" if self.requested else f"stopped after {self.done} batches"
-        print(f"{why}: saved {snapshot_path} ({where}) — continue with --resume")
-        raise SystemExit(130 if self.requested else 0)
+        raise Stopped(
+            f"{why}: saved {snapshot_path} ({where}) — continue with --resume",
+            130 if self.requested else 0,
+        )
 
     def _handler(self, signum, frame):
         if self.requested:

@@ -37,11 +37,11 @@ def test_end_of_epoch_snapshots_and_exit():
     stop = training.DeferredInterrupt(max_iterations=None)
     due = [stop.snapshot_if_due(e, 5, 2, lambda e=e: saved.append(e)) for e in range(1, 6)]
     assert saved == [2, 4, 5] and due == [False, True, False, True, True]
-    stop.exit_if_requested("snap.npz", "after epoch 5")  # nothing requested: returns
+    stop.stop_if_requested("snap.npz", "after epoch 5")  # nothing requested: returns
     budget = training.DeferredInterrupt(max_iterations=1)
     budget.count()
     assert budget.snapshot_if_due(1, 5, 2, lambda: saved.append("stop"))  # a stop is due
     assert saved[-1] == "stop"
-    with pytest.raises(SystemExit) as e:
-        budget.exit_if_requested("snap.npz", "after epoch 1")
+    with pytest.raises(training.Stopped, match="continue with --resume") as e:
+        budget.stop_if_requested("snap.npz", "after epoch 1")
     assert e.value.code == 0  # the budget, not Ctrl-C

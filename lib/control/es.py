@@ -37,6 +37,10 @@ class ReplayMismatch(RuntimeError):
     """Replaying a saved history did not reproduce the same candidates."""
 
 
+class CannotResume(ValueError):
+    """A saved search cannot be continued; the message names the file and what to do."""
+
+
 def _checksum(xs: np.ndarray) -> float:
     return float(np.asarray(xs, np.float64).sum())
 
@@ -164,6 +168,35 @@ class CMAES:
         if missing:
             raise KeyError(f"no {', '.join(missing)}")
         return arrays, record
+
+    @classmethod
+    def resume(cls, path: str, n_params: int) -> tuple[CMAES, object]:
+        """The search saved at `path` (`load_state`, then `replay`) and its record.
+
+        Raises:
+            CannotResume: the file is missing, unreadable or incomplete, searched
+                another number of parameters, or does not replay.
+        """
+        try:
+            arrays, record = cls.load_state(path)
+        except (OSError, KeyError, ValueError) as e:
+            raise CannotResume(
+                f"{path}: cannot resume ({type(e).__name__}: {e}) — use --overwrite to start again"
+            ) from None
+        if int(arrays["n_params"]) != n_params:
+            raise CannotResume(
+                f"{path} searched {int(arrays['n_params'])} parameters, this V+M needs {n_params} — use --overwrite"
+            )
+        try:
+            return cls.replay(arrays), record
+        except ReplayMismatch as e:
+            raise CannotResume(
+                f"{path}: {e} (another pycma version?) — use --overwrite to start again"
+            ) from None
+        except (KeyError, ValueError) as e:
+            raise CannotResume(
+                f"{path}: cannot resume ({type(e).__name__}: {e}) — use --overwrite to start again"
+            ) from None
 
     @classmethod
     def replay(cls, arrays: dict, x0=None, log_prefix=None) -> CMAES:

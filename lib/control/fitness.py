@@ -14,13 +14,13 @@ tasks go through `ray.util.multiprocessing.Pool`.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import tempfile
 from concurrent import futures
 
 import numpy as np
 
+from lib import parallel
 from lib.control.agent import WorldModelsAgent, dream_rollouts
 from lib.devices import select_device
 from lib.env import socnavenv as sn
@@ -28,7 +28,6 @@ from lib.env.rollouts import run_episodes
 from lib.kernels import runtime
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import checkpoints
-from lib.parallel import make_pool
 from lib.seeding import derive_seed
 
 
@@ -175,16 +174,6 @@ def _run_marked(task_fn, task, marker_dir):
     return result
 
 
-def _pool_processes(pool: futures.ProcessPoolExecutor) -> dict:
-    """{pid: Process} of a ProcessPoolExecutor's workers.
-
-    The executor has no public list of its processes; naming the candidates a dead
-    worker held needs one, so this is the one place that reads the private
-    `_processes` (an empty dict if a Python version drops it).
-    """
-    return dict(getattr(pool, "_processes", None) or {})
-
-
 class Evaluator:
     """Evaluates a population: `evaluator(params, generation) -> (returns, lengths)`,
     each (P, trials).
@@ -217,15 +206,10 @@ class Evaluator:
         self.pool = None
         if backend == "local" and workers == 1:
             init_worker(spec)
-        elif backend == "local":
-            ctx = multiprocessing.get_context("forkserver")
-            self.pool = futures.ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=init_pool_worker, initargs=(spec,)
-            )
         else:
-            self.pool = make_pool(
-                workers, backend, address, initializer=init_worker, initargs=(spec,)
-            )
+            init = init_pool_worker if backend == "local" else init_worker
+            # forkserver: this process may hold kernel threads and a CUDA context
+            self.pool = parallel.make_pool(workers, backend, address, init, (spec,), "forkserver")
 
     def tasks(self, params: np.ndarray, generation: int) -> list[dict]:
         return [
@@ -242,7 +226,7 @@ class Evaluator:
             # on the thread count, and fitness must not depend on --workers.
             with runtime.single_blas_thread():
                 results = [self.task_fn(t) for t in tasks]
-        elif isinstance(self.pool, futures.ProcessPoolExecutor):
+        elif parallel.is_local(self.pool):
             with tempfile.TemporaryDirectory(prefix="wm_workers_") as notes:
                 pending = {self.pool.submit(_run_marked, self.task_fn, t, notes): t for t in tasks}
                 for fut in futures.as_completed(pending):
@@ -274,7 +258,7 @@ class Evaluator:
     def _dead_workers_candidates(self, notes: str) -> str:
         """'a-b' ranges noted by worker processes that have exited."""
         held = []
-        for pid, proc in _pool_processes(self.pool).items():
+        for pid, proc in parallel.worker_processes(self.pool).items():
             note = os.path.join(notes, str(pid))
             if proc.exitcode is not None and os.path.exists(note):
                 with open(note) as f:
@@ -304,8 +288,5 @@ class Evaluator:
         """Stops the workers (idempotent)."""
         if self.pool is None:
             return
-        if isinstance(self.pool, futures.ProcessPoolExecutor):
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        else:
-            self.pool.terminate()
+        parallel.shutdown(self.pool)
         self.pool = None

@@ -145,12 +145,10 @@ def run_tasks(tasks: list[Task], workers: int, backend: str, address: str | None
         return total
     pool = parallel.make_pool(workers, backend, address)
     try:
-        for stats in pool.imap_unordered(_run_task, tasks):
+        for stats in parallel.imap_unordered(pool, _run_task, tasks):
             add(stats)
-        pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        parallel.shutdown(pool)
     return total
 
 

@@ -44,7 +44,11 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 512 << 20  # bytes of free heap top kept before returning it
 
 _state = {"blas_sleeps": None, "kernel_threads": None, "blas": None}
-_pool = {"pid": None, "executor": None}  # threads of `parallel_ranges`, made on first use
+_pool = {
+    "pid": None,
+    "executor": None,
+    "size": 0,
+}  # threads of `parallel_ranges`, made on first use
 
 
 def apply() -> None:
@@ -125,11 +129,10 @@ def parallel_ranges(fn, n, threads=None):
         fn(0, n)
         return
     pool = _pool["executor"]
-    if _pool["pid"] != os.getpid() or pool._max_workers < k - 1:
+    if _pool["pid"] != os.getpid() or _pool["size"] < k - 1:
         # A forked child inherits the pool object but not its threads.
-
         pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="lib")
-        _pool["executor"], _pool["pid"] = pool, os.getpid()
+        _pool.update(executor=pool, pid=os.getpid(), size=k - 1)
     bounds = [n * i // k for i in range(k + 1)]
     futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
     fn(bounds[0], bounds[1])
