@@ -212,3 +212,21 @@ def test_object_weight_flag(vae_data, tmp_path):
     # The reported reconstruction error stays the plain one (comparable across weights).
     rows = log_rows(d)
     assert 0 < float(rows[0]["train_rec"]) < float(rows[0]["train_loss"])
+
+
+def test_keypoints_flag(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    line = one_line_error(run("03_train_vae.py", "--keypoints", "-2", "--data-dir", d, check=False))
+    assert "--keypoints" in line
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--keypoints", 6, "--z-size", 8,
+        "--max-iterations", 1, "--data-dir", d)  # fmt: skip
+    config = json.loads((d / "models" / "vae_snapshot.json").read_text())["config"]
+    assert config["keypoints"] == 6 and config["enc_channels"] == [32, 64]
+    # A snapshot of a keypoint V does not resume as another V.
+    args = ["--epochs", 1, "--batch-size", 32, "--z-size", 8, "--resume", "--data-dir", d]
+    line = one_line_error(run("03_train_vae.py", *args, check=False))
+    assert "--keypoints" in line
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--keypoints", 6, "--z-size", 8,
+        "--resume", "--data-dir", d)  # fmt: skip
+    sidecar = json.loads((d / "models" / "vae.json").read_text())
+    assert sidecar["config"]["keypoints"] == 6
