@@ -30,7 +30,9 @@ import numpy as np
 from lib.fileio import atomic_path
 
 # The constructor's settings, saved by name with the history.
-SETTINGS = ("n_params", "popsize", "sigma", "seed")
+SETTINGS = ("n_params", "popsize", "sigma", "seed", "diagonal")
+# Settings that files from before they existed lack, and the value those runs used.
+SETTING_DEFAULTS = {"diagonal": False}
 
 
 class ReplayMismatch(RuntimeError):
@@ -55,9 +57,15 @@ class CMAES:
         seed: non-zero int (pycma treats 0 as "use the clock").
         x0: initial mean (zeros by default).
         log_prefix: where pycma may write its own logs (None: nowhere).
+        diagonal: False (the paper) adapts a full covariance matrix; True adapts only its
+            diagonal (separable CMA-ES, pycma's `CMA_diagonal`), whose learning rates grow
+            with the dimension, so step sizes per parameter adapt in far fewer
+            generations when parameters are many (578 for C at paper sizes).
     """
 
-    def __init__(self, n_params, popsize=64, sigma=0.1, seed=1, x0=None, log_prefix=None):
+    def __init__(
+        self, n_params, popsize=64, sigma=0.1, seed=1, x0=None, log_prefix=None, diagonal=False
+    ):
         if seed == 0:
             raise ValueError("pycma treats seed 0 as 'use the clock': derive a non-zero seed")
         self.settings = {
@@ -65,6 +73,7 @@ class CMAES:
             "popsize": int(popsize),
             "sigma": float(sigma),
             "seed": int(seed),
+            "diagonal": bool(diagonal),
         }
         x0 = np.zeros(n_params) if x0 is None else np.asarray(x0, np.float64)
         opts = {
@@ -74,6 +83,8 @@ class CMAES:
             "verb_disp": 0,
             "verb_log": 0 if log_prefix is None else 1,
         }
+        if diagonal:
+            opts["CMA_diagonal"] = True
         if log_prefix is not None:
             opts["verb_filenameprefix"] = log_prefix
         outside = np.random.get_state()
@@ -163,6 +174,8 @@ class CMAES:
             arrays = {k: z[k] for k in z.files}
         if "settings" in arrays:
             arrays.update(zip(SETTINGS, arrays.pop("settings")))
+        for k, v in SETTING_DEFAULTS.items():
+            arrays.setdefault(k, np.array(v))
         record = json.loads(str(arrays.pop("record"))) if "record" in arrays else None
         missing = [k for k in (*SETTINGS, "history", "checksums") if k not in arrays]
         if missing:
@@ -213,6 +226,7 @@ class CMAES:
             int(arrays["seed"]),
             x0=x0,
             log_prefix=log_prefix,
+            diagonal=bool(arrays.get("diagonal", False)),
         )
         for g, (returns, checksum) in enumerate(zip(arrays["history"], arrays["checksums"])):
             xs = es.ask()
