@@ -89,6 +89,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--dream", action="store_true", help="train inside M (needs reward/done heads)")
     p.add_argument(
+        "--name",
+        type=cli.file_stem,
+        default="controller",
+        help="stem of every file this run writes (models/<name>.npz, <name>_es.npz, "
+        "<name>_log.csv, ...; results/<name>_best.gif), so two Cs can sit side by side "
+        "(for example --dream --name controller_dream); 08 reads it with --controller",
+    )
+    p.add_argument(
         "--rnn-mode",
         choices=RNN_PREFERENCE,
         default=None,
@@ -206,16 +214,16 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     sidecar = {"config": controller.config(), "rnn_mode": rnn_mode, "dream": args.dream}
     sidecar.update(temperature=args.temperature, generation=generation, evaluation=summary)
     training.save_model(
-        os.path.join(models, "controller.npz"), controller, {**sidecar, "args": vars(args)}
+        os.path.join(models, f"{args.name}.npz"), controller, {**sidecar, "args": vars(args)}
     )
-    drawing.episode_gif(os.path.join(results, "controller_best.gif"), shown, f"gen {generation}")
+    drawing.episode_gif(os.path.join(results, f"{args.name}_best.gif"), shown, f"gen {generation}")
 
 
 def main(argv=None):
     args = parse_args(argv)
     models = os.path.join(args.data_dir, "models")
     results = os.path.join(args.data_dir, "results")
-    es_path = os.path.join(models, "controller_es.npz")
+    es_path = os.path.join(models, f"{args.name}_es.npz")
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
     # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
     try:
@@ -258,7 +266,7 @@ def main(argv=None):
         )
     else:
         es = CMAES(size, args.popsize, args.sigma, cma_seed, diagonal=args.diagonal)
-    log_path = os.path.join(models, "controller_log.csv")
+    log_path = os.path.join(models, f"{args.name}_log.csv")
     log = training.CsvLog(log_path, LOG_FIELDS, es.generation if args.resume else None)
     spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
     spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
@@ -266,7 +274,7 @@ def main(argv=None):
     eval_seeds = evaluation_seeds(eval_seed, args.eval_episodes)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
 
-    progress_png = os.path.join(models, "controller_progress.png")
+    progress_png = os.path.join(models, f"{args.name}_progress.png")
     title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"
     target = np.inf if args.target_return is None else args.target_return
 
@@ -317,16 +325,16 @@ def main(argv=None):
 
     # OUTPUTS
     manifest.write_json(
-        os.path.join(models, "controller_es.json"),
+        os.path.join(models, f"{args.name}_es.json"),
         manifest.make(
             "07_train_controller.py", vars(args), generations=es.generation, record=record
         ),
     )
-    if not os.path.exists(os.path.join(models, "controller.npz")):
-        print("no evaluation ran yet, so no controller.npz: raise --epochs or lower --eval-every")
+    if not os.path.exists(os.path.join(models, f"{args.name}.npz")):
+        print(f"no evaluation ran yet, so no {args.name}.npz: raise --epochs or lower --eval-every")
     else:
         print(
-            f"best real-env return {record['best_eval']:+.3f}: {models}/controller.npz; log {models}/controller_log.csv, controller_progress.png; GIF {results}/controller_best.gif"
+            f"best real-env return {record['best_eval']:+.3f}: {models}/{args.name}.npz; log {models}/{args.name}_log.csv, {args.name}_progress.png; GIF {results}/{args.name}_best.gif"
         )
 
 

@@ -68,12 +68,33 @@ def parse_args(argv=None):
         "--baselines-only", action="store_true", help="skip the agent (no trained models needed)"
     )
     p.add_argument(
+        "--agent-only", action="store_true", help="skip the baselines (only the agent's row)"
+    )
+    p.add_argument(
+        "--controller",
+        type=cli.file_stem,
+        default="controller",
+        help="which C: data/models/<name>.npz (07's --name); its row is world_models, or "
+        "world_models_<suffix> for controller_<suffix>",
+    )
+    p.add_argument(
         "--n-envs", type=cli.positive_int, default=64, help="episodes stepped in lockstep"
     )
     cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)
+    if args.baselines_only and args.agent_only:
+        p.error("--baselines-only and --agent-only exclude each other")
     return args
+
+
+def agent_row(name: str) -> str:
+    """The table row of C `name`: world_models for 07's default, world_models_<x> otherwise."""
+    return (
+        "world_models"
+        if name == "controller"
+        else f"world_models_{name.removeprefix('controller_')}"
+    )
 
 
 def table(results: dict) -> str:
@@ -111,7 +132,7 @@ def main(argv=None):
     if not args.baselines_only:
         try:
             device = devices.select_device(args.gpu)
-            controller, c_sidecar = checkpoints.load_controller(args.data_dir)
+            controller, c_sidecar = checkpoints.load_controller(args.data_dir, args.controller)
             vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
             rnn, _ = checkpoints.load_rnn(
                 args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
@@ -120,16 +141,16 @@ def main(argv=None):
             cli.fail(f"{e} (or pass --baselines-only)")
         if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
             cli.fail(
-                f"controller.npz reads [z, h] of sizes ({controller.z_size}, {controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — re-run 07_train_controller.py"
+                f"{args.controller}.npz reads [z, h] of sizes ({controller.z_size}, {controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — re-run 07_train_controller.py"
             )
         params = controller.get_flat()[None]
-        policies["world_models"] = lambda n: WorldModelsAgent(
+        policies[agent_row(args.controller)] = lambda n: WorldModelsAgent(
             n, vae, rnn, params, temperature=args.temperature
         )
         print(
             f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
         )
-    for name in BASELINES:
+    for name in () if args.agent_only else BASELINES:
         policies[name] = lambda n, name=name: make_policy(name, n)
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
     cli.ensure_writable_dir(results_dir)

@@ -66,6 +66,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def file_stem(text: str) -> str:
+    """argparse type: a plain file-name stem (letters, digits, '_', '-', '.'; no folders)."""
+    if not text or not all(c.isalnum() or c in "_-." for c in text) or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file name (letters, digits, _ - . only)"
+        )
+    return text
+
+
 def ensure_writable_dir(path: str) -> None:
     """Creates `path` if needed and checks that files can be written in it;
     exits with one line if not."""

@@ -367,3 +367,27 @@ def test_08_without_controller_and_baselines_only(models, tmp_path):
     assert "--episodes" in one_line_error(
         run("08_test_controller.py", "--episodes", "0", "--data-dir", d, check=False)
     )
+
+
+def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
+    d = copy_data(models, tmp_path)
+    train_c(d, "--epochs", 2, "--dream", "--workers", 1, "--name", "controller_dream")
+    m = d / "models"
+    for f in ("controller_dream.npz", "controller_dream_es.npz", "controller_dream_log.csv"):
+        assert (m / f).exists(), f
+    assert not (m / "controller.npz").exists() and not (m / "controller_es.npz").exists()
+    assert (d / "results" / "controller_dream_best.gif").exists()
+    out = tmp_path / "r.json"
+    run("08_test_controller.py", "--episodes", 3, "--record", 0, "--max-steps", 40,
+        "--controller", "controller_dream", "--agent-only", "--out", out, "--data-dir", d)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert set(report) >= {"world_models_dream"} and "greedy" not in report
+    assert report["world_models_dream"]["episodes"] == 3
+    # The default C is not there: one line naming the file and what to run.
+    line = one_line_error(run("08_test_controller.py", "--data-dir", d, check=False))
+    assert "controller.npz" in line and "07_train_controller.py" in line
+    assert "--name" in one_line_error(train_c(d, "--name", "../x", check=False))
+    line = one_line_error(
+        run("08_test_controller.py", "--agent-only", "--baselines-only", check=False)
+    )
+    assert "exclude each other" in line

@@ -92,14 +92,14 @@ def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
     return model, sidecar
 
 
-def load_controller(data_dir: str):
-    """C from `data_dir/models/controller.npz`.
+def load_controller(data_dir: str, name: str = "controller"):
+    """C from `data_dir/models/<name>.npz` (07's `--name`).
 
     Returns:
         (Controller, sidecar dict); the sidecar names the M it was trained with.
     """
 
-    path = os.path.join(data_dir, "models", "controller.npz")
+    path = os.path.join(data_dir, "models", f"{name}.npz")
     sidecar = read_sidecar(path, "07_train_controller.py")
     try:
         controller = Controller(**sidecar["config"])
