@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: venv venv-gpu test lint demo bench
+.PHONY: venv venv-gpu test lint demo bench agent
 
 # The quick preset: every step at a size that runs in minutes on 2 cores.
 DEMO_DIR ?= data/demo
@@ -74,3 +74,47 @@ demo: venv
 	@echo "  models/controller_progress.png                C: CMA-ES fitness per generation"
 	@echo "  results/controller_best.gif, results/test_*.gif  agents in the real environment"
 	@echo "  results/test_controller.json (.md)            agent vs baselines on 100 held-out episodes"
+
+# The trained agent (README "Results"): the recipe behind the README's results table, in
+# data/ (the scripts' default), so a plain `08_test_controller.py` tests it. Each step
+# leaves a stamp in data/.agent/; rerunning `make agent` after an interruption skips the
+# finished steps and resumes the interrupted one from its snapshot (03, 04, 07) or from
+# the rollouts already written (01, 02). Wall times per step: data/.agent/times.txt.
+AGENT_DIR ?= data
+A := $(AGENT_DIR)/.agent
+AGENT_ROLLOUTS ?= 400
+AGENT_EPISODES ?= 600
+AGENT_V_EPOCHS ?= 6
+AGENT_M_EPOCHS ?= 20
+AGENT_C_GENERATIONS ?= 100
+AGENT_TEST_EPISODES ?= 500
+# --resume when the step's snapshot exists (it was interrupted), else a fresh run.
+continue_or_start = $(if $(wildcard $(AGENT_DIR)/models/$(1)),--resume,--overwrite)
+# $(call step,NAME,COMMAND): runs COMMAND, logs its wall time, stamps NAME as done.
+step = @mkdir -p $(A); echo "== agent step $(1): $(2)"; s=$$(date +%s); $(2) && \
+	echo "$(1) $$(( $$(date +%s) - s )) s" >> $(A)/times.txt && touch $(A)/$(1).done
+
+agent: $(A)/08.done
+	@echo; echo "wall time per step (s):"; cat $(A)/times.txt
+	@echo "results: $(AGENT_DIR)/results/test_controller.md (5 people), test_controller_8humans.md, test_controller_dream.md"
+
+$(A)/01.done: | venv
+	$(call step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 --data-dir $(AGENT_DIR))
+$(A)/02.done: $(A)/01.done
+	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(AGENT_DIR))
+$(A)/03.done: $(A)/02.done
+	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --lr 1e-3 --object-weight 50 --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
+$(A)/04.done: $(A)/03.done
+	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
+$(A)/diagnostics.done: $(A)/04.done
+	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
+$(A)/07.done: $(A)/diagnostics.done
+	$(call step,07,$(PY) 07_train_controller.py --epochs $(AGENT_C_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
+$(A)/07dream.done: $(A)/07.done
+	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_C_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
+$(A)/check.done: $(A)/07dream.done
+	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
+$(A)/08.done: $(A)/check.done
+	$(call step,08,$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
+		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
+		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))

@@ -1,0 +1,47 @@
+"""`make agent`'s plan (a dry run, `make -n`): every step in order, into the chosen folder,
+resuming an interrupted step from its snapshot and skipping finished ones."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def plan(data_dir):
+    proc = subprocess.run(
+        ["make", "-n", "agent", f"AGENT_DIR={data_dir}", "PY=python3"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [ln for ln in proc.stdout.splitlines() if "agent step" in ln]
+
+
+def script_lines(lines, script):
+    return [ln for ln in lines if f"step {script}:" in ln]
+
+
+def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
+    lines = plan(tmp_path)
+    steps = [ln.split("agent step ")[1].split(":")[0] for ln in lines]
+    assert steps == ["01", "02", "03", "04", "diagnostics", "07", "07dream", "check", "08"]
+    assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
+    assert "--overwrite" in script_lines(lines, "03")[0]
+    assert "--object-weight 50" in script_lines(lines, "03")[0]
+    (eight,) = script_lines(lines, "08")
+    assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
+
+
+def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
+    stamps = tmp_path / ".agent"
+    stamps.mkdir()
+    for step in ("01", "02"):
+        (stamps / f"{step}.done").touch()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vae_snapshot.npz").touch()  # 03 was interrupted
+    lines = plan(tmp_path)
+    assert not script_lines(lines, "01") and not script_lines(lines, "02")
+    assert "--resume" in script_lines(lines, "03")[0]
+    assert "--overwrite" in script_lines(lines, "04")[0]
