@@ -82,9 +82,9 @@ demo: venv
 # the rollouts already written (01, 02). Wall times per step: data/.agent/times.txt.
 AGENT_DIR ?= data
 A := $(AGENT_DIR)/.agent
-AGENT_ROLLOUTS ?= 400
+AGENT_ROLLOUTS ?= 200
 AGENT_EPISODES ?= 600
-AGENT_V_EPOCHS ?= 6
+AGENT_V_EPOCHS ?= 4
 AGENT_M_EPOCHS ?= 20
 AGENT_C_GENERATIONS ?= 100
 AGENT_TEST_EPISODES ?= 500
