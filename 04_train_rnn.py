@@ -41,6 +41,7 @@ from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
 from lib.models.mdn_rnn import (
     MDNRNN,
+    MODES,
     MDNRNNLoss,
     calibrated_done_logit,
     done_logit_threshold,
@@ -48,7 +49,6 @@ from lib.models.mdn_rnn import (
 )
 from lib.seeding import derive_seed
 
-MODES = ("normal", "window", "reward", "dream")
 # The done head's default positive weight: #negatives / #positives, at most this.
 MAX_DONE_POS_WEIGHT = 50.0
 LOG_FIELDS = [

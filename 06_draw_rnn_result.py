@@ -29,10 +29,8 @@ from lib import cli, devices, drawing
 from lib.data import latents
 from lib.env.rollouts import load_episode
 from lib.models import checkpoints
-from lib.models.mdn_rnn import DONE_THRESHOLD, calibrated_done_logit, sample
+from lib.models.mdn_rnn import DONE_THRESHOLD, MODES, calibrated_done_logit, sample
 from lib.models.vae import decode_latents
-
-MODES = ("normal", "window", "reward", "dream")
 
 
 def parse_args(argv=None):

@@ -35,6 +35,12 @@ from lib.models import checkpoints
 BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
 
 
+CONTROLLER_HELP = (
+    "which C: data/models/<name>.npz (07's --name); its row is world_models, or "
+    "world_models_<suffix> for controller_<suffix>"
+)
+
+
 def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -53,11 +59,7 @@ def parse_args(argv=None):
         help="0: the agent's z is V's posterior mean (as in training); tau > 0 samples z "
         "from V's posterior with its std scaled by sqrt(tau)",
     )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="results JSON (default: <data-dir>/results/test_controller.json)",
-    )
+    cli.add_out_arg(p, "test_controller.json")
     p.add_argument(
         "--record",
         type=cli.non_negative_int,
@@ -67,19 +69,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--baselines-only", action="store_true", help="skip the agent (no trained models needed)"
     )
-    p.add_argument(
-        "--agent-only", action="store_true", help="skip the baselines (only the agent's row)"
-    )
-    p.add_argument(
-        "--controller",
-        type=cli.file_stem,
-        default="controller",
-        help="which C: data/models/<name>.npz (07's --name); its row is world_models, or "
-        "world_models_<suffix> for controller_<suffix>",
-    )
-    p.add_argument(
-        "--n-envs", type=cli.positive_int, default=64, help="episodes stepped in lockstep"
-    )
+    p.add_argument("--agent-only", action="store_true", help="skip the baselines")
+    p.add_argument("--controller", type=cli.file_stem, default="controller", help=CONTROLLER_HELP)
+    cli.add_n_envs_arg(p)
     cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)

@@ -49,44 +49,18 @@ from lib.seeding import derive_seeds
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    nonneg, pos = cli.non_negative_float, cli.positive_int
     p.add_argument(
-        "--mode",
-        choices=("dream", "reward"),
-        default="dream",
-        help="which M: data/models/rnn_<mode>.npz (needs reward and done heads)",
+        "--mode", choices=("dream", "reward"), default="dream", help="which M (rnn_<mode>)"
     )
+    p.add_argument("--temperature", type=nonneg, default=1.0, help="tau of M's samples")
+    p.add_argument("--horizon", type=pos, default=wm.COLLISION_HORIZON, help="collision forecast")
     p.add_argument(
-        "--temperature",
-        type=cli.non_negative_float,
-        default=1.0,
-        help="tau of M's samples in the open-loop forecasts and the dreams",
+        "--controllers", type=cli.non_negative_int, default=8, help="dream vs real; 0: skip"
     )
-    p.add_argument(
-        "--horizon",
-        type=cli.positive_int,
-        default=wm.COLLISION_HORIZON,
-        help="steps ahead for the 'collision within' forecast",
-    )
-    p.add_argument(
-        "--controllers",
-        type=cli.non_negative_int,
-        default=8,
-        help="controllers played in both the dream and the real environment (0: skip)",
-    )
-    p.add_argument(
-        "--episodes",
-        type=cli.positive_int,
-        default=32,
-        help="real episodes and dreams per controller",
-    )
-    p.add_argument(
-        "--n-envs", type=cli.positive_int, default=64, help="real episodes stepped in lockstep"
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="results JSON (default: <data-dir>/results/world_model_<mode>.json)",
-    )
+    p.add_argument("--episodes", type=pos, default=32, help="real episodes and dreams each")
+    cli.add_n_envs_arg(p, "real episodes")
+    cli.add_out_arg(p, "world_model_<mode>.json")
     cli.add_common_args(p)
     return p.parse_args(argv)
 

@@ -37,6 +37,7 @@ from lib.env.rollouts import run_episodes
 from lib.fileio import atomic_path
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import checkpoints
+from lib.models.mdn_rnn import MODES
 from lib.seeding import derive_seeds
 
 SCORED = {"collision_soon": "AUC"}  # every other quantity is scored by R²
@@ -44,48 +45,23 @@ SCORED = {"collision_soon": "AUC"}  # every other quantity is scored by R²
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--episodes",
-        type=cli.positive_int,
-        default=200,
-        help="episodes to play (the last 30 %% are scored, the rest fitted)",
-    )
-    p.add_argument(
-        "--policy",
-        choices=POLICY_NAMES,
-        default="mixed",
-        help="who plays the probe's episodes (default: the data policy of 01/02)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=("dream", "mdn"),
-        default="dream",
-        help="which M: data/models/rnn_<mode>.npz",
-    )
+    p.add_argument("--episodes", type=cli.positive_int, default=200, help=EPISODES_HELP)
+    p.add_argument("--policy", choices=POLICY_NAMES, default="mixed", help=POLICY_HELP)
+    p.add_argument("--mode", choices=MODES, default="dream", help="which M: models/rnn_<mode>.npz")
     p.add_argument("--no-rnn", action="store_true", help="probe V's z only (no M needed)")
-    p.add_argument(
-        "--pixels",
-        action="store_true",
-        help="add the raw-pixel reference row (frames averaged over 2x2 blocks)",
-    )
-    p.add_argument(
-        "--random-features",
-        type=cli.non_negative_int,
-        default=0,
-        help="add a row reading z through this many random ReLU features (a fixed "
-        "non-linear readout); 0 = none",
-    )
-    p.add_argument(
-        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
-    )
-    p.add_argument(
-        "--n-envs", type=cli.positive_int, default=64, help="episodes stepped in lockstep"
-    )
-    p.add_argument(
-        "--out", default=None, help="results JSON (default: <data-dir>/results/probe.json)"
-    )
+    p.add_argument("--pixels", action="store_true", help=PIXELS_HELP)
+    p.add_argument("--random-features", type=cli.non_negative_int, default=0, help=RANDOM_HELP)
+    p.add_argument("--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people")
+    cli.add_n_envs_arg(p)
+    cli.add_out_arg(p, "probe.json")
     cli.add_common_args(p)
     return p.parse_args(argv)
+
+
+EPISODES_HELP = "episodes to play (the last 30 %% are scored, the rest fitted)"
+POLICY_HELP = "who plays the probe's episodes (default: the data policy of 01/02)"
+PIXELS_HELP = "add the raw-pixel reference row (frames averaged over 2x2 blocks)"
+RANDOM_HELP = "add a row reading z through this many random ReLU features (0: none)"
 
 
 def table(scores: dict) -> str:

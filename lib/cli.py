@@ -96,6 +96,20 @@ def add_common_args(parser: argparse.ArgumentParser, seed: int = 0) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=seed, help="random seed")
 
 
+def add_n_envs_arg(parser: argparse.ArgumentParser, what: str = "episodes") -> None:
+    """--n-envs: how many episodes run in lockstep (results never depend on it)."""
+    parser.add_argument(
+        "--n-envs", type=positive_int, default=64, help=f"{what} stepped in lockstep"
+    )
+
+
+def add_out_arg(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """--out: the results JSON, by default <data-dir>/results/`default_name`."""
+    parser.add_argument(
+        "--out", default=None, help=f"results JSON (default: <data-dir>/results/{default_name})"
+    )
+
+
 def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
     """--gpu, which every script that runs V or M has."""
     parser.add_argument(

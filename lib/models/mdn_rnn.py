@@ -406,6 +406,9 @@ class MDNRNN(chainer.Chain):
         return mixed
 
 
+# How 04 trains M (see 04's --help); each mode's M is saved as models/rnn_<mode>.npz.
+MODES = ("normal", "window", "reward", "dream")
+
 # An episode of M's ends where its calibrated done probability exceeds this.
 DONE_THRESHOLD = 0.5
 
