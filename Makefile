@@ -116,5 +116,5 @@ $(A)/check.done: $(A)/07dream.done
 	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
 $(A)/08.done: $(A)/check.done
 	$(call step,08,$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
-		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
+		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 0 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))
