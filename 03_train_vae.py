@@ -186,7 +186,7 @@ def resume(run, config, n_frames):
         cli.fail(
             f"{run.path} was trained on {len(perm)} frames, not {n_frames} — same --max_samples please"
         )
-    print(f"resumed from {run.path}: epoch {run.epoch}, batch {run.iteration}")
+    print(f"resumed from {run.path}: epoch {run.epoch + 1}, batch {run.iteration}")
     return perm
 
 

@@ -272,7 +272,7 @@ def resume(run, config):
         run.restore()
     except ValueError as e:
         cli.fail(str(e))
-    print(f"resumed from {run.path}: epoch {run.epoch}, batch {run.iteration}")
+    print(f"resumed from {run.path}: epoch {run.epoch + 1}, batch {run.iteration}")
 
 
 def epoch_line(row, baselines, heads, seconds):
