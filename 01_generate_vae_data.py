@@ -75,6 +75,8 @@ def main(argv=None):
         cli.fail(
             "interrupted; finished rollouts are kept — re-run the same command to finish", code=130
         )
+    except datagen.WorkerDied as e:
+        cli.fail(str(e))
     elapsed = time.perf_counter() - start
 
     # SUMMARY: the manifest marked complete, per-split outcomes, a preview image.

@@ -10,6 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
+from lib.data import datagen
+from lib.env import socnavenv as sn
 from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -297,3 +299,15 @@ def test_load_episode_rejects_a_truncated_generated_file(vae_run, tmp_path):
     bad.write_bytes(src.read_bytes()[:-100])
     with pytest.raises(BadRolloutError):
         load_episode(str(bad))
+
+
+def _die(task):
+    """Stands in for datagen._run_task: the worker process dies."""
+    os._exit(3)
+
+
+def test_a_dying_worker_is_a_worker_died_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(datagen, "_run_task", _die)  # the forked workers inherit it
+    tasks = datagen.make_tasks(str(tmp_path), [(0, 1), (1, 2)], "random", sn.EnvConfig())
+    with pytest.raises(datagen.WorkerDied, match="re-run the same command"):
+        datagen.run_tasks(tasks, 2, "local", None, None)

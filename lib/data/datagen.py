@@ -9,6 +9,7 @@ number of workers, and a re-run writes only the missing files.
 from __future__ import annotations
 
 import collections
+from concurrent import futures
 import dataclasses
 import os
 import time
@@ -26,6 +27,10 @@ from lib.env.policies import POLICY_NAMES
 from lib.env.rollouts import BadRolloutError, load_episode
 
 LOCKSTEP = 16  # episodes stepped together in one worker task
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died while writing rollouts (killed, or out of memory)."""
 
 
 class DatasetMismatch(ValueError):
@@ -125,7 +130,11 @@ def make_tasks(
 
 
 def run_tasks(tasks: list[Task], workers: int, backend: str, address: str | None, progress) -> dict:
-    """Runs tasks on `workers` processes (inline for one local worker)."""
+    """Runs tasks on `workers` processes (inline for one local worker).
+
+    Raises:
+        WorkerDied: a local worker process died.
+    """
     total = {"episodes": 0, "frames": 0, "outcomes": collections.Counter()}
 
     def add(stats):
@@ -147,6 +156,12 @@ def run_tasks(tasks: list[Task], workers: int, backend: str, address: str | None
     try:
         for stats in parallel.imap_unordered(pool, _run_task, tasks):
             add(stats)
+    except futures.process.BrokenProcessPool:
+        raise WorkerDied(
+            "a worker process died (killed, or out of memory?); the rollouts it finished are "
+            "kept — re-run the same command to write the rest (with fewer --workers if memory "
+            "is short)"
+        ) from None
     finally:
         parallel.shutdown(pool)
     return total
