@@ -41,7 +41,9 @@ def main(argv=None):
     args = parse_args(argv)
     root = os.path.join(args.data_dir, "vae_data")
     splits = {"train": args.rollouts, "test": args.testrollouts}
-    config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    config = sn.EnvConfig(
+        n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size
+    )
     print(
         f"01: rollouts {splits}, policy {args.policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend}) -> {root}"

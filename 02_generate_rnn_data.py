@@ -41,7 +41,9 @@ def main(argv=None):
     args = parse_args(argv)
     root = os.path.join(args.data_dir, "rnn_data")
     splits = {"train": args.episodes, "test": args.testepisodes}
-    config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    config = sn.EnvConfig(
+        n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size
+    )
     print(
         f"02: episodes {splits}, policy {args.policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend}) -> {root}"

@@ -26,6 +26,7 @@ the real environment on --eval-episodes held-out episodes.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import dataclasses
 import os
 import time
 
@@ -231,6 +232,7 @@ def main(argv=None):
         vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
     except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
+    config = dataclasses.replace(config, **checkpoints.observation_settings(vae_sidecar))
     rnn_mode = pick_rnn_mode(models, args.rnn_mode, args.dream)
     where = (
         f"inside M (rnn_{rnn_mode}, tau {args.temperature})"

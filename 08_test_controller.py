@@ -20,6 +20,7 @@ so differences between rows are differences between policies.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import dataclasses
 import os
 import time
 
@@ -126,6 +127,7 @@ def main(argv=None):
             device = devices.select_device(args.gpu)
             controller, c_sidecar = checkpoints.load_controller(args.data_dir, args.controller)
             vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
+            config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
             rnn, _ = checkpoints.load_rnn(
                 args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
             )

@@ -84,7 +84,7 @@ def controllers(data_dir, mode, count, z_size, hidden_size, rng):
     return params, labels
 
 
-def real_returns(vae, rnn, params, seeds, n_envs, progress):
+def real_returns(vae, rnn, params, seeds, config, n_envs, progress):
     """(P,) mean real return of each controller over the same episodes."""
     e = len(seeds)
     every = np.tile(seeds, len(params))
@@ -95,7 +95,7 @@ def real_returns(vae, rnn, params, seeds, n_envs, progress):
         returns[ep.index] = ep.ret
         progress.update(1)
 
-    run_episodes(agent, every, sn.EnvConfig(), n_envs, finished)
+    run_episodes(agent, every, config, n_envs, finished)
     return returns.reshape(len(params), e).mean(axis=1)
 
 
@@ -166,7 +166,7 @@ def main(argv=None):
 
     # INPUTS: V and M on the CPU, and 02's episodes through V's latent cache.
     try:
-        vae, _ = checkpoints.load_vae(args.data_dir)
+        vae, v_sidecar = checkpoints.load_vae(args.data_dir)
         rnn, r_sidecar = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
@@ -218,7 +218,8 @@ def main(argv=None):
         )  # fmt: skip
         seeds = derive_seeds(args.seed, "world-model-check", args.episodes)
         with tqdm(total=len(params) * args.episodes, desc="real", unit="ep", leave=False) as bar:
-            real = real_returns(vae, rnn, params, seeds, args.n_envs, bar)
+            config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
+            real = real_returns(vae, rnn, params, seeds, config, args.n_envs, bar)
         dream = dream.reshape(len(params), args.episodes).mean(axis=1)
         result["dream_vs_real"] = {
             "labels": labels,

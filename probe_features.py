@@ -130,13 +130,7 @@ def main(argv=None):
             rnn, _ = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
         except checkpoints.CheckpointError as e:
             cli.fail(f"{e} (or pass --no-rnn to probe V alone)")
-    identity = v_sidecar.get("data", {}).get("identity") or {}
-    env = identity.get("env", {})
-    config = sn.EnvConfig(
-        n_humans=args.n_humans,
-        image_size=env.get("image_size", 64),
-        view_size=env.get("view_size", sn.EnvConfig.view_size),
-    )
+    config = sn.EnvConfig(n_humans=args.n_humans, **checkpoints.observation_settings(v_sidecar))
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
     cli.ensure_writable_dir(results_dir)
     seeds = derive_seeds(args.seed, "probe", args.episodes)

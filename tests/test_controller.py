@@ -391,3 +391,13 @@ def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
         run("08_test_controller.py", "--agent-only", "--baselines-only", check=False)
     )
     assert "exclude each other" in line
+
+
+def test_the_agent_sees_frames_drawn_as_vs_were():
+    sidecar = {"data": {"identity": {"env": {"view_size": 12.0, "image_size": 64}}}}
+    assert checkpoints.observation_settings(sidecar) == {"image_size": 64, "view_size": 12.0}
+    # A V from before the data's identity was recorded: today's defaults.
+    assert checkpoints.observation_settings({}) == {
+        "image_size": sn.EnvConfig.image_size,
+        "view_size": sn.EnvConfig.view_size,
+    }

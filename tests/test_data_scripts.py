@@ -22,6 +22,7 @@ SHARED_FLAGS = [
     "--data-dir",
     "--seed",
     "--policy",
+    "--view-size",
     "--workers",
     "--n-humans",
     "--max-steps",
@@ -248,6 +249,7 @@ BAD_INPUTS = [
     (["--workers", "0"], "must be >= 1"),
     (["--seed", "-1"], "must be >= 0"),
     (["--max-steps", "0"], "must be >= 1"),
+    (["--view-size", "0"], "must be > 0"),
     (["--frobnicate"], "unrecognized"),
 ]
 
@@ -311,3 +313,20 @@ def test_a_dying_worker_is_a_worker_died_error(tmp_path, monkeypatch):
     tasks = datagen.make_tasks(str(tmp_path), [(0, 1), (1, 2)], "random", sn.EnvConfig())
     with pytest.raises(datagen.WorkerDied, match="re-run the same command"):
         datagen.run_tasks(tasks, 2, "local", None, None)
+
+
+def test_view_size_draws_wider_frames_and_is_recorded(tmp_path, script):
+    wide = tmp_path / "wide"
+    args = ["--rollouts", 1, "--testrollouts", 0, "--max-steps", 5, "--workers", 1]
+    assert script(VAE, *args, "--data-dir", tmp_path / "default").returncode == 0
+    assert script(VAE, *args, "--view-size", 16, "--data-dir", wide).returncode == 0
+    env = json.loads((wide / "vae_data" / "manifest.json").read_text())["identity"]["env"]
+    assert env["view_size"] == 16.0
+    (a,) = list_rollouts(str(tmp_path / "default" / "vae_data" / "train"))
+    (b,) = list_rollouts(str(wide / "vae_data" / "train"))
+    first_a, first_b = load_episode(a)["obs"][0], load_episode(b)["obs"][0]
+    # The same episode (same seed), seen from twice as far: the room looks smaller, so
+    # more of the frame is the grey outside.
+    outside = np.array(sn.OUTSIDE_RGB, np.uint8)
+    share = [np.mean(np.all(f == outside, axis=-1)) for f in (first_a, first_b)]
+    assert share[1] > share[0]

@@ -190,6 +190,13 @@ def mean_episode_length(directory: str, limit: int = 50) -> float:
 
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
+    p.add_argument(
+        "--view-size",
+        type=cli.positive_float,
+        default=sn.EnvConfig.view_size,
+        help="side of the square the egocentric frame covers (m); the goal outside it is a "
+        "marker on the frame's edge. 03-08 read it from the data's manifest",
+    )
     p.add_argument("--policy", choices=POLICY_NAMES, default="mixed", help="behaviour policy")
     p.add_argument(
         "--workers", type=cli.positive_int, default=cli.default_workers(), help="processes"

@@ -13,6 +13,7 @@ import os
 
 import chainer
 
+from lib.env.socnavenv import EnvConfig
 from lib.models.controller import Controller
 from lib.models.mdn_rnn import MDNRNN
 from lib.models.vae import ConvVAE
@@ -46,6 +47,14 @@ def load_weights(model_path: str, model, maker: str) -> None:
         raise CheckpointError(
             f"{model_path} does not match its sidecar ({type(e).__name__}: {e}) — re-run {maker}"
         ) from None
+
+
+def observation_settings(vae_sidecar: dict) -> dict:
+    """How the frames V was trained on were drawn: {"image_size", "view_size"} from its
+    data's manifest (03 copies it into the sidecar), or today's defaults for a V whose
+    sidecar predates them. The agent must see frames drawn the same way."""
+    env = ((vae_sidecar.get("data") or {}).get("identity") or {}).get("env") or {}
+    return {k: env.get(k, getattr(EnvConfig, k)) for k in ("image_size", "view_size")}
 
 
 def load_vae(data_dir: str, device=None):
