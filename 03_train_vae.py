@@ -84,6 +84,14 @@ def parse_args(argv=None):
         "1 is the paper's plain squared error (see lib/models/vae.py, object_weights)",
     )
     p.add_argument(
+        "--goal-weight",
+        type=float,
+        default=1.0,
+        help="a further factor on the goal's (green) pixels in the reconstruction error, on "
+        "top of --object-weight; 1 weighs the goal like the people (see lib/models/vae.py, "
+        "goal_weights)",
+    )
+    p.add_argument(
         "--keypoints",
         type=cli.non_negative_int,
         default=0,
@@ -105,6 +113,8 @@ def parse_args(argv=None):
         p.error(f"--lr must be > 0, got {args.lr}")
     if not args.object_weight >= 1:
         p.error(f"--object-weight must be >= 1, got {args.object_weight}")
+    if not args.goal_weight >= 1:
+        p.error(f"--goal-weight must be >= 1, got {args.goal_weight}")
     if args.kl_tolerance < 0:
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
     cli.check_run_args(p, args)
@@ -238,7 +248,13 @@ def main(argv=None):
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
     shuffle_rng = np.random.default_rng(derive_seed(args.seed, "vae/shuffle"))
-    loss_fn = VAELoss(vae, args.kl_tolerance, rng=noise_rng, object_weight=args.object_weight)
+    loss_fn = VAELoss(
+        vae,
+        args.kl_tolerance,
+        noise_rng,
+        object_weight=args.object_weight,
+        goal_weight=args.goal_weight,
+    )
     optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(vae)
     run.track(
@@ -249,6 +265,7 @@ def main(argv=None):
             "config": config,
             "kl_tolerance": args.kl_tolerance,
             "object_weight": args.object_weight,
+            "goal_weight": args.goal_weight,
             "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
             "args": vars(args),
         },

@@ -12,6 +12,8 @@ import pytest
 from cli_helpers import one_line_error, run
 
 from lib.data import frames
+from lib.env import socnavenv as sn
+from lib.models.vae import goal_weights, object_weights
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +190,6 @@ def test_draw_vae_result(vae_data, tmp_path):
 
 
 def test_object_weights_favour_coloured_pixels():
-    from lib.env import socnavenv as sn
-    from lib.models.vae import object_weights
-
     pixels = np.array([[sn.FLOOR_RGB, sn.WALL_RGB, sn.OUTSIDE_RGB, sn.GOAL_RGB, sn.HUMAN_RGB]])
     w = object_weights((pixels / 255.0).astype(np.float32)[None], 10.0)[0, 0, :, 0]
     np.testing.assert_allclose(w[:3], [1 + 9 * 6 / 255, 1.0, 1 + 9 * 8 / 255], rtol=1e-5)
@@ -230,3 +229,23 @@ def test_keypoints_flag(vae_data, tmp_path):
         "--resume", "--data-dir", d)  # fmt: skip
     sidecar = json.loads((d / "models" / "vae.json").read_text())
     assert sidecar["config"]["keypoints"] == 6
+
+
+def test_goal_weights_single_out_the_goal():
+    pixels = np.array([sn.GOAL_RGB, sn.HUMAN_RGB, sn.ROBOT_RGB, sn.FLOOR_RGB, sn.WALL_RGB])
+    target = (pixels / 255.0).astype(np.float32).reshape(1, 1, 5, 3)
+    w = goal_weights(target, 5.0)[0, 0, :, 0]
+    np.testing.assert_allclose(w, [5.0, 1.0, 1.0, 1.0, 1.0], rtol=1e-5)
+    np.testing.assert_array_equal(goal_weights(target, 1.0), 1.0)
+
+
+def test_goal_weight_flag(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    line = one_line_error(
+        run("03_train_vae.py", "--goal-weight", "0.5", "--data-dir", d, check=False)
+    )
+    assert "--goal-weight" in line
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--object-weight", 10,
+        "--goal-weight", 3, "--data-dir", d)  # fmt: skip
+    sidecar = json.loads((d / "models" / "vae.json").read_text())
+    assert (sidecar["object_weight"], sidecar["goal_weight"]) == (10.0, 3.0)

@@ -330,6 +330,31 @@ def object_weights(target, object_weight):
     return (1.0 + (object_weight - 1.0) * sat).astype(np.float32)
 
 
+# How green a goal pixel is: its green minus the larger of red and blue, in [0, 1], at
+# which `goal_weights` gives the full weight (the goal's colour scores (190 - 60) / 255).
+GOAL_GREENNESS = (190.0 - 60.0) / 255.0
+
+
+def goal_weights(target, goal_weight):
+    """Per-pixel factors that make the goal count more than other objects.
+
+    The goal is the only green thing in a frame; a pixel's greenness is
+    `max(0, g - max(r, b)) / GOAL_GREENNESS`, capped at 1, and its factor is
+    `1 + (goal_weight - 1) * greenness`: `goal_weight` on the goal, 1 elsewhere.
+
+    Args:
+        target: (B, H, W, 3) float32 frames in [0, 1] (array, not Variable).
+        goal_weight: factor on a goal pixel.
+
+    Returns:
+        (B, H, W, 1) float32 array.
+    """
+    xp = chainer.backend.get_array_module(target)
+    green = target[..., 1:2] - xp.maximum(target[..., 0:1], target[..., 2:3])
+    greenness = xp.clip(green / GOAL_GREENNESS, 0.0, 1.0)
+    return (1.0 + (goal_weight - 1.0) * greenness).astype(np.float32)
+
+
 class VAELoss(chainer.Chain):
     """The VAE's training loss: reconstruction + floored KL, means over the batch.
 
@@ -346,12 +371,15 @@ class VAELoss(chainer.Chain):
         object_weight: float, weight of the squared error on coloured pixels
             relative to grey ones (see `object_weights`); 1 is the paper's
             plain summed squared error. `rec` is always reported unweighted.
+        goal_weight: float, a further factor on the goal's pixels (see `goal_weights`);
+            1 (default) weighs the goal like the other objects.
     """
 
-    def __init__(self, vae, kl_tolerance=0.5, rng=None, object_weight=1.0):
+    def __init__(self, vae, kl_tolerance=0.5, rng=None, object_weight=1.0, goal_weight=1.0):
         super().__init__()
         self.kl_tolerance = float(kl_tolerance)
         self.object_weight = float(object_weight)
+        self.goal_weight = float(goal_weight)
         self.rng = np.random.default_rng() if rng is None else rng
         with self.init_scope():
             self.vae = vae
@@ -371,8 +399,10 @@ class VAELoss(chainer.Chain):
         rec = F.sum(err) / x.shape[0]
         kl_raw = kl_divergence(mu, logvar)
         kl = F.mean(_floor(kl_raw, self.kl_tolerance * mu.shape[1]))
-        if self.object_weight != 1.0:
+        if self.object_weight != 1.0 or self.goal_weight != 1.0:
             weights = object_weights(target, self.object_weight)
+            if self.goal_weight != 1.0:
+                weights = weights * goal_weights(target, self.goal_weight)
             weights = self.xp.ascontiguousarray(self.xp.broadcast_to(weights, target.shape))
             loss = F.sum(err * weights) / x.shape[0] + kl
         else:
