@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from lib import cli, parallel
 from lib.data import datagen
-from lib.env import socnavenv as sn
 
 SCRIPT = "02_generate_rnn_data.py"
 
@@ -41,9 +40,7 @@ def main(argv=None):
     args = parse_args(argv)
     root = os.path.join(args.data_dir, "rnn_data")
     splits = {"train": args.episodes, "test": args.testepisodes}
-    config = sn.EnvConfig(
-        n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size
-    )
+    config = datagen.env_config(args)
     print(
         f"02: episodes {splits}, policy {args.policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend}) -> {root}"

@@ -137,8 +137,7 @@ def main(argv=None):
 
     # PLAY: record z, h, the vector observation and the true quantities at every step.
     n = min(args.n_envs, args.episodes)
-    m = rnn if rnn is not None else _NoRNN(vae.z_size)
-    recorder = probe.ProbeRecorder(make_policy(args.policy, n), make_encoder(vae), m, args.pixels)
+    recorder = probe.ProbeRecorder(make_policy(args.policy, n), make_encoder(vae), rnn, args.pixels)
     outcomes = {}
     with tqdm(total=args.episodes, desc="episodes", unit="ep", leave=False) as bar:
 
@@ -189,24 +188,6 @@ def main(argv=None):
         f.write(text + "\n")
     figure(os.path.splitext(out)[0] + ".png", scores)
     print(f"wrote {out}, .md and .png")
-
-
-class _NoRNN:
-    """Stands in for M under --no-rnn: h has no columns and stepping does nothing."""
-
-    def __init__(self, z_size):
-        self.z_size = z_size
-
-    def initial_state(self, n):
-        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.float32)
-
-    def step(self, z, a, state, mixture=False):
-        return _Step(state)
-
-
-class _Step:
-    def __init__(self, state):
-        self.state = state
 
 
 if __name__ == "__main__":

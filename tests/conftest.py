@@ -17,6 +17,7 @@ import lib  # noqa: F401, I001
 
 import numpy as np
 import pytest
+from cli_helpers import make_tiny_models
 
 from lib.env import socnavenv as sn
 
@@ -63,3 +64,10 @@ def run_script(*args, timeout=120) -> subprocess.CompletedProcess:
 def script():
     """Runs a numbered script: `script("01_generate_vae_data.py", "--help")`."""
     return run_script
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny data and models (`cli_helpers.make_tiny_models`) shared by the diagnostics'
+    tests, which only add their own files under results/."""
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))

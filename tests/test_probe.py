@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import make_tiny_models, one_line_error, run
+from cli_helpers import one_line_error, run
 
 from lib.diagnostics import probe
 
@@ -123,9 +123,9 @@ def test_pixels_are_pooled_in_blocks():
     assert out[0, 0].tolist() == [1.0, 1.0, 1.0] and out[1, 1].tolist() == [0.0, 0.0, 0.0]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("probe"))
+@pytest.fixture
+def models(tiny_models):
+    return tiny_models
 
 
 def test_the_script_probes_z_and_z_h_against_the_vector_observation(models):

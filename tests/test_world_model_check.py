@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_helpers import make_tiny_models, one_line_error, run
+from cli_helpers import one_line_error, run
 
 from lib.data.latents import LatentEpisodes
 from lib.diagnostics import world_model as wm
@@ -102,9 +102,9 @@ def test_an_m_that_never_ends_forecasts_nothing():
     assert wm.head_scores(data, forced)["done"]["recall"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("wm"))
+@pytest.fixture
+def models(tiny_models):
+    return tiny_models
 
 
 def test_the_script_scores_m_and_compares_dream_with_real(models):

@@ -188,6 +188,13 @@ def mean_episode_length(directory: str, limit: int = 50) -> float:
     return float(np.mean(lengths)) if lengths else 0.0
 
 
+def env_config(args) -> sn.EnvConfig:
+    """The environment `add_generation_args`' flags describe."""
+    return sn.EnvConfig(
+        n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size
+    )
+
+
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
     p.add_argument(

@@ -122,16 +122,19 @@ class ProbeRecorder(Policy):
         inner: the policy that acts (a baseline for off-policy data).
         encoder: V's encoder (`lib.kernels.fast_encoder.make_encoder(vae)`), frames -> (mu, logvar).
         rnn: M (`MDNRNN`, on the CPU); its h_t is recorded before M reads (z_t, a_t),
-            as the agent's C sees it.
+            as the agent's C sees it. None probes V alone: h then has no columns.
         pixels: also record frames pooled by 2 (the raw-pixel reference row).
     """
 
     needs_image = True
 
-    def __init__(self, inner: Policy, encoder, rnn, pixels: bool = False):
+    def __init__(self, inner: Policy, encoder, rnn=None, pixels: bool = False):
         super().__init__(inner.n)
         self.inner, self.encoder, self.rnn, self.pixels = inner, encoder, rnn, pixels
-        self.h, self.c = rnn.initial_state(inner.n)
+        if rnn is None:
+            self.h = self.c = np.zeros((inner.n, 0), np.float32)
+        else:
+            self.h, self.c = rnn.initial_state(inner.n)
         self.episode_of = np.full(inner.n, -1)
         self.chunks: list[dict] = []
 
@@ -158,8 +161,9 @@ class ProbeRecorder(Policy):
         if self.pixels:
             chunk["pixels"] = pool_pixels(images[live])
         self.chunks.append(chunk)
-        out = self.rnn.step(z, a, (self.h[live], self.c[live]), mixture=False)
-        self.h[live], self.c[live] = out.state
+        if self.rnn is not None:
+            out = self.rnn.step(z, a, (self.h[live], self.c[live]), mixture=False)
+            self.h[live], self.c[live] = out.state
         return actions
 
     def table(self, outcomes: dict) -> dict:

@@ -154,10 +154,11 @@ class ConvVAE(chainer.Chain):
         self.in_channels = int(in_channels)
         self.dense_size = int(dense_size)
         flat = 2 * self.keypoints if self.keypoints else side * side * enc_channels[-1]
-        # Each position's (x, y) in [-1, 1], row-major like the NHWC map.
-        grid = (np.arange(side, dtype=np.float32) + 0.5) * np.float32(2.0 / side) - 1.0
-        self._grid_x = np.tile(grid, side)
-        self._grid_y = np.repeat(grid, side)
+        if self.keypoints:
+            # Each position's (x, y) in [-1, 1], row-major like the NHWC map.
+            grid = (np.arange(side, dtype=np.float32) + 0.5) * np.float32(2.0 / side) - 1.0
+            self._grid_x = np.tile(grid, side)
+            self._grid_y = np.repeat(grid, side)
         with self.init_scope():
             self.enc = chainer.ChainList(
                 *[
