@@ -431,6 +431,26 @@ def done_logit_threshold(done_pos_weight=1.0, threshold=DONE_THRESHOLD):
     return np.log(threshold / (1.0 - threshold)) + np.log(done_pos_weight)
 
 
+def reward_and_continue(out, done_pos_weight=1.0):
+    """M's one-step prediction as (expected reward, probability the episode goes on).
+
+    What a planner or a soft dream needs from a step, whatever M's heads: the
+    reward head's value and one minus the calibrated done probability (see
+    `calibrated_done_logit`).
+
+    Args:
+        out: `StepOutput` of an M with reward and done heads.
+        done_pos_weight: the done head's training-time positive weight.
+
+    Returns:
+        (reward, p_continue): two (B,) float32 arrays on M's device.
+    """
+    xp = backend.get_array_module(out.reward)
+    logit = calibrated_done_logit(out.done_logit, done_pos_weight)
+    p_continue = 1.0 / (1.0 + xp.exp(logit))
+    return out.reward.astype(np.float32), p_continue.astype(np.float32)
+
+
 def sample(params, tau, rng):
     """Draws z from per-dimension mixtures at temperature `tau`, all agents at once.
 
