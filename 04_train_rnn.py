@@ -18,7 +18,8 @@ Writes:
 Modes (the original README's): `normal` teacher-forces whole episodes with
 truncated BPTT (--seq-len); `window` trains on random windows of --window steps
 with the state reset at each window; `reward` is normal plus the reward and done
-heads; `dream` is reward plus scheduled sampling: with a probability rising
+heads (or, with --outcome-head, an outcome classifier and a bounded reward head:
+see lib/models/mdn_rnn.py); `dream` is reward plus scheduled sampling: with a probability rising
 linearly to --ss-max over the epochs, an input z_t is replaced by M's own sample
 of it (drawn from M's teacher-forced prediction at t-1, so the whole-sequence
 fast LSTM still applies), which keeps M stable when it is fed its own dreams.
@@ -37,11 +38,13 @@ import numpy as np
 from lib import cli, devices, manifest, progress, training
 from lib.checkpointer import Checkpointer
 from lib.data import latents, rnn_data
+from lib.env import socnavenv as sn
 from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
 from lib.models.mdn_rnn import (
     MDNRNN,
     MODES,
+    OUTCOME_CLASSES,
     MDNRNNLoss,
     calibrated_done_logit,
     done_logit_threshold,
@@ -49,8 +52,12 @@ from lib.models.mdn_rnn import (
 )
 from lib.seeding import derive_seed
 
-# The done head's default positive weight: #negatives / #positives, at most this.
+# The done head's default positive weight: #negatives / #positives, at most this
+# (also each ending's weight in the outcome head's loss).
 MAX_DONE_POS_WEIGHT = 50.0
+# The outcome head's running-step reward is bounded by this times the largest
+# running-step penalty in the training data.
+SHAPING_MARGIN = 1.25
 LOG_FIELDS = [
     "epoch",
     "train_loss",
@@ -92,6 +99,13 @@ def parse_args(argv=None):
         action="store_true",
         help="predict z(t+1) as z(t) plus a mixture of offsets (beyond the paper; learns much faster)",
     )
+    p.add_argument(
+        "--outcome-head",
+        action="store_true",
+        help="reward/dream modes: predict how each step ends (running, success, collision, "
+        "out of map) and a bounded running-step reward instead of a free reward and a done "
+        "logit, so a dream cannot pay more than the task (beyond the paper)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--reward-weight", type=float, default=1.0, help="weight of the reward loss")
@@ -100,7 +114,8 @@ def parse_args(argv=None):
         "--done-pos-weight",
         type=float,
         default=None,
-        help="weight of done=1 steps in the done loss (default: #not-done / #done, at most 50)",
+        help="weight of done=1 steps in the done loss, or of each ending with --outcome-head "
+        "(default: #not-done / #done, at most 50, per ending with --outcome-head)",
     )
     p.add_argument(
         "--ss-max", type=float, default=0.5, help="final scheduled-sampling probability (dream)"
@@ -125,6 +140,8 @@ def parse_args(argv=None):
         p.error(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.ss_max <= 1:
         p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
+    if args.outcome_head and args.mode not in ("reward", "dream"):
+        p.error(f"--outcome-head needs --mode reward or dream (M's heads), not {args.mode}")
     cli.check_run_args(p, args)
     return args
 
@@ -174,12 +191,11 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 )
                 sums["nll"] += float(nll.array) * n
                 sums["steps"] += n
-                if model.reward_head:
+                if model.can_dream:
                     pred = devices.to_host(out.reward).reshape(-1)
                     sums["reward_se"] += float(
                         (((pred - ch["reward"].reshape(-1)) ** 2) * mask).sum()
                     )
-                if model.done_head:
                     logit = devices.to_host(out.done_logit).reshape(-1)
                     done = ch["done"].reshape(-1) > 0.5
                     guess = calibrated_done_logit(logit, done_pos_weight) > done_logit_threshold()
@@ -188,9 +204,8 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                     sums["pos_hit"] += float((done & guess).sum())
     n = max(sums["steps"], 1.0)
     out = {"test_nll": sums["nll"] / n}
-    if model.reward_head:
+    if model.can_dream:
         out["test_reward_mse"] = sums["reward_se"] / n
-    if model.done_head:
         out["test_done_accuracy"] = sums["done_right"] / n
         out["test_done_recall"] = sums["pos_hit"] / max(sums["pos"], 1.0)
     return out
@@ -259,6 +274,19 @@ def done_pos_weight(train, heads, wanted):
     return wanted or min((len(train.done) - dones) / max(dones, 1.0), MAX_DONE_POS_WEIGHT)
 
 
+def outcome_settings(train, wanted):
+    """The outcome head's `outcome_weights` (each ending's: --done-pos-weight, or
+    #running / #that ending, at most MAX_DONE_POS_WEIGHT) and `shaping_bound`."""
+    classes = np.where(train.outcome == sn.TIMEOUT, sn.RUNNING, train.outcome)
+    counts = np.bincount(classes, minlength=len(OUTCOME_CLASSES)).astype(np.float64)
+    weights = [1.0] + [
+        wanted or (min(counts[0] / c, MAX_DONE_POS_WEIGHT) if c else 1.0) for c in counts[1:]
+    ]
+    running = train.reward[train.outcome == sn.RUNNING]
+    largest = float(-running.min()) if len(running) and running.min() < 0 else 0.0
+    return {"outcome_weights": weights, "shaping_bound": SHAPING_MARGIN * largest or 0.02}
+
+
 def resume(run, config):
     """Restores `run` from its snapshot after checking it holds an M of these sizes."""
     old = run.saved_settings()
@@ -288,6 +316,7 @@ def epoch_line(row, baselines, heads, seconds):
 def main(argv=None):
     args = parse_args(argv)
     heads = args.mode in ("reward", "dream")
+    scalar_heads = heads and not args.outcome_head
     root = os.path.join(args.data_dir, "rnn_data")
     models = os.path.join(args.data_dir, "models")
     name = f"rnn_{args.mode}"
@@ -316,7 +345,7 @@ def main(argv=None):
 
     # INPUTS: V's encoding of every frame, cached by content hash.
     train, test = load_episodes(root, vae, vae_path, args.max_episodes)
-    pos_weight = done_pos_weight(train, heads, args.done_pos_weight)
+    pos_weight = done_pos_weight(train, scalar_heads, args.done_pos_weight)
     z_test, baselines = held_out_baselines(train, test, args.seed)
 
     # MODEL AND OPTIMIZER
@@ -326,10 +355,12 @@ def main(argv=None):
         "action_size": int(train.action.shape[1]),
         "hidden_size": args.hidden,
         "n_mixtures": args.mixtures,
-        "reward_head": heads,
-        "done_head": heads,
+        "reward_head": scalar_heads,
+        "done_head": scalar_heads,
         "residual": args.residual,
     }
+    if args.outcome_head:
+        config.update(outcome_head=True, **outcome_settings(train, args.done_pos_weight))
     model = MDNRNN(**config)
     model.to_device(device)
     loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight)
@@ -380,6 +411,7 @@ def main(argv=None):
                                 loss, state = loss_fn(
                                     xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
                                     xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
+                                    xp.asarray(ch["outcome"]) if args.outcome_head else None,
                                 )  # fmt: skip
                             run.check_loss(float(loss.array), "the M loss")
                             model.cleargrads()

@@ -177,7 +177,7 @@ def load_m(data_dir, rnn_mode, z_size, device, dream):
         rnn, _ = checkpoints.load_rnn(data_dir, rnn_mode, z_size, device)
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
-    if dream and not (rnn.reward_head and rnn.done_head):
+    if dream and not (rnn.can_dream):
         rnn_path = os.path.join(data_dir, "models", f"rnn_{rnn_mode}.npz")
         cli.fail(
             f"--dream needs an M with reward and done heads; {rnn_path} has none — run 04_train_rnn.py --mode dream (or reward)"

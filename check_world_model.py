@@ -170,7 +170,7 @@ def main(argv=None):
         rnn, r_sidecar = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
-    if not (rnn.reward_head and rnn.done_head):
+    if not (rnn.can_dream):
         cli.fail(f"rnn_{args.mode}.npz has no reward and done heads — train M with --mode dream")
     vae_path = os.path.join(args.data_dir, "models", "vae.npz")
     try:

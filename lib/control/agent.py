@@ -32,7 +32,7 @@ from lib.env import socnavenv as sn
 from lib.env.policies import Policy
 from lib.kernels.fast_encoder import make_encoder
 from lib.models.controller import act_batch, unflatten
-from lib.models.mdn_rnn import DONE_THRESHOLD, done_logit_threshold, sample
+from lib.models.mdn_rnn import DONE_THRESHOLD, done_logit_threshold, reward_and_continue, sample
 
 # Keys the stream of an episode's seed that draws V's posterior noise (temperature > 0),
 # apart from the streams the environment draws from the same seed.
@@ -119,6 +119,11 @@ class WorldModelsAgent(Policy):
         return actions
 
 
+# A soft dream (outcome-head M) stops an agent once the probability that its
+# episode still runs is below this: what is left could change its return by less.
+SOFT_END = 1e-3
+
+
 def dream_rollouts(
     rnn,
     params,
@@ -132,8 +137,18 @@ def dream_rollouts(
 ):
     """Plays controllers inside M, all agents in lockstep.
 
+    With M's reward and done heads (the paper's), an episode ends at the first
+    step whose calibrated done probability exceeds `done_threshold`, and the
+    return sums the reward head. With an outcome-head M
+    (`MDNRNN(outcome_head=True)`) nothing is thresholded: each step's expected
+    reward is weighted by the probability that the episode still runs (the
+    product of M's continue probabilities so far), so a return is M's expected
+    return along its sampled z, and no dream return exceeds the task's best
+    (+1); an agent stops once that probability is below `SOFT_END`, and its
+    length is the step where it first fell below one half.
+
     Args:
-        rnn: `MDNRNN` with reward and done heads.
+        rnn: `MDNRNN` with reward and done heads, or an outcome head.
         params: (P, n_params) controller parameters.
         which: (N,) int, the candidate row of each agent.
         z0: (N, z_size) float32 starting latents (from real first frames).
@@ -141,7 +156,8 @@ def dream_rollouts(
         rng: numpy Generator for all sampling.
         max_steps: the episode limit; reaching it adds the timeout reward, a
             rule of the task rather than something M must learn.
-        done_threshold: an episode ends when M's done probability exceeds this.
+        done_threshold: an episode ends when M's done probability exceeds this
+            (reward and done heads only).
         done_pos_weight: the positive-class weight M's done head was trained
             with (its sidecar's `done_pos_weight`). Weighting positives by w
             shifts the head's logit by log(w); it is subtracted here so the
@@ -150,7 +166,7 @@ def dream_rollouts(
     Returns:
         (returns (N,) float64, lengths (N,) int64).
     """
-    if not (rnn.reward_head and rnn.done_head):
+    if not rnn.can_dream:
         raise ValueError("dreaming needs an M with reward and done heads (--mode reward or dream)")
     device = rnn.device  # M's: everything below but the bookkeeping stays there
     weights, biases = (
@@ -162,6 +178,7 @@ def dream_rollouts(
     h = state[0]
     z = device.send(np.asarray(z0, np.float32))
     alive = np.ones(n, bool)
+    running = np.ones(n)  # soft dream: P(the episode still runs)
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
     logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
@@ -169,15 +186,26 @@ def dream_rollouts(
         actions = act_batch(weights, biases, which, z, h)
         out = rnn.step(z, actions, state)
         state, h = out.state, out.h
-        # out: reward and done logit, in one transfer
-        reward, done_logit = to_host(rnn.xp.stack([out.reward, out.done_logit]))
-        reward = reward.astype(np.float64)
-        done = done_logit > logit_threshold
-        returns += np.where(alive, reward, 0.0)
-        lengths += alive
-        alive &= ~done
+        if rnn.outcome_head:
+            # out: expected reward and continue probability, in one transfer
+            reward, p_continue = to_host(rnn.xp.stack(reward_and_continue(out)))
+            returns += running * reward
+            lengths += running >= 0.5
+            running *= p_continue
+            alive = running >= SOFT_END
+        else:
+            # out: reward and done logit, in one transfer
+            reward, done_logit = to_host(rnn.xp.stack([out.reward, out.done_logit]))
+            reward = reward.astype(np.float64)
+            done = done_logit > logit_threshold
+            returns += np.where(alive, reward, 0.0)
+            lengths += alive
+            alive &= ~done
         if not alive.any():
             break
         z = sample(out.mixture, tau, rng)  # in: the sampling noise, drawn on the host
-    returns += np.where(alive, sn.TIMEOUT_REWARD, 0.0)
+    if rnn.outcome_head:
+        returns += np.where(alive, running, 0.0) * sn.TIMEOUT_REWARD
+    else:
+        returns += np.where(alive, sn.TIMEOUT_REWARD, 0.0)
     return returns, lengths

@@ -10,6 +10,7 @@ posterior means and log-variances with the actions, rewards and dones in one
 | action | (sum(T_e), 2) | float32 | actions |
 | reward | (sum(T_e),) | float32 | rewards |
 | done | (sum(T_e),) | bool | True on each episode's last step |
+| outcome | (sum(T_e),) | int8 | how each step ended: `socnavenv` code, RUNNING but on the last step |
 | frame_offsets | (E + 1,) | int64 | episode e's frames are [frame_offsets[e], frame_offsets[e+1]) |
 | step_offsets | (E + 1,) | int64 | episode e's steps likewise |
 | files | (E,) | str | source file names |
@@ -30,7 +31,11 @@ from lib.models.vae import encode_frames
 from lib.kernels.fast_encoder import make_encoder
 from lib.fileio import atomic_path
 from lib.data.frames import selection_key
+from lib.env import socnavenv as sn
 from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
+
+# Part of the cache key: caches written before a format change are rebuilt.
+CACHE_FORMAT = "v2"  # v2: per-step outcome codes
 
 
 class NoEpisodesError(ValueError):
@@ -56,6 +61,15 @@ class LatentEpisodes:
         self.done = arrays["done"]
         self.frame_offsets = arrays["frame_offsets"]
         self.step_offsets = arrays["step_offsets"]
+        self.outcome = arrays.get("outcome")
+        if self.outcome is None:  # arrays built by hand: read the endings from the rewards
+            self.outcome = np.concatenate(
+                [np.zeros(0, np.int8)]
+                + [
+                    step_outcomes({"done": self.done[a:b], "reward": self.reward[a:b]})
+                    for a, b in zip(self.step_offsets[:-1], self.step_offsets[1:])
+                ]
+            )
         self.files = [str(f) for f in arrays["files"]]
 
     def __len__(self) -> int:
@@ -79,13 +93,41 @@ class LatentEpisodes:
             "logvar": self.logvar[f0:f1],
             "action": self.action[s0:s1],
             "reward": self.reward[s0:s1],
+            "outcome": self.outcome[s0:s1],
             "done": self.done[s0:s1],
         }
 
 
+def step_outcomes(episode: dict) -> np.ndarray:
+    """(T,) int8 `socnavenv` outcome codes: RUNNING on every step but an ended
+    episode's last, which holds how it ended.
+
+    Files without an `outcome` field are read from the last step's reward (a
+    timeout and an exit from the room pay alike: those count as out of map
+    unless the episode ran `MAX_STEPS` steps).
+    """
+    done = np.asarray(episode["done"], bool)
+    codes = np.full(len(done), sn.RUNNING, np.int8)
+    if len(done) == 0 or not done[-1]:
+        return codes
+    name = episode.get("outcome")
+    if name in sn.OUTCOMES:
+        codes[-1] = sn.OUTCOMES.index(name)
+        return codes
+    last = float(episode["reward"][-1])
+    if last == sn.REACH_REWARD:
+        codes[-1] = sn.SUCCESS
+    elif last == sn.COLLISION_REWARD:
+        codes[-1] = sn.COLLISION
+    else:
+        codes[-1] = sn.TIMEOUT if len(done) >= sn.MAX_STEPS else sn.OUT_OF_MAP
+    return codes
+
+
 def cache_path(split_dir: str, vae_path: str) -> str:
     files = list_rollouts(split_dir)
-    key = hashlib.sha1(f"{file_hash(vae_path)}:{selection_key(files) if files else ''}".encode())
+    selection = selection_key(files) if files else ""
+    key = hashlib.sha1(f"{CACHE_FORMAT}:{file_hash(vae_path)}:{selection}".encode())
     split = os.path.basename(os.path.normpath(split_dir))
     root = os.path.dirname(os.path.normpath(split_dir))
     return os.path.join(root, "cache", f"latents_{split}_{key.hexdigest()[:12]}.npz")
@@ -124,7 +166,7 @@ def encode_split(
         f1, s1 = arrays["frame_offsets"][e], arrays["step_offsets"][e]
         for k in ("mu", "logvar"):
             arrays[k] = arrays[k][:f1]
-        for k in ("action", "reward", "done"):
+        for k in ("action", "reward", "done", "outcome"):
             arrays[k] = arrays[k][:s1]
         arrays["frame_offsets"] = arrays["frame_offsets"][: e + 1]
         arrays["step_offsets"] = arrays["step_offsets"][: e + 1]
@@ -135,7 +177,7 @@ def encode_split(
 
 def _build(files, vae, path, info, progress):
     size = vae.image_size if hasattr(vae, "image_size") else None
-    parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done")}
+    parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done", "outcome")}
     f_off, s_off, names, skipped = [0], [0], [], []
     encoder = make_encoder(vae)
     for k, file in enumerate(files):
@@ -149,6 +191,7 @@ def _build(files, vae, path, info, progress):
         parts["logvar"].append(logvar)
         for key in ("action", "reward", "done"):
             parts[key].append(ep[key])
+        parts["outcome"].append(step_outcomes(ep))
         f_off.append(f_off[-1] + len(mu))
         s_off.append(s_off[-1] + len(ep["action"]))
         names.append(os.path.basename(file))

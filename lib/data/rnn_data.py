@@ -12,7 +12,8 @@ Two ways to cut episodes into training batches, matching 04's modes:
 `baseline_nll` scores the constant-z and copy-z baselines M must beat.
 
 A batch is a dict of (B, T, ...) float32 arrays: `z` (inputs z_t), `a`, `z_next`
-(targets z_{t+1}), `reward`, `done`, and `mask` (1 on real steps, 0 on padding;
+(targets z_{t+1}), `reward`, `done`, `outcome` (int8 `socnavenv` codes, see
+`latents.step_outcomes`) and `mask` (1 on real steps, 0 on padding;
 an episode's steps end at its done, so nothing after done counts).
 """
 
@@ -40,6 +41,7 @@ def _fill(batch: dict, row: int, data: LatentEpisodes, z: np.ndarray, e: int, t0
     batch["a"][row, :n] = data.action[s0 + t0 : s0 + t1]
     batch["reward"][row, :n] = data.reward[s0 + t0 : s0 + t1]
     batch["done"][row, :n] = data.done[s0 + t0 : s0 + t1]
+    batch["outcome"][row, :n] = data.outcome[s0 + t0 : s0 + t1]
     batch["mask"][row, :n] = 1.0
 
 
@@ -50,6 +52,7 @@ def _empty(b: int, t: int, z_size: int, a_size: int) -> dict:
         "a": np.zeros((b, t, a_size), np.float32),
         "reward": np.zeros((b, t), np.float32),
         "done": np.zeros((b, t), np.float32),
+        "outcome": np.zeros((b, t), np.int8),
         "mask": np.zeros((b, t), np.float32),
     }
 

@@ -55,6 +55,18 @@ def is_collision(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
     return np.asarray(done, bool) & (np.asarray(reward) < COLLISION_CUT)
 
 
+def predicts_collision(out) -> np.ndarray:
+    """(B,) bool, host: were M's step to end the episode, it would be a collision.
+
+    From an outcome-head M, collision is the likeliest ending; from reward and
+    done heads, the predicted reward is nearer a collision's than the others'.
+    """
+    if out.outcome is not None:
+        endings = to_host(out.outcome)[:, 1:]  # success, collision, out of map
+        return endings.argmax(axis=1) == sn.COLLISION - 1
+    return to_host(out.reward) < COLLISION_CUT
+
+
 def teacher_forced(
     rnn, data: LatentEpisodes, done_pos_weight: float = 1.0, z: np.ndarray | None = None
 ) -> dict:
@@ -66,11 +78,12 @@ def teacher_forced(
     Returns:
         {"nll": (S,) M's negative log-likelihood of z_{t+1} per latent dimension (nats);
          "reward", "done_prob": (S,) its reward and calibrated done probability;
+         "collision": (S,) bool, an ending there would be a collision (`predicts_collision`);
          "h", "c": (S, H) its state *before* it reads step t (what C sees at t)},
         over all steps of all episodes, episode by episode.
     """
     z = data.mu if z is None else z
-    out = {"nll": [], "reward": [], "done_prob": [], "h": [], "c": []}
+    out = {"nll": [], "reward": [], "done_prob": [], "collision": [], "h": [], "c": []}
     for e in range(len(data)):
         ep, f0 = data.episode(e), data.frame_offsets[e]
         state = rnn.initial_state(1)
@@ -82,9 +95,11 @@ def teacher_forced(
             log_p = mixture_log_prob(step.mixture, rnn.xp.asarray(z[f0 + t + 1][None]))
             out["nll"].append(-float(log_p.array.mean()))
             out["reward"].append(float(to_host(step.reward)[0]))
+            out["collision"].append(bool(predicts_collision(step)[0]))
             logit = calibrated_done_logit(float(to_host(step.done_logit)[0]), done_pos_weight)
             out["done_prob"].append(1.0 / (1.0 + np.exp(-logit)))
-    return {k: np.asarray(v, np.float32 if k in ("h", "c") else np.float64) for k, v in out.items()}
+    types = {"h": np.float32, "c": np.float32, "collision": bool}
+    return {k: np.asarray(v, types.get(k, np.float64)) for k, v in out.items()}
 
 
 def head_scores(data: LatentEpisodes, forced: dict, done_threshold: float = DONE_THRESHOLD) -> dict:
@@ -98,7 +113,7 @@ def head_scores(data: LatentEpisodes, forced: dict, done_threshold: float = DONE
         "reward_mse_of_the_mean": float(np.var(reward)),
         "done": rates(forced["done_prob"] > done_threshold, data.done),
         "collision_step": rates(
-            is_collision(forced["reward"], forced["done_prob"] > done_threshold),
+            forced["collision"] & (forced["done_prob"] > done_threshold),
             is_collision(reward, data.done),
         ),
     }
@@ -144,9 +159,8 @@ def collision_forecasts(
         a = data.action[np.minimum(starts + k, ends - 1)]
         out = rnn.step(z, a, state)
         state = out.state
-        reward, logit = to_host(out.reward), to_host(out.done_logit)
-        done = logit > threshold
-        hit |= alive & done & (reward < COLLISION_CUT)
+        done = to_host(out.done_logit) > threshold
+        hit |= alive & done & predicts_collision(out)
         alive &= ~done
         z = sample(out.mixture, tau, rng)
     return hit

@@ -37,7 +37,17 @@ import chainer.links as L
 import numpy as np
 from chainer import backend, initializers
 
+from lib.env import socnavenv as sn
 from lib.kernels import fast_lstm, mdn
+
+# The outcome head's classes (beyond the paper): how a step ends, as `socnavenv`'s
+# codes 0-3. A timeout is the task's rule (a step count), not something M sees, so
+# its step is "running" to M; the dream adds the timeout reward by rule.
+OUTCOME_CLASSES = ("running", "success", "collision", "out_of_map")
+# The reward each ending pays (the running class's reward is the shaping head's).
+OUTCOME_REWARDS = np.array(
+    [0.0, sn.REACH_REWARD, sn.COLLISION_REWARD, sn.OUTOFMAP_REWARD], np.float32
+)
 
 # Far beyond any sane z-score, but finite in float32, as the kernel's clamp of its square.
 _MAX_Z = math.sqrt(mdn.MAX_SQUARED_Z)
@@ -65,7 +75,11 @@ class StepOutput(NamedTuple):
         state: (h, c), two (B, H) float32 arrays to pass to the next step.
         mixture: `MixtureParams` of z_{t+1}, fields (B, Z, K) float32.
         reward: (B,) float32 predicted reward, or None without a reward head.
+            With the outcome head: the expected reward over the endings.
         done_logit: (B,) float32 logit of done, or None without a done head.
+            With the outcome head: the calibrated log-odds of "not running".
+        outcome: (B, 4) float32 calibrated probabilities of `OUTCOME_CLASSES`
+            (outcome head only, else None).
     """
 
     h: object
@@ -73,6 +87,7 @@ class StepOutput(NamedTuple):
     mixture: MixtureParams
     reward: object
     done_logit: object
+    outcome: object = None
 
 
 class SequenceOutput(NamedTuple):
@@ -81,9 +96,13 @@ class SequenceOutput(NamedTuple):
     Attributes:
         h: (B, T, H) hidden states.
         mixture: (B, T, 3 * K * Z) raw mixture head, layout `(3, K, Z)` per step.
-        reward: (B, T) predicted rewards, or None.
-        done_logit: (B, T) done logits, or None.
+        reward: (B, T) predicted rewards, or None (expected rewards with the
+            outcome head; no graph).
+        done_logit: (B, T) done logits, or None (calibrated with the outcome
+            head; no graph).
         state: (h, c) final state, two (B, H) Variables.
+        outcome_logit: (B, T, 4) raw outcome logits (outcome head only).
+        shaping: (B, T) raw shaping-reward head (outcome head only).
     """
 
     h: object
@@ -91,6 +110,8 @@ class SequenceOutput(NamedTuple):
     reward: object
     done_logit: object
     state: tuple
+    outcome_logit: object = None
+    shaping: object = None
 
 
 def split_mixture(raw, z_size, n_mixtures, log_sigma_min, log_sigma_max):
@@ -206,6 +227,16 @@ class MDNRNN(chainer.Chain):
         log_sigma_min, log_sigma_max: float, clamp of the predicted log-sigma.
         residual: bool, component means are offsets added to the current z
             (not in the paper; see `04_train_rnn.py --residual`).
+        outcome_head: bool, instead of the reward and done heads, predict how
+            the step ends (`OUTCOME_CLASSES`, softmax) and the running step's
+            reward from a head bounded to [-shaping_bound, 0] (not in the
+            paper; see `04_train_rnn.py --outcome-head`). The reward is then
+            the expected one and done the probability of an ending: no
+            prediction can pay more than the task does.
+        shaping_bound: float > 0, the largest running-step penalty.
+        outcome_weights: 4 floats, the class weights the outcome loss used;
+            their logs are subtracted from the logits so the probabilities
+            are calibrated (see `calibrated_done_logit`). Ones when None.
 
     Raises:
         ValueError: sizes that are not positive, or an empty log-sigma range.
@@ -222,6 +253,9 @@ class MDNRNN(chainer.Chain):
         log_sigma_min=-7.0,
         log_sigma_max=4.0,
         residual=False,
+        outcome_head=False,
+        shaping_bound=0.02,
+        outcome_weights=None,
     ):
         super().__init__()
         # Residual M (beyond the paper): the mixture means are offsets from the
@@ -247,6 +281,17 @@ class MDNRNN(chainer.Chain):
         self.done_head = bool(done_head)
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
+        self.outcome_head = bool(outcome_head)
+        if self.outcome_head and (self.reward_head or self.done_head):
+            raise ValueError("the outcome head replaces the reward and done heads: not both")
+        if not shaping_bound > 0:
+            raise ValueError(f"shaping_bound must be > 0, got {shaping_bound}")
+        self.shaping_bound = float(shaping_bound)
+        weights = np.ones(len(OUTCOME_CLASSES)) if outcome_weights is None else outcome_weights
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
+            raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
+        self.outcome_weights = [float(w) for w in weights]
         hidden = self.hidden_size
         bias = np.zeros(4 * hidden, np.float32)
         bias[2 * hidden : 3 * hidden] = 1.0  # forget gate (blocks a, i, f, o)
@@ -260,6 +305,14 @@ class MDNRNN(chainer.Chain):
                 self.reward = L.Linear(hidden, 1)
             if self.done_head:
                 self.done = L.Linear(hidden, 1)
+            if self.outcome_head:
+                self.outcome = L.Linear(hidden, len(OUTCOME_CLASSES))
+                self.shaping = L.Linear(hidden, 1)
+
+    @property
+    def can_dream(self):
+        """Whether M predicts rewards and episode ends (what a dream needs)."""
+        return self.outcome_head or (self.reward_head and self.done_head)
 
     def config(self):
         """The constructor's arguments, JSON-ready: `MDNRNN(**m.config())` rebuilds it."""
@@ -273,6 +326,9 @@ class MDNRNN(chainer.Chain):
             "residual": self.residual,
             "log_sigma_min": self.log_sigma_min,
             "log_sigma_max": self.log_sigma_max,
+            "outcome_head": self.outcome_head,
+            "shaping_bound": self.shaping_bound,
+            "outcome_weights": self.outcome_weights,
         }
 
     def initial_state(self, batch):
@@ -315,7 +371,40 @@ class MDNRNN(chainer.Chain):
             reward = F.reshape(self.reward(flat), (batch, steps))
         if self.done_head:
             done = F.reshape(self.done(flat), (batch, steps))
+        if self.outcome_head:
+            logit = F.reshape(self.outcome(flat), (batch, steps, len(OUTCOME_CLASSES)))
+            shaping = F.reshape(self.shaping(flat), (batch, steps))
+            reward, done, _ = self.outcome_values(logit.array, shaping.array)
+            reward, done = chainer.Variable(reward), chainer.Variable(done)
+            return SequenceOutput(hs, mixture, reward, done, (h, c), logit, shaping)
         return SequenceOutput(hs, mixture, reward, done, (h, c))
+
+    def outcome_values(self, logit, shaping):
+        """The outcome head's raw outputs as (expected reward, done log-odds, class
+        probabilities), arrays of any leading shape; logits are calibrated first.
+
+        Args:
+            logit: (..., 4) raw outcome logits.
+            shaping: (...) raw shaping head.
+
+        Returns:
+            (reward (...), done_logit (...), probabilities (..., 4)), float32.
+        """
+        xp = backend.get_array_module(logit)
+        logit = logit - xp.asarray(np.log(self.outcome_weights), np.float32)
+        top = logit.max(axis=-1, keepdims=True)
+        e = xp.exp(logit - top)
+        total = e.sum(axis=-1, keepdims=True)
+        p = e / total
+        running_reward = -self.shaping_bound / (1.0 + xp.exp(-shaping))
+        reward = p[..., 0] * running_reward + p[..., 1:] @ xp.asarray(OUTCOME_REWARDS[1:])
+        # log P(ending) - log P(running), a log-sum-exp over the endings.
+        ends = logit[..., 1:]
+        ends_top = ends.max(axis=-1)
+        ends_sum = xp.exp(ends - ends_top[..., None]).sum(axis=-1)
+        done_logit = ends_top + xp.log(ends_sum) - logit[..., 0]
+        f32 = np.float32
+        return reward.astype(f32), done_logit.astype(f32), p.astype(f32)
 
     def split(self, raw):
         """`split_mixture` with this model's sizes and clamp; see there."""
@@ -358,12 +447,16 @@ class MDNRNN(chainer.Chain):
             if self.residual:
                 raw.reshape(-1, 3, self.n_mixtures, self.z_size)[:, 1] += z[:, None, :]
             params = self.split(raw)
-        reward = done = None
+        reward = done = outcome = None
         if self.reward_head:
             reward = h @ self.reward.W.array[0] + self.reward.b.array[0]
         if self.done_head:
             done = h @ self.done.W.array[0] + self.done.b.array[0]
-        return StepOutput(h, (h, c), params, reward, done)
+        if self.outcome_head:
+            logit = h @ self.outcome.W.array.T + self.outcome.b.array
+            shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
+            reward, done, outcome = self.outcome_values(logit, shaping)
+        return StepOutput(h, (h, c), params, reward, done, outcome)
 
     def sample(self, params, tau, rng):
         """`sample` as a method, for symmetry with `step`."""
@@ -521,6 +614,12 @@ class MDNRNNLoss(chainer.Chain):
     cross-entropy with positive steps weighted by `done_pos_weight` (dones are
     rare: about one step in a hundred).
 
+    With the outcome head, `done_loss` is the cross-entropy of the step's
+    ending (`OUTCOME_CLASSES`), each class weighted by the model's
+    `outcome_weights`, and `reward_loss` the squared error of the running steps'
+    reward as a fraction of `shaping_bound` (timeout steps count as running
+    for the ending and are left out of the reward: their reward is the rule's).
+
     Reports, through `chainer.reporter`: `loss`, `nll`, and `reward_loss` /
     `done_loss` when the model has those heads.
 
@@ -539,7 +638,7 @@ class MDNRNNLoss(chainer.Chain):
         with self.init_scope():
             self.model = model
 
-    def forward(self, z, a, z_next, mask=None, reward=None, done=None, state=None):
+    def forward(self, z, a, z_next, mask=None, reward=None, done=None, state=None, outcome=None):
         """Loss of a batch of sequences.
 
         Args:
@@ -551,6 +650,8 @@ class MDNRNNLoss(chainer.Chain):
             reward: (B, T) float32 rewards; required with a reward head.
             done: (B, T) bool or float dones; required with a done head.
             state: (h, c) initial LSTM state (see `MDNRNN.forward`).
+            outcome: (B, T) int `socnavenv` outcome codes of the steps;
+                required with the outcome head (with `reward`).
 
         Returns:
             (loss, state): scalar float32 Variable and the final (h, c).
@@ -589,6 +690,21 @@ class MDNRNNLoss(chainer.Chain):
             done_loss = F.sum(per_step * mask) / n
             loss = loss + self.done_weight * done_loss
             report["done_loss"] = done_loss
+        if m.outcome_head:
+            if reward is None or outcome is None:
+                raise ValueError("the model has an outcome head: pass reward and outcome")
+            codes = xp.asarray(outcome).reshape(batch * steps).astype(np.int32)
+            classes = xp.where(codes == sn.TIMEOUT, sn.RUNNING, codes).astype(np.int32)
+            logit = F.reshape(out.outcome_logit, (batch * steps, len(OUTCOME_CLASSES)))
+            weight = xp.asarray(m.outcome_weights, np.float32)[classes]
+            ce = F.softmax_cross_entropy(logit, classes, reduce="no")
+            done_loss = F.sum(ce * weight * mask) / n
+            running = mask * (codes == sn.RUNNING)
+            target = xp.clip(-xp.asarray(reward, np.float32).reshape(-1) / m.shaping_bound, 0, 1)
+            err = F.sigmoid(F.reshape(out.shaping, (batch * steps,))) - target
+            reward_loss = F.sum(err * err * running) / max(float(running.sum()), 1.0)
+            loss = loss + self.done_weight * done_loss + self.reward_weight * reward_loss
+            report.update(done_loss=done_loss, reward_loss=reward_loss)
         report["loss"] = loss
         chainer.reporter.report(report, self)
         return loss, out.state
