@@ -48,6 +48,7 @@ def test_expected_reward_done_and_calibration_by_hand():
     np.testing.assert_allclose(out.reward, [expected] * 2, rtol=1e-5)
     np.testing.assert_allclose(out.done_logit, [np.log(0.3 / 0.7)] * 2, rtol=1e-5)
     reward, p_continue = reward_and_continue(out)
+    np.testing.assert_allclose(reward, out.reward)
     np.testing.assert_allclose(p_continue, [0.7, 0.7], rtol=1e-5)
     # A head trained with class weights w is calibrated by dividing by w.
     weighted = step(hand_made(bias + np.log([1, 10, 20, 5]), weights=[1, 10, 20, 5]))
