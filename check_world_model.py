@@ -39,6 +39,7 @@ from lib.control.agent import WorldModelsAgent, dream_rollouts
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
 from lib.diagnostics import world_model as wm
+from lib.diagnostics.probe import auc
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
 from lib.fileio import atomic_path
@@ -105,6 +106,7 @@ def table(r: dict) -> str:
         q = "–" if x["recall"] is None else f"{x['recall']:.2f}"
         return f"precision {p}, recall {q} ({x['actual']} real, {x['predicted']} predicted)"
 
+    auc_text = "–" if r.get("collision_soon_auc") is None else f"{r['collision_soon_auc']:.2f}"
     lines = [
         "| check | M | reference |",
         "|---|---|---|",
@@ -112,7 +114,7 @@ def table(r: dict) -> str:
         f"| reward MSE | {r['reward_mse']:.2e} | mean reward {r['reward_mse_of_the_mean']:.2e} |",
         f"| done | {pr(r['done'])} | |",
         f"| collision (this step) | {pr(r['collision_step'])} | |",
-        f"| collision within {r['horizon']} steps | {pr(r['collision_soon'])} | |",
+        f"| collision within {r['horizon']} steps | {pr(r['collision_soon'])} | AUC of M's risk {auc_text} |",
     ]
     if "dream_vs_real" in r:
         d = r["dream_vs_real"]
@@ -198,10 +200,12 @@ def main(argv=None):
     result = wm.head_scores(test, forced)
     result["nll"] = float(np.mean(nll))
     result["copy_baseline_nll"] = wm.copy_baseline_nll(train, z_train, test, z_test)
-    forecast = wm.collision_forecasts(
+    forecast, risk = wm.forecast_collisions(
         rnn, test, forced, rng, args.temperature, args.horizon, weight
     )
-    result["collision_soon"] = wm.rates(forecast, wm.actual_collision_soon(test, args.horizon))
+    soon = wm.actual_collision_soon(test, args.horizon)
+    result["collision_soon"] = wm.rates(forecast, soon)
+    result["collision_soon_auc"] = auc(risk, soon) if 0 < soon.sum() < len(soon) else None
     result.update(horizon=args.horizon, temperature=args.temperature, test_steps=len(forecast))
 
     # THE SAME CONTROLLERS IN THE DREAM AND IN THE REAL ENVIRONMENT

@@ -128,3 +128,19 @@ def test_the_script_needs_an_m_with_heads(models, tmp_path):
     assert "rnn_reward" in err
     err = one_line_error(run("check_world_model.py", "--controllers", "-1", check=False))
     assert "--controllers" in err
+
+
+def test_collision_risk_is_the_forecast_probability():
+    """An outcome-head M with constant P(collision) = p per step: risk = 1 - (1 - p)^H."""
+    from lib.models.mdn_rnn import MDNRNN
+
+    p = 0.1
+    m = MDNRNN(z_size=3, hidden_size=4, outcome_head=True)
+    m.outcome.W.array[:] = 0
+    m.outcome.b.array[:] = np.log([1 - p, 1e-9, p, 1e-9]).astype(np.float32)
+    data = episodes([12, 5], ["collision", "success"])
+    forced = wm.teacher_forced(m, data)
+    hit, risk = wm.forecast_collisions(m, data, forced, np.random.default_rng(0), horizon=4)
+    np.testing.assert_allclose(risk, 1 - (1 - p) ** 4, rtol=1e-5)
+    assert not hit.any()  # P(end) = 0.1 never crosses the threshold
+    assert wm.predicts_collision(m.step(data.mu[:1], data.action[:1])).all()

@@ -130,7 +130,13 @@ def actual_collision_soon(data: LatentEpisodes, horizon: int = COLLISION_HORIZON
     return np.concatenate(out)
 
 
-def collision_forecasts(
+def collision_forecasts(*args, **kwargs) -> np.ndarray:
+    """(S,) bool: from each step t, M forecasts a collision within `horizon` steps
+    (`forecast_collisions`' first result; same arguments)."""
+    return forecast_collisions(*args, **kwargs)[0]
+
+
+def forecast_collisions(
     rnn,
     data: LatentEpisodes,
     forced: dict,
@@ -139,13 +145,20 @@ def collision_forecasts(
     horizon: int = COLLISION_HORIZON,
     done_pos_weight: float = 1.0,
     done_threshold: float = DONE_THRESHOLD,
-) -> np.ndarray:
-    """(S,) bool: from each step t, M forecasts a collision within `horizon` steps.
+) -> tuple[np.ndarray, np.ndarray]:
+    """From each step t, M's forecast of a collision within `horizon` steps.
 
     All S forecasts run in lockstep: M starts from its teacher-forced state at t, reads
     the real z_t and a_t, then its own samples (temperature `tau`) with the real actions
     a_{t+1}, ... (the last real action repeated past the episode's end). A forecast ends
     at M's first predicted end.
+
+    Returns:
+        (hit, risk): (S,) bool, M predicts an end within the horizon and it is a
+        collision; (S,) float, M's probability of a collision within the horizon, the
+        soft form a planner scores with (`sum_k S_k P(end at k) P(collision | end)`, S_k
+        the probability of running until k; `P(collision | end)` is 0 or 1 without
+        an outcome head, see `predicts_collision`), to rank steps by (AUC).
     """
     z = data.mu[_step_frames(data)]
     starts = np.arange(len(z))
@@ -154,16 +167,27 @@ def collision_forecasts(
     z = rnn.xp.asarray(z)
     alive = np.ones(len(starts), bool)
     hit = np.zeros(len(starts), bool)
+    running = np.ones(len(starts))
+    risk = np.zeros(len(starts))
     threshold = done_logit_threshold(done_pos_weight, done_threshold)
     for k in range(horizon):
         a = data.action[np.minimum(starts + k, ends - 1)]
         out = rnn.step(z, a, state)
         state = out.state
-        done = to_host(out.done_logit) > threshold
+        logit = to_host(out.done_logit).astype(np.float64)
+        done = logit > threshold
         hit |= alive & done & predicts_collision(out)
+        p_end = 1.0 / (1.0 + np.exp(-calibrated_done_logit(logit, done_pos_weight)))
+        if out.outcome is not None:
+            outcome = to_host(out.outcome).astype(np.float64)
+            p_collision = outcome[:, sn.COLLISION] / np.maximum(1.0 - outcome[:, 0], 1e-12)
+        else:
+            p_collision = predicts_collision(out).astype(np.float64)
+        risk += running * p_end * p_collision
+        running *= 1.0 - p_end
         alive &= ~done
         z = sample(out.mixture, tau, rng)
-    return hit
+    return hit, risk
 
 
 def copy_baseline_nll(
