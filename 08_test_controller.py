@@ -26,6 +26,7 @@ return; the meta object records its settings.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import argparse
 import dataclasses
 import os
 import time
@@ -90,7 +91,7 @@ def parse_args(argv=None):
     return args
 
 
-# The planner's flags: (flag, type, default, help). None defaults are filled in by
+# The planner's flags: (flag, type, default, help). Their defaults are filled in by
 # `check_planner_args`, so that a flag given without --planner can be refused.
 PLANNER_FLAGS = (
     ("--horizon", cli.positive_int, planner.HORIZON, "imagined steps per plan (0.1 s each)"),
@@ -116,7 +117,10 @@ def add_planner_args(p):
     )
     for flag, kind, default, text in PLANNER_FLAGS:
         p.add_argument(
-            flag, type=kind, default=None, help=f"with --planner: {text} (default {default})"
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,  # absent unless given, and no "(default: None)" in --help
+            help=f"with --planner: {text} (default: {default})",
         )
 
 
@@ -124,7 +128,7 @@ def check_planner_args(p, args):
     """Refuses planner flags without --planner, then fills in their defaults."""
     for flag, _, default, _ in PLANNER_FLAGS:
         key = flag.removeprefix("--").replace("-", "_")
-        if getattr(args, key) is None:
+        if not hasattr(args, key):
             setattr(args, key, default)
         elif not args.planner:
             p.error(f"{flag} needs --planner")

@@ -162,7 +162,7 @@ def plan(rnn, weights, biases, z, h, c, rngs, settings):
     z0, h0, c0, first = tile(z), tile(h), tile(c), tile(c_action)
     mean = np.zeros((b_count, horizon, a_size), np.float32)
     std = np.full((b_count, horizon, a_size), s.sigma, np.float32)
-    c_score = best_score = None
+    best_score = None
     best_first = to_host(c_action).astype(np.float32)
     for it in range(s.cem_iters):
         offsets = np.empty((b_count, k, horizon, a_size), np.float32)
@@ -182,9 +182,8 @@ def plan(rnn, weights, biases, z, h, c, rngs, settings):
         )
         score = score.reshape(b_count, k)
         first_actions = first_actions.reshape(b_count, k, a_size)
-        if it == 0:
-            c_score = score[:, 0].copy()
-            best_score = c_score + s.margin
+        if it == 0:  # C's own score, raised by the margin a plan must beat
+            best_score = score[:, 0] + s.margin
         pick = np.argmax(score, axis=1)  # the first of equals: C's in the first iteration
         top = score[np.arange(b_count), pick]
         better = top > best_score
