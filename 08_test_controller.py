@@ -9,7 +9,8 @@ Writes:
         world_models_planner (the same V, M and C, planning in M) — with
         success / collision / out_of_map / timeout rates and their 95 % Wilson
         intervals, return mean and std, episodes, steps to goal, path length,
-        closest approach to a person and personal-space compliance.
+        closest approach to a person and personal-space compliance; the planner's
+        also replaced_fraction, the fraction of steps whose action is not C's.
     data/results/test_controller.md: the same as a Markdown table (also printed).
     data/results/test_<policy>_<k>.gif: the first --record episodes of each
         policy (global view beside the 64x64 observation).
@@ -229,9 +230,10 @@ def main(argv=None):
     results = {}
     for name, build in policies.items():
         start = time.perf_counter()
+        policy = build(min(args.n_envs, args.episodes))
         with tqdm(total=args.episodes, desc=name, unit="ep", leave=False) as bar:
             summary, episodes = evaluation.evaluate(
-                build(min(args.n_envs, args.episodes)),
+                policy,
                 seeds,
                 config,
                 args.n_envs,
@@ -239,6 +241,8 @@ def main(argv=None):
                 progress=bar,
             )
         summary["seconds"] = round(time.perf_counter() - start, 2)
+        if isinstance(policy, planner.PlannerAgent):
+            summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
         results[name] = summary
         for k, ep in enumerate(episodes[: args.record]):
             drawing.episode_gif(

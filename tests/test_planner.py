@@ -77,9 +77,14 @@ def test_one_candidate_is_the_linear_agent():
     config = sn.EnvConfig(max_steps=30)
     one = PlanSettings(horizon=4, candidates=1, cem_iters=2)
     _, linear = evaluate(WorldModelsAgent(3, vae, rnn, params), seeds, config, n_envs=3)
-    _, planned = evaluate(PlannerAgent(3, vae, rnn, params, one), seeds, config, n_envs=3)
+    agent = PlannerAgent(3, vae, rnn, params, one)
+    _, planned = evaluate(agent, seeds, config, n_envs=3)
     for a, b in zip(linear, planned):
         np.testing.assert_array_equal(a.action, b.action)
+    assert agent.steps == sum(len(e.action) for e in linear) and agent.replaced == 0
+    more = PlannerAgent(3, vae, rnn, params, PlanSettings(horizon=3, candidates=8, sigma=0.5))
+    evaluate(more, seeds, config, n_envs=3)
+    assert 0 < more.replaced_fraction <= 1
 
 
 @pytest.mark.parametrize("tau", [0.0, 1.0])
@@ -172,6 +177,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     meta = report["meta"]["planner"]
     assert (meta["horizon"], meta["candidates"], meta["cem_iters"]) == (3, 4, 2)
     assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3
+    assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert (data_dir / "results" / "test_world_models_planner_0.gif").exists()
     assert "| world_models_planner |" in proc.stdout
 

@@ -298,6 +298,13 @@ class PlannerAgent(WorldModelsAgent):
         super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
         self.settings = settings or PlanSettings()
         self.plan_rngs = [np.random.default_rng([i, _PLAN_NOISE]) for i in range(n)]
+        # Steps planned, and those whose action is not C's (a plan beat C's by the margin).
+        self.steps = self.replaced = 0
+
+    @property
+    def replaced_fraction(self):
+        """The fraction of steps so far where the executed action is not C's."""
+        return self.replaced / max(self.steps, 1)
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
@@ -316,6 +323,10 @@ class PlannerAgent(WorldModelsAgent):
         rngs = [self.plan_rngs[i] for i in live]
         a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings)
         actions[sel] = to_host(a)
+        # C's own action is returned bit for bit unless a plan replaced it.
+        linear = to_host(act_batch(self.weights, self.biases, None, z, h))
+        self.steps += len(live)
+        self.replaced += int((actions[sel] != linear).any(axis=1).sum())
         out = self.rnn.step(z, a, (h, c), mixture=False)
         self.h[on_device], self.c[on_device] = out.state
         return actions
