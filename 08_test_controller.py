@@ -105,7 +105,7 @@ PLANNER_FLAGS = (
     ("--plan-tau", cli.non_negative_float, planner.TAU,
      "M's temperature in the plan: 0 follows the mean of its likeliest component"),
     ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]"),
-    ("--plan-margin", cli.non_negative_float, 0.0,
+    ("--plan-margin", cli.non_negative_float, planner.MARGIN,
      "a plan replaces C's action only if its predicted return beats C's by more than this"),
 )  # fmt: skip
 

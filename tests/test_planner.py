@@ -63,7 +63,7 @@ def test_the_planner_avoids_the_action_the_done_head_fires_on():
     z = np.zeros((b, rnn.z_size), np.float32)
     h, c = rnn.initial_state(b)
     rngs = [np.random.default_rng(i) for i in range(b)]
-    settings = PlanSettings(horizon=3, candidates=32, cem_iters=3, sigma=1.0)
+    settings = PlanSettings(horizon=3, candidates=32, cem_iters=3, sigma=1.0, margin=0.0)
     actions = plan(rnn, weights, biases, z, h, c, rngs, settings)
     c_alone = plan(rnn, weights, biases, z, h, c, rngs, PlanSettings(horizon=3, candidates=1))
     assert (c_alone[:, 0] > 0.9).all()  # C alone advances, and M says that ends it
@@ -82,7 +82,9 @@ def test_one_candidate_is_the_linear_agent():
     for a, b in zip(linear, planned):
         np.testing.assert_array_equal(a.action, b.action)
     assert agent.steps == sum(len(e.action) for e in linear) and agent.replaced == 0
-    more = PlannerAgent(3, vae, rnn, params, PlanSettings(horizon=3, candidates=8, sigma=0.5))
+    more = PlannerAgent(
+        3, vae, rnn, params, PlanSettings(horizon=3, candidates=8, sigma=0.5, margin=0)
+    )
     evaluate(more, seeds, config, n_envs=3)
     assert 0 < more.replaced_fraction <= 1
 
@@ -96,7 +98,7 @@ def test_batched_planning_equals_one_at_a_time(tau):
     z = rng.standard_normal((b, Z), dtype=np.float32)
     h = rng.uniform(-1, 1, (b, HIDDEN)).astype(np.float32)
     c = rng.uniform(-1, 1, (b, HIDDEN)).astype(np.float32)
-    settings = PlanSettings(horizon=4, candidates=16, cem_iters=2, sigma=0.5, tau=tau)
+    settings = PlanSettings(horizon=4, candidates=16, cem_iters=2, sigma=0.5, tau=tau, margin=0)
     together = plan(
         rnn, weights, biases, z, h, c, [np.random.default_rng(i) for i in range(b)], settings
     )
@@ -117,7 +119,7 @@ def test_planner_agent_in_lockstep_equals_one_at_a_time():
     vae, rnn, params = random_models(2)
     seeds = evaluation_seeds(7, 3)
     config = sn.EnvConfig(max_steps=20)
-    settings = PlanSettings(horizon=3, candidates=8, cem_iters=2, tau=0.5)
+    settings = PlanSettings(horizon=3, candidates=8, cem_iters=2, tau=0.5, sigma=0.5, margin=0)
     _, together = evaluate(PlannerAgent(3, vae, rnn, params, settings), seeds, config, n_envs=3)
     for s, e in zip(seeds, together):
         _, (alone,) = evaluate(PlannerAgent(1, vae, rnn, params, settings), [s], config, 1)
@@ -130,6 +132,7 @@ def test_plan_settings_refuse_nonsense():
         {"candidates": 0},
         {"cem_iters": 1.5},
         {"sigma": -1},
+        {"margin": -0.1},
         {"tau": float("nan")},
         {"gamma": 0},
         {"gamma": 1.5},
@@ -191,6 +194,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
         (["--planner", "--plan-sigma", "-1"], "--plan-sigma"),
         (["--planner", "--plan-tau", "nan"], "--plan-tau"),
         (["--planner", "--plan-gamma", "1.5"], "--plan-gamma"),
+        (["--planner", "--plan-margin", "-1"], "--plan-margin"),
         (["--horizon", "5"], "--horizon needs --planner"),
         (["--candidates", "8"], "--candidates needs --planner"),
         (["--planner", "--baselines-only"], "exclude each other"),
