@@ -10,7 +10,8 @@ Writes:
         success / collision / out_of_map / timeout rates and their 95 % Wilson
         intervals, return mean and std, episodes, steps to goal, path length,
         closest approach to a person and personal-space compliance; the planner's
-        also replaced_fraction, the fraction of steps whose action is not C's.
+        also replaced_fraction, the fraction of steps whose action is not C's, and
+        env_steps, the real steps it planned (with seconds: its speed).
     data/results/test_controller.md: the same as a Markdown table (also printed).
     data/results/test_<policy>_<k>.gif: the first --record episodes of each
         policy (global view beside the 64x64 observation).
@@ -243,6 +244,7 @@ def main(argv=None):
         summary["seconds"] = round(time.perf_counter() - start, 2)
         if isinstance(policy, planner.PlannerAgent):
             summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
+            summary["env_steps"] = policy.steps
         results[name] = summary
         for k, ep in enumerate(episodes[: args.record]):
             drawing.episode_gif(

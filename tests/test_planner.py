@@ -181,6 +181,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     assert (meta["horizon"], meta["candidates"], meta["cem_iters"]) == (3, 4, 2)
     assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
+    assert 2 <= report["world_models_planner"]["env_steps"] <= 30
     assert (data_dir / "results" / "test_world_models_planner_0.gif").exists()
     assert "| world_models_planner |" in proc.stdout
 
