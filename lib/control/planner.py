@@ -219,13 +219,14 @@ def _rollouts(rnn, weights, biases, z, h, c, first, offsets, noise, s):
         a = xp.clip(proposal + offsets[:, t], -1.0, 1.0)
         if t == 0:
             first_actions = a
-        out = rnn.step(z, a, state, mixture=s.tau > 0)
+        last = t + 1 == s.horizon
+        out = rnn.step(z, a, state, mixture=s.tau > 0 and not last)
         reward, p_continue = reward_and_continue(out, s.done_pos_weight)
         score += np.float32(discount) * alive * reward
         alive *= p_continue
         discount *= s.gamma
         state = out.state
-        if t + 1 < s.horizon:
+        if not last:
             z = _next_z(rnn, out, z, s.tau, None if noise is None else (noise[0][t], noise[1][t]))
     return to_host(score).astype(np.float64), to_host(first_actions)
 
