@@ -5,21 +5,30 @@ Reads:
         controller.npz, each with its JSON sidecar.
 Writes:
     data/results/test_controller.json (--out): one object per policy —
-        world_models, random, greedy, greedy_avoid, oracle — with
+        world_models, random, greedy, greedy_avoid, oracle, and with --planner
+        world_models_planner (the same V, M and C, planning in M) — with
         success / collision / out_of_map / timeout rates and their 95 % Wilson
         intervals, return mean and std, episodes, steps to goal, path length,
-        closest approach to a person and personal-space compliance.
+        closest approach to a person and personal-space compliance; the planner's
+        also replaced_fraction, the fraction of steps whose action is not C's, and
+        env_steps, the real steps it planned (with seconds: its speed).
     data/results/test_controller.md: the same as a Markdown table (also printed).
     data/results/test_<policy>_<k>.gif: the first --record episodes of each
         policy (global view beside the 64x64 observation).
 
 Every policy plays the same --episodes held-out episodes (seeds from --seed),
 so differences between rows are differences between policies.
+
+--planner adds the agent that plans in M at every step (`lib.control.planner`):
+--candidates action sequences of --horizon steps around C's own, refined by
+--cem-iters iterations of the cross-entropy method, scored by M's predicted
+return; the meta object records its settings.
 """
 
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import argparse
 import dataclasses
 import os
 import time
@@ -27,6 +36,7 @@ import time
 from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest
+from lib.control import planner
 from lib.control.agent import WorldModelsAgent
 from lib.env import evaluation
 from lib.env import socnavenv as sn
@@ -72,13 +82,62 @@ def parse_args(argv=None):
     )
     p.add_argument("--agent-only", action="store_true", help="skip the baselines")
     p.add_argument("--controller", type=cli.file_stem, default="controller", help=CONTROLLER_HELP)
+    add_planner_args(p)
     cli.add_n_envs_arg(p)
     cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)
     if args.baselines_only and args.agent_only:
         p.error("--baselines-only and --agent-only exclude each other")
+    check_planner_args(p, args)
     return args
+
+
+# The planner's flags: (flag, type, default, help). Their defaults are filled in by
+# `check_planner_args`, so that a flag given without --planner can be refused.
+PLANNER_FLAGS = (
+    ("--horizon", cli.positive_int, planner.HORIZON, "imagined steps per plan (0.1 s each)"),
+    ("--candidates", cli.positive_int, planner.CANDIDATES,
+     "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent"),
+    ("--cem-iters", cli.positive_int, planner.CEM_ITERS,
+     "cross-entropy-method iterations per plan (1: random shooting around C)"),
+    ("--plan-sigma", cli.non_negative_float, planner.SIGMA,
+     "initial std of the candidates' action offsets from C's actions (actions are in [-1, 1])"),
+    ("--plan-tau", cli.non_negative_float, planner.TAU,
+     "M's temperature in the plan: 0 follows the mean of its likeliest component"),
+    ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]"),
+    ("--plan-margin", cli.non_negative_float, planner.MARGIN,
+     "a plan replaces C's action only if its predicted return beats C's by more than this"),
+)  # fmt: skip
+
+
+def add_planner_args(p):
+    p.add_argument(
+        "--planner",
+        action="store_true",
+        help="also test the agent that plans in M at every step (row world_models_planner)",
+    )
+    for flag, kind, default, text in PLANNER_FLAGS:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,  # absent unless given, and no "(default: None)" in --help
+            help=f"with --planner: {text} (default: {default})",
+        )
+
+
+def check_planner_args(p, args):
+    """Refuses planner flags without --planner, then fills in their defaults."""
+    for flag, _, default, _ in PLANNER_FLAGS:
+        key = flag.removeprefix("--").replace("-", "_")
+        if not hasattr(args, key):
+            setattr(args, key, default)
+        elif not args.planner:
+            p.error(f"{flag} needs --planner")
+    if args.planner and args.baselines_only:
+        p.error("--planner and --baselines-only exclude each other")
+    if args.plan_gamma > 1:
+        p.error(f"argument --plan-gamma: must be <= 1, got {args.plan_gamma}")
 
 
 def agent_row(name: str) -> str:
@@ -128,7 +187,7 @@ def main(argv=None):
             controller, c_sidecar = checkpoints.load_controller(args.data_dir, args.controller)
             vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
             config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
-            rnn, _ = checkpoints.load_rnn(
+            rnn, r_sidecar = checkpoints.load_rnn(
                 args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
             )
         except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
@@ -141,6 +200,24 @@ def main(argv=None):
         policies[agent_row(args.controller)] = lambda n: WorldModelsAgent(
             n, vae, rnn, params, temperature=args.temperature
         )
+        if args.planner:
+            if not (rnn.reward_head and rnn.done_head):
+                cli.fail(
+                    f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
+                )
+            settings = planner.PlanSettings(
+                horizon=args.horizon,
+                candidates=args.candidates,
+                cem_iters=args.cem_iters,
+                sigma=args.plan_sigma,
+                tau=args.plan_tau,
+                gamma=args.plan_gamma,
+                margin=args.plan_margin,
+                done_pos_weight=float(r_sidecar.get("done_pos_weight") or 1.0),
+            )
+            policies[agent_row(args.controller) + "_planner"] = lambda n: planner.PlannerAgent(
+                n, vae, rnn, params, settings, temperature=args.temperature
+            )
         print(
             f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
         )
@@ -154,9 +231,10 @@ def main(argv=None):
     results = {}
     for name, build in policies.items():
         start = time.perf_counter()
+        policy = build(min(args.n_envs, args.episodes))
         with tqdm(total=args.episodes, desc=name, unit="ep", leave=False) as bar:
             summary, episodes = evaluation.evaluate(
-                build(min(args.n_envs, args.episodes)),
+                policy,
                 seeds,
                 config,
                 args.n_envs,
@@ -164,6 +242,9 @@ def main(argv=None):
                 progress=bar,
             )
         summary["seconds"] = round(time.perf_counter() - start, 2)
+        if isinstance(policy, planner.PlannerAgent):
+            summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
+            summary["env_steps"] = policy.steps
         results[name] = summary
         for k, ep in enumerate(episodes[: args.record]):
             drawing.episode_gif(
@@ -181,6 +262,8 @@ def main(argv=None):
         "env": config.to_dict(),
         "temperature": args.temperature,
     }
+    if args.planner:
+        report["meta"]["planner"] = settings.to_dict()
     manifest.write_json(out, report)
     md = table(results)
     with open(os.path.splitext(out)[0] + ".md", "w") as f:

@@ -14,6 +14,9 @@ side by side:
   mixtures, hidden 256, forward + backward + Adam(1e-3) + gradient clip 1.0.
 - `ctrl_b1`, `ctrl_b64`: agent-steps/s of one real-env control step (V encode
   of a uint8 64x64 frame, one M step, one C product) for 1 and 64 agents.
+- `plan_step`: real env-steps/s of the planning agent (`lib.control.planner`) at its
+  default K, H and CEM iterations, 64 agents in lockstep: V encode, a plan of
+  64 x K rollouts of H steps through M (with reward and done heads), one M step.
 - `dream_b1024`: agent-steps/s, 1024 agents: one M step with reward and done
   heads, sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`.
 
@@ -41,6 +44,7 @@ import numpy as np
 
 from lib import devices
 from lib.control.agent import WorldModelsAgent
+from lib.control.planner import PlannerAgent, PlanSettings
 from lib.kernels.fast_adam import FastAdam
 from lib.models.controller import n_params
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
@@ -193,6 +197,18 @@ def ctrl_b64():
     return _ctrl(64)
 
 
+def plan_step():
+    """Env-steps/s of the planning agent at its defaults, 64 agents in lockstep."""
+    rng = np.random.default_rng(0)
+    agents = 64
+    vae = _on_device(ConvVAE())
+    rnn = _on_device(MDNRNN(reward_head=True, done_head=True, residual=True))
+    params = rng.normal(0, 0.1, (1, n_params(32, 256))).astype(np.float32)
+    agent = PlannerAgent(agents, vae, rnn, params, PlanSettings())
+    frames = _frames(rng, agents)
+    return agents / bench(lambda: agent.act(None, frames), 2, 1, 3)
+
+
 WORKLOADS = {
     "vae_train": vae_train,
     "vae_train_b1000": vae_train_b1000,
@@ -201,6 +217,7 @@ WORKLOADS = {
     "dream_b1024": dream_b1024,
     "ctrl_b1": ctrl_b1,
     "ctrl_b64": ctrl_b64,
+    "plan_step": plan_step,
 }
 
 
