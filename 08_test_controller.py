@@ -201,7 +201,7 @@ def main(argv=None):
             n, vae, rnn, params, temperature=args.temperature
         )
         if args.planner:
-            if not (rnn.reward_head and rnn.done_head):
+            if not rnn.can_dream:
                 cli.fail(
                     f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
                 )

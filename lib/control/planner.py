@@ -292,7 +292,7 @@ class PlannerAgent(WorldModelsAgent):
     name = "world_models_planner"
 
     def __init__(self, n, vae, rnn, params, settings=None, temperature=0.0, encoder=None):
-        if not (rnn.reward_head and rnn.done_head):
+        if not rnn.can_dream:
             raise ValueError(
                 "planning needs an M with reward and done heads (--mode reward or dream)"
             )
