@@ -116,14 +116,22 @@ def test_batched_planning_equals_one_at_a_time(tau):
 
 
 def test_planner_agent_in_lockstep_equals_one_at_a_time():
+    # On fixed frames rather than in the environment: there a last-bit difference of a
+    # GEMM of another batch shape can move a person across a pixel edge, and the
+    # frames (so the actions) then differ by far more than rounding.
     vae, rnn, params = random_models(2)
-    seeds = evaluation_seeds(7, 3)
-    config = sn.EnvConfig(max_steps=20)
+    frames = np.random.default_rng(3).integers(0, 256, (4, 3, 64, 64, 3), dtype=np.uint8)
+    seeds = [11, 12, 13]
     settings = PlanSettings(horizon=3, candidates=8, cem_iters=2, tau=0.5, sigma=0.5, margin=0)
-    _, together = evaluate(PlannerAgent(3, vae, rnn, params, settings), seeds, config, n_envs=3)
-    for s, e in zip(seeds, together):
-        _, (alone,) = evaluate(PlannerAgent(1, vae, rnn, params, settings), [s], config, 1)
-        np.testing.assert_allclose(e.action, alone.action, atol=1e-5)
+    together = PlannerAgent(3, vae, rnn, params, settings)
+    together.reset(np.arange(3), seeds)
+    batched = np.stack([together.act(None, f) for f in frames], axis=1)  # (3, T, 2)
+    for i, seed in enumerate(seeds):
+        alone = PlannerAgent(1, vae, rnn, params, settings)
+        alone.reset(np.array([0]), [seed])
+        actions = np.stack([alone.act(None, f[i : i + 1])[0] for f in frames])
+        np.testing.assert_allclose(batched[i], actions, atol=1e-5)
+    assert together.replaced > 0
 
 
 def test_plan_settings_refuse_nonsense():
