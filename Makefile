@@ -83,7 +83,7 @@ demo: venv
 AGENT_DIR ?= data
 A := $(AGENT_DIR)/.agent
 AGENT_ROLLOUTS ?= 200
-AGENT_EPISODES ?= 600
+AGENT_EPISODES ?= 3000
 AGENT_V_EPOCHS ?= 4
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
@@ -106,7 +106,7 @@ $(A)/02.done: $(A)/01.done
 $(A)/03.done: $(A)/02.done
 	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
-	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
+	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done
 	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
 $(A)/07.done: $(A)/diagnostics.done
