@@ -14,7 +14,10 @@ Writes:
         env_steps, the real steps it planned (with seconds: its speed).
     data/results/test_controller.md: the same as a Markdown table (also printed).
     data/results/test_<policy>_<k>.gif: the first --record episodes of each
-        policy (global view beside the 64x64 observation).
+        policy (global view beside the 64x64 observation). With another --out
+        than the default, the GIFs are named after it: <out stem>_<policy>_<k>.gif.
+    data/results/test_planner_vs_linear_<k>.gif (with --planner): the linear
+        agent and the planner in the same scene, side by side.
 
 Every policy plays the same --episodes held-out episodes (seeds from --seed),
 so differences between rows are differences between policies.
@@ -228,7 +231,9 @@ def main(argv=None):
 
     # EVALUATION: the same seeds for everyone.
     seeds = evaluation.evaluation_seeds(args.seed, args.episodes)
-    results = {}
+    results, recorded = {}, {}
+    stem = os.path.splitext(os.path.basename(out))[0]
+    gif_prefix = "test" if stem == "test_controller" else stem
     for name, build in policies.items():
         start = time.perf_counter()
         policy = build(min(args.n_envs, args.episodes))
@@ -246,15 +251,20 @@ def main(argv=None):
             summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
             summary["env_steps"] = policy.steps
         results[name] = summary
-        for k, ep in enumerate(episodes[: args.record]):
+        recorded[name] = episodes[: args.record]
+        for k, ep in enumerate(recorded[name]):
             drawing.episode_gif(
-                os.path.join(results_dir, f"test_{name}_{k}.gif"), ep, f"{name} #{k}"
+                os.path.join(results_dir, f"{gif_prefix}_{name}_{k}.gif"), ep, f"{name} #{k}"
             )
         print(
             f"{name:13s} success {summary['success_rate']:.1%}, collision {summary['collision_rate']:.1%}, return {summary['return_mean']:+.3f} ({summary['seconds']:.1f} s)"
         )
 
     # OUTPUTS
+    linear = agent_row(args.controller)
+    for k, pair in enumerate(zip(recorded.get(linear, []), recorded.get(linear + "_planner", []))):
+        path = os.path.join(results_dir, f"{gif_prefix}_planner_vs_linear_{k}.gif")
+        drawing.comparison_gif(path, list(pair), ["linear C", "planner"])
     report = dict(results)
     report["meta"] = {
         "episodes": args.episodes,

@@ -97,7 +97,7 @@ step = @mkdir -p $(A); echo "== agent step $(1): $(2)"; s=$$(date +%s); $(2) && 
 
 agent: $(A)/08.done
 	@echo; echo "wall time per step (s):"; cat $(A)/times.txt
-	@echo "results: $(AGENT_DIR)/results/test_controller.md (5 people), test_controller_8humans.md, test_controller_dream.md"
+	@echo "results: $(AGENT_DIR)/results/test_controller.md (5 people; linear C and the planner), test_controller_8humans.md, test_controller_dream.md"
 
 $(A)/01.done: | venv
 	$(call step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 --data-dir $(AGENT_DIR))
@@ -116,6 +116,6 @@ $(A)/07dream.done: $(A)/07.done
 $(A)/check.done: $(A)/07dream.done
 	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
 $(A)/08.done: $(A)/check.done
-	$(call step,08,$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
-		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 0 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
+	$(call step,08,$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
+		$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))

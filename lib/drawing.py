@@ -102,3 +102,32 @@ def episode_gif(path: str, episode, title: str = "", scale: int = 4, fps: float 
     if frames:
         frames += [frames[-1]] * int(fps)  # hold the last frame for a second
     save_gif(path, frames, fps)
+
+
+def comparison_gif(
+    path: str, episodes: list, titles: list[str], scale: int = 1, fps: float = 10.0
+) -> None:
+    """GIF of several recorded episodes of the same scene side by side (their
+    global views), each captioned with its title, step, return and, once it has
+    ended, its outcome; an episode that ends first holds its last frame.
+
+    Args:
+        episodes: `lib.env.rollouts.Episode`s recorded with frames.
+        titles: one per episode.
+    """
+    steps = max(len(ep.frames) for ep in episodes)
+    frames = []
+    for t in range(steps):
+        panels = []
+        for ep, title in zip(episodes, titles):
+            last = len(ep.frames) - 1
+            u = min(t, last)
+            total = float(np.sum(ep.reward[:u], dtype=np.float64))
+            text = f"{title} step {u} return {total:+.2f}" + (f" {ep.outcome}" if u == last else "")
+            panels.append(
+                caption(upscale(ep.frames[u], scale) if scale > 1 else ep.frames[u], text)
+            )
+        frames.append(side_by_side(panels))
+    if frames:
+        frames += [frames[-1]] * int(fps)
+    save_gif(path, frames, fps)

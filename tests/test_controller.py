@@ -340,7 +340,7 @@ def test_08_json_keys_and_table(models, tmp_path):
         assert rates == pytest.approx(1.0)
         lo, hi = s["success_rate_ci95"]
         assert lo <= s["success_rate"] <= hi
-        assert (d / "results" / f"test_{name}_0.gif").exists()
+        assert (d / "results" / f"r_{name}_0.gif").exists()
     assert "| world_models |" in proc.stdout and "| oracle |" in proc.stdout
 
 

@@ -32,6 +32,9 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert "--object-weight 50" in script_lines(lines, "03")[0]
     (eight,) = script_lines(lines, "08")
     assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
+    assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
+    assert "--outcome-head" in script_lines(lines, "04")[0]
+    assert "--episodes 3000" in script_lines(lines, "02")[0]
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from chainer import serializers
 from cli_helpers import one_line_error, run
+from PIL import Image
 
 from lib import manifest
 from lib.control.agent import WorldModelsAgent
@@ -152,6 +153,9 @@ def test_plan_settings_refuse_nonsense():
     rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN)
     with pytest.raises(ValueError, match="reward and done heads"):
         PlannerAgent(1, ConvVAE(z_size=Z), rnn, np.zeros(n_params(Z, HIDDEN), np.float32))
+    # an outcome-head M predicts reward and done: it can be planned with
+    outcome_m = MDNRNN(z_size=Z, hidden_size=HIDDEN, outcome_head=True)
+    PlannerAgent(1, ConvVAE(z_size=Z), outcome_m, np.zeros(n_params(Z, HIDDEN), np.float32))
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +194,12 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert 2 <= report["world_models_planner"]["env_steps"] <= 30
-    assert (data_dir / "results" / "test_world_models_planner_0.gif").exists()
+    # GIFs named after --out; the two agents in the same scene side by side
+    assert (data_dir / "results" / "r_world_models_planner_0.gif").exists()
+    assert (data_dir / "results" / "r_world_models_0.gif").exists()
+    both = Image.open(data_dir / "results" / "r_planner_vs_linear_0.gif")
+    one = Image.open(data_dir / "results" / "r_world_models_0.gif")
+    assert both.size[0] == one.size[0] and both.n_frames >= 2  # two 256-px global views
     assert "| world_models_planner |" in proc.stdout
 
 
