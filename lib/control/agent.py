@@ -112,11 +112,22 @@ class WorldModelsAgent(Policy):
         on_device = sel if len(live) == self.n else self.device.send(live)
         z = self.encode(images[sel], live)  # in: the frames
         h, c = self.h[on_device], self.c[on_device]
-        a = act_batch(self.weights, self.biases, self.which[on_device], z, h)
+        a = self.choose(z, h, c, live, on_device)
         actions[sel] = to_host(a)  # out: the actions
         out = self.rnn.step(z, a, (h, c), mixture=False)
         self.h[on_device], self.c[on_device] = out.state
         return actions
+
+    def choose(self, z, h, c, live, on_device):
+        """The live slots' actions, on M's device: C's product of [z, h] (a planner
+        overrides this).
+
+        Args:
+            z, h, c: (L, ...) the live slots' latents and M state, on M's device.
+            live: (L,) host indices of the live slots.
+            on_device: their index (a slice when all are live) on M's device.
+        """
+        return act_batch(self.weights, self.biases, self.which[on_device], z, h)
 
 
 # A soft dream (outcome-head M) stops an agent once the probability that its

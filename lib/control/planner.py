@@ -278,9 +278,9 @@ def _next_z(rnn, out, z, tau, noise):
 class PlannerAgent(WorldModelsAgent):
     """The World Models agent with its action planned in M (see the module docstring).
 
-    V's encoding, M's state bookkeeping, `reset` and the `act(sim, images)`
-    contract are `WorldModelsAgent`'s; only the action differs: `plan` instead
-    of C's product. One C for every episode.
+    V's encoding, M's state bookkeeping, `reset` and `act(sim, images)` are
+    `WorldModelsAgent`'s; only `choose`, the action, differs: `plan` instead of
+    C's product. One C for every episode.
 
     Args:
         n: lockstep slots.
@@ -317,22 +317,11 @@ class PlannerAgent(WorldModelsAgent):
         for i, seed in zip(np.asarray(slots), seeds):
             self.plan_rngs[i] = np.random.default_rng([int(seed), _PLAN_NOISE])
 
-    def act(self, sim, images=None):
-        live = np.flatnonzero(sim.active) if sim is not None else np.arange(len(images))
-        actions = np.zeros((self.n, 2), np.float32)
-        if len(live) == 0:
-            return actions
-        sel = slice(None) if len(live) == self.n else live
-        on_device = sel if len(live) == self.n else self.device.send(live)
-        z = self.encode(images[sel], live)
-        h, c = self.h[on_device], self.c[on_device]
+    def choose(self, z, h, c, live, on_device):
         rngs = [self.plan_rngs[i] for i in live]
         a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings)
-        actions[sel] = to_host(a)
         # C's own action is returned bit for bit unless a plan replaced it.
-        linear = to_host(act_batch(self.weights, self.biases, None, z, h))
+        linear = act_batch(self.weights, self.biases, None, z, h)
         self.steps += len(live)
-        self.replaced += int((actions[sel] != linear).any(axis=1).sum())
-        out = self.rnn.step(z, a, (h, c), mixture=False)
-        self.h[on_device], self.c[on_device] = out.state
-        return actions
+        self.replaced += int(to_host((a != linear).any(axis=1)).sum())
+        return a
