@@ -282,7 +282,7 @@ def main(argv=None):
     print(md)
     print(
         f"\nwrote {out}, {os.path.splitext(out)[0]}.md"
-        + (f" and GIFs test_<policy>_<k>.gif in {results_dir}" if args.record else "")
+        + (f" and GIFs {gif_prefix}_<policy>_<k>.gif in {results_dir}" if args.record else "")
     )
 
 
