@@ -148,7 +148,7 @@ def main(argv=None):
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
             logit = calibrated_done_logit(
-                float(devices.to_host(out.done_logit)[0]), rnn_sidecar.get("done_pos_weight", 1.0)
+                float(devices.to_host(out.done_logit)[0]), checkpoints.done_pos_weight(rnn_sidecar)
             )
             p_done = float(1.0 / (1.0 + np.exp(-logit)))
             text = f"t={t + 1} r={float(devices.to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"

@@ -178,6 +178,7 @@ def main(argv=None):
     results_dir = os.path.join(args.data_dir, "results")
     out = args.out or os.path.join(results_dir, "test_controller.json")
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
+    linear = agent_row(args.controller)  # the linear agent's row; the planner's adds "_planner"
     print(
         f"08: {args.episodes} held-out episodes per policy, seed {args.seed}, {config.n_humans} people -> {out}"
     )
@@ -200,7 +201,7 @@ def main(argv=None):
                 f"{args.controller}.npz reads [z, h] of sizes ({controller.z_size}, {controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — re-run 07_train_controller.py"
             )
         params = controller.get_flat()[None]
-        policies[agent_row(args.controller)] = lambda n: WorldModelsAgent(
+        policies[linear] = lambda n: WorldModelsAgent(
             n, vae, rnn, params, temperature=args.temperature
         )
         if args.planner:
@@ -216,9 +217,9 @@ def main(argv=None):
                 tau=args.plan_tau,
                 gamma=args.plan_gamma,
                 margin=args.plan_margin,
-                done_pos_weight=float(r_sidecar.get("done_pos_weight") or 1.0),
+                done_pos_weight=checkpoints.done_pos_weight(r_sidecar),
             )
-            policies[agent_row(args.controller) + "_planner"] = lambda n: planner.PlannerAgent(
+            policies[linear + "_planner"] = lambda n: planner.PlannerAgent(
                 n, vae, rnn, params, settings, temperature=args.temperature
             )
         print(
@@ -261,7 +262,6 @@ def main(argv=None):
         )
 
     # OUTPUTS
-    linear = agent_row(args.controller)
     for k, pair in enumerate(zip(recorded.get(linear, []), recorded.get(linear + "_planner", []))):
         path = os.path.join(results_dir, f"{gif_prefix}_planner_vs_linear_{k}.gif")
         drawing.comparison_gif(path, list(pair), ["linear C", "planner"])

@@ -172,7 +172,7 @@ def main(argv=None):
         rnn, r_sidecar = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
     except checkpoints.CheckpointError as e:
         cli.fail(str(e))
-    if not (rnn.can_dream):
+    if not rnn.can_dream:
         cli.fail(f"rnn_{args.mode}.npz has no reward and done heads — train M with --mode dream")
     vae_path = os.path.join(args.data_dir, "models", "vae.npz")
     try:
@@ -185,7 +185,7 @@ def main(argv=None):
     except latents.NoEpisodesError as e:
         cli.fail(f"{e} — run 02_generate_rnn_data.py first")
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
-    weight = r_sidecar.get("done_pos_weight", 1.0)
+    weight = checkpoints.done_pos_weight(r_sidecar)
     rng = np.random.default_rng([args.seed, 0x3C])
 
     # M ON REAL EPISODES: its NLL on z drawn from V's posterior, as 04 trains and scores

@@ -90,23 +90,23 @@ def episode_gif(path: str, episode, title: str = "", scale: int = 4, fps: float 
         episode: a `lib.env.rollouts.Episode` recorded with frames and obs.
     """
     frames = []
-    total = 0.0
     for t in range(len(episode.frames)):
-        if t > 0:
-            total += float(episode.reward[t - 1])
-        text = f"{title} step {t} return {total:+.2f}"
-        if t == len(episode.frames) - 1:
-            text += f" {episode.outcome}"
         pair = side_by_side([episode.frames[t], upscale(episode.obs[t], scale)])
-        frames.append(caption(pair, text))
+        frames.append(caption(pair, _step_text(episode, t, title)))
     if frames:
         frames += [frames[-1]] * int(fps)  # hold the last frame for a second
     save_gif(path, frames, fps)
 
 
-def comparison_gif(
-    path: str, episodes: list, titles: list[str], scale: int = 1, fps: float = 10.0
-) -> None:
+def _step_text(episode, t: int, title: str) -> str:
+    """A GIF frame's caption: title, step, return so far and, on the last frame, the
+    outcome."""
+    total = sum(float(r) for r in episode.reward[:t])  # in step order, as it accrued
+    last = t == len(episode.frames) - 1
+    return f"{title} step {t} return {total:+.2f}" + (f" {episode.outcome}" if last else "")
+
+
+def comparison_gif(path: str, episodes: list, titles: list[str], fps: float = 10.0) -> None:
     """GIF of several recorded episodes of the same scene side by side (their
     global views), each captioned with its title, step, return and, once it has
     ended, its outcome; an episode that ends first holds its last frame.
@@ -120,14 +120,9 @@ def comparison_gif(
     for t in range(steps):
         panels = []
         for ep, title in zip(episodes, titles):
-            last = len(ep.frames) - 1
-            u = min(t, last)
-            total = float(np.sum(ep.reward[:u], dtype=np.float64))
-            text = f"{title} step {u} return {total:+.2f}" + (f" {ep.outcome}" if u == last else "")
-            panels.append(
-                caption(upscale(ep.frames[u], scale) if scale > 1 else ep.frames[u], text)
-            )
+            u = min(t, len(ep.frames) - 1)
+            panels.append(caption(ep.frames[u], _step_text(ep, u, title)))
         frames.append(side_by_side(panels))
     if frames:
-        frames += [frames[-1]] * int(fps)
+        frames += [frames[-1]] * int(fps)  # hold the last frame for a second
     save_gif(path, frames, fps)

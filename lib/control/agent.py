@@ -189,7 +189,7 @@ def dream_rollouts(
     h = state[0]
     z = device.send(np.asarray(z0, np.float32))
     alive = np.ones(n, bool)
-    running = np.ones(n)  # soft dream: P(the episode still runs)
+    running = np.ones(n)  # soft dream: P(the episode still runs); stays 1 otherwise
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
     logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
@@ -215,8 +215,6 @@ def dream_rollouts(
         if not alive.any():
             break
         z = sample(out.mixture, tau, rng)  # in: the sampling noise, drawn on the host
-    if rnn.outcome_head:
-        returns += np.where(alive, running, 0.0) * sn.TIMEOUT_REWARD
-    else:
-        returns += np.where(alive, sn.TIMEOUT_REWARD, 0.0)
+    # The timeout, weighted by P(still running): 1 in a thresholded dream.
+    returns += np.where(alive, running, 0.0) * sn.TIMEOUT_REWARD
     return returns, lengths

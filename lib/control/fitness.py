@@ -60,7 +60,7 @@ def init_worker(spec: Spec) -> None:
     device = select_device(spec.gpu)
     rnn, sidecar = checkpoints.load_rnn(spec.data_dir, spec.rnn_mode, device=device)
     _WORKER["rnn"] = rnn
-    _WORKER["done_pos_weight"] = float(sidecar.get("done_pos_weight") or 1.0)
+    _WORKER["done_pos_weight"] = checkpoints.done_pos_weight(sidecar)
     if spec.dream:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])

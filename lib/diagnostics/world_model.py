@@ -67,6 +67,15 @@ def predicts_collision(out) -> np.ndarray:
     return to_host(out.reward) < COLLISION_CUT
 
 
+def collision_given_end(out) -> np.ndarray:
+    """(B,) float, host: P(collision | the step ends the episode): the outcome head's
+    share of collision among the endings, or 0/1 (`predicts_collision`) without it."""
+    if out.outcome is not None:
+        outcome = to_host(out.outcome).astype(np.float64)
+        return outcome[:, sn.COLLISION] / np.maximum(1.0 - outcome[:, 0], 1e-12)
+    return predicts_collision(out).astype(np.float64)
+
+
 def teacher_forced(
     rnn, data: LatentEpisodes, done_pos_weight: float = 1.0, z: np.ndarray | None = None
 ) -> dict:
@@ -157,8 +166,8 @@ def forecast_collisions(
         (hit, risk): (S,) bool, M predicts an end within the horizon and it is a
         collision; (S,) float, M's probability of a collision within the horizon, the
         soft form a planner scores with (`sum_k S_k P(end at k) P(collision | end)`, S_k
-        the probability of running until k; `P(collision | end)` is 0 or 1 without
-        an outcome head, see `predicts_collision`), to rank steps by (AUC).
+        the probability of running until k; see `collision_given_end`), to rank
+        steps by (AUC).
     """
     z = data.mu[_step_frames(data)]
     starts = np.arange(len(z))
@@ -178,12 +187,7 @@ def forecast_collisions(
         done = logit > threshold
         hit |= alive & done & predicts_collision(out)
         p_end = 1.0 / (1.0 + np.exp(-calibrated_done_logit(logit, done_pos_weight)))
-        if out.outcome is not None:
-            outcome = to_host(out.outcome).astype(np.float64)
-            p_collision = outcome[:, sn.COLLISION] / np.maximum(1.0 - outcome[:, 0], 1e-12)
-        else:
-            p_collision = predicts_collision(out).astype(np.float64)
-        risk += running * p_end * p_collision
+        risk += running * p_end * collision_given_end(out)
         running *= 1.0 - p_end
         alive &= ~done
         z = sample(out.mixture, tau, rng)

@@ -57,6 +57,13 @@ def observation_settings(vae_sidecar: dict) -> dict:
     return {k: env.get(k, getattr(EnvConfig, k)) for k in ("image_size", "view_size")}
 
 
+def done_pos_weight(rnn_sidecar: dict) -> float:
+    """The positive-class weight M's done head was trained with (04 records it), to
+    calibrate its logit (`mdn_rnn.calibrated_done_logit`); 1 when not recorded, as
+    for an outcome-head M, whose probabilities are calibrated already."""
+    return float(rnn_sidecar.get("done_pos_weight") or 1.0)
+
+
 def load_vae(data_dir: str, device=None):
     """V from `data_dir/models/vae.npz` and its sidecar.
 
