@@ -21,6 +21,13 @@ episode for all candidates (common random numbers) and depends only on
 (--seed, generation, j), so results are identical for any --workers. Fitness is
 the mean return. Every --eval-every generations the CMA-ES mean is evaluated in
 the real environment on --eval-episodes held-out episodes.
+
+With --imitate TEACHER, CMA-ES starts from a C fitted by DAgger to a privileged
+teacher's actions on the [z, h] the agent sees (lib/control/imitation.py), instead
+of the paper's zero: the teacher reads the true state during training only, the
+agent still acts from pixels through V, M and a linear C. The imitated C is
+evaluated as generation 0 and kept if no later mean beats it. Also writes
+data/models/controller_imitation.json: the DAgger iterations.
 """
 
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
@@ -31,11 +38,13 @@ import os
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest, parallel, training
 from lib.control.agent import WorldModelsAgent
 from lib.control.es import CMAES, CannotResume
 from lib.control.fitness import Evaluator, Spec, WorkerDied
+from lib.control.imitation import TEACHERS, dagger
 from lib.data import latents
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
@@ -147,10 +156,32 @@ def parse_args(argv=None):
     p.add_argument(
         "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
     )
+    p.add_argument("--imitate", choices=TEACHERS, default=None, help=IMITATE_HELP)
+    p.add_argument(
+        "--imitate-iterations",
+        type=cli.positive_int,
+        default=None,
+        help=f"DAgger iterations with --imitate; the first is driven by the teacher (default: {IMITATE_ITERATIONS})",
+    )
+    p.add_argument(
+        "--imitate-episodes",
+        type=cli.positive_int,
+        default=None,
+        help=f"episodes per DAgger iteration with --imitate (default: {IMITATE_EPISODES})",
+    )
     cli.add_gpu_arg(p, "V, M and C in every worker and in the evaluations")
     cli.add_resume_args(p, "controller_es.npz", existing="a run")
     cli.add_common_args(p)
     args = p.parse_args(argv)
+    for flag in ("imitate_iterations", "imitate_episodes"):
+        if getattr(args, flag) is not None and args.imitate is None:
+            p.error(f"--{flag.replace('_', '-')} needs --imitate TEACHER")
+    if args.imitate is not None and args.dream:
+        p.error(
+            "--imitate starts C from real-environment imitation; a --dream C must learn in M alone"
+        )
+    args.imitate_iterations = args.imitate_iterations or IMITATE_ITERATIONS
+    args.imitate_episodes = args.imitate_episodes or IMITATE_EPISODES
     if not args.sigma > 0:
         p.error(f"--sigma must be > 0, got {args.sigma}")
     if args.popsize < 2:
@@ -159,6 +190,15 @@ def parse_args(argv=None):
     if args.workers is None:
         args.workers = 1 if args.gpu >= 0 else cli.default_workers()
     return args
+
+
+IMITATE_ITERATIONS = 5
+IMITATE_EPISODES = 300
+IMITATE_HELP = (
+    "start CMA-ES from a C fitted by DAgger to this teacher's actions on the agent's own "
+    "[z, h] (the teacher reads the true state, in training only; C stays linear and acts "
+    "from pixels); default: the paper's start at zero"
+)
 
 
 def pick_rnn_mode(models, wanted, dream):
@@ -220,6 +260,47 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     drawing.episode_gif(os.path.join(results, f"{args.name}_best.gif"), shown, f"gen {generation}")
 
 
+def imitate(args, vae, rnn, config, models):
+    """C's starting point: DAgger onto --imitate's teacher (lib/control/imitation.py).
+    Prints each iteration and writes <name>_imitation.json; returns the flat parameters."""
+    print(
+        f"imitating {args.imitate}: {args.imitate_iterations} DAgger iterations x "
+        f"{args.imitate_episodes} episodes (the first driven by the teacher, then by C)"
+    )
+    total = args.imitate_iterations * args.imitate_episodes
+    with tqdm(total=total, desc="imitation", unit="ep", leave=False) as bar:
+
+        def report(row):
+            bar.write(
+                f"imitation {row.iteration + 1}/{args.imitate_iterations}: {row.driver} drove "
+                f"{row.episodes} episodes (success {row.success_rate:.0%}, collision "
+                f"{row.collision_rate:.0%}, out of map {row.out_of_map_rate:.0%}); C refitted "
+                f"on {row.steps} labelled steps"
+            )
+
+        params, history = dagger(
+            vae,
+            rnn,
+            args.imitate,
+            config,
+            args.seed,
+            args.imitate_iterations,
+            args.imitate_episodes,
+            on_iteration=report,
+            on_episode=lambda ep: bar.update(1),
+        )
+    manifest.write_json(
+        os.path.join(models, f"{args.name}_imitation.json"),
+        manifest.make(
+            "07_train_controller.py",
+            vars(args),
+            teacher=args.imitate,
+            iterations=[dataclasses.asdict(row) for row in history],
+        ),
+    )
+    return params
+
+
 def main(argv=None):
     args = parse_args(argv)
     models = os.path.join(args.data_dir, "models")
@@ -266,15 +347,32 @@ def main(argv=None):
         print(
             f"resumed after generation {es.generation} (best evaluation so far {record['best_eval']:.3f})"
         )
-    else:
-        es = CMAES(size, args.popsize, args.sigma, cma_seed, diagonal=args.diagonal)
     log_path = os.path.join(models, f"{args.name}_log.csv")
-    log = training.CsvLog(log_path, LOG_FIELDS, es.generation if args.resume else None)
-    spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
-    spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
     eval_seed = derive_seed(args.seed, "controller-eval") % 2**31
     eval_seeds = evaluation_seeds(eval_seed, args.eval_episodes)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    if not args.resume:
+        x0 = None
+        log = training.CsvLog(log_path, LOG_FIELDS)
+        if args.imitate:
+            # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
+            # like any later CMA-ES mean, as generation 0.
+            x0 = imitate(args, vae, rnn, config, models)
+            summary, shown = real_eval(x0, vae, rnn, eval_seeds, config)
+            record["evals"].append({"generation": 0, **{k: summary[k] for k in EVAL_KEYS}})
+            record["best_eval"] = summary["return_mean"]
+            save_best(controller, x0, args, rnn_mode, 0, summary, shown)
+            log.append({"generation": 0, **{c: summary[k] for c, k in EVAL_COLUMNS.items()}})
+            print(
+                f"generation 0 (imitated C); real env ({args.eval_episodes} eps): return "
+                f"{summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision "
+                f"{summary['collision_rate']:.0%} (saved)"
+            )
+        es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
+    else:
+        log = training.CsvLog(log_path, LOG_FIELDS, es.generation)
+    spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
+    spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
 
     progress_png = os.path.join(models, f"{args.name}_progress.png")
     title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"

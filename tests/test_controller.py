@@ -108,6 +108,22 @@ def test_cma_replay_is_exact_and_guarded():
         CMAES.replay(arrays)
 
 
+def test_cma_starts_at_x0_and_replays_from_the_saved_x0(tmp_path):
+    x0 = np.linspace(-1, 1, 5)
+    es = CMAES(5, popsize=8, sigma=0.01, seed=3, x0=x0)
+    np.testing.assert_allclose(es.ask().mean(0), x0, atol=0.05)  # samples around x0
+    es = CMAES(5, popsize=8, sigma=0.01, seed=3, x0=x0)
+    for _ in range(3):
+        xs = es.ask()
+        es.tell(xs, -np.abs(xs).sum(1))
+    es.save(str(tmp_path / "es.npz"))
+    arrays, _ = CMAES.load_state(str(tmp_path / "es.npz"))
+    np.testing.assert_array_equal(arrays["x0"], x0)
+    np.testing.assert_array_equal(CMAES.replay(arrays).ask(), es.ask())
+    with pytest.raises(ValueError, match="x0 has shape"):
+        CMAES(5, x0=np.zeros(4))
+
+
 def test_cma_state_file_round_trip_by_named_fields(tmp_path):
     es = CMAES(5, popsize=6, sigma=0.2, seed=4)
     for _ in range(3):

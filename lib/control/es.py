@@ -76,6 +76,9 @@ class CMAES:
             "diagonal": bool(diagonal),
         }
         x0 = np.zeros(n_params) if x0 is None else np.asarray(x0, np.float64)
+        if x0.shape != (int(n_params),):
+            raise ValueError(f"x0 has shape {x0.shape}, expected ({int(n_params)},)")
+        self.x0 = x0.copy()
         opts = {
             "popsize": int(popsize),
             "seed": int(seed),
@@ -144,10 +147,12 @@ class CMAES:
 
     def state_arrays(self) -> dict:
         """Everything `replay` needs, as plain arrays (no pickles): the `SETTINGS` by
-        name, `history` (G, popsize) float64 returns and `checksums` (G,) float64."""
+        name, the initial mean `x0`, `history` (G, popsize) float64 returns and
+        `checksums` (G,) float64."""
         p = self.settings["popsize"]
         return {
             **{k: np.array(self.settings[k]) for k in SETTINGS},
+            "x0": self.x0,
             "history": np.array(self.history, np.float64).reshape(-1, p),
             "checksums": np.array(self.checksums, np.float64),
         }
@@ -213,7 +218,8 @@ class CMAES:
 
     @classmethod
     def replay(cls, arrays: dict, x0=None, log_prefix=None) -> CMAES:
-        """Rebuilds a strategy from `state_arrays()` by re-telling its history.
+        """Rebuilds a strategy from `state_arrays()` by re-telling its history. It starts
+        from the saved `x0` (files from before it was saved started from zero), else `x0`.
 
         Raises:
             ReplayMismatch: a generation's candidates differ from the original
@@ -224,7 +230,7 @@ class CMAES:
             int(arrays["popsize"]),
             float(arrays["sigma"]),
             int(arrays["seed"]),
-            x0=x0,
+            x0=arrays.get("x0", x0),
             log_prefix=log_prefix,
             diagonal=bool(arrays.get("diagonal", False)),
         )
