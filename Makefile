@@ -87,7 +87,8 @@ AGENT_EPISODES ?= 3000
 AGENT_V_EPOCHS ?= 4
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
-AGENT_C_GENERATIONS ?= 100
+AGENT_C_GENERATIONS ?= 50
+AGENT_DREAM_GENERATIONS ?= 100
 AGENT_TEST_EPISODES ?= 500
 # --resume when the step's snapshot exists (it was interrupted), else a fresh run.
 continue_or_start = $(if $(wildcard $(AGENT_DIR)/models/$(1)),--resume,--overwrite)
@@ -110,9 +111,9 @@ $(A)/04.done: $(A)/03.done
 $(A)/diagnostics.done: $(A)/04.done
 	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
 $(A)/07.done: $(A)/diagnostics.done
-	$(call step,07,$(PY) 07_train_controller.py --epochs $(AGENT_C_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
+	$(call step,07,$(PY) 07_train_controller.py --imitate oracle --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
 $(A)/07dream.done: $(A)/07.done
-	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_C_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
+	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
 $(A)/check.done: $(A)/07dream.done
 	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
 $(A)/08.done: $(A)/check.done

@@ -35,6 +35,9 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
     assert "--outcome-head" in script_lines(lines, "04")[0]
     assert "--episodes 3000" in script_lines(lines, "02")[0]
+    (c,) = script_lines(lines, "07")
+    assert "--imitate oracle" in c and "--eval-episodes 200" in c and "--sigma 0.02" in c
+    assert "--imitate" not in script_lines(lines, "07dream")[0]
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
