@@ -30,6 +30,7 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
     assert "--overwrite" in script_lines(lines, "03")[0]
     assert "--object-weight 50" in script_lines(lines, "03")[0]
+    assert "--z-size 128" in script_lines(lines, "03")[0]
     (eight,) = script_lines(lines, "08")
     assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
