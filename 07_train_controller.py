@@ -357,7 +357,13 @@ def main(argv=None):
         if args.imitate:
             # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
             # like any later CMA-ES mean, as generation 0.
-            x0 = imitate(args, vae, rnn, config, models)
+            try:
+                x0 = imitate(args, vae, rnn, config, models)
+            except KeyboardInterrupt:
+                cli.fail(
+                    "interrupted during imitation, before CMA-ES began: rerun to start again",
+                    code=130,
+                )
             summary, shown = real_eval(x0, vae, rnn, eval_seeds, config)
             record["evals"].append({"generation": 0, **{k: summary[k] for k in EVAL_KEYS}})
             record["best_eval"] = summary["return_mean"]

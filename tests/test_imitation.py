@@ -1,10 +1,15 @@
 """C's start by imitation (lib/control/imitation.py) and 07's --imitate."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from cli_helpers import make_tiny_models, one_line_error, run
+from cli_helpers import ROOT, make_tiny_models, one_line_error, run
 from test_controller import copy_data, log_rows, train_c
 
 from lib.control.agent import WorldModelsAgent
@@ -160,4 +165,26 @@ def test_07_refuses_bad_imitation_flags(models, tmp_path, args, words):
     d = copy_data(models, tmp_path)
     proc = run("07_train_controller.py", "--epochs", 1, "--data-dir", d, *args, check=False)
     assert words in one_line_error(proc)
+    assert not (d / "models" / "controller_es.npz").exists()
+
+
+def test_07_ctrl_c_during_imitation_is_one_line_and_writes_no_run(models, tmp_path):
+    d = copy_data(models, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "07_train_controller.py"), "--imitate", "oracle",
+         "--imitate-iterations", "50", "--imitate-episodes", "50", "--max-steps", "40",
+         "--workers", "1", "--data-dir", str(d)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    for line in proc.stdout:  # wait until the imitation has begun
+        if line.startswith("imitating oracle"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert "interrupted during imitation" in line
     assert not (d / "models" / "controller_es.npz").exists()
