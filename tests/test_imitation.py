@@ -176,6 +176,9 @@ def test_07_ctrl_c_during_imitation_is_one_line_and_writes_no_run(models, tmp_pa
          "--workers", "1", "--data-dir", str(d)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As at a terminal: a shell's background job (nohup, CI) inherits SIGINT ignored,
+        # and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )  # fmt: skip
     for line in proc.stdout:  # wait until the imitation has begun
         if line.startswith("imitating oracle"):
