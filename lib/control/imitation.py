@@ -32,6 +32,7 @@ from lib.devices import to_host
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
 from lib.env.rollouts import run_episodes
+from lib.kernels.fast_encoder import make_encoder
 from lib.models.controller import act_batch, n_params
 from lib.seeding import derive_seeds
 
@@ -139,7 +140,7 @@ class Iteration:
 def dagger(
     vae,
     rnn,
-    teacher: str,
+    teacher,
     config: sn.EnvConfig,
     seed: int,
     iterations: int,
@@ -169,6 +170,7 @@ def dagger(
     if iterations < 1 or episodes < 1:
         raise ValueError("iterations and episodes must be >= 1")
     make_teacher = (lambda n: make_policy(teacher, n)) if isinstance(teacher, str) else teacher
+    encoder = make_encoder(vae) if encoder is None else encoder  # one copy for every iteration
     fit = LinearFit(rnn.z_size + rnn.hidden_size, rnn.action_size)
     params = np.zeros(n_params(rnn.z_size, rnn.hidden_size, rnn.action_size), np.float32)
     history = []
