@@ -351,6 +351,19 @@ def main(argv=None):
     eval_seed = derive_seed(args.seed, "controller-eval") % 2**31
     eval_seeds = evaluation_seeds(eval_seed, args.eval_episodes)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+
+    def evaluate_mean(params, generation):
+        """Evaluates C `params` in the real env, records it, keeps it as controller.npz
+        if it is the best so far: (the log's columns, the line's words)."""
+        summary, shown = real_eval(params, vae, rnn, eval_seeds, config)
+        record["evals"].append({"generation": generation, **{k: summary[k] for k in EVAL_KEYS}})
+        said = f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
+        if summary["return_mean"] > record["best_eval"]:
+            record["best_eval"] = summary["return_mean"]
+            save_best(controller, params, args, rnn_mode, generation, summary, shown)
+            said += " (new best, saved)"
+        return {column: summary[k] for column, k in EVAL_COLUMNS.items()}, said
+
     if not args.resume:
         x0 = None
         log = training.CsvLog(log_path, LOG_FIELDS)
@@ -364,16 +377,9 @@ def main(argv=None):
                     "interrupted during imitation, before CMA-ES began: rerun to start again",
                     code=130,
                 )
-            summary, shown = real_eval(x0, vae, rnn, eval_seeds, config)
-            record["evals"].append({"generation": 0, **{k: summary[k] for k in EVAL_KEYS}})
-            record["best_eval"] = summary["return_mean"]
-            save_best(controller, x0, args, rnn_mode, 0, summary, shown)
-            log.append({"generation": 0, **{c: summary[k] for c, k in EVAL_COLUMNS.items()}})
-            print(
-                f"generation 0 (imitated C); real env ({args.eval_episodes} eps): return "
-                f"{summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision "
-                f"{summary['collision_rate']:.0%} (saved)"
-            )
+            columns, said = evaluate_mean(x0, 0)  # the first evaluation: always kept
+            log.append({"generation": 0, **columns})
+            print(f"generation 0 (imitated C){said}")
         es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
     else:
         log = training.CsvLog(log_path, LOG_FIELDS, es.generation)
@@ -399,17 +405,9 @@ def main(argv=None):
                 row["mean_length"] = float(lengths.mean())
                 text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
                 if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
-                    params = es.mean.astype(np.float32)
-                    summary, shown = real_eval(params, vae, rnn, eval_seeds, config)
-                    row.update({column: summary[k] for column, k in EVAL_COLUMNS.items()})
-                    record["evals"].append(
-                        {"generation": gen + 1, **{k: summary[k] for k in EVAL_KEYS}}
-                    )
-                    text += f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
-                    if summary["return_mean"] > record["best_eval"]:
-                        record["best_eval"] = summary["return_mean"]
-                        save_best(controller, es.mean, args, rnn_mode, gen + 1, summary, shown)
-                        text += " (new best, saved)"
+                    columns, said = evaluate_mean(es.mean.astype(np.float32), gen + 1)
+                    row.update(columns)
+                    text += said
                 row["seconds"] = round(time.perf_counter() - start, 2)
                 log.append(row)
                 es.save(es_path, record)

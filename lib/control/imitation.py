@@ -30,10 +30,11 @@ import numpy as np
 from lib.control.agent import WorldModelsAgent
 from lib.devices import to_host
 from lib.env import socnavenv as sn
+from lib.env.evaluation import summarize
 from lib.env.policies import make_policy
 from lib.env.rollouts import run_episodes
 from lib.kernels.fast_encoder import make_encoder
-from lib.models.controller import act_batch, n_params
+from lib.models.controller import n_params
 from lib.seeding import derive_seeds
 
 TEACHERS = ("greedy", "greedy_avoid", "oracle")
@@ -106,22 +107,18 @@ class TeacherLabels(WorldModelsAgent):
         self.teacher.reset(slots, seeds, episodes)
 
     def act(self, sim, images=None):
-        live = np.flatnonzero(sim.active)
-        actions = np.zeros((self.n, 2), np.float32)
-        if len(live) == 0:
-            return actions
+        # The teacher's actions for every slot; `choose` (called by the agent's own step)
+        # keeps the live slots' ones.
         seen = images if self.teacher.needs_image else None
-        told = sn.applied_actions(self.teacher.act(sim, seen))[live]
-        on_device = self.device.send(live)
-        z = self.encode(images[live], live)
-        h, c = self.h[on_device], self.c[on_device]
+        self.told = sn.applied_actions(self.teacher.act(sim, seen))
+        return super().act(sim, images)
+
+    def choose(self, z, h, c, live, on_device):
+        told = self.told[live]
         self.fit.add(np.concatenate([to_host(z), to_host(h)], axis=1), told)
-        a = to_host(act_batch(self.weights, self.biases, self.which[on_device], z, h))
+        a = to_host(super().choose(z, h, c, live, on_device))
         a = np.where((self.mix.random(len(live)) < self.beta)[:, None], told, a)
-        actions[live] = a
-        out = self.rnn.step(z, self.device.send(a.astype(np.float32)), (h, c), mixture=False)
-        self.h[on_device], self.c[on_device] = out.state
-        return actions
+        return self.device.send(a.astype(np.float32))
 
 
 @dataclasses.dataclass
@@ -187,26 +184,24 @@ def dagger(
             seed=seed + k,
             encoder=encoder,
         )
-        outcomes = []
+        played = []
 
-        def finished(ep, outcomes=outcomes):
-            outcomes.append(ep.outcome)
+        def finished(ep, played=played):
+            played.append(ep)
             if on_episode is not None:
                 on_episode(ep)
 
         run_episodes(agent, derive_seeds(seed, f"imitation-{k}", episodes), config, n, finished)
         params = fit.solve(penalty)
-        rates = {
-            o: outcomes.count(o) / len(outcomes) for o in ("success", "collision", "out_of_map")
-        }
+        rates = summarize(played)
         row = Iteration(
             k,
             "teacher" if k == 0 else "C",
-            len(outcomes),
+            len(played),
             fit.count,
-            rates["success"],
-            rates["collision"],
-            rates["out_of_map"],
+            rates["success_rate"],
+            rates["collision_rate"],
+            rates["out_of_map_rate"],
         )
         history.append(row)
         if on_iteration is not None:
