@@ -111,7 +111,9 @@ $(A)/04.done: $(A)/03.done
 	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done
 	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
-$(A)/07.done: $(A)/diagnostics.done
+$(A)/inputs.done: $(A)/diagnostics.done
+	$(call step,inputs,$(PY) probe_controller.py --data-dir $(AGENT_DIR))
+$(A)/07.done: $(A)/inputs.done
 	$(call step,07,$(PY) 07_train_controller.py --imitate oracle --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
 $(A)/07dream.done: $(A)/07.done
 	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))

@@ -26,7 +26,10 @@ def script_lines(lines, script):
 def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     lines = plan(tmp_path)
     steps = [ln.split("agent step ")[1].split(":")[0] for ln in lines]
-    assert steps == ["01", "02", "03", "04", "diagnostics", "07", "07dream", "check", "08"]
+    assert steps == [
+        "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "08"
+    ]  # fmt: skip
+    assert "probe_controller.py --data-dir" in script_lines(lines, "inputs")[0]
     assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
     assert "--overwrite" in script_lines(lines, "03")[0]
     assert "--object-weight 50" in script_lines(lines, "03")[0]
