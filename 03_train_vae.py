@@ -33,7 +33,14 @@ from lib import cli, devices, drawing, manifest, progress, training
 from lib.checkpointer import Checkpointer
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
-from lib.models.vae import KEYPOINT_ENC_CHANNELS, PAPER_CONFIG, ConvVAE, VAELoss
+from lib.models.vae import (
+    KEYPOINT_ENC_CHANNELS,
+    PAPER_CONFIG,
+    SPATIAL_ENC_CHANNELS,
+    ConvVAE,
+    VAELoss,
+    encoder_output_size,
+)
 from lib.seeding import derive_seed
 
 LOG_FIELDS = [
@@ -72,7 +79,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch-size", type=cli.positive_int, default=100, help="frames per batch")
     p.add_argument(
-        "--z-size", type=cli.positive_int, default=PAPER_CONFIG["z_size"], help="latent size"
+        "--z-size",
+        type=cli.positive_int,
+        default=None,
+        help=f"latent size (default: the paper's {PAPER_CONFIG['z_size']}; with --spatial K, the "
+        "map's cells times K: 36 K for 64-pixel frames)",
     )
     p.add_argument("--kl-tolerance", type=float, default=0.5, help="KL floor per latent dim (nats)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
@@ -99,6 +110,14 @@ def parse_args(argv=None):
         "a spatial-autoencoder encoder, two convs then K keypoints (each the expected "
         "position of a spatial softmax) that z is linear in (see lib/models/vae.py)",
     )
+    p.add_argument(
+        "--spatial",
+        type=cli.non_negative_int,
+        default=0,
+        help="0: the paper's z (a dense layer on the last conv's map); K > 0: z is a map, "
+        "three convs to a 6x6 map then K latents per cell, each linear in its cell's "
+        "features, so a linear C reads where things are (see lib/models/vae.py)",
+    )
     cli.add_gpu_arg(p, "V")
     cli.add_run_args(p, "data/models/vae_snapshot.npz")
     p.add_argument(
@@ -117,6 +136,8 @@ def parse_args(argv=None):
         p.error(f"--goal-weight must be >= 1, got {args.goal_weight}")
     if args.kl_tolerance < 0:
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
+    if args.spatial and args.keypoints:
+        p.error("--spatial and --keypoints are two different encoders: choose one")
     cli.check_run_args(p, args)
     return args
 
@@ -186,7 +207,7 @@ def resume(run, config, n_frames):
     if old.get("config", config) != config:
         cli.fail(
             f"{run.path} is a VAE with {old.get('config')}, not {config} — "
-            "use the same --z-size and --keypoints, or --overwrite to start again"
+            "use the same --z-size, --keypoints and --spatial, or --overwrite to start again"
         )
     try:
         perm = run.restore().get("perm")
@@ -219,7 +240,7 @@ def main(argv=None):
     log_path = os.path.join(models, "vae_log.csv")
     progress_dir = os.path.join(args.data_dir, "results", "vae_training")
     print(
-        f"03: VAE z={args.z_size}, batch {args.batch_size}, lr {args.lr}, KL tolerance "
+        f"03: VAE z={args.z_size or ('a map' if args.spatial else PAPER_CONFIG['z_size'])}, batch {args.batch_size}, lr {args.lr}, KL tolerance "
         f"{args.kl_tolerance}, {args.epochs} epochs, max_samples {args.max_samples}, seed {args.seed}"
     )
 
@@ -235,15 +256,29 @@ def main(argv=None):
     cli.ensure_writable_dir(models)
     data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
     image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
+    z_size = args.z_size or PAPER_CONFIG["z_size"]
+    if args.spatial:
+        side = encoder_output_size(
+            image_size, len(SPATIAL_ENC_CHANNELS), PAPER_CONFIG["enc_kernel"]
+        )
+        if args.z_size not in (None, side * side * args.spatial):
+            cli.fail(
+                f"--spatial {args.spatial} makes z a {side}x{side}x{args.spatial} map "
+                f"({side * side * args.spatial} numbers), not --z-size {args.z_size}: "
+                "drop --z-size or make it match"
+            )
+        z_size = side * side * args.spatial
 
     # INPUTS: frame caches (built once, memory-mapped).
     train, test = load_frames(vae_root, args.max_samples, args.test_frames, image_size)
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
-    config = dict(PAPER_CONFIG, z_size=args.z_size, image_size=image_size)
+    config = dict(PAPER_CONFIG, z_size=z_size, image_size=image_size)
     if args.keypoints:
         config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
+    if args.spatial:
+        config.update(spatial=args.spatial, enc_channels=list(SPATIAL_ENC_CHANNELS))
     vae = ConvVAE(**config)
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))

@@ -225,3 +225,61 @@ def test_keypoint_vae_trains_and_encodes_through_chainer():
     mu, _ = encoder(_frames(3))
     expect, _ = _eval(lambda: vae.encode(_frames(3)))
     np.testing.assert_allclose(mu, expect.array, rtol=1e-6)
+
+
+SPATIAL = dict(SMALL, enc_channels=[4, 8, 8], spatial=3, z_size=6 * 6 * 3)
+
+
+def test_spatial_latent_shapes_config_and_checks():
+    vae = ConvVAE(**SPATIAL)
+    assert vae.config()["spatial"] == 3
+    assert "spatial" not in ConvVAE(**SMALL).config()  # the paper V's sidecar is unchanged
+    assert ConvVAE(**json.loads(json.dumps(vae.config()))).spatial == 3
+    shapes = {name: p.shape for name, p in vae.namedparams()}
+    assert shapes["/mu/W"] == shapes["/logvar/W"] == (3, 8)  # the 1x1 conv: 8 channels -> 3
+    assert shapes["/dec_fc/W"] == (32, 108)  # the paper's decoder, from the whole map
+    mu, logvar = _eval(lambda: vae.encode(_frames(2)))
+    assert mu.shape == logvar.shape == (2, 108)
+    with pytest.raises(ValueError, match="z_size 108, not 100"):
+        ConvVAE(**dict(SPATIAL, z_size=100))
+    with pytest.raises(ValueError, match="not both"):
+        ConvVAE(**dict(SPATIAL, keypoints=2))
+    with pytest.raises(ValueError, match="spatial must be >= 0"):
+        ConvVAE(**dict(SPATIAL, spatial=-1))
+
+
+def test_a_spatial_latent_cell_reads_only_its_own_place():
+    # z is row-major (row, column, latent): changing the frame's top-left corner moves
+    # the top-left cell's latents and leaves the bottom-right cell's exactly alone.
+    vae = ConvVAE(**SPATIAL)
+    frames = _frames(1)
+    changed = frames.copy()
+    changed[0, :8, :8] = 255 - changed[0, :8, :8]
+    a, b = (_eval(lambda f=f: vae.encode(f))[0].array.reshape(6, 6, 3) for f in (frames, changed))
+    assert np.abs(a[0, 0] - b[0, 0]).max() > 1e-4
+    np.testing.assert_array_equal(a[5, 5], b[5, 5])
+    # Each cell's latents are the same linear map of that cell's features.
+    h = _frames(1).astype(np.float32) / 255.0
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        for conv in vae.enc:
+            h = conv(h)
+        cell = h.array[0, 2, 4]
+    mu = _eval(lambda: vae.encode(_frames(1)))[0].array.reshape(6, 6, 3)
+    np.testing.assert_allclose(
+        mu[2, 4], vae.mu.W.array @ cell + vae.mu.b.array, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_spatial_vae_trains_and_the_fast_encoder_agrees():
+    vae = ConvVAE(**SPATIAL)
+    loss = VAELoss(vae, 0.5, rng=np.random.default_rng(0), object_weight=10.0)
+    vae.cleargrads()
+    loss(_frames(4)).backward()
+    for name, p in vae.namedparams():
+        assert np.isfinite(p.grad).all(), name
+    encoder = make_encoder(vae)
+    assert type(encoder).__name__ == "FastEncoder"  # its per-cell head
+    mu, logvar = encoder(_frames(5))
+    expect = _eval(lambda: vae.encode(_frames(5)))
+    np.testing.assert_allclose(mu, expect[0].array, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(logvar, expect[1].array, rtol=1e-4, atol=1e-5)

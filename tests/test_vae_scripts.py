@@ -249,3 +249,31 @@ def test_goal_weight_flag(vae_data, tmp_path):
         "--goal-weight", 3, "--data-dir", d)  # fmt: skip
     sidecar = json.loads((d / "models" / "vae.json").read_text())
     assert (sidecar["object_weight"], sidecar["goal_weight"]) == (10.0, 3.0)
+
+
+def test_spatial_flag(vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path)
+    for flags, word in (
+        (["--spatial", "-1"], "--spatial"),
+        (["--spatial", "2", "--keypoints", "3"], "--keypoints"),
+        (["--spatial", "2", "--z-size", "10"], "--z-size"),
+    ):
+        line = one_line_error(run("03_train_vae.py", *flags, "--data-dir", d, check=False))
+        assert word in line, (flags, line)
+    assert not os.path.exists(d / "models" / "vae_snapshot.npz")
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--spatial", 2,
+        "--max-iterations", 1, "--data-dir", d)  # fmt: skip
+    config = json.loads((d / "models" / "vae_snapshot.json").read_text())["config"]
+    assert (
+        config["spatial"] == 2
+        and config["z_size"] == 72
+        and config["enc_channels"] == [32, 64, 128]
+    )
+    # A spatial V's snapshot resumes only as the same V.
+    line = one_line_error(
+        run("03_train_vae.py", "--epochs", 1, "--resume", "--data-dir", d, check=False)
+    )
+    assert "--spatial" in line
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--spatial", 2, "--z-size", 72,
+        "--resume", "--data-dir", d)  # fmt: skip
+    assert json.loads((d / "models" / "vae.json").read_text())["config"]["spatial"] == 2

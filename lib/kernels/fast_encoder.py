@@ -445,7 +445,9 @@ class FastEncoder:
         for i in range(len(self.layers) - 2, -1, -1):
             nxt = self.layers[i + 1]
             self.sides[i] = min(self.sides[i], (self.sides[i + 1] - 1) * nxt.stride + nxt.kernel)
-        # mu and logvar in one GEMM: (flat, 2z).
+        # mu and logvar in one GEMM: (flat, 2z), or per cell (channels, 2K) for a
+        # spatial latent (`ConvVAE(spatial=K)`).
+        self.spatial = vae.spatial
         self.w_head = np.ascontiguousarray(
             np.concatenate([cpu.send(vae.mu.W.array), cpu.send(vae.logvar.W.array)]).T, np.float32
         )
@@ -470,6 +472,20 @@ class FastEncoder:
             h = layers[1][0](self.layers[0](frames, self.sides[0]), self.sides[1])
         for layer, side in layers[2:]:
             h = layer(h, side)
+        if self.spatial:
+            cells = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
+            per_cell = np.empty((len(cells), len(self.b_head)), np.float32)
+            blas.matmul(cells, self.w_head, per_cell)
+            per_cell += self.b_head
+            per_cell = per_cell.reshape(len(frames), -1, 2 * self.spatial)  # (B, S*S, 2K)
+            k = self.spatial
+            return np.concatenate(
+                [
+                    per_cell[..., :k].reshape(len(frames), -1),
+                    per_cell[..., k:].reshape(len(frames), -1),
+                ],
+                axis=1,
+            )
         out = np.empty((len(frames), len(self.b_head)), np.float32)
         blas.matmul(h.reshape(len(frames), -1), self.w_head, out)
         out += self.b_head
@@ -525,7 +541,8 @@ def make_encoder(vae):
 
     `FastEncoder` for a V on the CPU (unless `chainer.config.fastconv` is False),
     Chainer's own convolutions otherwise (a V on a GPU gives CuPy arrays, and a
-    keypoint V, `ConvVAE(keypoints=K)`, whose head `FastEncoder` does not compute)."""
+    keypoint V, `ConvVAE(keypoints=K)`, whose head `FastEncoder` does not compute; a
+    spatial-latent V's per-cell head it does)."""
     on_cpu = isinstance(vae.device, chainer.backend.CpuDevice)
     if on_cpu and getattr(chainer.config, "fastconv", True) and not vae.keypoints:
         return FastEncoder(vae)

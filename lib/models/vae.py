@@ -49,6 +49,9 @@ _STRIDE = 2
 # The keypoint encoder (`ConvVAE(keypoints=K)`): two convs to a 14x14 map of a 64x64
 # frame, where each of K channels' spatial softmax gives one expected (x, y).
 KEYPOINT_ENC_CHANNELS = (32, 64)
+# The spatial-latent encoder (`ConvVAE(spatial=K)`): three convs to a 6x6 map of a 64x64
+# frame, each cell's K latents linear in that cell's channels.
+SPATIAL_ENC_CHANNELS = (32, 64, 128)
 
 
 def decoder_output_size(dec_kernels, stride=_STRIDE):
@@ -98,6 +101,13 @@ class ConvVAE(chainer.Chain):
             are linear in those 2K coordinates. Where things are in the frame (the goal,
             the people) then reaches z linearly, which is what a linear C needs; use
             with fewer convs (`KEYPOINT_ENC_CHANNELS`) so the map keeps its resolution.
+        spatial: int; 0 (the paper) as above. K > 0 makes z a map: mu and log-variance
+            are a 1x1 conv of the last conv's S x S map to K channels, so z is S x S x K
+            (row-major NHWC, flattened; `z_size` must be S * S * K), each cell's K
+            latents linear in that cell's features. A linear C on z is then a weight
+            per place and latent, as a linear C on pixels is a weight per pixel; use
+            with fewer convs (`SPATIAL_ENC_CHANNELS`: 6 x 6 for 64 x 64 frames). The
+            decoder is the paper's (a dense layer from z).
 
     Raises:
         ValueError: sizes that do not fit together.
@@ -114,6 +124,7 @@ class ConvVAE(chainer.Chain):
         dec_channels=(128, 64, 32),
         dec_kernels=(5, 5, 6, 6),
         keypoints=0,
+        spatial=0,
     ):
         super().__init__()
         enc_channels, dec_channels, dec_kernels = (
@@ -149,6 +160,18 @@ class ConvVAE(chainer.Chain):
             raise ValueError(f"keypoints must be >= 0, got {keypoints}")
         if self.keypoints:  # only then, so the paper V's sidecar is unchanged
             self._config["keypoints"] = self.keypoints
+        self.spatial = int(spatial)
+        if self.spatial < 0:
+            raise ValueError(f"spatial must be >= 0, got {spatial}")
+        if self.spatial and self.keypoints:
+            raise ValueError("a V has keypoints or a spatial latent, not both")
+        if self.spatial:
+            if int(z_size) != side * side * self.spatial:
+                raise ValueError(
+                    f"a spatial latent of {self.spatial} per cell of the {side}x{side} map "
+                    f"has z_size {side * side * self.spatial}, not {z_size}"
+                )
+            self._config["spatial"] = self.spatial
         self.z_size = int(z_size)
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
@@ -168,8 +191,9 @@ class ConvVAE(chainer.Chain):
             )
             if self.keypoints:
                 self.kp = L.Linear(enc_channels[-1], self.keypoints)  # the 1x1 conv
-            self.mu = L.Linear(flat, z_size)
-            self.logvar = L.Linear(flat, z_size)
+            head_in, head_out = (enc_channels[-1], self.spatial) if self.spatial else (flat, z_size)
+            self.mu = L.Linear(head_in, head_out)  # with spatial: the 1x1 conv to K channels
+            self.logvar = L.Linear(head_in, head_out)
             self.dec_fc = L.Linear(z_size, dense_size)
             outs = [*dec_channels, in_channels]
             acts = ["relu"] * len(dec_channels) + ["sigmoid"]
@@ -215,6 +239,11 @@ class ConvVAE(chainer.Chain):
         h = self.to_float(x)
         for conv in self.enc:
             h = conv(h)
+        if self.spatial:
+            b, side, _, c = h.shape
+            cells = F.reshape(h, (b * side * side, c))
+            flat = (b, side * side * self.spatial)
+            return F.reshape(self.mu(cells), flat), F.reshape(self.logvar(cells), flat)
         if self.keypoints:
             h = self.keypoint_coordinates(h)
         else:
