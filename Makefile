@@ -86,6 +86,8 @@ AGENT_ROLLOUTS ?= 200
 AGENT_EPISODES ?= 3000
 AGENT_V_EPOCHS ?= 4
 AGENT_Z_SIZE ?= 128
+# 0: V's dense z of AGENT_Z_SIZE; K > 0: a spatial z, 6 x 6 x K (03 --spatial K; experimental)
+AGENT_SPATIAL ?= 0
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
 AGENT_C_GENERATIONS ?= 50
@@ -106,7 +108,7 @@ $(A)/01.done: | venv
 $(A)/02.done: $(A)/01.done
 	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(AGENT_DIR))
 $(A)/03.done: $(A)/02.done
-	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --z-size $(AGENT_Z_SIZE) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
+	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
 	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done

@@ -34,6 +34,7 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert "--overwrite" in script_lines(lines, "03")[0]
     assert "--object-weight 50" in script_lines(lines, "03")[0]
     assert "--z-size 128" in script_lines(lines, "03")[0]
+    assert "--spatial" not in script_lines(lines, "03")[0]
     (eight,) = script_lines(lines, "08")
     assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
@@ -42,6 +43,15 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     (c,) = script_lines(lines, "07")
     assert "--imitate oracle" in c and "--eval-episodes 200" in c and "--sigma 0.02" in c
     assert "--imitate" not in script_lines(lines, "07dream")[0]
+
+
+def test_a_spatial_v_replaces_the_z_size(tmp_path):
+    proc = subprocess.run(
+        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", "AGENT_SPATIAL=8"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (v,) = [ln for ln in proc.stdout.splitlines() if "agent step 03:" in ln]
+    assert "--spatial 8" in v and "--z-size" not in v
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
