@@ -34,7 +34,6 @@ from lib.env.evaluation import summarize
 from lib.env.policies import make_policy
 from lib.env.rollouts import run_episodes
 from lib.kernels.fast_encoder import make_encoder
-from lib.models.controller import n_params
 from lib.seeding import derive_seeds
 
 TEACHERS = ("greedy", "greedy_avoid", "oracle")
@@ -134,6 +133,43 @@ class Iteration:
     out_of_map_rate: float
 
 
+def dagger_rounds(
+    make_learner, fit, teacher, config, seed, iterations, episodes, penalty=RIDGE, on_episode=None
+):
+    """DAgger's loop, for any learner that records into `fit` (a `LinearFit`).
+
+    Iteration k plays `episodes` episodes of seed stream "imitation-k" with
+    `make_learner(n, params, teacher_policy, beta, seed + k)`, where params is C's flat
+    parameters so far (zeros at first; then `fit.solve(penalty)`), beta 1 in the first
+    iteration (the teacher drives) and 0 after (C drives, the teacher labels); then
+    refits. Yields (k, params after the refit, the iteration's finished episodes).
+
+    Args:
+        teacher: one of TEACHERS, or a factory `teacher(n)` of a `Policy` for n slots.
+        iterations, episodes: DAgger iterations and episodes per iteration (both >= 1).
+        on_episode: called with each finished episode.
+    """
+    if isinstance(teacher, str) and teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
+    if iterations < 1 or episodes < 1:
+        raise ValueError("iterations and episodes must be >= 1")
+    make_teacher = (lambda n: make_policy(teacher, n)) if isinstance(teacher, str) else teacher
+    params = np.zeros(fit.xu.size + len(fit.su), np.float32)
+    for k in range(iterations):
+        n = min(LOCKSTEP, episodes)
+        learner = make_learner(n, params, make_teacher(n), 1.0 if k == 0 else 0.0, seed + k)
+        played = []
+
+        def finished(ep, played=played):
+            played.append(ep)
+            if on_episode is not None:
+                on_episode(ep)
+
+        run_episodes(learner, derive_seeds(seed, f"imitation-{k}", episodes), config, n, finished)
+        params = fit.solve(penalty)
+        yield k, params, played
+
+
 def dagger(
     vae,
     rnn,
@@ -162,37 +198,19 @@ def dagger(
     Returns:
         (C's flat parameters (n_params,) float32 after the last refit, [Iteration, ...]).
     """
-    if isinstance(teacher, str) and teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}; choose from {', '.join(TEACHERS)}")
-    if iterations < 1 or episodes < 1:
-        raise ValueError("iterations and episodes must be >= 1")
-    make_teacher = (lambda n: make_policy(teacher, n)) if isinstance(teacher, str) else teacher
     encoder = make_encoder(vae) if encoder is None else encoder  # one copy for every iteration
     fit = LinearFit(rnn.z_size + rnn.hidden_size, rnn.action_size)
-    params = np.zeros(n_params(rnn.z_size, rnn.hidden_size, rnn.action_size), np.float32)
-    history = []
-    for k in range(iterations):
-        n = min(LOCKSTEP, episodes)
-        agent = TeacherLabels(
-            n,
-            vae,
-            rnn,
-            params[None],
-            make_teacher(n),
-            1.0 if k == 0 else 0.0,
-            fit,
-            seed=seed + k,
-            encoder=encoder,
+
+    def learner(n, params, teacher_policy, beta, seed_k):
+        return TeacherLabels(
+            n, vae, rnn, params[None], teacher_policy, beta, fit, seed=seed_k, encoder=encoder
         )
-        played = []
 
-        def finished(ep, played=played):
-            played.append(ep)
-            if on_episode is not None:
-                on_episode(ep)
-
-        run_episodes(agent, derive_seeds(seed, f"imitation-{k}", episodes), config, n, finished)
-        params = fit.solve(penalty)
+    params, history = None, []
+    rounds = dagger_rounds(
+        learner, fit, teacher, config, seed, iterations, episodes, penalty, on_episode
+    )
+    for k, params, played in rounds:
         rates = summarize(played)
         row = Iteration(
             k,

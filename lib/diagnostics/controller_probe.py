@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.control.imitation import RIDGE, LinearFit
+from lib.control.imitation import RIDGE, LinearFit, dagger_rounds
 from lib.diagnostics.probe import pool_pixels
 from lib.env import socnavenv as sn
 from lib.env.evaluation import summarize
-from lib.env.policies import Policy, make_policy
-from lib.env.rollouts import run_episodes
-from lib.seeding import derive_seeds
+from lib.env.policies import Policy
 
 INPUTS = ("z", "zh", "pixels", "state")
 STATE_PEOPLE = 3  # nearest people described by `state_features`
-LOCKSTEP = 64
 
 
 def state_features(sim: sn.SocNavSim, slots: np.ndarray) -> np.ndarray:
@@ -200,7 +197,7 @@ def imitate(
     Args:
         name: one of INPUTS; encoder, rnn: V's encoder and M (None when not needed).
         z_size: V's latent size (inputs z and zh).
-        teacher: a policy name (`make_policy`) or a factory `teacher(n)`.
+        teacher: one of `imitation.TEACHERS`, or a factory `teacher(n)` of a `Policy`.
         config: the environment; seed: the run's seed.
         iterations, episodes: DAgger iterations (>= 1) and episodes per iteration (>= 1).
         image_size, pool: the frames' size and the pixels' block size.
@@ -211,38 +208,27 @@ def imitate(
     Returns:
         (weights (A, D), biases (A,)) float64.
     """
-    if iterations < 1 or episodes < 1:
-        raise ValueError("iterations and episodes must be >= 1")
     hidden = 0 if rnn is None else rnn.hidden_size
     size = input_size(name, z_size, hidden, image_size, pool)
-    make_teacher = (lambda n: make_policy(teacher, n)) if isinstance(teacher, str) else teacher
     fit = LinearFit(size)
-    weights, biases = np.zeros((2, size)), np.zeros(2)
-    for k in range(iterations):
-        n = min(LOCKSTEP, episodes)
-        policy = InputController(
-            n,
-            name,
-            encoder,
-            rnn,
-            weights,
-            biases,
-            pool,
-            make_teacher(n),
-            1.0 if k == 0 else 0.0,
-            fit,
-            seed=seed + k,
+
+    def learner(n, params, teacher_policy, beta, seed_k):
+        weights, biases = _unflatten(params, size)
+        return InputController(
+            n, name, encoder, rnn, weights, biases, pool, teacher_policy, beta, fit, seed=seed_k
         )
-        played = []
 
-        def finished(ep, played=played):
-            played.append(ep)
-            if on_episode is not None:
-                on_episode(ep)
-
-        run_episodes(policy, derive_seeds(seed, f"imitation-{k}", episodes), config, n, finished)
-        flat = fit.solve(penalty).astype(np.float64)
-        weights, biases = flat[:-2].reshape(2, size), flat[-2:]
+    params = None
+    rounds = dagger_rounds(
+        learner, fit, teacher, config, seed, iterations, episodes, penalty, on_episode
+    )
+    for k, params, played in rounds:
         if on_iteration is not None:
             on_iteration(k, summarize(played), fit.count)
-    return weights, biases
+    return _unflatten(params, size)
+
+
+def _unflatten(params, size):
+    """(weights (2, size), biases (2,)) float64 of C's flat `[W.ravel(), b]`."""
+    flat = np.asarray(params, np.float64)
+    return flat[:-2].reshape(2, size), flat[-2:]
