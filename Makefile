@@ -86,8 +86,8 @@ AGENT_ROLLOUTS ?= 200
 AGENT_EPISODES ?= 3000
 AGENT_V_EPOCHS ?= 4
 AGENT_Z_SIZE ?= 128
-# 0: V's dense z of AGENT_Z_SIZE; K > 0: a spatial z, 6 x 6 x K (03 --spatial K; experimental)
-AGENT_SPATIAL ?= 0
+# K > 0: a spatial z, 6 x 6 x K (03 --spatial K; docs/experiments.md); 0: V's dense z of AGENT_Z_SIZE
+AGENT_SPATIAL ?= 8
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
 AGENT_C_GENERATIONS ?= 50

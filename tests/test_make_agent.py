@@ -33,8 +33,8 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
     assert "--overwrite" in script_lines(lines, "03")[0]
     assert "--object-weight 50" in script_lines(lines, "03")[0]
-    assert "--z-size 128" in script_lines(lines, "03")[0]
-    assert "--spatial" not in script_lines(lines, "03")[0]
+    assert "--spatial 8" in script_lines(lines, "03")[0]
+    assert "--z-size" not in script_lines(lines, "03")[0]
     (eight,) = script_lines(lines, "08")
     assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
@@ -45,13 +45,13 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert "--imitate" not in script_lines(lines, "07dream")[0]
 
 
-def test_a_spatial_v_replaces_the_z_size(tmp_path):
+def test_spatial_0_gives_the_dense_z_of_agent_z_size(tmp_path):
     proc = subprocess.run(
-        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", "AGENT_SPATIAL=8"],
+        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", "AGENT_SPATIAL=0"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     (v,) = [ln for ln in proc.stdout.splitlines() if "agent step 03:" in ln]
-    assert "--spatial 8" in v and "--z-size" not in v
+    assert "--z-size 128" in v and "--spatial" not in v
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
