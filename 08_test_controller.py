@@ -111,6 +111,8 @@ PLANNER_FLAGS = (
     ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]"),
     ("--plan-margin", cli.non_negative_float, planner.MARGIN,
      "a plan replaces C's action only if its predicted return beats C's by more than this"),
+    ("--plan-elites", cli.positive_int, None,
+     "best candidates each CEM iteration refits to, at most --candidates (None: candidates // 8, at least 1)"),
 )  # fmt: skip
 
 
@@ -141,6 +143,10 @@ def check_planner_args(p, args):
         p.error("--planner and --baselines-only exclude each other")
     if args.plan_gamma > 1:
         p.error(f"argument --plan-gamma: must be <= 1, got {args.plan_gamma}")
+    if args.plan_elites is not None and args.plan_elites > args.candidates:
+        p.error(
+            f"argument --plan-elites: must be <= --candidates ({args.candidates}), got {args.plan_elites}"
+        )
 
 
 def agent_row(name: str) -> str:
@@ -217,6 +223,7 @@ def main(argv=None):
                 tau=args.plan_tau,
                 gamma=args.plan_gamma,
                 margin=args.plan_margin,
+                elites=args.plan_elites,
                 done_pos_weight=checkpoints.done_pos_weight(r_sidecar),
             )
             policies[linear + "_planner"] = lambda n: planner.PlannerAgent(

@@ -183,7 +183,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     out = tmp_path / "r.json"
     proc = run(
         "08_test_controller.py", "--planner", "--horizon", 3, "--candidates", 4,
-        "--cem-iters", 2, "--plan-sigma", 0.3, "--episodes", 2, "--max-steps", 15,
+        "--cem-iters", 2, "--plan-sigma", 0.3, "--plan-elites", 3, "--episodes", 2, "--max-steps", 15,
         "--agent-only", "--record", 1, "--out", out, "--data-dir", data_dir,
     )  # fmt: skip
     report = json.loads(out.read_text())
@@ -191,7 +191,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     assert report["world_models_planner"]["episodes"] == 2
     meta = report["meta"]["planner"]
     assert (meta["horizon"], meta["candidates"], meta["cem_iters"]) == (3, 4, 2)
-    assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3
+    assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3 and meta["elites"] == 3
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert 2 <= report["world_models_planner"]["env_steps"] <= 30
     # GIFs named after --out; the two agents in the same scene side by side
@@ -213,6 +213,12 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
         (["--planner", "--plan-tau", "nan"], "--plan-tau"),
         (["--planner", "--plan-gamma", "1.5"], "--plan-gamma"),
         (["--planner", "--plan-margin", "-1"], "--plan-margin"),
+        (["--planner", "--plan-elites", "0"], "--plan-elites"),
+        (
+            ["--planner", "--candidates", "8", "--plan-elites", "9"],
+            "--plan-elites: must be <= --candidates (8)",
+        ),
+        (["--plan-elites", "2"], "--plan-elites needs --planner"),
         (["--horizon", "5"], "--horizon needs --planner"),
         (["--candidates", "8"], "--candidates needs --planner"),
         (["--planner", "--baselines-only"], "exclude each other"),
