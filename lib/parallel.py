@@ -16,6 +16,10 @@ Pool waits for them forever. Its workers start one of two ways:
   (`_PRELOAD`). It costs a second or two per pool (see docs/experiments.md),
   which is why 01/02 keep "fork".
 
+A local pool's workers watch the process that made the pool and exit when it is
+gone: a `kill -9` of a script (07 under `make agent`, say) would otherwise leave
+them behind, waiting for tasks forever.
+
 `--backend ray [--address ADDR]` returns `ray.util.multiprocessing.Pool`
 instead; `imap_unordered` and `shutdown` take either kind, so a caller needs no
 branch for the backend.
@@ -24,12 +28,44 @@ branch for the backend.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 
 BACKENDS = ("local", "ray")
 # Modules the forkserver imports once, before it forks workers ("__main__" is its default).
 _PRELOAD = ["__main__", "lib", "lib.env.rollouts", "lib.env.policies"]
+
+
+# Seconds between a worker's checks that the process that made its pool still runs.
+PARENT_CHECK_PERIOD = 0.5
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc), None if it is gone, a zombie, or
+    there is no /proc. With the pid it names one process, even after pids wrap."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # state; starttime, field 22
+
+
+def _exit_when_gone(pid: int, started: str) -> None:
+    while process_start_time(pid) == started:
+        time.sleep(PARENT_CHECK_PERIOD)
+    os._exit(1)
+
+
+def _start_worker(parent: int, started: str | None, initializer, initargs) -> None:
+    """Every local worker's initializer: the parent watch, then the caller's."""
+    if started is not None:
+        threading.Thread(target=_exit_when_gone, args=(parent, started), daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class BackendUnavailable(RuntimeError):
@@ -74,8 +110,12 @@ def make_pool(
         ctx = multiprocessing.get_context(start)
         if start == "forkserver":
             ctx.set_forkserver_preload(_PRELOAD)
+        me = os.getpid()
         return futures.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=initializer, initargs=initargs
+            workers,
+            mp_context=ctx,
+            initializer=_start_worker,
+            initargs=(me, process_start_time(me), initializer, initargs),
         )
     from ray.util.multiprocessing import Pool as RayPool  # optional: checked just above
 

@@ -1,15 +1,26 @@
 """lib/parallel.py: the one pool factory, its two start methods, and a dead worker."""
 
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 
 from lib import parallel
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def square(x):
     return x * x
+
+
+def worker_pid(_):
+    time.sleep(0.05)  # so that both workers take tasks
+    return os.getpid()
 
 
 def die_on_three(x):
@@ -46,3 +57,36 @@ def test_unknown_start_method_and_backend():
         parallel.make_pool(1, start="spawn")
     with pytest.raises(parallel.BackendUnavailable, match="unknown backend"):
         parallel.make_pool(1, backend="mpi")
+
+
+def _alive(pid):
+    return parallel.process_start_time(pid) is not None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the parent watch needs /proc")
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_workers_exit_when_their_parent_is_killed(start, tmp_path):
+    # kill -9 of a script (07 under `make agent`, say) must not leave its workers behind
+    script = tmp_path / "orphans.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from lib import parallel\n"
+        "from tests.test_parallel import worker_pid\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = parallel.make_pool(2, start={start!r})\n"
+        "    pids = {p for p in parallel.imap_unordered(pool, worker_pid, range(8))}\n"
+        "    print(*sorted(pids), flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
