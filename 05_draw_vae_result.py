@@ -111,12 +111,16 @@ def main(argv=None):
     steps = np.linspace(-2.0, 2.0, 9)
     rows = []
     for d in dims:
+        where = ""
+        if vae.spatial:
+            row, column, k = vae.latent_cell(d)
+            where = f" = cell (row {row}, column {column}) of the encoder's map, latent {k}"
         zs = np.repeat(centre[None], len(steps), axis=0)
         zs[:, d] = centre[d] + steps * spread[d]
         rows.append(
             drawing.caption(
                 drawing.upscale(drawing.grid([list(decode_latents(vae, zs))]), 3),
-                f"z[{d}] (mean KL {kl[d]:.2f} nats): -2 sd ... +2 sd",
+                f"z[{d}]{where} (mean KL {kl[d]:.2f} nats): -2 sd ... +2 sd",
             )
         )
     drawing.save_png(os.path.join(out_dir, "vae_traversal.png"), np.concatenate(rows, axis=0))

@@ -258,6 +258,11 @@ def test_a_spatial_latent_cell_reads_only_its_own_place():
     a, b = (_eval(lambda f=f: vae.encode(f))[0].array.reshape(6, 6, 3) for f in (frames, changed))
     assert np.abs(a[0, 0] - b[0, 0]).max() > 1e-4
     np.testing.assert_array_equal(a[5, 5], b[5, 5])
+    # latent_cell names each z index's place: the latents that moved include cell (0, 0)'s
+    moved = np.flatnonzero(np.abs(a - b).ravel() > 1e-4)
+    assert {vae.latent_cell(d)[:2] for d in moved} >= {(0, 0)}
+    assert vae.latent_cell(6 * 3 * 2 + 4 * 3 + 1) == (2, 4, 1) and vae.latent_cell(107) == (5, 5, 2)
+    assert ConvVAE(z_size=8).latent_cell(3) is None
     # Each cell's latents are the same linear map of that cell's features.
     h = _frames(1).astype(np.float32) / 255.0
     with chainer.using_config("train", False), chainer.no_backprop_mode():

@@ -21,6 +21,8 @@ Typical use::
         mu, logvar = vae.encode(frames_uint8)
 """
 
+import math
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
@@ -249,6 +251,15 @@ class ConvVAE(chainer.Chain):
         else:
             h = F.reshape(h, (h.shape[0], -1))
         return self.mu(h), self.logvar(h)
+
+    def latent_cell(self, d: int):
+        """Where latent `d` of a spatial z lies: (row from the top, column, latent in
+        the cell) of the encoder's map; None when z is not spatial."""
+        if not self.spatial:
+            return None
+        cell, k = divmod(int(d), self.spatial)
+        side = math.isqrt(self.z_size // self.spatial)
+        return cell // side, cell % side, k
 
     def keypoint_coordinates(self, h):
         """(B, 2K) expected (x..., y...) positions of the K keypoint channels of the
