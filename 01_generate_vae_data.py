@@ -17,11 +17,8 @@ import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must 
 
 # isort: split
 import os
-import time
 
-from tqdm import tqdm
-
-from lib import cli, parallel
+from lib import cli
 from lib.data import datagen
 
 SCRIPT = "01_generate_vae_data.py"
@@ -40,47 +37,11 @@ def main(argv=None):
     args = parse_args(argv)
     root = os.path.join(args.data_dir, "vae_data")
     splits = {"train": args.rollouts, "test": args.testrollouts}
-    config = datagen.env_config(args)
     print(
         f"01: rollouts {splits}, policy {args.policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend}) -> {root}"
     )
-
-    # CHECKS AND PLAN: nothing is written or deleted before the checks pass; only the
-    # rollouts not on disk yet are planned.
-    cli.ensure_writable_dir(root)
-    try:
-        parallel.check_backend(args.backend)
-        plan = datagen.plan_dataset(
-            root, splits, args.seed, args.policy, config, "vae", args.overwrite
-        )
-    except (datagen.DatasetMismatch, parallel.BackendUnavailable) as e:
-        cli.fail(str(e))
-    datagen.write_manifest(plan, SCRIPT, vars(args), complete=False)
-    print(f"{plan.total} rollouts to write ({plan.on_disk} already on disk)")
-
-    # ROLLOUTS: tasks of datagen.LOCKSTEP episodes stepped together, over the workers;
-    # each episode is written to its own file as it ends.
-    start = time.perf_counter()
-    stats = {}
-    try:
-        with tqdm(total=plan.total, unit="ep", desc="rollouts") as bar:
-            for split, todo in plan.todo.items():
-                tasks = datagen.make_tasks(os.path.join(root, split), todo, args.policy, config)
-                stats[split] = datagen.run_tasks(
-                    tasks, args.workers, args.backend, args.address, bar
-                )
-    except KeyboardInterrupt:
-        cli.fail(
-            "interrupted; finished rollouts are kept — re-run the same command to finish", code=130
-        )
-    except datagen.WorkerDied as e:
-        cli.fail(str(e))
-    elapsed = time.perf_counter() - start
-
-    # SUMMARY: the manifest marked complete, per-split outcomes, a preview image.
-    for line in datagen.finish_dataset(plan, stats, elapsed, SCRIPT, vars(args)):
-        print(line)
+    datagen.generate(root, splits, args, "vae", SCRIPT, "rollouts")
 
 
 if __name__ == "__main__":

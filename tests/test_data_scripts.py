@@ -210,7 +210,7 @@ def test_02_end_to_end(vae_run, tmp_path, script):
 def test_02_zero_episodes_is_a_valid_no_op(tmp_path, script):
     result = script(RNN, "--episodes", "0", "--testepisodes", "0", "--data-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "0 rollouts to write" in result.stdout
+    assert "0 episodes to write" in result.stdout
     assert list_rollouts(str(tmp_path / "rnn_data" / "train")) == []
 
 

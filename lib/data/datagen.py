@@ -331,3 +331,49 @@ def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 1
         return False
     drawing.save_png(path, np.concatenate(rows, axis=0))
     return True
+
+
+def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -> None:
+    """01's and 02's run: checks, plan, rollouts over the workers, summary.
+
+    Nothing is written or deleted before the checks pass, and only the rollouts not on
+    disk yet are planned, so an interrupted run loses nothing: the same command
+    finishes it. A bad dataset, backend or dead worker ends the script with one line.
+
+    Args:
+        root: the dataset folder; splits: {"train": n, "test": n}.
+        args: the script's arguments (`add_generation_args` and `cli.add_common_args`).
+        kind: "vae" or "rnn", the dataset's identity stream; script: its file name;
+        noun: what the script calls a rollout ("rollouts" or "episodes").
+    """
+    config = env_config(args)
+    # CHECKS AND PLAN
+    cli.ensure_writable_dir(root)
+    try:
+        parallel.check_backend(args.backend)
+        plan = plan_dataset(root, splits, args.seed, args.policy, config, kind, args.overwrite)
+    except (DatasetMismatch, parallel.BackendUnavailable) as e:
+        cli.fail(str(e))
+    write_manifest(plan, script, vars(args), complete=False)
+    print(f"{plan.total} {noun} to write ({plan.on_disk} already on disk)")
+
+    # ROLLOUTS: tasks of LOCKSTEP episodes stepped together, over the workers; each
+    # episode is written to its own file as it ends.
+    start = time.perf_counter()
+    stats = {}
+    try:
+        with tqdm(total=plan.total, unit="ep", desc=noun) as bar:
+            for split, todo in plan.todo.items():
+                tasks = make_tasks(os.path.join(root, split), todo, args.policy, config)
+                stats[split] = run_tasks(tasks, args.workers, args.backend, args.address, bar)
+    except KeyboardInterrupt:
+        cli.fail(
+            f"interrupted; finished {noun} are kept — re-run the same command to finish", code=130
+        )
+    except WorkerDied as e:
+        cli.fail(str(e))
+    elapsed = time.perf_counter() - start
+
+    # SUMMARY: the manifest marked complete, per-split outcomes, a preview image.
+    for line in finish_dataset(plan, stats, elapsed, script, vars(args)):
+        print(line)
