@@ -213,13 +213,18 @@ def test_a_keypoint_is_the_expected_position_of_its_softmax():
     np.testing.assert_allclose(xy[[1, 2, 3, 4, 6, 7, 8, 9]], 0.0, atol=1e-6)
 
 
-def test_keypoint_vae_trains_and_encodes_through_chainer():
-    vae = ConvVAE(**KEYPOINT)
+def _backward_once(vae):
+    """One VAELoss backward pass on 4 frames; every gradient must be finite."""
     loss = VAELoss(vae, 0.5, rng=np.random.default_rng(0), object_weight=10.0)
     vae.cleargrads()
     loss(_frames(4)).backward()
     for name, p in vae.namedparams():
         assert np.isfinite(p.grad).all(), name
+
+
+def test_keypoint_vae_trains_and_encodes_through_chainer():
+    vae = ConvVAE(**KEYPOINT)
+    _backward_once(vae)
     assert float(np.abs(vae.kp.W.grad).sum()) > 0
     encoder = make_encoder(vae)  # FastEncoder has no keypoint head: Chainer's path
     mu, _ = encoder(_frames(3))
@@ -277,11 +282,7 @@ def test_a_spatial_latent_cell_reads_only_its_own_place():
 
 def test_spatial_vae_trains_and_the_fast_encoder_agrees():
     vae = ConvVAE(**SPATIAL)
-    loss = VAELoss(vae, 0.5, rng=np.random.default_rng(0), object_weight=10.0)
-    vae.cleargrads()
-    loss(_frames(4)).backward()
-    for name, p in vae.namedparams():
-        assert np.isfinite(p.grad).all(), name
+    _backward_once(vae)
     encoder = make_encoder(vae)
     assert type(encoder).__name__ == "FastEncoder"  # its per-cell head
     mu, logvar = encoder(_frames(5))
