@@ -4,7 +4,8 @@ Reads: nothing.
 Writes:
     data/vae_data/{train,test}/NNNNNN.npz, one episode each:
         obs (T+1, 64, 64, 3) uint8, action (T, 2) float32, reward (T,) float32,
-        done (T,) bool, outcome str, seed int64 (see lib/env/rollouts.py).
+        done (T,) bool, outcome str, seed int64 (see lib/env/rollouts.py); with
+        --labels, teacher (T, 2) float32: what that policy would do at each frame.
     data/vae_data/manifest.json: script, arguments, seed, policy, environment
         settings, versions, file counts.
 
@@ -20,6 +21,9 @@ import os
 
 from lib import cli
 from lib.data import datagen
+from lib.env.policies import POLICY_NAMES
+
+LABEL_POLICIES = [p for p in POLICY_NAMES if p in ("greedy", "greedy_avoid", "oracle")]
 
 SCRIPT = "01_generate_vae_data.py"
 
@@ -28,6 +32,13 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rollouts", type=cli.non_negative_int, default=2000, help="training rollouts")
     p.add_argument("--testrollouts", type=cli.non_negative_int, default=100, help="test rollouts")
+    p.add_argument(
+        "--labels",
+        choices=LABEL_POLICIES,
+        default=None,
+        help="also record, at every frame, the action this privileged policy would take "
+        "there (not played), for 03 --task-weight; default: no labels, as in the paper",
+    )
     cli.add_common_args(p)
     datagen.add_generation_args(p)
     return p.parse_args(argv)
@@ -39,7 +50,9 @@ def main(argv=None):
     splits = {"train": args.rollouts, "test": args.testrollouts}
     print(
         f"01: rollouts {splits}, policy {args.policy}, seed {args.seed}, "
-        f"{args.workers} workers ({args.backend}) -> {root}"
+        f"{args.workers} workers ({args.backend})"
+        + (f", frames labelled by {args.labels}" if args.labels else "")
+        + f" -> {root}"
     )
     datagen.generate(root, splits, args, "vae", SCRIPT, "rollouts")
 

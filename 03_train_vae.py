@@ -2,15 +2,17 @@
 
 Reads:
     data/vae_data/train/*.npz, data/vae_data/test/*.npz: `obs` (T+1, 64, 64, 3)
-        uint8 (see lib/env/rollouts.py). Frames go through a uint8 memory-mapped
-        cache built once in data/vae_data/cache/.
+        uint8 (see lib/env/rollouts.py), and with --task-weight their `teacher`
+        labels (01 --labels). Frames go through a uint8 memory-mapped cache built
+        once in data/vae_data/cache/.
 Writes:
     data/models/vae.npz: the model (Chainer save_npz), after every epoch.
     data/models/vae.json: sizes to rebuild it (ConvVAE(**config)), KL tolerance,
         epochs done, last losses, data provenance.
     data/models/vae_snapshot.npz: model + Adam state + epoch + shuffled order +
         RNG states, for --resume (exact: the same losses as an uninterrupted run).
-    data/models/vae_log.csv: per epoch, train and held-out loss / rec / KL.
+    data/models/vae_log.csv: per epoch, train and held-out loss / rec / KL (and,
+        with --task-weight, the task loss and the task head's held-out R²).
     data/models/vae_loss.png: those curves.
     data/results/vae_training/epoch_NNNN.png: held-out frames over their
         reconstructions, after each epoch.
@@ -40,8 +42,11 @@ from lib.models.vae import (
     ConvVAE,
     VAELoss,
     encoder_output_size,
+    task_targets,
 )
 from lib.seeding import derive_seed
+
+TASK_SIZE = 2  # the task head predicts the teacher's two action numbers
 
 LOG_FIELDS = [
     "epoch",
@@ -52,6 +57,9 @@ LOG_FIELDS = [
     "test_loss",
     "test_rec",
     "test_kl",
+    "train_task",
+    "test_task",
+    "test_task_r2",
     "seconds",
 ]
 CURVES = (
@@ -118,6 +126,15 @@ def parse_args(argv=None):
         "three convs to a 6x6 map then K latents per cell, each linear in its cell's "
         "features, so a linear C reads where things are (see lib/models/vae.py)",
     )
+    p.add_argument(
+        "--task-weight",
+        type=float,
+        default=0.0,
+        help="0: the paper's loss. > 0: V gains a linear head from z's mean to the action "
+        "that 01's --labels teacher took at each frame, and this weight times its squared "
+        "error joins the loss, so z keeps linearly what a linear C needs (needs 01 "
+        "--labels; see lib/models/vae.py, task_loss)",
+    )
     cli.add_gpu_arg(p, "V")
     cli.add_run_args(p, "data/models/vae_snapshot.npz")
     p.add_argument(
@@ -134,6 +151,8 @@ def parse_args(argv=None):
         p.error(f"--object-weight must be >= 1, got {args.object_weight}")
     if not args.goal_weight >= 1:
         p.error(f"--goal-weight must be >= 1, got {args.goal_weight}")
+    if not args.task_weight >= 0:
+        p.error(f"--task-weight must be >= 0, got {args.task_weight}")
     if args.kl_tolerance < 0:
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
     if args.spatial and args.keypoints:
@@ -142,22 +161,47 @@ def parse_args(argv=None):
     return args
 
 
-def held_out_loss(vae, store, kl_tolerance, limit, seed, batch_size=HELD_OUT_BATCH):
-    """Mean loss / rec / KL over up to `limit` frames (fixed noise, no graph)."""
+def held_out_loss(
+    vae, store, kl_tolerance, limit, seed, batch_size=HELD_OUT_BATCH, task_weight=0.0
+):
+    """Mean loss / rec / KL over up to `limit` frames (fixed noise, no graph); with a
+    task weight and labelled frames, also the task loss and the task head's R² (the
+    fraction of the targets' variance it explains, over both actions)."""
     n = min(limit, len(store))
-    loss_fn = VAELoss(vae, kl_tolerance, rng=np.random.default_rng(seed))
-    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+    task = bool(task_weight) and store.teacher is not None
+    loss_fn = VAELoss(
+        vae, kl_tolerance, rng=np.random.default_rng(seed), task_weight=task_weight if task else 0
+    )
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, **({"task": 0.0} if task else {})}
     reporter = chainer.Reporter()
     reporter.add_observer("v", loss_fn)
+    predicted, targets = [], []
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         for start in range(0, n, batch_size):
-            x = store.batch(np.arange(start, min(start + batch_size, n)))
+            indices = np.arange(start, min(start + batch_size, n))
+            x = store.batch(indices)
+            labels = store.labels(indices) if task else None
             obs = {}
             with reporter.scope(obs):
-                loss_fn(x)
+                loss_fn(x, labels)
             for k in sums:
                 sums[k] += float(obs[f"v/{k}"].array) * len(x)
-    return {k: v / n for k, v in sums.items()}
+            if task:
+                predicted.append(devices.to_host(vae.task(vae.encode(x)[0]).array))
+                targets.append(task_targets(labels))
+    out = {k: v / n for k, v in sums.items()}
+    if task:
+        out["task_r2"] = task_r2(np.concatenate(predicted), *map(np.concatenate, zip(*targets)))
+    return out
+
+
+def task_r2(predicted, target, mask):
+    """R² of the task head over the labelled rows: 1 − residual / total sum of
+    squares, both summed over the actions."""
+    rows = mask.all(axis=1)
+    p, t = predicted[rows], target[rows]
+    total = float(((t - t.mean(axis=0)) ** 2).sum())
+    return 1.0 - float(((p - t) ** 2).sum()) / total if total > 0 else float("nan")
 
 
 def save_reconstructions(vae, sample, folder, epoch):
@@ -172,6 +216,11 @@ def save_reconstructions(vae, sample, folder, epoch):
     drawing.save_png(path, drawing.caption(image, title))
 
 
+def _with_teacher(cached):
+    """(cache path, its teacher labels' path or None) from `build_cache`'s result."""
+    return cached[0], cached[1].get("teacher")
+
+
 def load_frames(vae_root, max_samples, test_frames, image_size):
     """The train split's frames and the test split's (None without one, or with
     --test-frames 0), through their memory-mapped caches; prints what they hold."""
@@ -184,11 +233,11 @@ def load_frames(vae_root, max_samples, test_frames, image_size):
         train_npy, train_index = cache("train", max_samples)
     except frames.NoFramesError as e:
         cli.fail(f"{e} — run 01_generate_vae_data.py first")
-    train = frames.FrameStore(train_npy)
+    train = frames.FrameStore(train_npy, train_index.get("teacher"))
     test = None
     if test_frames and os.path.isdir(os.path.join(vae_root, "test")):
         try:
-            test = frames.FrameStore(cache("test", None)[0])
+            test = frames.FrameStore(*_with_teacher(cache("test", None)))
         except frames.NoFramesError:
             test = None
     skipped = len(train_index["skipped"])
@@ -228,7 +277,10 @@ def epoch_line(row, seconds, frames):
         if "test_loss" in row
         else ""
     )
-    return f"epoch {row['epoch']}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held}, {seconds:.1f} s ({frames / seconds:.0f} frames/s)"
+    task = f", task {row['train_task']:.3f}" if "train_task" in row else ""
+    if "test_task_r2" in row:
+        task += f" (held-out R² {row['test_task_r2']:.3f})"
+    return f"epoch {row['epoch']}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held}{task}, {seconds:.1f} s ({frames / seconds:.0f} frames/s)"
 
 
 def main(argv=None):
@@ -255,6 +307,12 @@ def main(argv=None):
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
     data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
+    if args.task_weight and not data_manifest.get("identity", {}).get("labels"):
+        cli.fail(
+            f"--task-weight needs frames labelled by a teacher, and {vae_root} has none — "
+            "re-run 01_generate_vae_data.py with --labels oracle (with --overwrite, or into "
+            "another --data-dir), or drop --task-weight"
+        )
     image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
     z_size = args.z_size or PAPER_CONFIG["z_size"]
     if args.spatial:
@@ -271,6 +329,11 @@ def main(argv=None):
 
     # INPUTS: frame caches (built once, memory-mapped).
     train, test = load_frames(vae_root, args.max_samples, args.test_frames, image_size)
+    if args.task_weight and train.teacher is None:
+        cli.fail(
+            f"--task-weight: some rollouts in {train_dir} have no teacher labels — re-run "
+            "01_generate_vae_data.py --labels oracle --overwrite"
+        )
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
@@ -279,6 +342,8 @@ def main(argv=None):
         config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
     if args.spatial:
         config.update(spatial=args.spatial, enc_channels=list(SPATIAL_ENC_CHANNELS))
+    if args.task_weight:
+        config.update(task_size=TASK_SIZE)
     vae = ConvVAE(**config)
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
@@ -289,6 +354,7 @@ def main(argv=None):
         noise_rng,
         object_weight=args.object_weight,
         goal_weight=args.goal_weight,
+        task_weight=args.task_weight,
     )
     optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(vae)
@@ -301,6 +367,7 @@ def main(argv=None):
             "kl_tolerance": args.kl_tolerance,
             "object_weight": args.object_weight,
             "goal_weight": args.goal_weight,
+            "task_weight": args.task_weight,
             "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
             "args": vars(args),
         },
@@ -314,6 +381,7 @@ def main(argv=None):
     reporter.add_observer("v", loss_fn)
     n_batches = -(-len(train) // args.batch_size)
     test_seed = derive_seed(args.seed, "vae/test")
+    losses = ("loss", "rec", "kl", "task") if args.task_weight else ("loss", "rec", "kl")
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
     try:
@@ -322,14 +390,16 @@ def main(argv=None):
                 if perm is None or run.iteration == 0:
                     perm = shuffle_rng.permutation(len(train))
                 # A resumed epoch carries the sums of its batches before the interruption.
-                means = training.EpochMeans(("loss", "rec", "kl"), run.partial)
+                means = training.EpochMeans(losses, run.partial)
                 start, session_frames = time.perf_counter(), 0
                 with run.batches(n_batches, f"epoch {epoch + 1}/{args.epochs}") as bar:
                     for it in bar:
-                        x = train.batch(perm[it * args.batch_size : (it + 1) * args.batch_size])
+                        batch = perm[it * args.batch_size : (it + 1) * args.batch_size]
+                        x = train.batch(batch)
+                        labels = train.labels(batch) if args.task_weight else None
                         obs = {}
                         with reporter.scope(obs):
-                            loss = loss_fn(x)
+                            loss = loss_fn(x, labels)
                         run.check_loss(float(loss.array), "the VAE loss")
                         vae.cleargrads()
                         loss.backward()
@@ -338,14 +408,24 @@ def main(argv=None):
                         session_frames += len(x)
                         m = means.means()
                         bar.set_postfix(
-                            loss=f"{m['loss']:.1f}", rec=f"{m['rec']:.1f}", kl=f"{m['kl']:.2f}"
+                            loss=f"{m['loss']:.1f}",
+                            rec=f"{m['rec']:.1f}",
+                            kl=f"{m['kl']:.2f}",
+                            **({"task": f"{m['task']:.3f}"} if "task" in m else {}),
                         )
                         run.batch_done(means.state(), extra={"perm": perm})
                 seconds = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}
                 row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
                 if test is not None:
-                    held = held_out_loss(vae, test, args.kl_tolerance, args.test_frames, test_seed)
+                    held = held_out_loss(
+                        vae,
+                        test,
+                        args.kl_tolerance,
+                        args.test_frames,
+                        test_seed,
+                        task_weight=args.task_weight,
+                    )
                     row.update({f"test_{k}": v for k, v in held.items()})
                 log.append(row)
                 training.plot_curves(log, os.path.join(models, "vae_loss.png"), *CURVES)

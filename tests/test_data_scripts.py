@@ -184,6 +184,34 @@ def test_01_refuses_another_seed_then_overwrite_replaces(vae_run, tmp_path, scri
     assert result.returncode == 0, result.stderr
 
 
+def test_01_labels_adds_the_teachers_action_and_is_part_of_the_identity(vae_run, tmp_path, script):
+    src, _ = vae_run
+    data = tmp_path / "data"
+    shutil.copytree(src, data)
+    root = data / "vae_data"
+    before = mtimes(root)
+    # Labels change the files, so they are part of what must match.
+    result = script(VAE, *TINY, "--labels", "oracle", "--workers", "1", "--data-dir", data)
+    line = assert_one_line_failure(result)
+    assert "labels None -> 'oracle'" in line and "--overwrite" in line
+    assert mtimes(root) == before
+    result = script(VAE, *TINY, "--labels", "oracle", "--workers", "1", "--data-dir", data,
+                    "--overwrite")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "labelled by oracle" in result.stdout
+    assert json.loads((root / "manifest.json").read_text())["identity"]["labels"] == "oracle"
+    for split in ("train", "test"):
+        for path in list_rollouts(str(root / split)):
+            old, new = arrays(src / "vae_data" / split / os.path.basename(path)), arrays(path)
+            assert set(new) == set(old) | {"teacher"}
+            for k in old:  # the same episodes, labelled
+                np.testing.assert_array_equal(old[k], new[k])
+            assert new["teacher"].shape == (len(new["action"]), 2)
+            assert np.all(np.abs(new["teacher"]) <= 1)
+    result = script(VAE, *TINY, "--labels", "random", "--data-dir", data)
+    assert "--labels" in assert_one_line_failure(result)
+
+
 # ---------------------------------------------------------------------------
 # 02
 # ---------------------------------------------------------------------------
@@ -218,7 +246,8 @@ def test_02_zero_episodes_is_a_valid_no_op(tmp_path, script):
 # --help and bad input
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "name, own", [(VAE, ["--rollouts", "--testrollouts"]), (RNN, ["--episodes", "--testepisodes"])]
+    "name, own",
+    [(VAE, ["--rollouts", "--testrollouts", "--labels"]), (RNN, ["--episodes", "--testepisodes"])],
 )
 def test_help_lists_every_flag(name, own, script):
     result = script(name, "--help")

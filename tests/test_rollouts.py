@@ -274,3 +274,44 @@ def test_check_manifest_refuses_other_settings(tmp_path):
     env = datagen.identity(1, "random", sn.EnvConfig(n_humans=3), "vae")
     with pytest.raises(datagen.DatasetMismatch, match="environment settings"):
         datagen.check_manifest(str(tmp_path), env, overwrite=False)
+
+
+# ---------------------------------------------------------------------------
+# Teacher labels (01 --labels)
+# ---------------------------------------------------------------------------
+def test_teacher_labels_each_step_without_playing():
+    seeds = range(300, 306)
+    plain = collect("mixed", seeds, 3)
+    labelled = []
+    run_episodes(
+        P.make_policy("mixed", 3), seeds, CONFIG, 3, labelled.append, keep_obs=True,
+        teacher=P.make_policy("oracle", 3),
+    )  # fmt: skip
+    labelled.sort(key=lambda e: e.index)
+    for a, b in zip(plain, labelled):
+        np.testing.assert_array_equal(a.action, b.action)  # the teacher played nothing
+        np.testing.assert_array_equal(a.obs, b.obs)
+        assert a.teacher is None and b.teacher.shape == (b.length, 2)
+        assert b.teacher.dtype == np.float32
+    # Each label is the oracle's action in the state of that step: replay episode 0.
+    ep = labelled[0]
+    sim = sn.SocNavSim(1, CONFIG)
+    sim.reset_slot(0, np.random.default_rng(ep.seed))
+    oracle = P.make_policy("oracle", 1)
+    for t in range(ep.length):
+        np.testing.assert_allclose(sn.applied_actions(oracle.act(sim))[0], ep.teacher[t])
+        sim.step(ep.action[t : t + 1])
+    assert any(not np.allclose(e.teacher, e.action) for e in labelled)
+
+
+def test_teacher_labels_round_trip_and_are_checked(tmp_path, episodes):
+    ep = episodes[1]
+    told = np.linspace(-1, 1, 2 * ep.length, dtype=np.float32).reshape(ep.length, 2)
+    path = str(tmp_path / "000000.npz")
+    save_episode(path, Episode(**{**ep.__dict__, "teacher": told}))
+    np.testing.assert_array_equal(load_episode(path)["teacher"], told)
+    save_episode(path, ep)
+    assert "teacher" not in load_episode(path)
+    bad = _write(tmp_path / "bad.npz", **_good(), teacher=np.zeros((5, 2), np.float32))
+    with pytest.raises(BadRolloutError, match="teacher"):
+        load_episode(bad)

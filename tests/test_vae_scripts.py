@@ -13,7 +13,14 @@ from cli_helpers import one_line_error, run
 
 from lib.data import frames
 from lib.env import socnavenv as sn
-from lib.models.vae import goal_weights, object_weights
+from lib.models.vae import (
+    ConvVAE,
+    VAELoss,
+    goal_weights,
+    object_weights,
+    task_loss,
+    task_targets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +284,92 @@ def test_spatial_flag(vae_data, tmp_path):
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--spatial", 2, "--z-size", 72,
         "--resume", "--data-dir", d)  # fmt: skip
     assert json.loads((d / "models" / "vae.json").read_text())["config"]["spatial"] == 2
+
+
+# ---------------------------------------------------------------------------
+# The task head (01 --labels, 03 --task-weight)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labelled")
+    run(
+        "01_generate_vae_data.py",
+        "--rollouts", 4, "--testrollouts", 1, "--max-steps", 30, "--workers", 1,
+        "--labels", "oracle", "--data-dir", root,
+    )  # fmt: skip
+    return root
+
+
+def test_task_targets_and_loss():
+    import chainer
+
+    labels = np.array([[1.0, -0.5], [np.nan, np.nan], [0.0, -1.0]], np.float32)
+    target, mask = task_targets(labels)
+    np.testing.assert_allclose(target[0], [np.arctanh(0.96), np.arctanh(-0.5)], rtol=1e-6)
+    np.testing.assert_array_equal(mask, [[1, 1], [0, 0], [1, 1]])
+    assert np.isfinite(target).all()
+    prediction = chainer.Variable(np.zeros((3, 2), np.float32))
+    expected = (target[0] ** 2).sum() + (target[2] ** 2).sum()  # the NaN row counts nothing
+    np.testing.assert_allclose(task_loss(prediction, labels).array, expected / 3, rtol=1e-6)
+
+
+def test_task_weight_needs_a_head_and_labels():
+    vae = ConvVAE(z_size=8)
+    with pytest.raises(ValueError, match="task head"):
+        VAELoss(vae, task_weight=1.0)
+    vae = ConvVAE(z_size=8, task_size=2)
+    assert vae.config()["task_size"] == 2 and vae.task.W.shape == (2, 8)
+    assert "task_size" not in ConvVAE(z_size=8).config()  # the paper's V is unchanged
+    loss = VAELoss(vae, task_weight=1.0)
+    x = np.zeros((2, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="labels"):
+        loss(x)
+    plain = float(VAELoss(vae, rng=np.random.default_rng(0))(x).array)
+    with_task = float(loss.__class__(vae, rng=np.random.default_rng(0), task_weight=3.0)(
+        x, np.full((2, 2), 0.5, np.float32)
+    ).array)  # fmt: skip
+    mu = vae.encode(x)[0]
+    extra = 3.0 * float(task_loss(vae.task(mu), np.full((2, 2), 0.5, np.float32)).array)
+    np.testing.assert_allclose(with_task, plain + extra, rtol=1e-5)
+
+
+def test_frame_cache_carries_the_teacher_labels(labelled_data, vae_data):
+    split = os.path.join(labelled_data, "vae_data", "train")
+    npy, index = frames.build_cache(split)
+    store = frames.FrameStore(npy, index["teacher"])
+    expected = []
+    for path in sorted(os.listdir(split)):
+        with np.load(os.path.join(split, path)) as z:
+            expected += [z["teacher"], np.full((1, 2), np.nan, np.float32)]
+    expected = np.concatenate(expected)
+    assert len(store) == len(expected)
+    np.testing.assert_array_equal(store.labels(np.arange(len(store))), expected)
+    np.testing.assert_array_equal(store.labels([3, 0]), expected[[3, 0]])
+    npy, index = frames.build_cache(os.path.join(vae_data, "vae_data", "train"))
+    assert index["teacher"] is None
+    with pytest.raises(ValueError, match="--labels"):
+        frames.FrameStore(npy).labels([0])
+
+
+def test_task_weight_flag(labelled_data, vae_data, tmp_path):
+    d = copy_data(vae_data, tmp_path / "plain")
+    line = one_line_error(run("03_train_vae.py", "--task-weight", 10, "--data-dir", d, check=False))
+    assert "--labels oracle" in line
+    assert not (d / "models").exists() or not os.listdir(d / "models")
+    line = one_line_error(run("03_train_vae.py", "--task-weight", -1, "--data-dir", d, check=False))
+    assert "--task-weight" in line
+    d = copy_data(labelled_data, tmp_path / "labelled")
+    result = run("03_train_vae.py", "--epochs", 2, "--batch-size", 32, "--spatial", 2,
+                 "--task-weight", 100, "--lr", 1e-3, "--data-dir", d)  # fmt: skip
+    assert "held-out R²" in result.stdout
+    sidecar = json.loads((d / "models" / "vae.json").read_text())
+    assert sidecar["config"]["task_size"] == 2 and sidecar["task_weight"] == 100.0
+    rows = log_rows(d)
+    assert all(np.isfinite(float(r["test_task_r2"])) for r in rows)
+    assert float(rows[1]["train_task"]) < float(rows[0]["train_task"])
+    # The agent's loader rebuilds the V with its head; the head's own prediction on the
+    # held-out frames is what the log's R² scored.
+    from lib.models import checkpoints
+
+    vae, _ = checkpoints.load_vae(str(d))
+    assert vae.task_size == 2

@@ -44,6 +44,7 @@ class Task:
     seeds: list
     policy: str
     config: dict
+    labels: str | None = None  # a teacher policy whose actions label each frame
 
 
 def _run_task(task: Task) -> dict:
@@ -60,13 +61,20 @@ def _run_task(task: Task) -> dict:
         stats["frames"] += ep.length + 1
         stats["outcomes"][ep.outcome] += 1
 
-    run_episodes(policy, task.seeds, config, n, write, keep_obs=True)
+    teacher = make_policy(task.labels, n) if task.labels else None
+    run_episodes(policy, task.seeds, config, n, write, keep_obs=True, teacher=teacher)
     return stats
 
 
-def identity(seed: int, policy: str, config: sn.EnvConfig, stream: str) -> dict:
-    """What must match for files of two runs to belong to one dataset."""
-    return {"seed": seed, "policy": policy, "env": config.to_dict(), "stream": stream}
+def identity(
+    seed: int, policy: str, config: sn.EnvConfig, stream: str, labels: str | None = None
+) -> dict:
+    """What must match for files of two runs to belong to one dataset (`labels` only
+    when set, so datasets made before labels existed keep their identity)."""
+    ident = {"seed": seed, "policy": policy, "env": config.to_dict(), "stream": stream}
+    if labels:
+        ident["labels"] = labels
+    return ident
 
 
 def check_manifest(root: str, ident: dict, overwrite: bool) -> None:
@@ -77,10 +85,11 @@ def check_manifest(root: str, ident: dict, overwrite: bool) -> None:
     old_ident = old.get("identity")
     if old_ident != ident:
         diffs = []
-        for key in ("seed", "policy", "stream"):
-            if old_ident is None or old_ident.get(key) != ident[key]:
+        for key in ("seed", "policy", "stream", "labels"):
+            if old_ident is None or old_ident.get(key) != ident.get(key):
                 diffs.append(
-                    f"{key} {None if old_ident is None else old_ident.get(key)!r} -> {ident[key]!r}"
+                    f"{key} {None if old_ident is None else old_ident.get(key)!r} -> "
+                    f"{ident.get(key)!r}"
                 )
         if old_ident is not None and old_ident.get("env") != ident["env"]:
             diffs.append("environment settings")
@@ -118,14 +127,17 @@ def plan_split(
 
 
 def make_tasks(
-    out_dir: str, todo: list[tuple[int, int]], policy: str, config: sn.EnvConfig
+    out_dir: str,
+    todo: list[tuple[int, int]],
+    policy: str,
+    config: sn.EnvConfig,
+    labels: str | None = None,
 ) -> list[Task]:
     tasks = []
     for start in range(0, len(todo), LOCKSTEP):
         chunk = todo[start : start + LOCKSTEP]
-        tasks.append(
-            Task(out_dir, [i for i, _ in chunk], [s for _, s in chunk], policy, config.to_dict())
-        )
+        indices, seeds = [i for i, _ in chunk], [s for _, s in chunk]
+        tasks.append(Task(out_dir, indices, seeds, policy, config.to_dict(), labels))
     return tasks
 
 
@@ -249,7 +261,7 @@ class Plan:
 
 def plan_dataset(
     root: str, splits: dict, seed: int, policy: str, config: sn.EnvConfig, stream: str,
-    overwrite: bool = False,
+    overwrite: bool = False, labels: str | None = None,
 ) -> Plan:  # fmt: skip
     """Checks `root` against these settings, then plans the missing rollouts.
 
@@ -262,11 +274,12 @@ def plan_dataset(
         seed, policy, config: the rollouts' settings.
         stream: seed stream name ("vae" or "rnn"), so 01 and 02 differ.
         overwrite: replace a dataset made with other settings.
+        labels: a teacher policy whose actions label every frame (01 `--labels`), or None.
 
     Raises:
         DatasetMismatch: `root` holds rollouts made with other settings.
     """
-    ident = identity(seed, policy, config, stream)
+    ident = identity(seed, policy, config, stream, labels)
     check_manifest(root, ident, overwrite)
     todo = {}
     for split, count in splits.items():
@@ -351,7 +364,10 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
     cli.ensure_writable_dir(root)
     try:
         parallel.check_backend(args.backend)
-        plan = plan_dataset(root, splits, args.seed, args.policy, config, kind, args.overwrite)
+        labels = getattr(args, "labels", None)
+        plan = plan_dataset(
+            root, splits, args.seed, args.policy, config, kind, args.overwrite, labels
+        )
     except (DatasetMismatch, parallel.BackendUnavailable) as e:
         cli.fail(str(e))
     write_manifest(plan, script, vars(args), complete=False)
@@ -364,7 +380,8 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
     try:
         with tqdm(total=plan.total, unit="ep", desc=noun) as bar:
             for split, todo in plan.todo.items():
-                tasks = make_tasks(os.path.join(root, split), todo, args.policy, config)
+                folder = os.path.join(root, split)
+                tasks = make_tasks(folder, todo, args.policy, config, plan.identity.get("labels"))
                 stats[split] = run_tasks(tasks, args.workers, args.backend, args.address, bar)
     except KeyboardInterrupt:
         cli.fail(

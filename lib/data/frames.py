@@ -68,7 +68,10 @@ def build_cache(
 
     Returns:
         (path of the .npy cache, index dict with `frames`, `rollouts`,
-        `skipped` (list of "file: reason"), `key`).
+        `skipped` (list of "file: reason"), `key`, and `teacher`: the path of the
+        (frames, 2) float32 `.npy` of the frames' teacher labels when every used file
+        has them (01 `--labels`; a rollout's last frame, which has none, is NaN),
+        else None).
 
     Raises:
         NoFramesError: if no file is usable.
@@ -107,18 +110,24 @@ def build_cache(
     os.makedirs(cache_dir, exist_ok=True)
     written = 0
     used = 0
+    labels = []  # per used file, (n, 2) float32; None once a file has none
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         _write_npy_header(f, total, image_size)
         for k, (path, n) in enumerate(good):
             try:
                 with np.load(path, allow_pickle=False) as z:
                     obs = z["obs"]
+                    told = z["teacher"] if "teacher" in z.files else None
                 if obs.shape[0] != n:
                     raise BadRolloutError(f"{path}: has {obs.shape[0]} frames, header said {n}")
+                if told is not None and told.shape != (n - 1, 2):
+                    raise BadRolloutError(f"{path}: teacher is {told.shape}, expected ({n - 1}, 2)")
             except (BadRolloutError, OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 skipped.append(f"{path}: unreadable ({type(e).__name__})")
                 continue
             f.write(np.ascontiguousarray(obs, np.uint8).tobytes())
+            if labels is not None:
+                labels = None if told is None else [*labels, _frame_labels(told)]
             written += n
             used += 1
             if progress is not None:
@@ -127,16 +136,30 @@ def build_cache(
             f.truncate(f.tell())
             f.seek(0)
             _write_npy_header(f, written, image_size)
+    teacher = None
+    if labels:
+        teacher = npy[:-4] + "_teacher.npy"
+        with atomic_path(teacher) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.concatenate(labels))
     index = {
         "frames": written,
         "rollouts": used,
         "skipped": skipped,
         "key": key,
         "split_dir": split_dir,
+        "teacher": teacher,
     }
     with atomic_path(index_path) as tmp, open(tmp, "w") as f:
         json.dump(index, f, indent=1)
     return npy, index
+
+
+def _frame_labels(told: np.ndarray) -> np.ndarray:
+    """A rollout's per-frame labels: the teacher's action at each of its T + 1
+    frames, NaN for the last (the episode ended there: no action was asked)."""
+    out = np.full((len(told) + 1, 2), np.nan, np.float32)
+    out[:-1] = told
+    return out
 
 
 def _write_npy_header(f, frames: int, image_size: int) -> None:
@@ -153,6 +176,7 @@ class FrameStore:
 
     Args:
         path: the cache written by `build_cache`.
+        teacher: its teacher labels' `.npy` (`build_cache`'s index["teacher"]), or None.
         release_every: after this many batches, advise the kernel to drop the
             mapped pages from this process (they stay in the page cache). Random
             reads map far more than they touch (the kernel maps pages around
@@ -160,8 +184,11 @@ class FrameStore:
             every batch; it costs about 0.5 ms.
     """
 
-    def __init__(self, path: str, release_every: int = 1):
+    def __init__(self, path: str, teacher: str | None = None, release_every: int = 1):
         self.frames = np.load(path, mmap_mode="r")
+        self.teacher = None if teacher is None else np.load(teacher)
+        if self.teacher is not None and self.teacher.shape != (len(self.frames), 2):
+            raise ValueError(f"{teacher}: {self.teacher.shape} labels for {len(self.frames)} frames")
         self.release_every = release_every
         self._reads = 0
 
@@ -179,6 +206,16 @@ class FrameStore:
         if self._reads % self.release_every == 0:
             self.release()
         return out
+
+    def labels(self, indices: np.ndarray) -> np.ndarray:
+        """(B, 2) float32 teacher labels of the frames at `indices` (NaN: none).
+
+        Raises:
+            ValueError: the frames have no labels.
+        """
+        if self.teacher is None:
+            raise ValueError("these frames have no teacher labels (01_generate_vae_data.py --labels)")
+        return self.teacher[np.asarray(indices)]
 
     def release(self) -> None:
         """Drops this process's mapped pages (resident memory goes back down)."""

@@ -15,6 +15,7 @@ A rollout file holds one episode (`save_episode` / `load_episode`):
 | done | (T,) | bool | True on the last step only |
 | outcome | () | str (unicode) | success / collision / out_of_map / timeout |
 | seed | () | int64 | the episode's seed |
+| teacher | (T, 2) | float32 | optional (01 `--labels`): a teacher policy's action at obs[t], not played |
 
 Files are written atomically (temporary name, then rename) and load with
 `allow_pickle=False`.
@@ -50,6 +51,7 @@ class Episode:
     path: np.ndarray  # (T,) float64, metres moved per step
     obs: np.ndarray | None = None  # (T+1, S, S, 3) uint8
     frames: np.ndarray | None = None  # (T+1, R, R, 3) uint8 global views
+    teacher: np.ndarray | None = None  # (T, 2) float32, the labelling policy's action at obs[t]
 
     @property
     def length(self) -> int:
@@ -69,6 +71,7 @@ def run_episodes(
     keep_obs: bool = False,
     record: Callable[[int], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    teacher: Policy | None = None,
 ) -> None:
     """Runs one episode per seed, `n_envs` at a time in lockstep.
 
@@ -82,6 +85,8 @@ def run_episodes(
         record: `record(k)` True keeps global views of episode k in
             `Episode.frames` and its egocentric frames in `Episode.obs` (for GIFs).
         on_step: called with the number of env-steps taken in each lockstep step.
+        teacher: a policy (built for `n_envs` slots) asked at every step what it would
+            do in the same state; its actions label `Episode.teacher` and are not played.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -104,7 +109,10 @@ def run_episodes(
         slot_episode[i] = k
         sim.reset_slot(i, np.random.default_rng(seeds[k]))
         policy.reset(np.array([i]), np.array([seeds[k]]), np.array([k]))
+        if teacher is not None:
+            teacher.reset(np.array([i]), np.array([seeds[k]]), np.array([k]))
         buffers[i] = {
+            "teacher": [],
             "obs": [],
             "action": [],
             "reward": [],
@@ -143,6 +151,8 @@ def run_episodes(
             if b["frames"] is not None:
                 b["frames"].append(sim_of(np.array([i])).render_global()[0])
 
+        if teacher is not None:
+            told = sn.applied_actions(teacher.act(sim, images if teacher.needs_image else None))
         actions = sn.applied_actions(policy.act(sim, images if policy.needs_image else None))
         sim.step(actions)
         if on_step is not None:
@@ -155,6 +165,8 @@ def run_episodes(
             b["reward"].append(sim.reward[i])
             b["min_dist"].append(sim.min_dist[i])
             b["path"].append(sim.path[i])
+            if teacher is not None:
+                b["teacher"].append(told[i])
             if sim.outcome[i] != sn.RUNNING:
                 finished.append(i)
         if finished:
@@ -182,6 +194,9 @@ def run_episodes(
                         path=np.asarray(b["path"]),
                         obs=np.stack(b["obs"]) if b["keep"] else None,
                         frames=np.stack(b["frames"]) if b["frames"] is not None else None,
+                        teacher=(
+                            np.asarray(b["teacher"], np.float32) if teacher is not None else None
+                        ),
                     )
                 )
                 buffers[i] = None
@@ -201,9 +216,11 @@ def save_episode(path: str, episode: Episode) -> None:
     """Writes `episode` to `path` atomically (compressed npz, no pickles)."""
     if episode.obs is None:
         raise ValueError("episode has no frames; run it with keep_obs=True")
+    extra = {} if episode.teacher is None else {"teacher": episode.teacher.astype(np.float32)}
     with atomic_path(path) as tmp:
         np.savez_compressed(
             tmp,
+            **extra,
             obs=episode.obs,
             action=episode.action.astype(np.float32),
             reward=episode.reward.astype(np.float32),
@@ -226,8 +243,8 @@ def load_episode(path: str, image_size: int | None = 64) -> dict:
 
     Returns:
         dict with `obs` (T+1, S, S, 3) uint8, `action` (T, 2) float32, `reward`
-        (T,) float32, `done` (T,) bool and, when present, `outcome` (str) and
-        `seed` (int).
+        (T,) float32, `done` (T,) bool and, when present, `outcome` (str),
+        `seed` (int) and `teacher` (T, 2) float32.
 
     Raises:
         BadRolloutError: if the file is unreadable or breaks the contract.
@@ -242,6 +259,8 @@ def load_episode(path: str, image_size: int | None = 64) -> dict:
                 data["outcome"] = str(z["outcome"])
             if "seed" in z.files:
                 data["seed"] = int(z["seed"])
+            if "teacher" in z.files:
+                data["teacher"] = z["teacher"]
     except BadRolloutError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
@@ -266,6 +285,10 @@ def load_episode(path: str, image_size: int | None = 64) -> dict:
         raise BadRolloutError(
             f"{path}: inconsistent lengths obs {obs.shape}, action {act.shape}, "
             f"reward {rew.shape}, done {done.shape}"
+        )
+    if "teacher" in data and data["teacher"].shape != (t, 2):
+        raise BadRolloutError(
+            f"{path}: teacher labels are {data['teacher'].shape}, expected ({t}, 2)"
         )
     data["action"] = act.astype(np.float32, copy=False)
     data["reward"] = rew.astype(np.float32, copy=False)

@@ -110,6 +110,11 @@ class ConvVAE(chainer.Chain):
             per place and latent, as a linear C on pixels is a weight per pixel; use
             with fewer convs (`SPATIAL_ENC_CHANNELS`: 6 x 6 for 64 x 64 frames). The
             decoder is the paper's (a dense layer from z).
+        task_size: int; 0 (the paper) has none. A > 0 adds `task`, a linear head from
+            mu to A numbers that `VAELoss(task_weight=...)` trains to predict a teacher's
+            action at the frame (01 `--labels`): a task signal beside reconstruction, so
+            z keeps, linearly, what a linear C needs. Only the loss reads the head; the
+            agent does not.
 
     Raises:
         ValueError: sizes that do not fit together.
@@ -127,6 +132,7 @@ class ConvVAE(chainer.Chain):
         dec_kernels=(5, 5, 6, 6),
         keypoints=0,
         spatial=0,
+        task_size=0,
     ):
         super().__init__()
         enc_channels, dec_channels, dec_kernels = (
@@ -174,6 +180,11 @@ class ConvVAE(chainer.Chain):
                     f"has z_size {side * side * self.spatial}, not {z_size}"
                 )
             self._config["spatial"] = self.spatial
+        self.task_size = int(task_size)
+        if self.task_size < 0:
+            raise ValueError(f"task_size must be >= 0, got {task_size}")
+        if self.task_size:
+            self._config["task_size"] = self.task_size
         self.z_size = int(z_size)
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
@@ -196,6 +207,8 @@ class ConvVAE(chainer.Chain):
             head_in, head_out = (enc_channels[-1], self.spatial) if self.spatial else (flat, z_size)
             self.mu = L.Linear(head_in, head_out)  # with spatial: the 1x1 conv to K channels
             self.logvar = L.Linear(head_in, head_out)
+            if self.task_size:
+                self.task = L.Linear(z_size, self.task_size)
             self.dec_fc = L.Linear(z_size, dense_size)
             outs = [*dec_channels, in_channels]
             acts = ["relu"] * len(dec_channels) + ["sigmoid"]
@@ -414,10 +427,20 @@ class VAELoss(chainer.Chain):
             plain summed squared error. `rec` is always reported unweighted.
         goal_weight: float, a further factor on the goal's pixels (see `goal_weights`);
             1 (default) weighs the goal like the other objects.
+        task_weight: float; > 0 adds `task_weight` times the task loss (see
+            `task_loss`; V needs a `task` head), reported as `task`; 0 (default, the
+            paper) has none.
     """
 
-    def __init__(self, vae, kl_tolerance=0.5, rng=None, object_weight=1.0, goal_weight=1.0):
+    def __init__(
+        self, vae, kl_tolerance=0.5, rng=None, object_weight=1.0, goal_weight=1.0, task_weight=0.0
+    ):
         super().__init__()
+        self.task_weight = float(task_weight)
+        if self.task_weight < 0:
+            raise ValueError(f"task_weight must be >= 0, got {task_weight}")
+        if self.task_weight and not getattr(vae, "task_size", 0):
+            raise ValueError("a task weight needs a V with a task head (ConvVAE(task_size=A))")
         self.kl_tolerance = float(kl_tolerance)
         self.object_weight = float(object_weight)
         self.goal_weight = float(goal_weight)
@@ -425,11 +448,13 @@ class VAELoss(chainer.Chain):
         with self.init_scope():
             self.vae = vae
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         """Loss of a batch.
 
         Args:
             x: (B, H, W, C) uint8 frames.
+            labels: (B, A) teacher actions at the frames (NaN rows: none), needed with
+                a task weight.
 
         Returns:
             Scalar float32 Variable.
@@ -448,10 +473,35 @@ class VAELoss(chainer.Chain):
             loss = F.sum(err * weights) / x.shape[0] + kl
         else:
             loss = rec + kl
-        chainer.reporter.report(
-            {"loss": loss, "rec": rec, "kl": kl, "kl_raw": F.mean(kl_raw)}, self
-        )
+        report = {"loss": loss, "rec": rec, "kl": kl, "kl_raw": F.mean(kl_raw)}
+        if self.task_weight:
+            if labels is None:
+                raise ValueError("a task weight needs the frames' teacher labels")
+            report["task"] = task_loss(self.vae.task(mu), labels)
+            loss = loss + self.task_weight * report["task"]
+            report["loss"] = loss
+        chainer.reporter.report(report, self)
         return loss
+
+
+TASK_CLIP = 0.96  # atanh(0.96) = 1.95: a saturated action is a finite target
+
+
+def task_targets(labels, xp=np):
+    """(atanh of the actions clipped to ±TASK_CLIP, 0/1 mask of the labelled rows):
+    the task head predicts the action before C's tanh, as C's own fit does
+    (`lib.control.imitation.LinearFit`)."""
+    labels = xp.asarray(labels, np.float32)
+    mask = ~xp.isnan(labels)
+    target = xp.arctanh(xp.clip(xp.where(mask, labels, 0), -TASK_CLIP, TASK_CLIP))
+    return target.astype(np.float32), mask.astype(np.float32)
+
+
+def task_loss(prediction, labels):
+    """Summed squared error of the task head's prediction (B, A) against
+    `task_targets(labels)`, over labelled rows, per frame of the batch."""
+    target, mask = task_targets(labels, prediction.xp)
+    return F.sum(F.squared_difference(prediction, target) * mask) / prediction.shape[0]
 
 
 def encode_frames(vae, frames: np.ndarray, batch_size: int = INFERENCE_BATCH, encoder=None):
