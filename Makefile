@@ -82,9 +82,12 @@ demo: venv
 # the rollouts already written (01, 02). Wall times per step: data/.agent/times.txt.
 AGENT_DIR ?= data
 A := $(AGENT_DIR)/.agent
-AGENT_ROLLOUTS ?= 200
+AGENT_ROLLOUTS ?= 700
 AGENT_EPISODES ?= 3000
-AGENT_V_EPOCHS ?= 4
+AGENT_V_EPOCHS ?= 2
+# > 0: V's frames are labelled with the oracle's action (01 --labels oracle) and V learns
+# to predict it linearly from z beside reconstruction (03 --task-weight); 0: the paper's V
+AGENT_TASK_WEIGHT ?= 1000
 AGENT_Z_SIZE ?= 128
 # K > 0: a spatial z, 6 x 6 x K (03 --spatial K; docs/experiments.md); 0: V's dense z of AGENT_Z_SIZE
 AGENT_SPATIAL ?= 8
@@ -104,11 +107,11 @@ agent: $(A)/08.done
 	@echo "results: $(AGENT_DIR)/results/test_controller.md (5 people; linear C and the planner), test_controller_8humans.md, test_controller_dream.md"
 
 $(A)/01.done: | venv
-	$(call step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 --data-dir $(AGENT_DIR))
+	$(call step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 $(if $(filter-out 0,$(AGENT_TASK_WEIGHT)),--labels oracle) --data-dir $(AGENT_DIR))
 $(A)/02.done: $(A)/01.done
 	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(AGENT_DIR))
 $(A)/03.done: $(A)/02.done
-	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
+	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --task-weight $(AGENT_TASK_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
 	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done

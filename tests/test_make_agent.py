@@ -35,6 +35,8 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert "--object-weight 50" in script_lines(lines, "03")[0]
     assert "--spatial 8" in script_lines(lines, "03")[0]
     assert "--z-size" not in script_lines(lines, "03")[0]
+    assert "--task-weight 1000" in script_lines(lines, "03")[0]
+    assert "--labels oracle" in script_lines(lines, "01")[0]
     (eight,) = script_lines(lines, "08")
     assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
@@ -52,6 +54,17 @@ def test_spatial_0_gives_the_dense_z_of_agent_z_size(tmp_path):
     )  # fmt: skip
     (v,) = [ln for ln in proc.stdout.splitlines() if "agent step 03:" in ln]
     assert "--z-size 128" in v and "--spatial" not in v
+
+
+def test_task_weight_0_gives_the_papers_v_on_unlabelled_frames(tmp_path):
+    proc = subprocess.run(
+        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", "AGENT_TASK_WEIGHT=0"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = proc.stdout.splitlines()
+    (data,) = [ln for ln in lines if "agent step 01:" in ln]
+    (v,) = [ln for ln in lines if "agent step 03:" in ln]
+    assert "--labels" not in data and "--task-weight 0" in v
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
