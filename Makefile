@@ -94,6 +94,8 @@ AGENT_SPATIAL ?= 8
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
 AGENT_C_GENERATIONS ?= 50
+# DAgger iterations of C's imitation of the oracle (07 --imitate-iterations; docs/experiments.md)
+AGENT_C_IMITATION_ITERATIONS ?= 10
 AGENT_DREAM_GENERATIONS ?= 100
 AGENT_TEST_EPISODES ?= 500
 # --resume when the step's snapshot exists (it was interrupted), else a fresh run.
@@ -119,7 +121,7 @@ $(A)/diagnostics.done: $(A)/04.done
 $(A)/inputs.done: $(A)/diagnostics.done
 	$(call step,inputs,$(PY) probe_controller.py --data-dir $(AGENT_DIR))
 $(A)/07.done: $(A)/inputs.done
-	$(call step,07,$(PY) 07_train_controller.py --imitate oracle --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
+	$(call step,07,$(PY) 07_train_controller.py --imitate oracle --imitate-iterations $(AGENT_C_IMITATION_ITERATIONS) --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
 $(A)/07dream.done: $(A)/07.done
 	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
 $(A)/check.done: $(A)/07dream.done
