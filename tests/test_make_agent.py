@@ -43,7 +43,11 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert "--outcome-head" in script_lines(lines, "04")[0]
     assert "--episodes 3000" in script_lines(lines, "02")[0]
     (c,) = script_lines(lines, "07")
-    assert "--imitate oracle --imitate-iterations 10" in c and "--eval-episodes 200" in c and "--sigma 0.02" in c
+    assert (
+        "--imitate oracle --imitate-iterations 10" in c
+        and "--eval-episodes 200" in c
+        and "--sigma 0.02" in c
+    )
     assert "--imitate" not in script_lines(lines, "07dream")[0]
 
 
