@@ -175,7 +175,7 @@ def held_out_loss(
     sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, **({"task": 0.0} if task else {})}
     reporter = chainer.Reporter()
     reporter.add_observer("v", loss_fn)
-    predicted, targets = [], []
+    targets = []
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         for start in range(0, n, batch_size):
             indices = np.arange(start, min(start + batch_size, n))
@@ -187,21 +187,21 @@ def held_out_loss(
             for k in sums:
                 sums[k] += float(obs[f"v/{k}"].array) * len(x)
             if task:
-                predicted.append(devices.to_host(vae.task(vae.encode(x)[0]).array))
                 targets.append(task_targets(labels))
     out = {k: v / n for k, v in sums.items()}
     if task:
-        out["task_r2"] = task_r2(np.concatenate(predicted), *map(np.concatenate, zip(*targets)))
+        # The summed "task" is the head's residual sum of squares over the labelled rows.
+        out["task_r2"] = task_r2(sums["task"], *map(np.concatenate, zip(*targets)))
     return out
 
 
-def task_r2(predicted, target, mask):
-    """R² of the task head over the labelled rows: 1 − residual / total sum of
-    squares, both summed over the actions."""
-    rows = mask.all(axis=1)
-    p, t = predicted[rows], target[rows]
+def task_r2(residual, target, mask):
+    """R² of the task head over the labelled rows: 1 − `residual` (its summed squared
+    error there, as `task_loss` times the frames) / the targets' total sum of squares,
+    both summed over the actions."""
+    t = target[mask.all(axis=1)]
     total = float(((t - t.mean(axis=0)) ** 2).sum())
-    return 1.0 - float(((p - t) ** 2).sum()) / total if total > 0 else float("nan")
+    return 1.0 - residual / total if total > 0 else float("nan")
 
 
 def save_reconstructions(vae, sample, folder, epoch):

@@ -59,6 +59,13 @@ def mtimes(root):
     return out
 
 
+def copy_run(src, tmp_path):
+    """A copy of 01's run folder `src` to change: (its data dir, its vae_data)."""
+    data = tmp_path / "data"
+    shutil.copytree(src, data)
+    return data, data / "vae_data"
+
+
 def assert_one_line_failure(result):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
@@ -129,9 +136,7 @@ def test_01_is_independent_of_worker_count(vae_run, tmp_path, script):
 
 def test_01_resume_writes_only_missing_files(vae_run, tmp_path, script):
     src, _ = vae_run
-    data = tmp_path / "data"
-    shutil.copytree(src, data)
-    root = data / "vae_data"
+    data, root = copy_run(src, tmp_path)
     missing = [root / "train" / "000001.npz", root / "train" / "000004.npz"]
     missing.append(root / "test" / "000000.npz")
     for p in missing:
@@ -158,9 +163,7 @@ def test_01_resume_writes_only_missing_files(vae_run, tmp_path, script):
 
 def test_01_refuses_another_seed_then_overwrite_replaces(vae_run, tmp_path, script):
     src, _ = vae_run
-    data = tmp_path / "data"
-    shutil.copytree(src, data)
-    root = data / "vae_data"
+    data, root = copy_run(src, tmp_path)
     before = mtimes(root)
     manifest_before = (root / "manifest.json").read_text()
     other = [a if a != "3" else "4" for a in TINY]  # --seed 4
@@ -186,9 +189,7 @@ def test_01_refuses_another_seed_then_overwrite_replaces(vae_run, tmp_path, scri
 
 def test_01_labels_adds_the_teachers_action_and_is_part_of_the_identity(vae_run, tmp_path, script):
     src, _ = vae_run
-    data = tmp_path / "data"
-    shutil.copytree(src, data)
-    root = data / "vae_data"
+    data, root = copy_run(src, tmp_path)
     before = mtimes(root)
     # Labels change the files, so they are part of what must match.
     result = script(VAE, *TINY, "--labels", "oracle", "--workers", "1", "--data-dir", data)

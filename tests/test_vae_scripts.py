@@ -23,15 +23,19 @@ from lib.models.vae import (
 )
 
 
-@pytest.fixture(scope="module")
-def vae_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vaedata")
+def tiny_vae_data(root, *flags):
+    """01's tiny dataset (4 + 1 rollouts of at most 30 steps) in `root`, with `flags`."""
     run(
         "01_generate_vae_data.py",
         "--rollouts", 4, "--testrollouts", 1, "--max-steps", 30, "--workers", 1,
-        "--data-dir", root,
+        *flags, "--data-dir", root,
     )  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="module")
+def vae_data(tmp_path_factory):
+    return tiny_vae_data(tmp_path_factory.mktemp("vaedata"))
 
 
 def copy_data(vae_data, tmp_path):
@@ -291,13 +295,7 @@ def test_spatial_flag(vae_data, tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def labelled_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labelled")
-    run(
-        "01_generate_vae_data.py",
-        "--rollouts", 4, "--testrollouts", 1, "--max-steps", 30, "--workers", 1,
-        "--labels", "oracle", "--data-dir", root,
-    )  # fmt: skip
-    return root
+    return tiny_vae_data(tmp_path_factory.mktemp("labelled"), "--labels", "oracle")
 
 
 def test_task_targets_and_loss():
