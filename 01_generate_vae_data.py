@@ -21,9 +21,6 @@ import os
 
 from lib import cli
 from lib.data import datagen
-from lib.env.policies import POLICY_NAMES
-
-LABEL_POLICIES = [p for p in POLICY_NAMES if p in ("greedy", "greedy_avoid", "oracle")]
 
 SCRIPT = "01_generate_vae_data.py"
 
@@ -32,13 +29,7 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rollouts", type=cli.non_negative_int, default=2000, help="training rollouts")
     p.add_argument("--testrollouts", type=cli.non_negative_int, default=100, help="test rollouts")
-    p.add_argument(
-        "--labels",
-        choices=LABEL_POLICIES,
-        default=None,
-        help="also record, at every frame, the action this privileged policy would take "
-        "there (not played), for 03 --task-weight; default: no labels, as in the paper",
-    )
+    datagen.add_labels_arg(p, "03 --task-weight")
     cli.add_common_args(p)
     datagen.add_generation_args(p)
     return p.parse_args(argv)

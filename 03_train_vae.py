@@ -35,6 +35,7 @@ from lib import cli, devices, drawing, manifest, progress, training
 from lib.checkpointer import Checkpointer
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
+from lib.models.task_head import task_targets
 from lib.models.vae import (
     KEYPOINT_ENC_CHANNELS,
     PAPER_CONFIG,
@@ -42,7 +43,6 @@ from lib.models.vae import (
     ConvVAE,
     VAELoss,
     encoder_output_size,
-    task_targets,
 )
 from lib.seeding import derive_seed
 
@@ -133,7 +133,7 @@ def parse_args(argv=None):
         help="0: the paper's loss. > 0: V gains a linear head from z's mean to the action "
         "that 01's --labels teacher took at each frame, and this weight times its squared "
         "error joins the loss, so z keeps linearly what a linear C needs (needs 01 "
-        "--labels; see lib/models/vae.py, task_loss)",
+        "--labels; see lib/models/task_head.py)",
     )
     cli.add_gpu_arg(p, "V")
     cli.add_run_args(p, "data/models/vae_snapshot.npz")

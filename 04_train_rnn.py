@@ -13,7 +13,8 @@ Writes:
         for --resume (exact).
     data/models/rnn_<mode>_log.csv and rnn_<mode>_loss.png: per epoch, train and
         held-out NLL (per latent dimension per step, nats), the constant-z and
-        copy-z baselines, reward MSE and done accuracy / recall when present.
+        copy-z baselines, reward MSE and done accuracy / recall when present, and
+        with --task-weight the task head's loss and held-out R².
 
 Modes (the original README's): `normal` teacher-forces whole episodes with
 truncated BPTT (--seq-len); `window` trains on random windows of --window steps
@@ -24,6 +25,12 @@ linearly to --ss-max over the epochs, an input z_t is replaced by M's own sample
 of it (drawn from M's teacher-forced prediction at t-1, so the whole-sequence
 fast LSTM still applies), which keeps M stable when it is fed its own dreams.
 z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
+
+--task-weight (beyond the paper) adds a linear head from [z_t, h_t], the very
+input of the linear C, to the action 02's --labels teacher took at each step.
+Its squared error, through the LSTM, makes h keep what the frames' history says
+about the task (the people's motion) in a form a linear C can read. The agent
+never reads the head.
 """
 
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
@@ -50,6 +57,7 @@ from lib.models.mdn_rnn import (
     done_logit_threshold,
     mdn_nll,
 )
+from lib.models.task_head import task_targets
 from lib.seeding import derive_seed
 
 # The done head's default positive weight: #negatives / #positives, at most this
@@ -70,6 +78,9 @@ LOG_FIELDS = [
     "test_reward_mse",
     "test_done_accuracy",
     "test_done_recall",
+    "train_task_loss",
+    "test_task_loss",
+    "test_task_r2",
     "ss_prob",
     "seconds",
 ]
@@ -127,6 +138,15 @@ def parse_args(argv=None):
         help="tau of scheduled samples (dream)",
     )
     p.add_argument(
+        "--task-weight",
+        type=cli.non_negative_float,
+        default=0.0,
+        help="0: the paper's loss. > 0: M gains a linear head from [z, h] (C's input) to "
+        "the action that 02's --labels teacher took at each step, and this weight times "
+        "its squared error per step joins the loss, so h carries what a linear C needs "
+        "(needs 02 --labels; see lib/models/task_head.py)",
+    )
+    p.add_argument(
         "--max-episodes",
         type=cli.positive_int,
         default=None,
@@ -160,7 +180,11 @@ def batches_for_epoch(mode, data, z, args, rng):
 
 
 def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
-    """Held-out NLL per latent dim, reward MSE and done accuracy / recall."""
+    """Held-out NLL per latent dim, reward MSE and done accuracy / recall, and with a
+    task head (and labelled data) its loss per step and R² (1 - its squared error
+    over the targets' total sum of squares about their mean)."""
+    task = bool(model.task_size) and data.teacher is not None
+    targets, errors = [], []
     sums = {
         "nll": 0.0,
         "steps": 0.0,
@@ -175,6 +199,7 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
             state = None
             for ch in rnn_data.chunks(rnn_data.episode_batch(data, z, np.sort(eps)), seq_len):
                 out = model(xp.asarray(ch["z"]), xp.asarray(ch["a"]), state)
+                h0 = None if state is None else state[0]
                 state = (out.state[0].array, out.state[1].array)
                 b, t = ch["mask"].shape
                 mask = ch["mask"].reshape(-1)
@@ -191,6 +216,12 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 )
                 sums["nll"] += float(nll.array) * n
                 sums["steps"] += n
+                if task:
+                    pred = devices.to_host(model.task_prediction(ch["z"], out.h, h0).array)
+                    target, labelled = task_targets(ch["teacher"].reshape(b * t, -1))
+                    keep = (labelled.min(axis=1) * mask) > 0
+                    targets.append(target[keep])
+                    errors.append((pred - target)[keep])
                 if model.can_dream:
                     pred = devices.to_host(out.reward).reshape(-1)
                     sums["reward_se"] += float(
@@ -208,6 +239,11 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
         out["test_reward_mse"] = sums["reward_se"] / n
         out["test_done_accuracy"] = sums["done_right"] / n
         out["test_done_recall"] = sums["pos_hit"] / max(sums["pos"], 1.0)
+    if task:
+        target, error = np.concatenate(targets), np.concatenate(errors)
+        out["test_task_loss"] = float((error**2).sum()) / n
+        total = float(((target - target.mean(axis=0)) ** 2).sum())
+        out["test_task_r2"] = 1.0 - float((error**2).sum()) / max(total, 1e-12)
     return out
 
 
@@ -310,6 +346,10 @@ def epoch_line(row, baselines, heads, seconds):
         text += f", held-out {row['test_nll']:.3f} (constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f})"
         if heads:
             text += f", reward MSE {row['test_reward_mse']:.4f}, done accuracy {row['test_done_accuracy']:.3f} recall {row['test_done_recall']:.2f}"
+    if "test_task_r2" in row:
+        text += f", task head R² {row['test_task_r2']:.3f}"
+    elif "train_task_loss" in row:
+        text += f", task loss {row['train_task_loss']:.3f}"
     return text + f", {seconds:.1f} s"
 
 
@@ -345,6 +385,11 @@ def main(argv=None):
 
     # INPUTS: V's encoding of every frame, cached by content hash.
     train, test = load_episodes(root, vae, vae_path, args.max_episodes)
+    if args.task_weight and train.teacher is None:
+        cli.fail(
+            f"--task-weight needs labelled episodes, and {train_dir} has none — "
+            "regenerate them with 02_generate_rnn_data.py --labels oracle (and --overwrite)"
+        )
     pos_weight = done_pos_weight(train, scalar_heads, args.done_pos_weight)
     z_test, baselines = held_out_baselines(train, test, args.seed)
 
@@ -359,11 +404,13 @@ def main(argv=None):
         "done_head": scalar_heads,
         "residual": args.residual,
     }
+    if args.task_weight:
+        config["task_size"] = int(train.action.shape[1])
     if args.outcome_head:
         config.update(outcome_head=True, **outcome_settings(train, args.done_pos_weight))
     model = MDNRNN(**config)
     model.to_device(device)
-    loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight)
+    loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight, args.task_weight)
     optimizer = FastAdam(alpha=args.lr)
     optimizer.setup(model)
     if args.grad_clip > 0:
@@ -383,6 +430,7 @@ def main(argv=None):
     reporter.add_observer("m", loss_fn)
     xp = model.xp
     keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
+    keys += ["task_loss"] if args.task_weight else []
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
     try:
@@ -412,6 +460,7 @@ def main(argv=None):
                                     xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
                                     xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
                                     xp.asarray(ch["outcome"]) if args.outcome_head else None,
+                                    ch["teacher"] if args.task_weight else None, ch["z"],
                                 )  # fmt: skip
                             run.check_loss(float(loss.array), "the M loss")
                             model.cleargrads()

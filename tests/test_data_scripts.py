@@ -248,7 +248,10 @@ def test_02_zero_episodes_is_a_valid_no_op(tmp_path, script):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, own",
-    [(VAE, ["--rollouts", "--testrollouts", "--labels"]), (RNN, ["--episodes", "--testepisodes"])],
+    [
+        (VAE, ["--rollouts", "--testrollouts", "--labels"]),
+        (RNN, ["--episodes", "--testepisodes", "--labels"]),
+    ],
 )
 def test_help_lists_every_flag(name, own, script):
     result = script(name, "--help")

@@ -193,3 +193,93 @@ def test_bench_models_runs_on_the_gpu():
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["name"] for r in lines] == ["dream_b1024", "rnn_train"]
     assert all(r["device"] == "cuda:0" and r["per_sec"] > 0 for r in lines)
+
+
+def _both_devices(cpu_dir):
+    """(name, V, M, M's sidecar) on the CPU and on GPU 0, from the CPU's models."""
+    from lib.models import checkpoints
+
+    out = []
+    for name, gpu in (("cpu", -1), ("gpu", 0)):
+        dev = devices.select_device(gpu)
+        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
+        rnn, rside = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
+        out.append((name, vae, rnn, rside))
+    return out
+
+
+def test_the_planner_plans_on_the_gpu_as_on_the_cpu(cpu_dir):
+    """PlannerAgent (K candidates rolled through M with CEM) on both devices: the same
+    frames give the same actions (its noise is drawn on the host and sent)."""
+    from lib.control.planner import PlannerAgent, PlanSettings
+    from lib.env import socnavenv as sn
+    from lib.models.controller import n_params
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    params = np.random.default_rng(1).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
+    actions, replaced = {}, {}
+    for name, vae, rnn, side in _both_devices(cpu_dir):
+        settings = PlanSettings(horizon=5, candidates=16, cem_iters=2, margin=0.0,
+                                done_pos_weight=side.get("done_pos_weight") or 1.0)  # fmt: skip
+        agent = PlannerAgent(4, vae, rnn, params, settings)
+        agent.reset(np.arange(4), np.arange(4) + 20, episodes=np.arange(4))
+        sim = sn.SocNavSim(4, sn.EnvConfig())
+        sim.active[:] = True
+        actions[name] = np.array([agent.act(sim, images) for images in frames])
+        replaced[name] = agent.replaced_fraction
+    assert isinstance(actions["gpu"], np.ndarray)
+    np.testing.assert_allclose(actions["gpu"], actions["cpu"], rtol=1e-3, atol=1e-4)
+    assert replaced["gpu"] == replaced["cpu"] > 0  # the plan did replace C's actions
+
+
+def test_dagger_fits_the_same_c_on_the_gpu(cpu_dir):
+    """TeacherLabels and DAgger (07 --imitate) on both devices: the same episodes
+    labelled, the same C fitted (its features [z, h] come from V and M on each)."""
+    from lib.control import imitation
+    from lib.env import socnavenv as sn
+
+    config = sn.EnvConfig(max_steps=30)
+    fitted, history = {}, {}
+    for name, vae, rnn, _ in _both_devices(cpu_dir):
+        fitted[name], rows = imitation.dagger(vae, rnn, "greedy", config, 0, 2, 4)
+        history[name] = [(r.steps, r.episodes) for r in rows]
+    assert history["gpu"] == history["cpu"]
+    # The ridge solve amplifies the devices' float rounding of [z, h] (about 1e-6) to
+    # about 1e-2 in C on so few steps; a wrong feature would move it by its own size.
+    np.testing.assert_allclose(
+        fitted["gpu"], fitted["cpu"], atol=0.02 * np.abs(fitted["cpu"]).max()
+    )
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory):
+    """01 and 02 with oracle labels and 03 (z 8), for the task heads."""
+    d = tmp_path_factory.mktemp("labelled") / "data"
+    common = ["--max-steps", 40, "--workers", 1, "--labels", "oracle", "--data-dir", d]
+    run("01_generate_vae_data.py", "--rollouts", 6, "--testrollouts", 1, *common)
+    run("02_generate_rnn_data.py", "--episodes", 10, "--testepisodes", 2, *common)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--z-size", 8, "--data-dir", d)
+    return d
+
+
+@pytest.mark.parametrize("script", ["03", "04"])
+def test_the_task_heads_train_on_the_gpu_with_the_cpus_losses(labelled_dir, tmp_path, script):
+    """03 and 04 with --task-weight (V's head on z, M's on [z, h]) on both devices."""
+    if script == "03":
+        cmd = ["03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--z-size", 8,
+               "--task-weight", 100]  # fmt: skip
+        log, keys = "vae_log.csv", ("train_loss", "train_task", "test_task", "test_task_r2")
+    else:
+        cmd = ["04_train_rnn.py", "--mode", "dream", "--residual", "--outcome-head",
+               "--epochs", 2, "--batch-size", 4, "--hidden", 16, "--task-weight", 1]  # fmt: skip
+        log, keys = "rnn_dream_log.csv", ("train_loss", "train_task_loss", "test_task_r2")
+    rows = {}
+    for name, gpu in (("cpu", -1), ("gpu", 0)):
+        d = tmp_path / name
+        shutil.copytree(labelled_dir, d)
+        run(*cmd, "--overwrite", "--gpu", gpu, "--data-dir", d)
+        rows[name] = read_log(d / "models" / log)
+    for c, g in zip(rows["cpu"], rows["gpu"]):
+        for key in keys:
+            assert float(g[key]) == pytest.approx(float(c[key]), rel=1e-3, abs=1e-4), key

@@ -332,3 +332,78 @@ def test_constructor_rejects_bad_sizes():
         MDNRNN(z_size=0)
     with pytest.raises(ValueError, match="log-sigma"):
         MDNRNN(log_sigma_min=1.0, log_sigma_max=1.0)
+
+
+# ---------------------------------------------------------------------------
+# The task head on [z, h] (04 --task-weight)
+# ---------------------------------------------------------------------------
+def test_task_head_reads_z_and_the_state_before_it_as_the_agent_does():
+    """The head's input at step t is [z_t, h_t] with h_t M's state before z_t, the
+    features the linear C acts on (WorldModelsAgent), also across a BPTT cut."""
+    rng = np.random.default_rng(11)
+    model = MDNRNN(z_size=8, hidden_size=16, outcome_head=True, task_size=2)
+    z, a, *_ = _batch(rng, steps=7)
+    h = np.zeros((3, 16), np.float32)
+    state, expected = None, []
+    for t in range(7):
+        expected.append(np.concatenate([z[:, t], h], 1) @ model.task.W.array.T + model.task.b.array)
+        out = model.step(z[:, t], a[:, t], state, mixture=False)
+        state, h = out.state, out.h
+    expected = np.stack(expected, 1).reshape(21, 2)
+    whole = model(z, a)
+    np.testing.assert_allclose(model.task_prediction(z, whole.h).array, expected, atol=1e-5)
+    first = model(z[:, :3], a[:, :3])
+    rest = model(z[:, 3:], a[:, 3:], first.state)
+    parts = [
+        model.task_prediction(z[:, :3], first.h).array.reshape(3, 3, 2),
+        model.task_prediction(z[:, 3:], rest.h, first.state[0]).array.reshape(3, 4, 2),
+    ]
+    np.testing.assert_allclose(np.concatenate(parts, 1).reshape(21, 2), expected, atol=1e-5)
+
+
+def test_task_loss_is_added_with_its_weight_over_the_unmasked_labelled_steps():
+    from lib.models.task_head import task_targets
+
+    rng = np.random.default_rng(12)
+    model = MDNRNN(z_size=8, hidden_size=16, reward_head=True, done_head=True, task_size=2)
+    z, a, z_next, reward, done = _batch(rng)
+    teacher = rng.uniform(-1, 1, (3, 6, 2)).astype(np.float32)
+    teacher[1, 2] = np.nan  # an unlabelled step counts nothing
+    mask = np.ones(done.shape, np.float32)
+    mask[2, 4:] = 0
+    reporter = chainer.Reporter()
+    plain, task = MDNRNNLoss(model), MDNRNNLoss(model, task_weight=3.0)
+    reporter.add_observer("main", task)
+    observation = {}
+    base, _ = plain(z, a, z_next, mask, reward=reward, done=done)
+    with reporter.scope(observation):
+        loss, _ = task(z, a, z_next, mask, reward=reward, done=done, teacher=teacher)
+    pred = model.task_prediction(z, model(z, a).h).array
+    target, labelled = task_targets(teacher.reshape(18, 2))
+    err = ((pred - target) ** 2 * labelled * mask.reshape(18, 1)).sum() / mask.sum()
+    np.testing.assert_allclose(float(observation["main/task_loss"].array), err, rtol=1e-5)
+    np.testing.assert_allclose(float(loss.array), float(base.array) + 3.0 * err, rtol=1e-5)
+    # The gradient reaches the LSTM: that is what shapes h.
+    model.cleargrads()
+    task(z, a, z_next, mask, reward=reward, done=done, teacher=teacher)[0].backward()
+    with_task = model.w_h.grad.copy()
+    model.cleargrads()
+    plain(z, a, z_next, mask, reward=reward, done=done)[0].backward()
+    assert np.abs(with_task - model.w_h.grad).max() > 1e-6
+    with pytest.raises(ValueError, match="teacher"):
+        task(z, a, z_next, mask, reward=reward, done=done)
+    with pytest.raises(ValueError, match="task head"):
+        MDNRNNLoss(MDNRNN(z_size=8, hidden_size=16), task_weight=1.0)
+    with pytest.raises(ValueError, match="task_size"):
+        MDNRNN(z_size=8, task_size=-1)
+
+
+def test_task_head_round_trips_through_the_config(tmp_path):
+    model = MDNRNN(z_size=8, hidden_size=16, task_size=2)
+    assert model.config()["task_size"] == 2
+    assert "task_size" not in MDNRNN(z_size=8, hidden_size=16).config()  # older sidecars alike
+    path = str(tmp_path / "m.npz")
+    serializers.save_npz(path, model)
+    again = MDNRNN(**json.loads(json.dumps(model.config())))
+    serializers.load_npz(path, again)
+    np.testing.assert_array_equal(again.task.W.array, model.task.W.array)

@@ -168,6 +168,7 @@ def test_draw_rnn_result(trained_v, tmp_path):
         (["--mode", "bogus"], "--mode"),
         (["--epochs", "0"], "--epochs"),
         (["--ss-max", "2"], "--ss-max"),
+        (["--task-weight", "-1"], "--task-weight"),
         (["--gpu", "0"], "CuPy"),
     ],
 )
@@ -219,3 +220,39 @@ def test_residual_m_starts_from_copying_z():
         np.testing.assert_allclose(step.mixture.mu, params.mu[:, t], atol=1e-6)
     assert m.step(z[:, 0], a[:, 0], mixture=False).mixture is None
     assert MDNRNN(**m.config()).residual
+
+
+def test_task_weight_trains_ms_head_on_02s_labels_and_refuses_without(trained_v, tmp_path):
+    d = copy_data(trained_v, tmp_path)
+    # Without labels: one line that says how to get them, and nothing written.
+    line = one_line_error(train(d, "dream", "--outcome-head", "--task-weight", 1, check=False))
+    assert "--labels" in line and "02_generate_rnn_data.py" in line
+    assert not list((d / "models").glob("rnn_dream*"))
+    # 02 --labels: the same episodes, labelled; the latent cache carries the labels.
+    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 2, "--max-steps", 40,
+        "--workers", 1, "--labels", "oracle", "--overwrite", "--data-dir", d)  # fmt: skip
+    proc = train(d, "dream", "--residual", "--outcome-head", "--task-weight", 1)
+    assert "task head R²" in proc.stdout
+    sidecar = json.loads((d / "models" / "rnn_dream.json").read_text())
+    assert sidecar["config"]["task_size"] == 2
+    rows = log_rows(d, "dream")
+    assert all(float(r["train_task_loss"]) > 0 for r in rows)
+    assert all(
+        np.isfinite(float(r["test_task_r2"])) and float(r["test_task_r2"]) <= 1 for r in rows
+    )
+    assert float(rows[-1]["train_task_loss"]) < float(rows[0]["train_task_loss"])
+    from lib.env.rollouts import list_rollouts, load_episode
+    from lib.models import checkpoints
+
+    vae, _ = checkpoints.load_vae(str(d))
+    data, info = latents.encode_split(
+        str(d / "rnn_data" / "train"), vae, str(d / "models" / "vae.npz")
+    )
+    assert not info["rebuilt"]
+    files = list_rollouts(str(d / "rnn_data" / "train"))
+    labels = np.concatenate([load_episode(f)["teacher"] for f in files])
+    np.testing.assert_array_equal(data.teacher, labels)
+    batch = rnn_data.episode_batch(data, data.mu, np.array([1]))
+    n = int(data.lengths[1])
+    np.testing.assert_array_equal(batch["teacher"][0, :n], data.episode(1)["teacher"])
+    assert checkpoints.load_rnn(str(d), "dream", 8)[0].task_size == 2  # rebuilt with its head

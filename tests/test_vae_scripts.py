@@ -13,13 +13,12 @@ from cli_helpers import one_line_error, run
 
 from lib.data import frames
 from lib.env import socnavenv as sn
+from lib.models.task_head import task_loss, task_targets
 from lib.models.vae import (
     ConvVAE,
     VAELoss,
     goal_weights,
     object_weights,
-    task_loss,
-    task_targets,
 )
 
 

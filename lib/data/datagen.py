@@ -207,6 +207,21 @@ def env_config(args) -> sn.EnvConfig:
     )
 
 
+# The privileged policies that may label frames (01 / 02 --labels).
+LABEL_POLICIES = [p for p in POLICY_NAMES if p in ("greedy", "greedy_avoid", "oracle")]
+
+
+def add_labels_arg(p, used_by: str) -> None:
+    """`--labels`: record, at every frame, what a privileged policy would do there."""
+    p.add_argument(
+        "--labels",
+        choices=LABEL_POLICIES,
+        default=None,
+        help="also record, at every frame, the action this privileged policy would take "
+        f"there (not played), for {used_by}; default: no labels, as in the paper",
+    )
+
+
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
     p.add_argument(

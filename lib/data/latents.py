@@ -11,6 +11,7 @@ posterior means and log-variances with the actions, rewards and dones in one
 | reward | (sum(T_e),) | float32 | rewards |
 | done | (sum(T_e),) | bool | True on each episode's last step |
 | outcome | (sum(T_e),) | int8 | how each step ended: `socnavenv` code, RUNNING but on the last step |
+| teacher | (sum(T_e), 2) | float32 | optional, when every episode has labels (02 `--labels`): a teacher's action at each step's frame |
 | frame_offsets | (E + 1,) | int64 | episode e's frames are [frame_offsets[e], frame_offsets[e+1]) |
 | step_offsets | (E + 1,) | int64 | episode e's steps likewise |
 | files | (E,) | str | source file names |
@@ -70,6 +71,7 @@ class LatentEpisodes:
                     for a, b in zip(self.step_offsets[:-1], self.step_offsets[1:])
                 ]
             )
+        self.teacher = arrays.get("teacher")  # (sum(T), 2) float32, or None: no labels
         self.files = [str(f) for f in arrays["files"]]
 
     def __len__(self) -> int:
@@ -85,10 +87,12 @@ class LatentEpisodes:
         return np.diff(self.step_offsets)
 
     def episode(self, e: int) -> dict:
-        """Views of episode e: mu/logvar (T+1, z), action (T, 2), reward, done (T,)."""
+        """Views of episode e: mu/logvar (T+1, z), action (T, 2), reward, done (T,),
+        and teacher (T, 2) when the data has labels."""
         f0, f1 = self.frame_offsets[e], self.frame_offsets[e + 1]
         s0, s1 = self.step_offsets[e], self.step_offsets[e + 1]
-        return {
+        extra = {} if self.teacher is None else {"teacher": self.teacher[s0:s1]}
+        return extra | {
             "mu": self.mu[f0:f1],
             "logvar": self.logvar[f0:f1],
             "action": self.action[s0:s1],
@@ -166,8 +170,9 @@ def encode_split(
         f1, s1 = arrays["frame_offsets"][e], arrays["step_offsets"][e]
         for k in ("mu", "logvar"):
             arrays[k] = arrays[k][:f1]
-        for k in ("action", "reward", "done", "outcome"):
-            arrays[k] = arrays[k][:s1]
+        for k in ("action", "reward", "done", "outcome", "teacher"):
+            if k in arrays:
+                arrays[k] = arrays[k][:s1]
         arrays["frame_offsets"] = arrays["frame_offsets"][: e + 1]
         arrays["step_offsets"] = arrays["step_offsets"][: e + 1]
         arrays["files"] = arrays["files"][:e]
@@ -177,7 +182,7 @@ def encode_split(
 
 def _build(files, vae, path, info, progress):
     size = vae.image_size if hasattr(vae, "image_size") else None
-    parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done", "outcome")}
+    parts = {k: [] for k in ("mu", "logvar", "action", "reward", "done", "outcome", "teacher")}
     f_off, s_off, names, skipped = [0], [0], [], []
     encoder = make_encoder(vae)
     for k, file in enumerate(files):
@@ -192,6 +197,8 @@ def _build(files, vae, path, info, progress):
         for key in ("action", "reward", "done"):
             parts[key].append(ep[key])
         parts["outcome"].append(step_outcomes(ep))
+        if ep.get("teacher") is not None:
+            parts["teacher"].append(np.asarray(ep["teacher"], np.float32))
         f_off.append(f_off[-1] + len(mu))
         s_off.append(s_off[-1] + len(ep["action"]))
         names.append(os.path.basename(file))
@@ -199,6 +206,8 @@ def _build(files, vae, path, info, progress):
             progress(k + 1, len(files))
     if not names:
         raise NoEpisodesError(f"no usable episode files in {os.path.dirname(files[0])}")
+    if len(parts["teacher"]) != len(names):  # labels only when every episode has them
+        del parts["teacher"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_path(path) as tmp:
         np.savez(

@@ -14,7 +14,9 @@ Two ways to cut episodes into training batches, matching 04's modes:
 A batch is a dict of (B, T, ...) float32 arrays: `z` (inputs z_t), `a`, `z_next`
 (targets z_{t+1}), `reward`, `done`, `outcome` (int8 `socnavenv` codes, see
 `latents.step_outcomes`) and `mask` (1 on real steps, 0 on padding;
-an episode's steps end at its done, so nothing after done counts).
+an episode's steps end at its done, so nothing after done counts); with labelled
+data (02 `--labels`) also `teacher` (B, T, 2), the teacher's action at each step's
+frame (zero on padding).
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ def _fill(batch: dict, row: int, data: LatentEpisodes, z: np.ndarray, e: int, t0
     batch["done"][row, :n] = data.done[s0 + t0 : s0 + t1]
     batch["outcome"][row, :n] = data.outcome[s0 + t0 : s0 + t1]
     batch["mask"][row, :n] = 1.0
+    if data.teacher is not None:
+        batch["teacher"][row, :n] = data.teacher[s0 + t0 : s0 + t1]
 
 
-def _empty(b: int, t: int, z_size: int, a_size: int) -> dict:
-    return {
+def _empty(b: int, t: int, z_size: int, a_size: int, labels: bool = False) -> dict:
+    extra = {"teacher": np.zeros((b, t, a_size), np.float32)} if labels else {}
+    return extra | {
         "z": np.zeros((b, t, z_size), np.float32),
         "z_next": np.zeros((b, t, z_size), np.float32),
         "a": np.zeros((b, t, a_size), np.float32),
@@ -66,7 +71,8 @@ def episode_plan(n_episodes: int, batch_size: int, rng: np.random.Generator) -> 
 def episode_batch(data: LatentEpisodes, z: np.ndarray, episodes: np.ndarray) -> dict:
     """Whole episodes, padded to the longest: a batch of (B, T_max, ...)."""
     lengths = data.lengths[episodes]
-    batch = _empty(len(episodes), int(lengths.max()), data.z_size, data.action.shape[1])
+    labels = data.teacher is not None
+    batch = _empty(len(episodes), int(lengths.max()), data.z_size, data.action.shape[1], labels)
     for row, e in enumerate(episodes):
         _fill(batch, row, data, z, int(e), 0, int(lengths[row]))
     return batch
@@ -105,7 +111,8 @@ def window_plan(
 
 def window_batch(data: LatentEpisodes, z: np.ndarray, windows: np.ndarray, window: int) -> dict:
     """Windows of `window` steps (shorter episodes are padded and masked)."""
-    batch = _empty(len(windows), window, data.z_size, data.action.shape[1])
+    labels = data.teacher is not None
+    batch = _empty(len(windows), window, data.z_size, data.action.shape[1], labels)
     for row, (e, start) in enumerate(windows):
         end = min(int(start) + window, int(data.lengths[e]))
         _fill(batch, row, data, z, int(e), int(start), end)

@@ -39,6 +39,7 @@ from chainer import backend, initializers
 
 from lib.env import socnavenv as sn
 from lib.kernels import fast_lstm, mdn
+from lib.models.task_head import task_loss
 
 # The outcome head's classes (beyond the paper): how a step ends, as `socnavenv`'s
 # codes 0-3. A timeout is the task's rule (a step count), not something M sees, so
@@ -237,6 +238,9 @@ class MDNRNN(chainer.Chain):
         outcome_weights: 4 floats, the class weights the outcome loss used;
             their logs are subtracted from the logits so the probabilities
             are calibrated (see `calibrated_done_logit`). Ones when None.
+        task_size: int; > 0 adds a linear task head from [z_t, h_t], the linear C's
+            input, to a teacher's action (`task_prediction`, `lib.models.task_head`;
+            04 `--task-weight`, not in the paper). 0 (default): none.
 
     Raises:
         ValueError: sizes that are not positive, or an empty log-sigma range.
@@ -256,6 +260,7 @@ class MDNRNN(chainer.Chain):
         outcome_head=False,
         shaping_bound=0.02,
         outcome_weights=None,
+        task_size=0,
     ):
         super().__init__()
         # Residual M (beyond the paper): the mixture means are offsets from the
@@ -292,6 +297,9 @@ class MDNRNN(chainer.Chain):
         if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
             raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
         self.outcome_weights = [float(w) for w in weights]
+        if int(task_size) < 0:
+            raise ValueError(f"task_size must be >= 0, got {task_size}")
+        self.task_size = int(task_size)
         hidden = self.hidden_size
         bias = np.zeros(4 * hidden, np.float32)
         bias[2 * hidden : 3 * hidden] = 1.0  # forget gate (blocks a, i, f, o)
@@ -308,6 +316,8 @@ class MDNRNN(chainer.Chain):
             if self.outcome_head:
                 self.outcome = L.Linear(hidden, len(OUTCOME_CLASSES))
                 self.shaping = L.Linear(hidden, 1)
+            if self.task_size:
+                self.task = L.Linear(self.z_size + hidden, self.task_size)
 
     @property
     def can_dream(self):
@@ -329,7 +339,7 @@ class MDNRNN(chainer.Chain):
             "outcome_head": self.outcome_head,
             "shaping_bound": self.shaping_bound,
             "outcome_weights": self.outcome_weights,
-        }
+        } | ({"task_size": self.task_size} if self.task_size else {})
 
     def initial_state(self, batch):
         """Zero LSTM state for `batch` agents: (h, c), two (B, H) float32 arrays."""
@@ -350,7 +360,9 @@ class MDNRNN(chainer.Chain):
         Returns:
             `SequenceOutput` of Variables.
         """
-        z, a = (v.array if isinstance(v, chainer.Variable) else v for v in (z, a))
+        z, a = (
+            self.xp.asarray(v.array if isinstance(v, chainer.Variable) else v) for v in (z, a)
+        )  # either may come from the host (04's actions, scheduled_inputs' a)
         batch, steps, _ = z.shape
         x = self.xp.concatenate([z, a], axis=2).astype(np.float32, copy=False)
         h0, c0 = (None, None) if state is None else state
@@ -378,6 +390,25 @@ class MDNRNN(chainer.Chain):
             reward, done = chainer.Variable(reward), chainer.Variable(done)
             return SequenceOutput(hs, mixture, reward, done, (h, c), logit, shaping)
         return SequenceOutput(hs, mixture, reward, done, (h, c))
+
+    def task_prediction(self, z, hs, h0=None):
+        """The task head's prediction at every step from [z_t, h_t], the features the
+        linear C reads: h_t is the state *before* z_t (`hs[:, t-1]`, `h0` at t = 0).
+
+        Args:
+            z: (B, T, Z) the steps' latents (the real ones, not scheduled samples).
+            hs: (B, T, H) Variable, `forward`'s states after each step.
+            h0: (B, H) the state the sequence started from; zeros when None.
+
+        Returns:
+            (B * T, task_size) Variable.
+        """
+        batch, steps = z.shape[:2]
+        h0 = self.initial_state(batch)[0] if h0 is None else h0
+        h0 = h0.array if isinstance(h0, chainer.Variable) else h0
+        before = F.concat([F.reshape(h0, (batch, 1, -1)), hs[:, : steps - 1]], axis=1)
+        x = F.concat([self.xp.asarray(z, np.float32), before], axis=2)
+        return self.task(F.reshape(x, (batch * steps, -1)))
 
     def outcome_values(self, logit, shaping):
         """The outcome head's raw outputs as (expected reward, done log-odds, class
@@ -628,17 +659,29 @@ class MDNRNNLoss(chainer.Chain):
         reward_weight: float, weight of the reward loss.
         done_weight: float, weight of the done loss.
         done_pos_weight: float, weight of the positive class in the done loss.
+        task_weight: float; > 0 adds this times the task head's squared error per
+            step (`lib.models.task_head.task_loss`), reported as `task_loss`. 0: none.
     """
 
-    def __init__(self, model, reward_weight=1.0, done_weight=1.0, done_pos_weight=1.0):
+    def __init__(
+        self, model, reward_weight=1.0, done_weight=1.0, done_pos_weight=1.0, task_weight=0.0
+    ):
         super().__init__()
+        self.task_weight = float(task_weight)
+        if self.task_weight < 0:
+            raise ValueError(f"task_weight must be >= 0, got {task_weight}")
+        if self.task_weight and not model.task_size:
+            raise ValueError("a task weight needs an M with a task head (MDNRNN(task_size=A))")
         self.reward_weight = float(reward_weight)
         self.done_weight = float(done_weight)
         self.done_pos_weight = float(done_pos_weight)
         with self.init_scope():
             self.model = model
 
-    def forward(self, z, a, z_next, mask=None, reward=None, done=None, state=None, outcome=None):
+    def forward(
+        self, z, a, z_next, mask=None, reward=None, done=None, state=None, outcome=None,
+        teacher=None, z_task=None,
+    ):  # fmt: skip
         """Loss of a batch of sequences.
 
         Args:
@@ -652,6 +695,10 @@ class MDNRNNLoss(chainer.Chain):
             state: (h, c) initial LSTM state (see `MDNRNN.forward`).
             outcome: (B, T) int `socnavenv` outcome codes of the steps;
                 required with the outcome head (with `reward`).
+            teacher: (B, T, A) the teacher's actions at the steps' frames; required
+                with a task weight.
+            z_task: (B, T, Z) the latents the task head reads (the real ones when
+                `z` holds scheduled samples); `z` when None.
 
         Returns:
             (loss, state): scalar float32 Variable and the final (h, c).
@@ -705,6 +752,14 @@ class MDNRNNLoss(chainer.Chain):
             reward_loss = F.sum(err * err * running) / max(float(running.sum()), 1.0)
             loss = loss + self.done_weight * done_loss + self.reward_weight * reward_loss
             report.update(done_loss=done_loss, reward_loss=reward_loss)
+        if self.task_weight:
+            if teacher is None:
+                raise ValueError("a task weight needs the steps' teacher labels: pass teacher")
+            h0 = None if state is None else state[0]
+            pred = m.task_prediction(z if z_task is None else z_task, out.h, h0)
+            labels = xp.asarray(teacher, np.float32).reshape(batch * steps, -1)
+            report["task_loss"] = task_loss(pred, labels, mask)
+            loss = loss + self.task_weight * report["task_loss"]
         report["loss"] = loss
         chainer.reporter.report(report, self)
         return loss, out.state

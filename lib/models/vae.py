@@ -31,6 +31,7 @@ import numpy as np
 from lib.devices import to_host
 from lib.kernels.fast_encoder import make_encoder
 from lib.kernels.fastconv import ConvolutionNHWC, DeconvolutionNHWC
+from lib.models.task_head import task_loss
 
 # Frames or latents per call when encoding or decoding many without a graph.
 INFERENCE_BATCH = 500
@@ -428,7 +429,7 @@ class VAELoss(chainer.Chain):
         goal_weight: float, a further factor on the goal's pixels (see `goal_weights`);
             1 (default) weighs the goal like the other objects.
         task_weight: float; > 0 adds `task_weight` times the task loss (see
-            `task_loss`; V needs a `task` head), reported as `task`; 0 (default, the
+            `lib.models.task_head`; V needs a `task` head), reported as `task`; 0 (default, the
             paper) has none.
     """
 
@@ -482,26 +483,6 @@ class VAELoss(chainer.Chain):
             report["loss"] = loss
         chainer.reporter.report(report, self)
         return loss
-
-
-TASK_CLIP = 0.96  # atanh(0.96) = 1.95: a saturated action is a finite target
-
-
-def task_targets(labels, xp=np):
-    """(atanh of the actions clipped to ±TASK_CLIP, 0/1 mask of the labelled rows):
-    the task head predicts the action before C's tanh, as C's own fit does
-    (`lib.control.imitation.LinearFit`)."""
-    labels = xp.asarray(labels, np.float32)
-    mask = ~xp.isnan(labels)
-    target = xp.arctanh(xp.clip(xp.where(mask, labels, 0), -TASK_CLIP, TASK_CLIP))
-    return target.astype(np.float32), mask.astype(np.float32)
-
-
-def task_loss(prediction, labels):
-    """Summed squared error of the task head's prediction (B, A) against
-    `task_targets(labels)`, over labelled rows, per frame of the batch."""
-    target, mask = task_targets(labels, prediction.xp)
-    return F.sum(F.squared_difference(prediction, target) * mask) / prediction.shape[0]
 
 
 def encode_frames(vae, frames: np.ndarray, batch_size: int = INFERENCE_BATCH, encoder=None):
