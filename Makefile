@@ -93,9 +93,15 @@ AGENT_Z_SIZE ?= 128
 AGENT_SPATIAL ?= 8
 AGENT_GOAL_WEIGHT ?= 1
 AGENT_M_EPOCHS ?= 20
+# > 0: M's episodes are labelled with the oracle's action (02 --labels oracle) and M learns
+# to predict it linearly from [z, h], C's input (04 --task-weight); 0: the paper's M
+AGENT_M_TASK_WEIGHT ?= 0
 AGENT_C_GENERATIONS ?= 50
 # DAgger iterations of C's imitation of the oracle (07 --imitate-iterations; docs/experiments.md)
 AGENT_C_IMITATION_ITERATIONS ?= 10
+# The privileged teacher C imitates (07 --imitate; lib/env/policies.py): the oracle with
+# wider clearance from people, which a linear C imitates with fewer collisions
+AGENT_C_TEACHER ?= cautious_oracle
 AGENT_DREAM_GENERATIONS ?= 100
 AGENT_TEST_EPISODES ?= 500
 # --resume when the step's snapshot exists (it was interrupted), else a fresh run.
@@ -111,17 +117,17 @@ agent: $(A)/08.done
 $(A)/01.done: | venv
 	$(call step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 $(if $(filter-out 0,$(AGENT_TASK_WEIGHT)),--labels oracle) --data-dir $(AGENT_DIR))
 $(A)/02.done: $(A)/01.done
-	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(AGENT_DIR))
+	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 $(if $(filter-out 0,$(AGENT_M_TASK_WEIGHT)),--labels oracle) --data-dir $(AGENT_DIR))
 $(A)/03.done: $(A)/02.done
 	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --task-weight $(AGENT_TASK_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
-	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
+	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --task-weight $(AGENT_M_TASK_WEIGHT) --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done
 	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
 $(A)/inputs.done: $(A)/diagnostics.done
-	$(call step,inputs,$(PY) probe_controller.py --data-dir $(AGENT_DIR))
+	$(call step,inputs,$(PY) probe_controller.py --teacher $(AGENT_C_TEACHER) --iterations $(AGENT_C_IMITATION_ITERATIONS) --data-dir $(AGENT_DIR))
 $(A)/07.done: $(A)/inputs.done
-	$(call step,07,$(PY) 07_train_controller.py --imitate oracle --imitate-iterations $(AGENT_C_IMITATION_ITERATIONS) --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
+	$(call step,07,$(PY) 07_train_controller.py --imitate $(AGENT_C_TEACHER) --imitate-iterations $(AGENT_C_IMITATION_ITERATIONS) --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
 $(A)/07dream.done: $(A)/07.done
 	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
 $(A)/check.done: $(A)/07dream.done

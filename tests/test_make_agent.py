@@ -29,7 +29,10 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert steps == [
         "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "08"
     ]  # fmt: skip
-    assert "probe_controller.py --data-dir" in script_lines(lines, "inputs")[0]
+    assert (
+        "probe_controller.py --teacher cautious_oracle --iterations 10 --data-dir"
+        in script_lines(lines, "inputs")[0]
+    )
     assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
     assert "--overwrite" in script_lines(lines, "03")[0]
     assert "--object-weight 50" in script_lines(lines, "03")[0]
@@ -42,9 +45,12 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
     assert "--outcome-head" in script_lines(lines, "04")[0]
     assert "--episodes 3000" in script_lines(lines, "02")[0]
+    # M's task head did not help (docs/experiments.md): the paper's M, unlabelled episodes
+    assert "--labels" not in script_lines(lines, "02")[0]
+    assert "--task-weight 0 " in script_lines(lines, "04")[0]
     (c,) = script_lines(lines, "07")
     assert (
-        "--imitate oracle --imitate-iterations 10" in c
+        "--imitate cautious_oracle --imitate-iterations 10" in c
         and "--eval-episodes 200" in c
         and "--sigma 0.02" in c
     )
@@ -60,15 +66,23 @@ def test_spatial_0_gives_the_dense_z_of_agent_z_size(tmp_path):
     assert "--z-size 128" in v and "--spatial" not in v
 
 
-def test_task_weight_0_gives_the_papers_v_on_unlabelled_frames(tmp_path):
+@pytest.mark.parametrize(
+    "step, data_step, weight, labels",
+    [("03", "01", "AGENT_TASK_WEIGHT=0", None), ("04", "02", "AGENT_M_TASK_WEIGHT=1", "oracle")],
+)
+def test_a_task_weight_labels_the_data_its_model_reads(tmp_path, step, data_step, weight, labels):
     proc = subprocess.run(
-        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", "AGENT_TASK_WEIGHT=0"],
+        ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", weight],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     lines = proc.stdout.splitlines()
-    (data,) = [ln for ln in lines if "agent step 01:" in ln]
-    (v,) = [ln for ln in lines if "agent step 03:" in ln]
-    assert "--labels" not in data and "--task-weight 0" in v
+    (data,) = [ln for ln in lines if f"agent step {data_step}:" in ln]
+    (model,) = [ln for ln in lines if f"agent step {step}:" in ln]
+    assert f"--task-weight {weight.split('=')[1]} " in model
+    if labels is None:
+        assert "--labels" not in data
+    else:
+        assert f"--labels {labels}" in data
 
 
 def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):

@@ -193,6 +193,19 @@ def test_oracle_steers_around_a_person_and_picks_a_candidate(make_sim):
     np.testing.assert_array_equal(P.make_policy("oracle", 1).act(sim), [[1.0, 0.0]])
 
 
+def test_cautious_oracle_gives_a_person_a_wider_berth(make_sim):
+    # A person standing 1 m beside the straight line to the goal: the oracle drives
+    # past; the cautious oracle (wider clearance, heavier) turns away from them.
+    sim = make_sim([0.0, 0.0, 0.0], [3.0, 0.0], [[1.5, 1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(P.make_policy("oracle", 1).act(sim), [[1.0, 0.0]])
+    advance, rotation = P.make_policy("cautious_oracle", 1).act(sim)[0]
+    assert advance > 0 and rotation < 0
+    assert P.CAUTIOUS_SAFETY[1] > P.ORACLE_SAFETY[1] and P.CAUTIOUS_SAFETY[2] > P.ORACLE_SAFETY[2]
+    # With nobody near, both drive straight at the goal.
+    sim = make_sim([0.0, 0.0, 0.0], [3.0, 0.0])
+    np.testing.assert_array_equal(P.make_policy("cautious_oracle", 1).act(sim), [[1.0, 0.0]])
+
+
 def test_policies_shapes_and_ranges():
     sim = sn.SocNavSim(5)
     sim.reset_seeds(range(5))

@@ -36,7 +36,7 @@ from lib.env.rollouts import run_episodes
 from lib.kernels.fast_encoder import make_encoder
 from lib.seeding import derive_seeds
 
-TEACHERS = ("greedy", "greedy_avoid", "oracle")
+TEACHERS = ("greedy", "greedy_avoid", "oracle", "cautious_oracle")
 ACTION_CLIP = 0.96  # atanh(0.96) = 1.95: a saturated teacher action is a finite target
 RIDGE = 1e-3  # penalty per recorded step, on features of order one (z ~ N(0, 1), h in [-1, 1])
 LOCKSTEP = 64

@@ -202,13 +202,13 @@ def mean_episode_length(directory: str, limit: int = 50) -> float:
 
 def env_config(args) -> sn.EnvConfig:
     """The environment `add_generation_args`' flags describe."""
-    return sn.EnvConfig(
-        n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size
-    )
+    return sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size)
 
 
 # The privileged policies that may label frames (01 / 02 --labels).
-LABEL_POLICIES = [p for p in POLICY_NAMES if p in ("greedy", "greedy_avoid", "oracle")]
+LABEL_POLICIES = [
+    p for p in POLICY_NAMES if p in ("greedy", "greedy_avoid", "oracle", "cautious_oracle")
+]
 
 
 def add_labels_arg(p, used_by: str) -> None:

@@ -11,6 +11,10 @@ behaviour policies that generate V's and M's training data:
 - `oracle`: a look-ahead planner reading the true simulator state (DWA style:
   45 constant actions, people predicted at constant velocity over 1 s). It is
   the ceiling, not a fair competitor: it sees everything exactly.
+- `cautious_oracle`: the oracle with a wider and heavier cost for passing close
+  to people (1.5 m, not 0.9 m). It succeeds a little less often itself, but a
+  linear C that imitates it collides less than one imitating the oracle
+  (`make agent`'s teacher for C; docs/experiments.md).
 - `mixed`: each episode runs one of random / brownian / noisy greedy_avoid,
   chosen by the episode's seed; the default data policy, so that M's reward
   and done heads see successes as well as failures.
@@ -31,7 +35,15 @@ from numba import njit
 
 from lib.env import socnavenv as sn
 
-POLICY_NAMES = ("random", "brownian", "greedy", "greedy_avoid", "oracle", "mixed")
+POLICY_NAMES = (
+    "random",
+    "brownian",
+    "greedy",
+    "greedy_avoid",
+    "oracle",
+    "cautious_oracle",
+    "mixed",
+)
 
 
 def _policy_rng(seed: int) -> np.random.Generator:
@@ -185,8 +197,17 @@ _ORACLE_ROT = np.linspace(-1.0, 1.0, 9)
 ORACLE_ACTIONS = np.array([[a, r] for a in _ORACLE_ADV for r in _ORACLE_ROT])  # (45, 2)
 
 
+# The oracle's safety terms: (margin, clearance, clearance weight). A candidate dies where
+# it comes within COLLISION_DISTANCE + margin of a person's predicted position, and pays
+# weight * (clearance - d)^2 per step within clearance (more for nearer steps).
+ORACLE_SAFETY = (0.12, 0.9, 2.0)
+CAUTIOUS_SAFETY = (0.12, 1.5, 30.0)
+
+
 @njit(cache=True)
-def _oracle_kernel(robot, goal, humans, active, half, dt, candidates, horizon, out):
+def _oracle_kernel(
+    robot, goal, humans, active, half, dt, candidates, horizon, out, margin, clearance, weight
+):
     """Scores every candidate action by simulating `horizon` steps ahead."""
     n = robot.shape[0]
     n_c = candidates.shape[0]
@@ -220,13 +241,13 @@ def _oracle_kernel(robot, goal, humans, active, half, dt, candidates, horizon, o
                     hx = humans[i, j, 0] + humans[i, j, 3] * math.cos(humans[i, j, 2]) * dt * t
                     hy = humans[i, j, 1] + humans[i, j, 3] * math.sin(humans[i, j, 2]) * dt * t
                     d = math.sqrt((x - hx) ** 2 + (y - hy) ** 2)
-                    if d < sn.COLLISION_DISTANCE + 0.12:
+                    if d < sn.COLLISION_DISTANCE + margin:
                         score -= 1000.0 * (horizon + 1 - t)
                         dead = True
                         break
-                    if d < 0.9:
+                    if d < clearance:
                         # Clearance cost, heavier for near-term predictions.
-                        score -= 2.0 * (0.9 - d) ** 2 * (horizon + 1 - t) / horizon
+                        score -= weight * (clearance - d) ** 2 * (horizon + 1 - t) / horizon
                 if dead:
                     break
                 dg = math.sqrt((x - goal[i, 0]) ** 2 + (y - goal[i, 1]) ** 2)
@@ -250,6 +271,7 @@ class OraclePolicy(Policy):
     """Look-ahead planner on the true state; the ceiling reference."""
 
     name = "oracle"
+    safety = ORACLE_SAFETY
 
     def __init__(self, n: int, horizon: int = 10):
         super().__init__(n)
@@ -267,8 +289,16 @@ class OraclePolicy(Policy):
             ORACLE_ACTIONS,
             self.horizon,
             out,
+            *self.safety,
         )
         return out.astype(np.float32)
+
+
+class CautiousOraclePolicy(OraclePolicy):
+    """The oracle with `CAUTIOUS_SAFETY`: a teacher a linear C imitates more safely."""
+
+    name = "cautious_oracle"
+    safety = CAUTIOUS_SAFETY
 
 
 class MixedPolicy(Policy):
@@ -312,6 +342,7 @@ _POLICIES = {
     "greedy": GreedyPolicy,
     "greedy_avoid": GreedyAvoidPolicy,
     "oracle": OraclePolicy,
+    "cautious_oracle": CautiousOraclePolicy,
     "mixed": MixedPolicy,
 }
 
