@@ -35,7 +35,7 @@ from lib import cli, devices, drawing, manifest, progress, training
 from lib.checkpointer import Checkpointer
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
-from lib.models.task_head import task_targets
+from lib.models.task_head import task_r2, task_targets
 from lib.models.vae import (
     KEYPOINT_ENC_CHANNELS,
     PAPER_CONFIG,
@@ -193,15 +193,6 @@ def held_out_loss(
         # The summed "task" is the head's residual sum of squares over the labelled rows.
         out["task_r2"] = task_r2(sums["task"], *map(np.concatenate, zip(*targets)))
     return out
-
-
-def task_r2(residual, target, mask):
-    """R² of the task head over the labelled rows: 1 − `residual` (its summed squared
-    error there, as `task_loss` times the frames) / the targets' total sum of squares,
-    both summed over the actions."""
-    t = target[mask.all(axis=1)]
-    total = float(((t - t.mean(axis=0)) ** 2).sum())
-    return 1.0 - residual / total if total > 0 else float("nan")
 
 
 def save_reconstructions(vae, sample, folder, epoch):

@@ -57,7 +57,7 @@ from lib.models.mdn_rnn import (
     done_logit_threshold,
     mdn_nll,
 )
-from lib.models.task_head import task_targets
+from lib.models.task_head import task_r2, task_targets
 from lib.seeding import derive_seed
 
 # The done head's default positive weight: #negatives / #positives, at most this
@@ -184,7 +184,7 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
     task head (and labelled data) its loss per step and R² (1 - its squared error
     over the targets' total sum of squares about their mean)."""
     task = bool(model.task_size) and data.teacher is not None
-    targets, errors = [], []
+    residual, targets = 0.0, []
     sums = {
         "nll": 0.0,
         "steps": 0.0,
@@ -219,9 +219,9 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
                 if task:
                     pred = devices.to_host(model.task_prediction(ch["z"], out.h, h0).array)
                     target, labelled = task_targets(ch["teacher"].reshape(b * t, -1))
-                    keep = (labelled.min(axis=1) * mask) > 0
-                    targets.append(target[keep])
-                    errors.append((pred - target)[keep])
+                    labelled = labelled * mask[:, None]
+                    residual += float(((pred - target) ** 2 * labelled).sum())
+                    targets.append((target, labelled))
                 if model.can_dream:
                     pred = devices.to_host(out.reward).reshape(-1)
                     sums["reward_se"] += float(
@@ -240,10 +240,8 @@ def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
         out["test_done_accuracy"] = sums["done_right"] / n
         out["test_done_recall"] = sums["pos_hit"] / max(sums["pos"], 1.0)
     if task:
-        target, error = np.concatenate(targets), np.concatenate(errors)
-        out["test_task_loss"] = float((error**2).sum()) / n
-        total = float(((target - target.mean(axis=0)) ** 2).sum())
-        out["test_task_r2"] = 1.0 - float((error**2).sum()) / max(total, 1e-12)
+        out["test_task_loss"] = residual / n
+        out["test_task_r2"] = task_r2(residual, *map(np.concatenate, zip(*targets)))
     return out
 
 

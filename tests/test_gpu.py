@@ -98,20 +98,29 @@ def test_05_and_06_draw_on_the_gpu_as_on_the_cpu(cpu_dir, gpu_dir):
         assert gpu[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-5), key
 
 
+def _both_devices(cpu_dir):
+    """(name, V, M, M's sidecar) on the CPU and on GPU 0, from the CPU's models."""
+    from lib.models import checkpoints
+
+    out = []
+    for name, gpu in (("cpu", -1), ("gpu", 0)):
+        dev = devices.select_device(gpu)
+        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
+        rnn, rside = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
+        out.append((name, vae, rnn, rside))
+    return out
+
+
 def test_the_agent_acts_on_the_gpu_as_on_the_cpu(cpu_dir):
     """WorldModelsAgent (V encode, C, M step) on both devices, the same frames, 5 steps."""
     from lib.control.agent import WorldModelsAgent
     from lib.env import socnavenv as sn
-    from lib.models import checkpoints
     from lib.models.controller import n_params
 
-    cpu_dev, gpu_dev = devices.select_device(-1), devices.select_device(0)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8) for _ in range(5)]
     actions = {}
-    for name, dev in (("cpu", cpu_dev), ("gpu", gpu_dev)):
-        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
-        rnn, _ = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
+    for name, vae, rnn, _ in _both_devices(cpu_dir):
         params = np.random.default_rng(1).normal(0, 0.5, (3, n_params(8, 16))).astype(np.float32)
         for temperature in (0.0, 1.0):
             agent = WorldModelsAgent(6, vae, rnn, params, lambda k: k % 3, temperature)
@@ -193,19 +202,6 @@ def test_bench_models_runs_on_the_gpu():
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["name"] for r in lines] == ["dream_b1024", "rnn_train"]
     assert all(r["device"] == "cuda:0" and r["per_sec"] > 0 for r in lines)
-
-
-def _both_devices(cpu_dir):
-    """(name, V, M, M's sidecar) on the CPU and on GPU 0, from the CPU's models."""
-    from lib.models import checkpoints
-
-    out = []
-    for name, gpu in (("cpu", -1), ("gpu", 0)):
-        dev = devices.select_device(gpu)
-        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
-        rnn, rside = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
-        out.append((name, vae, rnn, rside))
-    return out
 
 
 def test_the_planner_plans_on_the_gpu_as_on_the_cpu(cpu_dir):

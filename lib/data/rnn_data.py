@@ -49,8 +49,9 @@ def _fill(batch: dict, row: int, data: LatentEpisodes, z: np.ndarray, e: int, t0
         batch["teacher"][row, :n] = data.teacher[s0 + t0 : s0 + t1]
 
 
-def _empty(b: int, t: int, z_size: int, a_size: int, labels: bool = False) -> dict:
-    extra = {"teacher": np.zeros((b, t, a_size), np.float32)} if labels else {}
+def _empty(b: int, t: int, data: LatentEpisodes) -> dict:
+    z_size, a_size = data.z_size, data.action.shape[1]
+    extra = {} if data.teacher is None else {"teacher": np.zeros((b, t, a_size), np.float32)}
     return extra | {
         "z": np.zeros((b, t, z_size), np.float32),
         "z_next": np.zeros((b, t, z_size), np.float32),
@@ -71,8 +72,7 @@ def episode_plan(n_episodes: int, batch_size: int, rng: np.random.Generator) -> 
 def episode_batch(data: LatentEpisodes, z: np.ndarray, episodes: np.ndarray) -> dict:
     """Whole episodes, padded to the longest: a batch of (B, T_max, ...)."""
     lengths = data.lengths[episodes]
-    labels = data.teacher is not None
-    batch = _empty(len(episodes), int(lengths.max()), data.z_size, data.action.shape[1], labels)
+    batch = _empty(len(episodes), int(lengths.max()), data)
     for row, e in enumerate(episodes):
         _fill(batch, row, data, z, int(e), 0, int(lengths[row]))
     return batch
@@ -111,8 +111,7 @@ def window_plan(
 
 def window_batch(data: LatentEpisodes, z: np.ndarray, windows: np.ndarray, window: int) -> dict:
     """Windows of `window` steps (shorter episodes are padded and masked)."""
-    labels = data.teacher is not None
-    batch = _empty(len(windows), window, data.z_size, data.action.shape[1], labels)
+    batch = _empty(len(windows), window, data)
     for row, (e, start) in enumerate(windows):
         end = min(int(start) + window, int(data.lengths[e]))
         _fill(batch, row, data, z, int(e), int(start), end)

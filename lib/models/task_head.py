@@ -48,3 +48,17 @@ def task_loss(prediction, labels, weight=None):
         mask = mask * weight
         n = max(float(weight.sum()), 1.0)
     return F.sum(F.squared_difference(prediction, target) * mask) / n
+
+
+def task_r2(residual, target, mask):
+    """R² of a task head over the labelled rows: 1 − `residual` (its summed squared
+    error there, over the actions) / the targets' total sum of squares about their
+    mean; NaN when the targets do not vary.
+
+    Args:
+        residual: float, the head's squared error summed over the rows `mask` keeps.
+        target, mask: (N, A) `task_targets` (a row counts where its mask is all > 0).
+    """
+    t = target[mask.all(axis=1)]
+    total = float(((t - t.mean(axis=0)) ** 2).sum())
+    return 1.0 - residual / total if total > 0 else float("nan")
