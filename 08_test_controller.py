@@ -39,8 +39,9 @@ import time
 from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest
-from lib.control import planner
+from lib.control import lookahead, planner
 from lib.control.agent import WorldModelsAgent
+from lib.data.latents import file_hash
 from lib.env import evaluation
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
@@ -96,23 +97,47 @@ def parse_args(argv=None):
     return args
 
 
-# The planner's flags: (flag, type, default, help). Their defaults are filled in by
-# `check_planner_args`, so that a flag given without --planner can be refused.
+PLANNERS = ("lookahead", "return")
+PLAN_WITH_HELP = (
+    "with --planner, how candidate actions are judged: lookahead (default) vetoes C's action "
+    "when M's look-ahead head (train_lookahead.py) forecasts a collision or exit within "
+    "--horizon steps of holding it, and takes the safest action near C's; return runs the "
+    "cross-entropy method over action sequences imagined in M, scored by M's predicted return"
+)
+
+# The planner's flags: (flag, type, default, help, the --plan-with values they belong to).
+# Their defaults are filled in by `check_planner_args`, so that a flag given without
+# --planner, or to the other planner, can be refused.
 PLANNER_FLAGS = (
-    ("--horizon", cli.positive_int, planner.HORIZON, "imagined steps per plan (0.1 s each)"),
+    ("--horizon", cli.positive_int, planner.HORIZON,
+     "steps looked ahead (0.1 s each); with lookahead one of the head's horizons (3, 5, 10)",
+     PLANNERS),
+    ("--plan-threshold", cli.non_negative_float, lookahead.THRESHOLD,
+     "C's action is replaced when the head's forecast risk of holding it exceeds this, in [0, 1]",
+     ("lookahead",)),
+    ("--plan-grid", cli.positive_int, lookahead.GRID,
+     "candidate actions per axis: a G x G grid of constant actions over [-1, 1]^2 beside C's (>= 2)",
+     ("lookahead",)),
+    ("--plan-cost", cli.non_negative_float, lookahead.COST,
+     "the replacement minimises risk + this x squared distance from C's action",
+     ("lookahead",)),
     ("--candidates", cli.positive_int, planner.CANDIDATES,
-     "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent"),
+     "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent", ("return",)),
     ("--cem-iters", cli.positive_int, planner.CEM_ITERS,
-     "cross-entropy-method iterations per plan (1: random shooting around C)"),
+     "cross-entropy-method iterations per plan (1: random shooting around C)", ("return",)),
     ("--plan-sigma", cli.non_negative_float, planner.SIGMA,
-     "initial std of the candidates' action offsets from C's actions (actions are in [-1, 1])"),
+     "initial std of the candidates' action offsets from C's actions (actions are in [-1, 1])",
+     ("return",)),
     ("--plan-tau", cli.non_negative_float, planner.TAU,
-     "M's temperature in the plan: 0 follows the mean of its likeliest component"),
-    ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]"),
+     "M's temperature in the plan: 0 follows the mean of its likeliest component", ("return",)),
+    ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]",
+     ("return",)),
     ("--plan-margin", cli.non_negative_float, planner.MARGIN,
-     "a plan replaces C's action only if its predicted return beats C's by more than this"),
+     "a plan replaces C's action only if its predicted return beats C's by more than this",
+     ("return",)),
     ("--plan-elites", cli.positive_int, None,
-     "best candidates each CEM iteration refits to, at most --candidates (None: candidates // 8, at least 1)"),
+     "best candidates each CEM iteration refits to, at most --candidates (None: candidates // 8, at least 1)",
+     ("return",)),
 )  # fmt: skip
 
 
@@ -120,29 +145,42 @@ def add_planner_args(p):
     p.add_argument(
         "--planner",
         action="store_true",
-        help="also test the agent that plans in M at every step (row world_models_planner)",
+        help="also test the agent that plans at every step (row world_models_planner)",
     )
-    for flag, kind, default, text in PLANNER_FLAGS:
+    p.add_argument("--plan-with", choices=PLANNERS, default=argparse.SUPPRESS, help=PLAN_WITH_HELP)
+    for flag, kind, default, text, kinds in PLANNER_FLAGS:
+        which = "--planner" if kinds == PLANNERS else f"--planner --plan-with {kinds[0]}"
         p.add_argument(
             flag,
             type=kind,
             default=argparse.SUPPRESS,  # absent unless given, and no "(default: None)" in --help
-            help=f"with --planner: {text} (default: {default})",
+            help=f"with {which}: {text} (default: {default})",
         )
 
 
 def check_planner_args(p, args):
-    """Refuses planner flags without --planner, then fills in their defaults."""
-    for flag, _, default, _ in PLANNER_FLAGS:
+    """Refuses planner flags without --planner or for the other planner, then fills in
+    their defaults."""
+    if not hasattr(args, "plan_with"):
+        args.plan_with = "lookahead"
+    elif not args.planner:
+        p.error("--plan-with needs --planner")
+    for flag, _, default, _, kinds in PLANNER_FLAGS:
         key = flag.removeprefix("--").replace("-", "_")
         if not hasattr(args, key):
             setattr(args, key, default)
         elif not args.planner:
             p.error(f"{flag} needs --planner")
+        elif args.plan_with not in kinds:
+            p.error(f"{flag} is a flag of --plan-with {kinds[0]}, not of {args.plan_with}")
     if args.planner and args.baselines_only:
         p.error("--planner and --baselines-only exclude each other")
     if args.plan_gamma > 1:
         p.error(f"argument --plan-gamma: must be <= 1, got {args.plan_gamma}")
+    if args.plan_threshold > 1:
+        p.error(f"argument --plan-threshold: must be <= 1, got {args.plan_threshold}")
+    if args.plan_grid < 2:
+        p.error(f"argument --plan-grid: must be >= 2, got {args.plan_grid}")
     if args.plan_elites is not None and args.plan_elites > args.candidates:
         p.error(
             f"argument --plan-elites: must be <= --candidates ({args.candidates}), got {args.plan_elites}"
@@ -210,7 +248,29 @@ def main(argv=None):
         policies[linear] = lambda n: WorldModelsAgent(
             n, vae, rnn, params, temperature=args.temperature
         )
-        if args.planner:
+        if args.planner and args.plan_with == "lookahead":
+            try:
+                head, h_sidecar = checkpoints.load_lookahead(args.data_dir, rnn, device)
+            except checkpoints.CheckpointError as e:
+                cli.fail(f"{e} (or pass --plan-with return)")
+            if h_sidecar.get("identity", {}).get("controller_sha1") != file_hash(
+                os.path.join(args.data_dir, "models", f"{args.controller}.npz")
+            ):
+                print(
+                    f"note: lookahead.npz was trained on another C's states than {args.controller}.npz "
+                    "(re-run train_lookahead.py for this C)"
+                )
+            try:
+                settings = lookahead.LookaheadSettings(
+                    args.plan_grid, args.plan_threshold, args.plan_cost, args.horizon
+                )
+                head.horizon_index(args.horizon)
+            except ValueError as e:
+                cli.fail(f"argument --horizon: {e}")
+            policies[linear + "_planner"] = lambda n: lookahead.LookaheadPlanner(
+                n, vae, rnn, params, head, settings, temperature=args.temperature
+            )
+        elif args.planner:
             if not rnn.can_dream:
                 cli.fail(
                     f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
@@ -255,7 +315,7 @@ def main(argv=None):
                 progress=bar,
             )
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        if isinstance(policy, planner.PlannerAgent):
+        if isinstance(policy, (planner.PlannerAgent, lookahead.LookaheadPlanner)):
             summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
             summary["env_steps"] = policy.steps
         results[name] = summary
@@ -280,7 +340,7 @@ def main(argv=None):
         "temperature": args.temperature,
     }
     if args.planner:
-        report["meta"]["planner"] = settings.to_dict()
+        report["meta"]["planner"] = {"plan_with": args.plan_with, **settings.to_dict()}
     manifest.write_json(out, report)
     md = table(results)
     with open(os.path.splitext(out)[0] + ".md", "w") as f:

@@ -103,6 +103,10 @@ AGENT_C_IMITATION_ITERATIONS ?= 10
 # wider clearance from people, which a linear C imitates with fewer collisions
 AGENT_C_TEACHER ?= cautious_oracle
 AGENT_DREAM_GENERATIONS ?= 100
+# The planner's look-ahead head (train_lookahead.py): episodes per round of play and
+# labelling, and rounds (the second plays the planner with the first round's head)
+AGENT_LOOKAHEAD_EPISODES ?= 20000
+AGENT_LOOKAHEAD_ROUNDS ?= 2
 AGENT_TEST_EPISODES ?= 500
 # --resume when the step's snapshot exists (it was interrupted), else a fresh run.
 continue_or_start = $(if $(wildcard $(AGENT_DIR)/models/$(1)),--resume,--overwrite)
@@ -132,7 +136,9 @@ $(A)/07dream.done: $(A)/07.done
 	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
 $(A)/check.done: $(A)/07dream.done
 	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
-$(A)/08.done: $(A)/check.done
+$(A)/lookahead.done: $(A)/check.done
+	$(call step,lookahead,$(PY) train_lookahead.py --episodes $(AGENT_LOOKAHEAD_EPISODES) --rounds $(AGENT_LOOKAHEAD_ROUNDS) --data-dir $(AGENT_DIR) $(call continue_or_start,lookahead_snapshot.npz))
+$(A)/08.done: $(A)/lookahead.done
 	$(call step,08,$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))

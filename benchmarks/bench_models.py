@@ -17,6 +17,11 @@ side by side:
 - `plan_step`: real env-steps/s of the planning agent (`lib.control.planner`) at its
   default K, H and CEM iterations, 64 agents in lockstep: V encode, a plan of
   64 x K rollouts of H steps through M (with reward and done heads), one M step.
+- `plan_lookahead`: real env-steps/s of the look-ahead planner (`lib.control.lookahead`,
+  the default of `08 --planner`) at `make agent`'s sizes (V's spatial z 6 x 6 x 8, h 256),
+  64 agents in lockstep: V encode, C, the head's risk of C's action and a 9 x 9 grid,
+  one M step.
+- `ctrl_b64_agent`: `ctrl_b64` at the same sizes, the linear agent beside it.
 - `dream_b1024`: agent-steps/s, 1024 agents: one M step with reward and done
   heads, sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`.
 
@@ -44,9 +49,11 @@ import numpy as np
 
 from lib import devices
 from lib.control.agent import WorldModelsAgent
+from lib.control.lookahead import LookaheadPlanner
 from lib.control.planner import PlannerAgent, PlanSettings
 from lib.kernels.fast_adam import FastAdam
 from lib.models.controller import n_params
+from lib.models.lookahead import LookaheadHead
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss
 
@@ -209,6 +216,35 @@ def plan_step():
     return agents / bench(lambda: agent.act(None, frames), 2, 1, 3)
 
 
+def _agent_models(rng):
+    """V (spatial 8: z 288), M (h 256) and C's params at `make agent`'s sizes."""
+    vae = _on_device(ConvVAE(z_size=288, enc_channels=(32, 64, 128), dec_channels=(128, 64, 32),
+                             dec_kernels=(5, 5, 6, 6), spatial=8, task_size=2))  # fmt: skip
+    rnn = _on_device(MDNRNN(z_size=vae.z_size))
+    params = rng.normal(0, 0.1, (1, n_params(vae.z_size, 256))).astype(np.float32)
+    return vae, rnn, params
+
+
+def plan_lookahead():
+    """Env-steps/s of the look-ahead planner at its defaults, 64 agents in lockstep."""
+    rng = np.random.default_rng(0)
+    vae, rnn, params = _agent_models(rng)
+    head = _on_device(LookaheadHead(vae.z_size, 256))
+    head.out.b.array[...] = 0.0  # C's action is risky often enough that the choice runs
+    agent = LookaheadPlanner(64, vae, rnn, params, head)
+    frames = _frames(rng, 64)
+    return 64 / bench(lambda: agent.act(None, frames), 8)
+
+
+def ctrl_b64_agent():
+    """`ctrl_b64` at `make agent`'s sizes."""
+    rng = np.random.default_rng(0)
+    vae, rnn, params = _agent_models(rng)
+    agent = WorldModelsAgent(64, vae, rnn, params)
+    frames = _frames(rng, 64)
+    return 64 / bench(lambda: agent.act(None, frames), 8)
+
+
 WORKLOADS = {
     "vae_train": vae_train,
     "vae_train_b1000": vae_train_b1000,
@@ -218,6 +254,8 @@ WORKLOADS = {
     "ctrl_b1": ctrl_b1,
     "ctrl_b64": ctrl_b64,
     "plan_step": plan_step,
+    "plan_lookahead": plan_lookahead,
+    "ctrl_b64_agent": ctrl_b64_agent,
 }
 
 

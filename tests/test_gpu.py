@@ -279,3 +279,40 @@ def test_the_task_heads_train_on_the_gpu_with_the_cpus_losses(labelled_dir, tmp_
     for c, g in zip(rows["cpu"], rows["gpu"]):
         for key in keys:
             assert float(g[key]) == pytest.approx(float(c[key]), rel=1e-3, abs=1e-4), key
+
+
+def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_path):
+    """LookaheadPlanner (the head's risk over C's action and a grid) on both devices: the
+    same frames give the same actions; train_lookahead.py trains a head with --gpu."""
+    from lib.control.lookahead import LookaheadPlanner, LookaheadSettings
+    from lib.env import socnavenv as sn
+    from lib.models.controller import n_params
+    from lib.models.lookahead import LookaheadHead
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    params = np.random.default_rng(1).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
+    np.random.seed(2)
+    head_cpu = LookaheadHead(8, 16, width=8)
+    head_cpu.out.b.array[...] = 0.0
+    actions, replaced = {}, {}
+    for name, vae, rnn, _ in _both_devices(cpu_dir):
+        head = LookaheadHead(8, 16, width=8)
+        head.copyparams(head_cpu)
+        head.to_device(rnn.device)
+        agent = LookaheadPlanner(4, vae, rnn, params, head, LookaheadSettings(threshold=0.3))
+        agent.reset(np.arange(4), np.arange(4) + 20, episodes=np.arange(4))
+        sim = sn.SocNavSim(4, sn.EnvConfig())
+        sim.active[:] = True
+        actions[name] = np.array([agent.act(sim, images) for images in frames])
+        replaced[name] = agent.replaced_fraction
+    np.testing.assert_allclose(actions["gpu"], actions["cpu"], rtol=1e-3, atol=1e-4)
+    assert replaced["gpu"] == replaced["cpu"] > 0
+    data = tmp_path / "d"
+    shutil.copytree(cpu_dir, data)
+    if not (data / "models" / "controller.npz").exists():  # cpu_dir has V and M only
+        run("07_train_controller.py", "--epochs", 1, "--popsize", 4, "--trials", 1,
+            "--max-steps", 20, "--workers", 1, "--data-dir", data)  # fmt: skip
+    run("train_lookahead.py", "--episodes", 8, "--rounds", 2, "--epochs", 1, "--width", 8,
+        "--n-envs", 4, "--gpu", 0, "--overwrite", "--data-dir", data)  # fmt: skip
+    assert (data / "models" / "lookahead.npz").exists()

@@ -27,8 +27,10 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     lines = plan(tmp_path)
     steps = [ln.split("agent step ")[1].split(":")[0] for ln in lines]
     assert steps == [
-        "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "08"
+        "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "lookahead", "08"
     ]  # fmt: skip
+    (head,) = script_lines(lines, "lookahead")
+    assert "train_lookahead.py --episodes 20000 --rounds 2" in head and "--overwrite" in head
     assert (
         "probe_controller.py --teacher cautious_oracle --iterations 10 --data-dir"
         in script_lines(lines, "inputs")[0]
@@ -96,3 +98,5 @@ def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
     assert not script_lines(lines, "01") and not script_lines(lines, "02")
     assert "--resume" in script_lines(lines, "03")[0]
     assert "--overwrite" in script_lines(lines, "04")[0]
+    (tmp_path / "models" / "lookahead_snapshot.npz").touch()  # so was the look-ahead head
+    assert "--resume" in script_lines(plan(tmp_path), "lookahead")[0]

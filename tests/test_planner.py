@@ -182,7 +182,7 @@ def data_dir(tmp_path_factory):
 def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     out = tmp_path / "r.json"
     proc = run(
-        "08_test_controller.py", "--planner", "--horizon", 3, "--candidates", 4,
+        "08_test_controller.py", "--planner", "--plan-with", "return", "--horizon", 3, "--candidates", 4,
         "--cem-iters", 2, "--plan-sigma", 0.3, "--plan-elites", 3, "--episodes", 2, "--max-steps", 15,
         "--agent-only", "--record", 1, "--out", out, "--data-dir", data_dir,
     )  # fmt: skip
@@ -191,6 +191,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     assert report["world_models_planner"]["episodes"] == 2
     meta = report["meta"]["planner"]
     assert (meta["horizon"], meta["candidates"], meta["cem_iters"]) == (3, 4, 2)
+    assert meta["plan_with"] == "return"
     assert meta["done_pos_weight"] == 2.0 and meta["sigma"] == 0.3 and meta["elites"] == 3
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert 2 <= report["world_models_planner"]["env_steps"] <= 30
@@ -207,21 +208,33 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     "args, words",
     [
         (["--planner", "--horizon", "0"], "--horizon"),
-        (["--planner", "--candidates", "-3"], "--candidates"),
-        (["--planner", "--cem-iters", "two"], "--cem-iters"),
-        (["--planner", "--plan-sigma", "-1"], "--plan-sigma"),
-        (["--planner", "--plan-tau", "nan"], "--plan-tau"),
-        (["--planner", "--plan-gamma", "1.5"], "--plan-gamma"),
-        (["--planner", "--plan-margin", "-1"], "--plan-margin"),
-        (["--planner", "--plan-elites", "0"], "--plan-elites"),
+        (["--planner", "--plan-with", "return", "--candidates", "-3"], "--candidates"),
+        (["--planner", "--plan-with", "return", "--cem-iters", "two"], "--cem-iters"),
+        (["--planner", "--plan-with", "return", "--plan-sigma", "-1"], "--plan-sigma"),
+        (["--planner", "--plan-with", "return", "--plan-tau", "nan"], "--plan-tau"),
+        (["--planner", "--plan-with", "return", "--plan-gamma", "1.5"], "--plan-gamma"),
+        (["--planner", "--plan-with", "return", "--plan-margin", "-1"], "--plan-margin"),
+        (["--planner", "--plan-with", "return", "--plan-elites", "0"], "--plan-elites"),
         (
-            ["--planner", "--candidates", "8", "--plan-elites", "9"],
+            ["--planner", "--plan-with", "return", "--candidates", "8", "--plan-elites", "9"],
             "--plan-elites: must be <= --candidates (8)",
         ),
         (["--plan-elites", "2"], "--plan-elites needs --planner"),
         (["--horizon", "5"], "--horizon needs --planner"),
         (["--candidates", "8"], "--candidates needs --planner"),
         (["--planner", "--baselines-only"], "exclude each other"),
+        (["--planner", "--cem-iters", "2"], "--cem-iters is a flag of --plan-with return"),
+        (
+            ["--planner", "--plan-with", "return", "--plan-grid", "5"],
+            "--plan-grid is a flag of --plan-with lookahead",
+        ),
+        (["--plan-with", "return"], "--plan-with needs --planner"),
+        (["--planner", "--plan-with", "dream"], "--plan-with"),
+        (["--planner", "--plan-threshold", "1.5"], "--plan-threshold: must be <= 1"),
+        (["--planner", "--plan-threshold", "-0.1"], "--plan-threshold"),
+        (["--planner", "--plan-grid", "1"], "--plan-grid: must be >= 2"),
+        (["--planner", "--plan-cost", "-1"], "--plan-cost"),
+        (["--plan-threshold", "0.2"], "--plan-threshold needs --planner"),
     ],
 )
 def test_08_refuses_bad_planner_flags(args, words, tmp_path):
@@ -243,6 +256,15 @@ def test_08_planner_needs_m_heads(data_dir, tmp_path):
     serializers.save_npz(d / "models" / "rnn_dream.npz", rnn)
     manifest.write_json(d / "models" / "rnn_dream.json", {"config": rnn.config()})
     line = one_line_error(
-        run("08_test_controller.py", "--planner", "--agent-only", "--data-dir", d, check=False)
+        run(
+            "08_test_controller.py",
+            "--planner",
+            "--plan-with",
+            "return",
+            "--agent-only",
+            "--data-dir",
+            d,
+            check=False,
+        )
     )
     assert "reward and done heads" in line

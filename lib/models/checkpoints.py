@@ -15,6 +15,7 @@ import chainer
 
 from lib.env.socnavenv import EnvConfig
 from lib.models.controller import Controller
+from lib.models.lookahead import LookaheadHead
 from lib.models.mdn_rnn import MDNRNN
 from lib.models.vae import ConvVAE
 
@@ -123,3 +124,29 @@ def load_controller(data_dir: str, name: str = "controller"):
         raise CheckpointError(f"{path}: sidecar config does not build a Controller ({e})") from None
     load_weights(path, controller, "07_train_controller.py")
     return controller, sidecar
+
+
+def load_lookahead(data_dir: str, rnn, device=None):
+    """M's look-ahead head from `data_dir/models/lookahead.npz`, checked against M's sizes.
+
+    Returns:
+        (LookaheadHead on `device`, sidecar dict).
+    """
+    maker = "train_lookahead.py"
+    path = os.path.join(data_dir, "models", "lookahead.npz")
+    sidecar = read_sidecar(path, maker)
+    try:
+        head = LookaheadHead(**sidecar["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: sidecar config does not build a LookaheadHead ({e})"
+        ) from None
+    if (head.z_size, head.hidden_size) != (rnn.z_size, rnn.hidden_size):
+        raise CheckpointError(
+            f"{path} reads z {head.z_size} and h {head.hidden_size}, but V and M give "
+            f"{rnn.z_size} and {rnn.hidden_size} — re-run {maker}"
+        )
+    load_weights(path, head, maker)
+    if device is not None:
+        head.to_device(device)
+    return head, sidecar

@@ -1,0 +1,296 @@
+"""Planning with M's look-ahead head (beyond the paper), and the data the head learns from.
+
+The agent (`LookaheadPlanner`): at every real step, C proposes its action; the
+head (`lib.models.lookahead.LookaheadHead`) forecasts, from M's state and V's
+last three z, the probability that holding each candidate action for the next
+H steps ends the episode in a collision or outside the room. The candidates are
+C's action and a G x G grid of constant actions over [-1, 1]^2, all of an
+agent's scored in one batch and all agents' in one product. When C's own
+action is riskier than `threshold`, the planner executes the candidate that
+minimises `risk + cost * |a - a_C|^2` (the safest action not far from C's);
+otherwise it executes C's action, bit for bit. A threshold of 1 is the linear
+agent.
+
+The data (`collect`): the agent plays real episodes (C, or the planner of an
+earlier round, with a uniform random action instead of the chosen one at a
+fraction `explore` of steps, so that the data holds risky states and varied
+actions). At every step each of `LABEL_GRID` x `LABEL_GRID` grid actions and the
+action taken is held for `max(horizons)` steps from a copy of the true state
+(`hold_failures`: the environment's own step, nothing privileged reaches the
+agent): the first step at which the copy collides or leaves the room is the
+label. Rows where some action fails are kept, and a fraction `keep_safe` of the
+others (they are most rows and easy). This is the simulator's privilege at
+training time only, as the oracle teacher of C's DAgger; the planner reads
+pixels through V and M.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from chainer import backend
+
+from lib.control.agent import WorldModelsAgent
+from lib.devices import to_host
+from lib.env import socnavenv as sn
+from lib.models.lookahead import features
+
+# The planner's defaults, chosen on validation episodes (docs/experiments.md,
+# "A look-ahead head for the planner").
+GRID = 9  # candidate actions per axis
+THRESHOLD = 0.05  # C's action is replaced when its forecast risk exceeds this
+COST = 0.05  # per unit of squared distance from C's action
+HORIZON = 10  # steps ahead (1 s); one of the head's horizons
+
+LABEL_GRID = 5  # labelled actions per axis (and the action taken)
+
+
+def action_grid(n: int) -> np.ndarray:
+    """(n * n, 2) float32: every (advance, rotation) of `n` even steps over [-1, 1]."""
+    g = np.linspace(-1.0, 1.0, n, dtype=np.float32)
+    return np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+
+
+class LookaheadSettings:
+    """The look-ahead planner's knobs, checked once (`ValueError` names the bad one).
+
+    Args:
+        grid: G, candidate actions per axis (>= 2; G * G constant actions beside C's).
+        threshold: C's action is replaced only when its risk exceeds this, in [0, 1].
+        cost: penalty per unit of squared distance from C's action (>= 0).
+        horizon: steps ahead, one of the head's horizons (checked by the agent).
+    """
+
+    def __init__(self, grid=GRID, threshold=THRESHOLD, cost=COST, horizon=HORIZON):
+        if int(grid) != grid or grid < 2:
+            raise ValueError(f"grid must be a whole number >= 2, got {grid}")
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if not 0 <= cost < float("inf"):
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"horizon must be a whole number >= 1, got {horizon}")
+        self.grid, self.threshold = int(grid), float(threshold)
+        self.cost, self.horizon = float(cost), int(horizon)
+
+    def to_dict(self):
+        return dict(vars(self))
+
+
+def choose_actions(risk, candidates, threshold, cost):
+    """The executed actions and which of them replace C's.
+
+    Args:
+        risk: (B, K) forecast risks of `candidates` (B, K, A), whose column 0 is C's action.
+        threshold, cost: as in `LookaheadSettings`.
+
+    Returns:
+        ((B, A) actions, (B,) bool replaced), on the inputs' device. Unreplaced
+        rows are C's action exactly.
+    """
+    xp = backend.get_array_module(risk)
+    c_action = candidates[:, 0]
+    score = risk + np.float32(cost) * ((candidates - c_action[:, None]) ** 2).sum(-1)
+    pick = xp.argmin(score, axis=1)  # the first of equals: C's own when it ties
+    replace = (risk[:, 0] > threshold) & (pick > 0)
+    chosen = candidates[xp.arange(len(pick)), pick]
+    return xp.where(replace[:, None], chosen, c_action), replace
+
+
+class MotionMemory:
+    """V's z of each slot's two previous frames, for `lib.models.lookahead.features`.
+
+    At an episode's first step both are the present z, at its second the older
+    one is the previous z (nothing before the episode is made up).
+    """
+
+    def __init__(self, n, z_size, device):
+        self.z1 = device.send(np.zeros((n, z_size), np.float32))
+        self.z2 = device.send(np.zeros((n, z_size), np.float32))
+        self.count = np.zeros(n, np.int64)
+        self.device = device
+
+    def reset(self, slots):
+        self.count[np.asarray(slots)] = 0
+
+    def step(self, z, live, on_device):
+        """(z1, z2) for the live slots' present `z`, then remembers `z`."""
+        xp = backend.get_array_module(z)
+        count = self.device.send(self.count[live])[:, None]
+        z1 = xp.where(count > 0, self.z1[on_device], z)
+        z2 = xp.where(count > 1, self.z2[on_device], z1)
+        self.z2[on_device] = z1
+        self.z1[on_device] = z
+        self.count[live] += 1
+        return z1, z2
+
+
+class LookaheadPlanner(WorldModelsAgent):
+    """The World Models agent whose action the look-ahead head can veto (module docstring).
+
+    Args:
+        n, vae, rnn, params, temperature, encoder: as `WorldModelsAgent` (one C).
+        head: `LookaheadHead` on M's device, for this V's z and M's h; None plays
+            C's action (the first round of `collect`).
+        settings: `LookaheadSettings` (defaults if None).
+    """
+
+    name = "world_models_planner"
+
+    def __init__(self, n, vae, rnn, params, head, settings=None, temperature=0.0, encoder=None):
+        params = np.atleast_2d(params)
+        if len(params) != 1:
+            raise ValueError(f"the planner takes one controller, got {len(params)}")
+        if head is not None and (head.z_size, head.hidden_size) != (rnn.z_size, rnn.hidden_size):
+            raise ValueError(
+                f"the look-ahead head reads z {head.z_size} and h {head.hidden_size}, "
+                f"but V and M give {rnn.z_size} and {rnn.hidden_size}"
+            )
+        super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
+        self.head = head
+        self.settings = settings or LookaheadSettings()
+        self.column = None if head is None else head.horizon_index(self.settings.horizon)
+        self.grid = self.device.send(action_grid(self.settings.grid))
+        self.memory = MotionMemory(n, rnn.z_size, self.device)
+        self.steps = self.replaced = 0
+
+    @property
+    def replaced_fraction(self):
+        """The fraction of steps so far where the executed action is not C's."""
+        return self.replaced / max(self.steps, 1)
+
+    def reset(self, slots, seeds, episodes=None):
+        super().reset(slots, seeds, episodes)
+        self.memory.reset(slots)
+
+    def candidates(self, c_action):
+        """(B, 1 + G * G, A): C's action, then the grid."""
+        xp = backend.get_array_module(c_action)
+        grid = xp.broadcast_to(self.grid, (len(c_action),) + self.grid.shape)
+        return xp.concatenate([c_action[:, None], grid], axis=1)
+
+    def choose(self, z, h, c, live, on_device):
+        return self.plan(z, h, c, live, on_device)[0]
+
+    def plan(self, z, h, c, live, on_device):
+        """(actions, the head's features x) of the live slots; with no head, C's actions."""
+        c_action = super().choose(z, h, c, live, on_device)
+        x = features(z, *self.memory.step(z, live, on_device), h)
+        if self.head is None:
+            return c_action, x
+        cand = self.candidates(c_action)
+        risk = self.head.risk(x, cand, self.column)
+        s = self.settings
+        a, replaced = choose_actions(risk, cand, s.threshold, s.cost)
+        self.steps += len(live)
+        self.replaced += int(to_host(replaced).sum())
+        return a, x
+
+
+def hold_failures(sim, slots, actions, horizon):
+    """What holding each action does, on copies of the true state.
+
+    Args:
+        sim: `SocNavSim`; slots: (B,) its slots to branch from.
+        actions: (B, K, 2) actions, each held constant from the slot's present state.
+        horizon: steps to look.
+
+    Returns:
+        (B, K) int8: the step (1..horizon) at which the copy collides with a person
+        or leaves the room, 0 if it does neither (reaching the goal or the time
+        limit ends a copy safely).
+    """
+    b, k = actions.shape[:2]
+    branch = sn.SocNavSim(b * k, sim.config)
+    for name in ("robot", "goal", "humans", "steps"):
+        getattr(branch, name)[:] = np.repeat(getattr(sim, name)[slots], k, axis=0)
+    branch.active[:] = True
+    held = sn.applied_actions(np.asarray(actions).reshape(b * k, -1))
+    fail = np.zeros(b * k, np.int8)
+    for t in range(horizon):
+        running = branch.active.copy()
+        branch.step(held)
+        bad = (branch.outcome == sn.COLLISION) | (branch.outcome == sn.OUT_OF_MAP)
+        fail[running & bad] = t + 1
+    return fail.reshape(b, k)
+
+
+class Recorder(LookaheadPlanner):
+    """Plays C (head None) or the planner, explores, and records labelled rows.
+
+    Args:
+        n, vae, rnn, params, head, settings, encoder: as `LookaheadPlanner`; with
+            head None the action is C's.
+        explore: fraction of steps whose action is uniform random instead.
+        keep_safe: fraction of rows kept where no labelled action fails.
+        horizon: steps the labels look ahead (the head's longest horizon).
+        seed: the exploration's and the subsampling's generator.
+    """
+
+    def __init__(self, n, vae, rnn, params, head, settings, explore, keep_safe, horizon, seed,
+                 encoder=None):  # fmt: skip
+        super().__init__(n, vae, rnn, params, head, settings, encoder=encoder)
+        self.explore, self.keep_safe, self.horizon = float(explore), float(keep_safe), int(horizon)
+        self.rng = np.random.default_rng(seed)
+        self.labelled = action_grid(LABEL_GRID)
+        self.episode = np.full(n, -1)
+        self.rows = {"x": [], "actions": [], "fail": [], "episode": []}
+        self.seen = self.kept = 0
+        self.pictures = {"images": [], "rows": []}  # frames of some risky rows, to draw
+
+    # Frames kept of risky rows of episodes at or after this index (held out by the script).
+    picture_from = 0
+    pictures_max = 24
+
+    def reset(self, slots, seeds, episodes=None):
+        super().reset(slots, seeds, episodes)
+        self.episode[np.asarray(slots)] = episodes
+
+    def act(self, sim, images=None):
+        self._sim, self._images = sim, images
+        return super().act(sim, images)
+
+    def choose(self, z, h, c, live, on_device):
+        a, x = self.plan(z, h, c, live, on_device)
+        a = to_host(a).copy()
+        wild = self.rng.random(len(live)) < self.explore
+        a[wild] = self.rng.uniform(-1.0, 1.0, (int(wild.sum()), a.shape[1])).astype(np.float32)
+        # Labels: the grid and the action taken, held from the present true state.
+        acts = np.concatenate(
+            [np.broadcast_to(self.labelled, (len(live),) + self.labelled.shape), a[:, None]], 1
+        )
+        fail = hold_failures(self._sim, live, acts, self.horizon)
+        keep = (fail > 0).any(axis=1) | (self.rng.random(len(live)) < self.keep_safe)
+        self.seen += len(live)
+        if keep.any():
+            episode = self.episode[live][keep]
+            risky = np.flatnonzero((fail[keep, : len(self.labelled)] > 0).any(axis=1))
+            for j in risky[episode[risky] >= self.picture_from]:
+                if len(self.pictures["rows"]) < self.pictures_max:
+                    self.pictures["images"].append(self._images[live[keep][j]].copy())
+                    self.pictures["rows"].append(self.kept + j)
+            self.kept += int(keep.sum())
+            self.rows["x"].append(to_host(x)[keep].astype(np.float16))
+            self.rows["actions"].append(acts[keep].astype(np.float32))
+            self.rows["fail"].append(fail[keep])
+            self.rows["episode"].append(self.episode[live][keep])
+        return self.device.send(a)
+
+    def data(self):
+        """The kept rows: x (N, D) float16, actions (N, K, 2), fail (N, K) int8, episode
+        (N,); and `picture_images` (P, S, S, 3) uint8, the frames of rows `picture_rows`."""
+        out = {k: np.concatenate(v) for k, v in self.rows.items() if v}
+        if not out:
+            k = len(self.labelled) + 1
+            out = {
+                "x": np.zeros((0, 3 * self.z_size + self.hidden_size), np.float16),
+                "actions": np.zeros((0, k, 2), np.float32),
+                "fail": np.zeros((0, k), np.int8),
+                "episode": np.zeros(0, np.int64),
+            }
+        size = self.vae.image_size
+        out["picture_images"] = (
+            np.stack(self.pictures["images"]) if self.pictures["images"]
+            else np.zeros((0, size, size, 3), np.uint8)
+        )  # fmt: skip
+        out["picture_rows"] = np.asarray(self.pictures["rows"], np.int64)
+        return out

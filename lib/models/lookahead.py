@@ -1,0 +1,178 @@
+"""M's look-ahead head (beyond the paper): will holding an action end the episode badly?
+
+For the agent's present state and any candidate action a, the head gives the
+probability that holding a for the next k steps (k in `HORIZONS`, 0.1 s each)
+ends the episode in a collision or outside the room. It is the planner's look-ahead
+(`lib.control.lookahead`): a direct multi-step forecast from M's state, where
+iterating M's one-step z prediction ten times foresees few collisions (its
+recall within 10 steps is 0.27; docs/experiments.md).
+
+Input features (`features`): V's z of this frame and of the two before it, as
+[z_t, z_t - z_{t-1}, z_{t-1} - z_{t-2}] (the people's motion, which M's h barely
+carries), then M's h_t; at an episode's first steps the missing frames repeat the
+first. They are standardised by the mean and std of the training rows, kept in the
+link (`mean`, `std`: saved with the weights).
+
+Architecture: the state part and the action part of the first layer are separate
+products, so a state's first layer is computed once for all of its K candidate
+actions: relu(W_s x + b + W_a a) -> relu(W_2 . + b_2) -> one logit per horizon.
+
+`forward` is the Chainer graph (training); `risk` the same numbers in plain array
+operations (NumPy or CuPy), for planning.
+"""
+
+from __future__ import annotations
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+from chainer import backend
+
+# Steps ahead the head forecasts; the planner reads one of them (its horizon).
+HORIZONS = (3, 5, 10)
+
+
+def features(z, z1, z2, h):
+    """The head's input [z, z - z1, z1 - z2, h], (B, 3 Z + H) float32, any xp.
+
+    z, z1, z2: (B, Z) V's z of this frame and the one and two before; h: (B, H) M's state.
+    """
+    xp = backend.get_array_module(z)
+    return xp.concatenate([z, z - z1, z1 - z2, h], axis=1).astype(np.float32, copy=False)
+
+
+class LookaheadHead(chainer.Chain):
+    """P(collision or exit within k steps | hold action a), from [z, motion, h].
+
+    Args:
+        z_size: V's z size; hidden_size: M's LSTM size; action_size: actions (2).
+        width: hidden units of both layers.
+        horizons: the k's, increasing.
+    """
+
+    def __init__(self, z_size, hidden_size, action_size=2, width=256, horizons=HORIZONS):
+        super().__init__()
+        horizons = tuple(int(k) for k in horizons)
+        if not horizons or list(horizons) != sorted(set(horizons)) or horizons[0] < 1:
+            raise ValueError(f"horizons must be increasing whole numbers >= 1, got {horizons}")
+        self.z_size, self.hidden_size = int(z_size), int(hidden_size)
+        self.action_size, self.width, self.horizons = int(action_size), int(width), horizons
+        size = 3 * self.z_size + self.hidden_size
+        self.add_persistent("mean", np.zeros(size, np.float32))
+        self.add_persistent("std", np.ones(size, np.float32))
+        with self.init_scope():
+            self.state = L.Linear(size, width)
+            self.action = L.Linear(action_size, width, nobias=True)
+            self.hidden = L.Linear(width, width)
+            self.out = L.Linear(width, len(horizons))
+
+    @property
+    def feature_size(self) -> int:
+        return 3 * self.z_size + self.hidden_size
+
+    def config(self) -> dict:
+        return {
+            "z_size": self.z_size,
+            "hidden_size": self.hidden_size,
+            "action_size": self.action_size,
+            "width": self.width,
+            "horizons": list(self.horizons),
+        }
+
+    def horizon_index(self, horizon: int) -> int:
+        """The output column of `horizon` steps (`ValueError` if the head has none)."""
+        if horizon not in self.horizons:
+            raise ValueError(
+                f"the look-ahead head forecasts {list(self.horizons)} steps ahead, not {horizon}"
+            )
+        return self.horizons.index(horizon)
+
+    def set_normalization(self, mean, std) -> None:
+        """Standardise inputs by these (std floored at 1e-3, so constant features stay finite)."""
+        xp = self.xp
+        self.mean = xp.asarray(mean, np.float32)
+        self.std = xp.asarray(np.maximum(np.asarray(std, np.float32), 1e-3))
+
+    def forward(self, x, actions):
+        """Logits (B, K, len(horizons)) for features x (B, D) and actions (B, K, A)."""
+        b, k = actions.shape[:2]
+        s = self.state((x - self.mean) / self.std)
+        a = F.reshape(self.action(F.reshape(actions, (b * k, -1))), (b, k, -1))
+        y = F.relu(F.broadcast_to(s[:, None], a.shape) + a)
+        y = F.relu(self.hidden(F.reshape(y, (b * k, -1))))
+        return F.reshape(self.out(y), (b, k, len(self.horizons)))
+
+    def risk(self, x, actions, horizon_index):
+        """P(failure within horizons[horizon_index] steps), (B, K) float32, without a graph.
+
+        x: (B, D) features, actions: (B, K, A), on the head's device.
+        """
+        xp = self.xp
+        b, k = actions.shape[:2]
+        # 2-D products throughout: NumPy's stacked (3-D) matmul does not reach BLAS.
+        s = ((x - self.mean) / self.std) @ self.state.W.array.T + self.state.b.array
+        a = actions.reshape(b * k, -1) @ self.action.W.array.T
+        y = xp.maximum(a.reshape(b, k, -1) + s[:, None], 0).reshape(b * k, -1)
+        y = xp.maximum(y @ self.hidden.W.array.T + self.hidden.b.array, 0)
+        logit = (y @ self.out.W.array[horizon_index] + self.out.b.array[horizon_index]).reshape(b, k)
+        return (0.5 + 0.5 * xp.tanh(0.5 * logit)).astype(np.float32)  # the sigmoid, overflow-free
+
+
+def labels(fail, horizons=HORIZONS):
+    """(N, K, len(horizons)) int32 targets from first-failure steps `fail` (N, K) (0: none)."""
+    fail = np.asarray(fail)
+    return np.stack([(fail > 0) & (fail <= k) for k in horizons], axis=-1).astype(np.int32)
+
+
+def loss(head, x, actions, fail):
+    """Mean sigmoid cross-entropy over rows, actions and horizons (a Chainer Variable)."""
+    xp = head.xp
+    target = xp.asarray(labels(fail, head.horizons))
+    logits = head(xp.asarray(x, np.float32), xp.asarray(actions))
+    return F.mean(F.sigmoid_cross_entropy(logits, target, reduce="no"))
+
+
+def auc(score, positive):
+    """Area under the ROC curve (ties broken by order), NaN without both classes."""
+    score, positive = np.asarray(score, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank = np.empty(len(score))
+    rank[np.argsort(score, kind="stable")] = np.arange(len(score))
+    return float((rank[positive].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg))
+
+
+def held_out_metrics(head, x, actions, fail, grid_size, batch=2048):
+    """How well the head forecasts held-out rows.
+
+    Returns a dict: `auc_<k>` per horizon over all (row, action) pairs, and
+    `safe_pick`: over rows where some of the first `grid_size` actions fails
+    within the longest horizon and some does not, the fraction where the action
+    the head finds least risky does not (what the planner relies on).
+    """
+    probs = np.zeros((0,) + actions.shape[1:2] + (len(head.horizons),), np.float32)
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        parts = [
+            F.sigmoid(
+                head(
+                    head.xp.asarray(x[i : i + batch], np.float32),
+                    head.xp.asarray(actions[i : i + batch]),
+                )
+            ).array
+            for i in range(0, len(x), batch)
+        ]
+    if parts:
+        probs = np.concatenate([backend.CpuDevice().send(p) for p in parts])
+    y = labels(fail, head.horizons)
+    out = {f"auc_{k}": auc(probs[..., j], y[..., j]) for j, k in enumerate(head.horizons)}
+    last = y[:, :grid_size, -1]
+    mixed = (last.min(axis=1) == 0) & (last.max(axis=1) == 1)
+    pick = np.argmin(probs[mixed, :grid_size, -1], axis=1)
+    out["safe_pick"] = (
+        float(1 - last[mixed][np.arange(len(pick)), pick].mean()) if mixed.any() else float("nan")
+    )
+    out["mixed_rows"] = int(mixed.sum())
+    return out

@@ -1,0 +1,377 @@
+"""M's look-ahead head (lib/models/lookahead.py), the planner that reads it
+(lib/control/lookahead.py), train_lookahead.py and 08 --planner --plan-with lookahead."""
+
+import json
+
+import chainer
+import chainer.functions as F
+import numpy as np
+import pytest
+from chainer import serializers
+from cli_helpers import one_line_error, run
+
+from lib import manifest
+from lib.control import lookahead as la
+from lib.control.agent import WorldModelsAgent
+from lib.env import socnavenv as sn
+from lib.env.evaluation import evaluate, evaluation_seeds
+from lib.models import checkpoints
+from lib.models import lookahead as head_lib
+from lib.models.controller import Controller, n_params
+from lib.models.mdn_rnn import MDNRNN
+from lib.models.vae import ConvVAE
+
+Z, HIDDEN = 8, 16
+
+
+def random_agent(seed=0):
+    np.random.seed(seed)  # Chainer's initializers: the same models whatever ran before
+    rng = np.random.default_rng(seed)
+    vae = ConvVAE(z_size=Z)
+    rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN, reward_head=True, done_head=True)
+    params = rng.normal(0, 0.5, (1, n_params(Z, HIDDEN))).astype(np.float32)
+    return vae, rnn, params
+
+
+def head_fearing_advance(z_size=Z, hidden=HIDDEN):
+    """A hand-made head: risk 1 whenever the action advances (a[0] > 0), else 0."""
+    head = head_lib.LookaheadHead(z_size, hidden, width=4)
+    for p in head.params():
+        p.array[...] = 0.0
+    head.action.W.array[0, 0] = 1.0  # unit 0 = relu(a[0])
+    head.hidden.W.array[0, 0] = 1.0
+    head.out.b.array[...] = -20.0
+    head.out.W.array[:, 0] = 200.0  # logit -20 + 200 relu(a[0])
+    return head
+
+
+# ---------------------------------------------------------------------------
+# The head
+# ---------------------------------------------------------------------------
+def test_risk_is_the_sigmoid_of_forward_and_normalises_inputs():
+    rng = np.random.default_rng(0)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=32)
+    head.set_normalization(rng.normal(size=3 * Z + HIDDEN), rng.uniform(0.5, 2, 3 * Z + HIDDEN))
+    x = rng.normal(size=(5, 3 * Z + HIDDEN)).astype(np.float32)
+    a = rng.uniform(-1, 1, (5, 7, 2)).astype(np.float32)
+    with chainer.no_backprop_mode():
+        want = F.sigmoid(head(x, a)).array
+    for j in range(3):
+        np.testing.assert_allclose(head.risk(x, a, j), want[..., j], rtol=1e-5, atol=1e-6)
+    # shifting inputs by the mean and scaling by the std is undone by the normalisation
+    head2 = head_lib.LookaheadHead(Z, HIDDEN, width=32)
+    head2.copyparams(head)
+    head2.set_normalization(head.mean * 0, head.std * 0 + 1)
+    np.testing.assert_allclose(
+        head.risk(x * head.std + head.mean, a, 2), head2.risk(x, a, 2), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_features_are_z_then_its_two_differences_then_h():
+    z, z1, z2, h = (np.full((1, n), v, np.float32) for n, v in ((2, 5), (2, 3), (2, 2), (3, 9)))
+    np.testing.assert_array_equal(head_lib.features(z, z1, z2, h), [[5, 5, 2, 2, 1, 1, 9, 9, 9]])
+
+
+def test_labels_and_auc():
+    fail = np.array([[0, 1, 4, 10]])
+    np.testing.assert_array_equal(
+        head_lib.labels(fail)[0], [[0, 0, 0], [1, 1, 1], [0, 1, 1], [0, 0, 1]]
+    )
+    assert head_lib.auc([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1]) == 1.0
+    assert head_lib.auc([0.9, 0.8, 0.1, 0.2], [0, 0, 1, 1]) == 0.0
+    assert np.isnan(head_lib.auc([0.1, 0.2], [0, 0]))
+
+
+def test_head_refuses_bad_horizons():
+    with pytest.raises(ValueError, match="increasing"):
+        head_lib.LookaheadHead(Z, HIDDEN, horizons=(5, 3))
+    with pytest.raises(ValueError, match="not 7"):
+        head_lib.LookaheadHead(Z, HIDDEN).horizon_index(7)
+
+
+def test_the_loss_trains_a_head_to_fear_advancing():
+    rng = np.random.default_rng(1)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=16)
+    opt = chainer.optimizers.Adam(1e-2)
+    opt.setup(head)
+    for _ in range(150):
+        x = rng.normal(size=(32, 3 * Z + HIDDEN)).astype(np.float32)
+        a = rng.uniform(-1, 1, (32, 6, 2)).astype(np.float32)
+        fail = np.where(a[..., 0] > 0, 2, 0).astype(np.int8)  # advancing fails at step 2
+        loss = head_lib.loss(head, x, a, fail)
+        head.cleargrads()
+        loss.backward()
+        opt.update()
+    a = np.array([[[0.8, 0.0], [-0.8, 0.0]]], np.float32)
+    risk = head.risk(rng.normal(size=(1, 3 * Z + HIDDEN)).astype(np.float32), a, 0)
+    assert risk[0, 0] > 0.9 and risk[0, 1] < 0.1
+
+
+# ---------------------------------------------------------------------------
+# Labels from the true simulator
+# ---------------------------------------------------------------------------
+def one_room(robot, humans=()):
+    sim = sn.SocNavSim(1, sn.EnvConfig(n_humans=max(len(humans), 1)))
+    sim.robot[0] = robot
+    sim.goal[0] = (-3.5, -3.5)
+    sim.humans[0] = humans if len(humans) else [(3.5, 3.5, 0.0, 0.0)]
+    sim.active[0] = True
+    return sim
+
+
+def test_hold_failures_on_copies_of_the_true_state():
+    # facing the wall 0.4 m away: driving on leaves the room, stopping does not
+    sim = one_room((3.3, 0.0, 0.0))
+    robot_before = sim.robot.copy()
+    fail = la.hold_failures(sim, np.array([0]), np.array([[[1.0, 0.0], [-1.0, 0.0]]]), 10)
+    assert 1 <= fail[0, 0] <= 10 and fail[0, 1] == 0
+    np.testing.assert_array_equal(sim.robot, robot_before)  # the real state is untouched
+    # a person walking at the robot from 1 m: even standing still collides
+    sim = one_room((0.0, 0.0, 0.0), [(1.0, 0.0, np.pi, 1.0)])
+    fail = la.hold_failures(sim, np.array([0]), np.array([[[-1.0, 0.0]]]), 10)
+    assert 1 <= fail[0, 0] <= 10
+
+
+# ---------------------------------------------------------------------------
+# The planner
+# ---------------------------------------------------------------------------
+def test_choose_actions_keeps_c_unless_it_is_risky():
+    cand = np.array([[[0.9, 0.0], [0.5, 0.0], [-1.0, 1.0]]] * 2, np.float32)
+    risk = np.array([[0.9, 0.1, 0.0], [0.01, 0.0, 0.0]], np.float32)
+    a, replaced = la.choose_actions(risk, cand, threshold=0.05, cost=0.05)
+    # row 0: C is risky; [0.5, 0] costs 0.1 + 0.05 * 0.16, [-1, 1] 0 + 0.05 * 4.61
+    np.testing.assert_array_equal(a, np.float32([[0.5, 0.0], [0.9, 0.0]]))
+    np.testing.assert_array_equal(replaced, [True, False])
+    a, replaced = la.choose_actions(risk, cand, threshold=1.0, cost=0.05)
+    np.testing.assert_array_equal(a, cand[:, 0])
+    assert not replaced.any()
+
+
+def test_the_planner_avoids_the_action_the_head_fears():
+    vae = ConvVAE(z_size=Z)
+    rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN)
+    params = np.zeros((1, n_params(Z, HIDDEN)), np.float32)
+    params[0, -2] = 2.0  # C: full speed ahead whatever it sees
+    agent = la.LookaheadPlanner(2, vae, rnn, params, head_fearing_advance())
+    agent.reset(np.arange(2), [1, 2])
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    a = agent.act(None, frames)
+    assert (a[:, 0] <= 0).all()  # the nearest grid action that does not advance
+    np.testing.assert_allclose(a[:, 0], 0.0, atol=1e-6)
+    assert agent.replaced_fraction == 1.0
+    # a head that fears nothing leaves C's action alone
+    calm = head_fearing_advance()
+    calm.out.W.array[...] = 0.0
+    agent = la.LookaheadPlanner(2, vae, rnn, params, calm)
+    agent.reset(np.arange(2), [1, 2])
+    np.testing.assert_allclose(agent.act(None, frames)[:, 0], np.tanh(2.0), rtol=1e-6)
+
+
+def test_threshold_one_is_the_linear_agent():
+    vae, rnn, params = random_agent(3)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=8)
+    seeds = evaluation_seeds(5, 6)
+    config = sn.EnvConfig(max_steps=30)
+    _s_lin, e_lin = evaluate(WorldModelsAgent(3, vae, rnn, params), seeds, config, 3)
+    settings = la.LookaheadSettings(threshold=1.0)
+    planner = la.LookaheadPlanner(3, vae, rnn, params, head, settings)
+    _s_plan, e_plan = evaluate(planner, seeds, config, 3)
+    for a, b in zip(e_lin, e_plan):
+        np.testing.assert_array_equal(a.action, b.action)
+    assert planner.replaced == 0 and planner.steps == sum(e.length for e in e_plan)
+
+
+def test_planner_in_lockstep_equals_one_at_a_time():
+    # Fixed frames (as the return planner's test): the comparison is of the planning.
+    vae, rnn, params = random_agent(4)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=8)
+    head.out.b.array[...] = 0.0
+    frames = np.random.default_rng(3).integers(0, 256, (4, 3, 64, 64, 3), dtype=np.uint8)
+    settings = la.LookaheadSettings(threshold=0.3, grid=5)
+    together = la.LookaheadPlanner(3, vae, rnn, params, head, settings)
+    together.reset(np.arange(3), [11, 12, 13])
+    batched = np.stack([together.act(None, f) for f in frames], axis=1)
+    for i in range(3):
+        alone = la.LookaheadPlanner(1, vae, rnn, params, head, settings)
+        alone.reset(np.array([0]), [11 + i])
+        actions = np.stack([alone.act(None, f[i : i + 1])[0] for f in frames])
+        np.testing.assert_allclose(batched[i], actions, atol=1e-5)
+    assert together.replaced > 0
+
+
+def test_motion_memory_repeats_the_first_frame():
+    mem = la.MotionMemory(2, 1, chainer.backend.CpuDevice())
+    mem.reset([0, 1])
+    live = np.array([0, 1])
+    z1, z2 = mem.step(np.array([[1.0], [10.0]], np.float32), live, live)
+    np.testing.assert_array_equal(np.hstack([z1, z2]), [[1, 1], [10, 10]])
+    z1, z2 = mem.step(np.array([[2.0], [20.0]], np.float32), live, live)
+    np.testing.assert_array_equal(np.hstack([z1, z2]), [[1, 1], [10, 10]])
+    mem.reset([1])
+    z1, z2 = mem.step(np.array([[3.0], [5.0]], np.float32), live, live)
+    np.testing.assert_array_equal(np.hstack([z1, z2]), [[2, 1], [5, 5]])
+
+
+def test_settings_refuse_nonsense():
+    for bad in ({"grid": 1}, {"threshold": 1.5}, {"threshold": -0.1}, {"cost": -1},
+                {"horizon": 0}, {"grid": 2.5}):  # fmt: skip
+        with pytest.raises(ValueError):
+            la.LookaheadSettings(**bad)
+    vae, rnn, params = random_agent()
+    with pytest.raises(ValueError, match="reads z"):
+        la.LookaheadPlanner(1, vae, rnn, params, head_lib.LookaheadHead(Z + 1, HIDDEN))
+    with pytest.raises(ValueError, match="not 7"):
+        la.LookaheadPlanner(
+            1, vae, rnn, params, head_lib.LookaheadHead(Z, HIDDEN), la.LookaheadSettings(horizon=7)
+        )
+
+
+def test_recorder_labels_what_it_plays():
+    vae, rnn, params = random_agent(5)
+    config = sn.EnvConfig(max_steps=25)
+    seeds = evaluation_seeds(9, 4)
+    rec = la.Recorder(4, vae, rnn, params, None, None, 0.0, 1.0, 10, seed=0)
+    _, episodes = evaluate(rec, seeds, config, 4)
+    data = rec.data()
+    n = sum(e.length for e in episodes)
+    assert len(data["x"]) == n == rec.seen  # keep_safe 1: every row
+    assert data["x"].shape[1] == 3 * Z + HIDDEN and data["x"].dtype == np.float16
+    assert data["actions"].shape == (n, la.LABEL_GRID**2 + 1, 2)
+    # explore 0 and no head: C's actions, the linear agent's episodes
+    _, linear = evaluate(WorldModelsAgent(4, vae, rnn, params), seeds, config, 4)
+    for a, b in zip(episodes, linear):
+        np.testing.assert_array_equal(a.action, b.action)
+    # the label of the action taken at an episode's last step is how the episode ended
+    last = {int(ep): fail for ep, fail in zip(data["episode"], data["fail"][:, -1])}
+    for e in episodes:
+        assert last[e.index] == (1 if e.outcome in ("collision", "out_of_map") else 0)
+    assert any(e.outcome in ("collision", "out_of_map") for e in episodes)
+    # keep_safe 0: only rows where some labelled action fails
+    rec = la.Recorder(4, vae, rnn, params, None, None, 0.5, 0.0, 10, seed=0)
+    evaluate(rec, seeds, config, 4)
+    data = rec.data()
+    assert (data["fail"] > 0).any(axis=1).all()
+
+
+# ---------------------------------------------------------------------------
+# train_lookahead.py and 08 --planner on random models saved as 03, 04 and 07 would
+# ---------------------------------------------------------------------------
+@pytest.fixture()
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    (d / "models").mkdir(parents=True)
+    vae, rnn, params = random_agent(6)
+    controller = Controller(Z, HIDDEN)
+    controller.set_flat(params[0])
+    sidecars = {
+        "vae": (vae, {"config": vae.config()}),
+        "rnn_dream": (rnn, {"config": rnn.config()}),
+        "controller": (controller, {"config": controller.config(), "rnn_mode": "dream"}),
+    }
+    for name, (model, sidecar) in sidecars.items():
+        serializers.save_npz(d / "models" / f"{name}.npz", model)
+        manifest.write_json(d / "models" / f"{name}.json", sidecar)
+    return d
+
+
+SMALL = ("--episodes", 12, "--epochs", 2, "--batch-size", 64, "--width", 16, "--n-envs", 4)
+
+
+def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_dir, tmp_path):
+    proc = run("train_lookahead.py", *SMALL, "--rounds", 2, "--data-dir", data_dir)
+    models = data_dir / "models"
+    sidecar = json.loads((models / "lookahead.json").read_text())
+    assert sidecar["rounds"] == 2 and sidecar["epochs"] == 2
+    assert sidecar["config"]["width"] == 16
+    log = (models / "lookahead_log.csv").read_text().splitlines()
+    assert log[0].startswith("round,epoch,rows,train_loss,auc_3") and len(log) == 5
+    assert (data_dir / "lookahead_data" / "round_2.npz").exists()
+    assert "round 2 epoch 2" in proc.stdout
+    rnn, _ = checkpoints.load_rnn(str(data_dir), "dream", Z)
+    head, _ = checkpoints.load_lookahead(str(data_dir), rnn)
+    # The same run in two sittings (as after an interruption) gives the same head.
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("vae", "rnn_dream", "controller"):
+        for ext in ("npz", "json"):
+            (other / "models").mkdir(exist_ok=True)
+            (other / "models" / f"{name}.{ext}").write_bytes(
+                (models / f"{name}.{ext}").read_bytes()
+            )
+    run("train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", other)
+    run("train_lookahead.py", *SMALL, "--rounds", 2, "--resume", "--data-dir", other)
+    again, _ = checkpoints.load_lookahead(str(other), rnn)
+    for (name, p), (_, q) in zip(sorted(head.namedparams()), sorted(again.namedparams())):
+        np.testing.assert_array_equal(p.array, q.array, err_msg=name)
+    # A trained head is not replaced without --overwrite.
+    before = (models / "lookahead.npz").read_bytes()
+    line = one_line_error(run("train_lookahead.py", *SMALL, "--data-dir", data_dir, check=False))
+    assert "--overwrite" in line
+    assert (models / "lookahead.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--explore", "1.5"], "--explore"),
+        (["--keep-safe", "-0.1"], "--keep-safe"),
+        (["--rounds", "0"], "--rounds"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_train_lookahead_refuses_bad_flags(args, words, tmp_path):
+    line = one_line_error(
+        run("train_lookahead.py", *args, "--data-dir", tmp_path, check=False, timeout=60)
+    )
+    assert words in line
+
+
+def test_train_lookahead_needs_the_agent(tmp_path):
+    line = one_line_error(run("train_lookahead.py", "--data-dir", tmp_path, check=False))
+    assert "07_train_controller.py" in line
+    assert not (tmp_path / "lookahead_data").exists()
+
+
+def test_08_lookahead_planner_row(data_dir, tmp_path):
+    line = one_line_error(
+        run(
+            "08_test_controller.py",
+            "--planner",
+            "--agent-only",
+            "--episodes",
+            2,
+            "--data-dir",
+            data_dir,
+            check=False,
+        )
+    )
+    assert "train_lookahead.py" in line and "--plan-with return" in line
+    run("train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", data_dir)
+    out = tmp_path / "r.json"
+    proc = run(
+        "08_test_controller.py", "--planner", "--plan-threshold", 0.2, "--plan-grid", 5,
+        "--episodes", 3, "--max-steps", 20, "--agent-only", "--record", 0, "--out", out,
+        "--data-dir", data_dir,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert set(report) == {"world_models", "world_models_planner", "meta"}
+    meta = report["meta"]["planner"]
+    assert meta == {"plan_with": "lookahead", "grid": 5, "threshold": 0.2, "cost": la.COST,
+                    "horizon": la.HORIZON}  # fmt: skip
+    assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
+    assert "| world_models_planner |" in proc.stdout
+    line = one_line_error(
+        run(
+            "08_test_controller.py",
+            "--planner",
+            "--horizon",
+            4,
+            "--agent-only",
+            "--episodes",
+            1,
+            "--data-dir",
+            data_dir,
+            check=False,
+        )
+    )
+    assert "not 4" in line
