@@ -37,8 +37,8 @@ from lib.models.lookahead import features
 # The planner's defaults, chosen on validation episodes (docs/experiments.md,
 # "A look-ahead head for the planner").
 GRID = 9  # candidate actions per axis
-THRESHOLD = 0.05  # C's action is replaced when its forecast risk exceeds this
-COST = 0.05  # per unit of squared distance from C's action
+THRESHOLD = 0.1  # C's action is replaced when its forecast risk exceeds this
+COST = 0.0  # per unit of squared distance from C's action (0: the safest candidate)
 HORIZON = 10  # steps ahead (1 s); one of the head's horizons
 
 LABEL_GRID = 5  # labelled actions per axis (and the action taken)
