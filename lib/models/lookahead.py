@@ -115,7 +115,8 @@ class LookaheadHead(chainer.Chain):
         a = actions.reshape(b * k, -1) @ self.action.W.array.T
         y = xp.maximum(a.reshape(b, k, -1) + s[:, None], 0).reshape(b * k, -1)
         y = xp.maximum(y @ self.hidden.W.array.T + self.hidden.b.array, 0)
-        logit = (y @ self.out.W.array[horizon_index] + self.out.b.array[horizon_index]).reshape(b, k)
+        w, bias = self.out.W.array[horizon_index], self.out.b.array[horizon_index]
+        logit = (y @ w + bias).reshape(b, k)
         return (0.5 + 0.5 * xp.tanh(0.5 * logit)).astype(np.float32)  # the sigmoid, overflow-free
 
 
