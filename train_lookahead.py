@@ -314,7 +314,8 @@ def main(argv=None):
             )
         done = {"round": k, "epoch": args.epochs}
 
-    # OUTPUTS
+    # OUTPUTS (the training rows are let go first: the picture reads the last round's file)
+    rows = held = None
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
     cli.ensure_writable_dir(os.path.dirname(picture))
     drawn = draw(picture, head, load_rounds(folder, args.rounds)[-1], la.LABEL_GRID**2)

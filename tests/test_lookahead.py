@@ -152,13 +152,19 @@ def test_the_planner_avoids_the_action_the_head_fears():
     rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN)
     params = np.zeros((1, n_params(Z, HIDDEN)), np.float32)
     params[0, -2] = 2.0  # C: full speed ahead whatever it sees
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    # At the defaults (cost 0) the safest action: the first of the equally safe, a stop.
     agent = la.LookaheadPlanner(2, vae, rnn, params, head_fearing_advance())
     agent.reset(np.arange(2), [1, 2])
-    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    a = agent.act(None, frames)
-    assert (a[:, 0] <= 0).all()  # the nearest grid action that does not advance
-    np.testing.assert_allclose(a[:, 0], 0.0, atol=1e-6)
+    np.testing.assert_array_equal(agent.act(None, frames), [[-1, -1], [-1, -1]])
     assert agent.replaced_fraction == 1.0
+    # With a cost on the distance from C's action: the nearest action that does not advance.
+    settings = la.LookaheadSettings(cost=0.05)
+    agent = la.LookaheadPlanner(2, vae, rnn, params, head_fearing_advance(), settings)
+    agent.reset(np.arange(2), [1, 2])
+    a = agent.act(None, frames)
+    np.testing.assert_allclose(a[:, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(a[:, 1], 0.0, atol=1e-6)  # C turns by tanh(0) = 0
     # a head that fears nothing leaves C's action alone
     calm = head_fearing_advance()
     calm.out.W.array[...] = 0.0
