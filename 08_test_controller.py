@@ -232,18 +232,12 @@ def main(argv=None):
     if not args.baselines_only:
         try:
             device = devices.select_device(args.gpu)
-            controller, c_sidecar = checkpoints.load_controller(args.data_dir, args.controller)
-            vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
-            config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
-            rnn, r_sidecar = checkpoints.load_rnn(
-                args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
+            controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar = checkpoints.load_agent(
+                args.data_dir, args.controller, device
             )
+            config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
         except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
             cli.fail(f"{e} (or pass --baselines-only)")
-        if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
-            cli.fail(
-                f"{args.controller}.npz reads [z, h] of sizes ({controller.z_size}, {controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — re-run 07_train_controller.py"
-            )
         params = controller.get_flat()[None]
         policies[linear] = lambda n: WorldModelsAgent(
             n, vae, rnn, params, temperature=args.temperature

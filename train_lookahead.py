@@ -128,23 +128,25 @@ def split(parts):
 
 
 def draw(path, head, part, grid_size):
-    """Six held-out states of a round where some action fails: frame, forecast, truth."""
-    if len(part["picture_rows"]) == 0:
+    """Six held-out states of a round where some action fails: frame, forecast, truth.
+
+    `part` holds the round's `picture_*` arrays (`lib.control.lookahead.Recorder.data`)."""
+    n = len(part["picture_images"])
+    if n == 0:
         return False
-    chosen = np.linspace(0, len(part["picture_rows"]) - 1, min(6, len(part["picture_rows"])))
-    chosen = chosen.round().astype(int)
-    pick, images = part["picture_rows"][chosen], part["picture_images"][chosen]
-    rows = part
+    chosen = np.linspace(0, n - 1, min(6, n)).round().astype(int)
+    images = part["picture_images"][chosen]
+    rows = {k: part[f"picture_{k}"][chosen] for k in ("x", "actions", "fail")}
     side = round(np.sqrt(grid_size))
     fig, axes = plt.subplots(
-        len(pick), 3, figsize=(8, 2.3 * len(pick) + 0.6), squeeze=False, layout="constrained"
+        len(chosen), 3, figsize=(8, 2.3 * len(chosen) + 0.6), squeeze=False, layout="constrained"
     )
     with chainer.using_config("train", False), chainer.no_backprop_mode():
-        x = head.xp.asarray(rows["x"][pick], np.float32)
-        acts = head.xp.asarray(rows["actions"][pick][:, :grid_size])
+        x = head.xp.asarray(rows["x"], np.float32)
+        acts = head.xp.asarray(rows["actions"][:, :grid_size])
         prob = devices.to_host(head.risk(x, acts, len(head.horizons) - 1))
-    truth = (rows["fail"][pick][:, :grid_size] > 0).astype(float)
-    for r in range(len(pick)):
+    truth = (rows["fail"][:, :grid_size] > 0).astype(float)
+    for r in range(len(chosen)):
         axes[r, 0].imshow(images[r])
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
@@ -187,17 +189,11 @@ def main(argv=None):
     # CHECKS: the agent exists; nothing is written before this passes.
     try:
         device = devices.select_device(args.gpu)
-        controller, c_sidecar = checkpoints.load_controller(args.data_dir, args.controller)
-        vae, v_sidecar = checkpoints.load_vae(args.data_dir, device)
-        rnn, _ = checkpoints.load_rnn(
-            args.data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
+        controller, c_sidecar, vae, v_sidecar, rnn, _ = checkpoints.load_agent(
+            args.data_dir, args.controller, device
         )
     except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
-    if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
-        cli.fail(
-            f"{args.controller}.npz does not read this V and M — re-run 07_train_controller.py"
-        )
     done = {"round": 0, "epoch": 0}
     if os.path.exists(head_path) and not (args.resume or args.overwrite):
         cli.fail(
@@ -314,11 +310,12 @@ def main(argv=None):
             )
         done = {"round": k, "epoch": args.epochs}
 
-    # OUTPUTS (the training rows are let go first: the picture reads the last round's file)
-    rows = held = None
+    # OUTPUTS
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
     cli.ensure_writable_dir(os.path.dirname(picture))
-    drawn = draw(picture, head, load_rounds(folder, args.rounds)[-1], la.LABEL_GRID**2)
+    with np.load(os.path.join(folder, f"round_{args.rounds}.npz"), allow_pickle=False) as f:
+        part = {k: f[k] for k in f.files if k.startswith("picture_")}
+    drawn = draw(picture, head, part, la.LABEL_GRID**2)
     print(f"head: {head_path} (+ lookahead.json); log: {models}/lookahead_log.csv")
     print(f"picture: {picture}" if drawn else "no held-out state with a failing action to draw")
 

@@ -234,8 +234,9 @@ class Recorder(LookaheadPlanner):
         self.labelled = action_grid(LABEL_GRID)
         self.episode = np.full(n, -1)
         self.rows = {"x": [], "actions": [], "fail": [], "episode": []}
-        self.seen = self.kept = 0
-        self.pictures = {"images": [], "rows": []}  # frames of some risky rows, to draw
+        self.seen = 0
+        # Some risky rows again, with their frames, to draw without rereading the rows.
+        self.pictures = {"images": [], "x": [], "actions": [], "fail": []}
 
     # Frames kept of risky rows of episodes at or after this index (held out by the script).
     picture_from = 0
@@ -264,12 +265,14 @@ class Recorder(LookaheadPlanner):
         if keep.any():
             episode = self.episode[live][keep]
             risky = np.flatnonzero((fail[keep, : len(self.labelled)] > 0).any(axis=1))
+            x_kept = to_host(x)[keep].astype(np.float16)
             for j in risky[episode[risky] >= self.picture_from]:
-                if len(self.pictures["rows"]) < self.pictures_max:
+                if len(self.pictures["images"]) < self.pictures_max:
                     self.pictures["images"].append(self._images[live[keep][j]].copy())
-                    self.pictures["rows"].append(self.kept + j)
-            self.kept += int(keep.sum())
-            self.rows["x"].append(to_host(x)[keep].astype(np.float16))
+                    self.pictures["x"].append(x_kept[j])
+                    self.pictures["actions"].append(acts[keep][j].astype(np.float32))
+                    self.pictures["fail"].append(fail[keep][j])
+            self.rows["x"].append(x_kept)
             self.rows["actions"].append(acts[keep].astype(np.float32))
             self.rows["fail"].append(fail[keep])
             self.rows["episode"].append(self.episode[live][keep])
@@ -277,7 +280,8 @@ class Recorder(LookaheadPlanner):
 
     def data(self):
         """The kept rows: x (N, D) float16, actions (N, K, 2), fail (N, K) int8, episode
-        (N,); and `picture_images` (P, S, S, 3) uint8, the frames of rows `picture_rows`."""
+        (N,); and `picture_images` (P, S, S, 3) uint8 with `picture_x`, `picture_actions`,
+        `picture_fail`: up to `pictures_max` risky rows again, with their frames."""
         out = {k: np.concatenate(v) for k, v in self.rows.items() if v}
         if not out:
             k = len(self.labelled) + 1
@@ -288,9 +292,8 @@ class Recorder(LookaheadPlanner):
                 "episode": np.zeros(0, np.int64),
             }
         size = self.vae.image_size
-        out["picture_images"] = (
-            np.stack(self.pictures["images"]) if self.pictures["images"]
-            else np.zeros((0, size, size, 3), np.uint8)
-        )  # fmt: skip
-        out["picture_rows"] = np.asarray(self.pictures["rows"], np.int64)
+        empty = {"images": np.zeros((0, size, size, 3), np.uint8), "x": out["x"][:0],
+                 "actions": out["actions"][:0], "fail": out["fail"][:0]}  # fmt: skip
+        for key, rows in self.pictures.items():
+            out[f"picture_{key}"] = np.stack(rows) if rows else empty[key]
         return out

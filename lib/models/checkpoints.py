@@ -126,6 +126,30 @@ def load_controller(data_dir: str, name: str = "controller"):
     return controller, sidecar
 
 
+def load_agent(data_dir: str, controller_name: str = "controller", device=None):
+    """C (`models/<controller_name>.npz`), V and the M that C was trained with, checked
+    to fit together: what 08 tests and train_lookahead.py plays.
+
+    Returns:
+        (controller, its sidecar, V, V's sidecar, M, M's sidecar); V and M on `device`.
+
+    Raises:
+        CheckpointError: a model is missing or unreadable, or C reads another [z, h].
+    """
+    controller, c_sidecar = load_controller(data_dir, controller_name)
+    vae, v_sidecar = load_vae(data_dir, device)
+    rnn, r_sidecar = load_rnn(
+        data_dir, c_sidecar["rnn_mode"], v_sidecar["config"]["z_size"], device
+    )
+    if (rnn.z_size, rnn.hidden_size) != (controller.z_size, controller.hidden_size):
+        raise CheckpointError(
+            f"{controller_name}.npz reads [z, h] of sizes ({controller.z_size}, "
+            f"{controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — "
+            "re-run 07_train_controller.py"
+        )
+    return controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar
+
+
 def load_lookahead(data_dir: str, rnn, device=None):
     """M's look-ahead head from `data_dir/models/lookahead.npz`, checked against M's sizes.
 
