@@ -46,6 +46,7 @@ from lib.env import evaluation
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
 from lib.models import checkpoints
+from lib.models.lookahead import HORIZONS as HEAD_HORIZONS
 
 BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
 
@@ -105,12 +106,14 @@ PLAN_WITH_HELP = (
     "cross-entropy method over action sequences imagined in M, scored by M's predicted return"
 )
 
+HORIZON_DEFAULT = f"{lookahead.HORIZON} with lookahead, {planner.HORIZON} with return"
+
 # The planner's flags: (flag, type, default, help, the --plan-with values they belong to).
 # Their defaults are filled in by `check_planner_args`, so that a flag given without
 # --planner, or to the other planner, can be refused.
 PLANNER_FLAGS = (
-    ("--horizon", cli.positive_int, planner.HORIZON,
-     "steps looked ahead (0.1 s each); with lookahead one of the head's horizons (3, 5, 10)",
+    ("--horizon", cli.positive_int, None,
+     f"steps looked ahead (0.1 s each); with lookahead one of the head's horizons {HEAD_HORIZONS}",
      PLANNERS),
     ("--plan-threshold", cli.non_negative_float, lookahead.THRESHOLD,
      "C's action is replaced when the head's forecast risk of holding it exceeds this, in [0, 1]",
@@ -154,7 +157,7 @@ def add_planner_args(p):
             flag,
             type=kind,
             default=argparse.SUPPRESS,  # absent unless given, and no "(default: None)" in --help
-            help=f"with {which}: {text} (default: {default})",
+            help=f"with {which}: {text} (default: {HORIZON_DEFAULT if default is None else default})",
         )
 
 
@@ -173,6 +176,8 @@ def check_planner_args(p, args):
             p.error(f"{flag} needs --planner")
         elif args.plan_with not in kinds:
             p.error(f"{flag} is a flag of --plan-with {kinds[0]}, not of {args.plan_with}")
+    if args.horizon is None:
+        args.horizon = lookahead.HORIZON if args.plan_with == "lookahead" else planner.HORIZON
     if args.planner and args.baselines_only:
         p.error("--planner and --baselines-only exclude each other")
     if args.plan_gamma > 1:
@@ -260,7 +265,9 @@ def main(argv=None):
                 )
                 head.horizon_index(args.horizon)
             except ValueError as e:
-                cli.fail(f"argument --horizon: {e}")
+                cli.fail(
+                    f"argument --horizon: {e} (pass one of those, or retrain it with train_lookahead.py)"
+                )
             policies[linear + "_planner"] = lambda n: lookahead.LookaheadPlanner(
                 n, vae, rnn, params, head, settings, temperature=args.temperature
             )

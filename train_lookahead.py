@@ -1,19 +1,22 @@
 """Trains M's look-ahead head, the planner's forecast of collisions (beyond the paper).
 
 The planner (`08_test_controller.py --planner`) replaces C's action when the head
-forecasts that holding it for the next 10 steps ends in a collision or outside the
-room (lib/control/lookahead.py). The head reads what the agent reads: V's z of the
-last three frames and M's h (lib/models/lookahead.py).
+forecasts that holding it for the next second (10 steps) ends in a collision or
+outside the room (lib/control/lookahead.py). The head reads what the agent reads:
+V's z of the last three frames and M's h (lib/models/lookahead.py).
 
 Each of --rounds rounds plays --episodes real episodes with the agent (C in the
-first round; from the second on, the planner with the head of the round before,
-so the data follows the planner's own states), with a uniform random action at
---explore of the steps. Every step is labelled by holding each of 25 grid
-actions and the action taken for 10 steps on a copy of the true state: the step
-at which the copy collides or leaves the room, if it does. Rows where some action
-fails are kept, and --keep-safe of the others. The head is then trained on all
-rounds' rows for --epochs epochs; the last tenth of each round's episodes is
-held out for the log's AUC and safe-pick rate.
+first round; from the second on, the planner with the head of the round before, so
+the data follows the planner's own states), with a uniform random action at
+--explore of the steps. Every step is labelled by holding each of 25 grid actions
+and the action taken for 10 steps (the head's longest horizon) on a copy of the true
+state: the step at which the copy collides or leaves the room, if it does. Rows
+where some action fails are kept, and --keep-safe of the others. The head is then
+trained on all rounds' rows for --epochs epochs; the last tenth of each round's
+episodes is held out for the log's AUC and safe-pick rate. With --heads N (default
+3), N heads are trained side by side, each from its own initial weights and batch
+order, and the planner reads their mean forecast: an ensemble errs less than any
+one of them (docs/experiments.md, "Sharpening the planner's look-ahead").
 
 Reads:
     data/models/vae.npz, rnn_<mode>.npz (the M named in controller.json) and
@@ -21,8 +24,9 @@ Reads:
 Writes:
     data/lookahead_data/round_<k>.npz: round k's labelled rows (a finished round is
         not replayed by --resume).
-    data/models/lookahead.npz (+ .json): the head; the sidecar names V, M and C and
-        the rounds and epochs done. lookahead_snapshot.npz: the optimizer, for --resume.
+    data/models/lookahead.npz (+ .json): the --heads heads; the sidecar names V, M
+        and C and the rounds and epochs done. lookahead_snapshot.npz: the optimizer,
+        for --resume.
     data/models/lookahead_log.csv: per round and epoch, the training loss and the
         held-out AUC per horizon and safe-pick rate.
     data/results/lookahead.png: held-out states: the frame, and the risk of each
@@ -61,12 +65,12 @@ LOG_FIELDS += ["safe_pick", "mixed_rows", "seconds"]
 def parse_args(argv=None):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--episodes", type=cli.positive_int, default=20000, help="real episodes played per round"
+        "--episodes", type=cli.positive_int, default=40000, help="real episodes played per round"
     )
     p.add_argument(
         "--rounds",
         type=cli.positive_int,
-        default=2,
+        default=1,
         help="rounds of play and training; rounds after the first play the planner",
     )
     p.add_argument(
@@ -85,6 +89,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.positive_int, default=128, help="rows per batch")
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam's learning rate")
     p.add_argument("--width", type=cli.positive_int, default=256, help="hidden units per layer")
+    p.add_argument(
+        "--heads",
+        type=cli.positive_int,
+        default=head_lib.MEMBERS,
+        help="heads trained apart (own initial weights and batch order) whose mean forecast "
+        "the planner reads; each adds the training time of one",
+    )
     p.add_argument(
         "--controller",
         type=cli.file_stem,
@@ -138,6 +149,7 @@ def draw(path, head, part, grid_size):
     images = part["picture_images"][chosen]
     rows = {k: part[f"picture_{k}"][chosen] for k in ("x", "actions", "fail")}
     side = round(np.sqrt(grid_size))
+    seconds = max(head.horizons) / 10  # 0.1 s a step
     fig, axes = plt.subplots(
         len(chosen), 3, figsize=(8, 2.3 * len(chosen) + 0.6), squeeze=False, layout="constrained"
     )
@@ -152,7 +164,11 @@ def draw(path, head, part, grid_size):
         axes[r, 0].set_yticks([])
         axes[r, 0].set_title("the agent's frame" if r == 0 else "", fontsize=9)
         for c, (grid_vals, title) in enumerate(
-            ((prob[r], "forecast P(fail within 1 s)"), (truth[r], "true (copy of the state)")), 1
+            (
+                (prob[r], f"forecast P(fail within {seconds:g} s)"),
+                (truth[r], "true (copy of the state)"),
+            ),
+            1,
         ):
             im = axes[r, c].imshow(
                 grid_vals.reshape(side, side), vmin=0, vmax=1, cmap="magma", origin="lower",
@@ -167,7 +183,8 @@ def draw(path, head, part, grid_size):
             ax.tick_params(labelsize=7)
     fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=0.6, label="P(collision or exit)")
     fig.suptitle(
-        "Look-ahead head on held-out states: holding each action for 10 steps", fontsize=10
+        f"Look-ahead head on held-out states: holding each action for {max(head.horizons)} steps",
+        fontsize=10,
     )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -211,7 +228,10 @@ def main(argv=None):
     # MODEL AND OPTIMIZER
     config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
     np.random.seed(derive_seed(args.seed, "lookahead/init") % 2**32)  # Chainer's initializers
-    head = head_lib.LookaheadHead(rnn.z_size, rnn.hidden_size, rnn.action_size, args.width)
+    head = head_lib.make_head(
+        args.heads, z_size=rnn.z_size, hidden_size=rnn.hidden_size,
+        action_size=rnn.action_size, width=args.width,
+    )  # fmt: skip
     head.to_device(device)
     optimizer = chainer.optimizers.Adam(alpha=args.lr)
     optimizer.setup(head)
@@ -222,6 +242,13 @@ def main(argv=None):
         "controller_sha1": file_hash(os.path.join(models, f"{args.controller}.npz")),
     }
     if args.resume:
+        sidecar = manifest.read_json(training.sidecar_path(head_path)) or {}
+        trained = sidecar.get("config", {}).get("members", 1)
+        if trained != args.heads:
+            cli.fail(
+                f"--resume: {head_path} has {trained} head(s) — pass --heads {trained}, "
+                "or --overwrite to start afresh"
+            )
         try:
             state, _ = training.load_snapshot(snapshot_path, head, optimizer)
         except ValueError as e:
@@ -270,14 +297,21 @@ def main(argv=None):
         train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
         first_epoch = done["epoch"] if k == done["round"] else 0
         for epoch in range(first_epoch, args.epochs):
-            rng = np.random.default_rng(derive_seed(args.seed, "lookahead/epoch", k, epoch))
-            order = rng.permutation(train_idx)
+            # Each head its own batch order (the first's is that of a single head).
+            orders = [
+                np.random.default_rng(
+                    derive_seed(args.seed, "lookahead/epoch", k, epoch, *([m] if m else []))
+                ).permutation(train_idx)
+                for m in range(args.heads)
+            ]
             start, total = time.perf_counter(), 0.0
-            batches = range(0, len(order), args.batch_size)
+            batches = range(0, len(train_idx), args.batch_size)
             for i in tqdm(batches, desc=f"round {k} epoch {epoch + 1}/{args.epochs}", unit="batch"):
-                b = order[i : i + args.batch_size]
-                loss = head_lib.loss(head, rows["x"][b], rows["actions"][b], rows["fail"][b])
-                value = float(loss.array)
+                loss = 0
+                for member, order in zip(head_lib.members(head), orders):
+                    b = order[i : i + args.batch_size]
+                    loss += head_lib.loss(member, rows["x"][b], rows["actions"][b], rows["fail"][b])
+                value = float(loss.array) / args.heads
                 if not np.isfinite(value):
                     cli.fail(
                         f"the look-ahead loss is {value} in round {k}, epoch {epoch + 1}", code=1
@@ -285,7 +319,7 @@ def main(argv=None):
                 head.cleargrads()
                 loss.backward()
                 optimizer.update()
-                total += value * len(b)
+                total += value * len(orders[0][i : i + args.batch_size])
             metrics = head_lib.held_out_metrics(
                 head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
                 la.LABEL_GRID**2,

@@ -10,7 +10,7 @@ import pytest
 from chainer import serializers
 from cli_helpers import one_line_error, run
 
-from lib import manifest
+from lib import manifest, training
 from lib.control import lookahead as la
 from lib.control.agent import WorldModelsAgent
 from lib.env import socnavenv as sn
@@ -73,10 +73,13 @@ def test_features_are_z_then_its_two_differences_then_h():
 
 
 def test_labels_and_auc():
-    fail = np.array([[0, 1, 4, 10]])
+    assert head_lib.HORIZONS == (3, 5, 10, 15)
+    fail = np.array([[0, 1, 4, 10, 12]])
     np.testing.assert_array_equal(
-        head_lib.labels(fail)[0], [[0, 0, 0], [1, 1, 1], [0, 1, 1], [0, 0, 1]]
+        head_lib.labels(fail)[0],
+        [[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]],
     )
+    np.testing.assert_array_equal(head_lib.labels(fail, (3, 5))[0, 2], [0, 1])
     assert head_lib.auc([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1]) == 1.0
     assert head_lib.auc([0.9, 0.8, 0.1, 0.2], [0, 0, 1, 1]) == 0.0
     assert np.isnan(head_lib.auc([0.1, 0.2], [0, 0]))
@@ -105,6 +108,35 @@ def test_the_loss_trains_a_head_to_fear_advancing():
     a = np.array([[[0.8, 0.0], [-0.8, 0.0]]], np.float32)
     risk = head.risk(rng.normal(size=(1, 3 * Z + HIDDEN)).astype(np.float32), a, 0)
     assert risk[0, 0] > 0.9 and risk[0, 1] < 0.1
+
+
+def test_an_ensemble_forecasts_its_members_mean_and_saves_as_one_head(tmp_path):
+    np.random.seed(3)
+    ens = head_lib.make_head(3, z_size=Z, hidden_size=HIDDEN, width=8)
+    assert isinstance(ens, head_lib.LookaheadEnsemble) and len(ens) == 3
+    assert isinstance(head_lib.make_head(1, z_size=Z, hidden_size=HIDDEN), head_lib.LookaheadHead)
+    assert (ens.z_size, ens.hidden_size, ens.horizons) == (Z, HIDDEN, head_lib.HORIZONS)
+    assert ens.config()["members"] == 3 and ens.horizon_index(10) == 2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, ens.feature_size)).astype(np.float32)
+    a = rng.uniform(-1, 1, (5, 7, 2)).astype(np.float32)
+    parts = [m.risk(x, a, 2) for m in ens]
+    assert not np.allclose(parts[0], parts[1])  # members start apart
+    np.testing.assert_allclose(ens.risk(x, a, 2), np.mean(parts, 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        head_lib.probabilities(ens, x, a)[..., 2], ens.risk(x, a, 2), atol=1e-6
+    )
+    ens.set_normalization(np.ones(ens.feature_size), np.full(ens.feature_size, 2.0))
+    assert all((m.std == 2).all() for m in ens)
+    # Saved and loaded as train_lookahead.py and 08 do: the same forecasts.
+    (tmp_path / "models").mkdir()
+    path = tmp_path / "models" / "lookahead.npz"
+    training.save_model(str(path), ens, {"config": ens.config()})
+    rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN, reward_head=True, done_head=True)
+    again, _ = checkpoints.load_lookahead(str(tmp_path), rnn)
+    np.testing.assert_array_equal(again.risk(x, a, 2), ens.risk(x, a, 2))
+    with pytest.raises(ValueError, match="2 or more"):
+        head_lib.LookaheadEnsemble(1, z_size=Z, hidden_size=HIDDEN)
 
 
 # ---------------------------------------------------------------------------
@@ -289,12 +321,14 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     sidecar = json.loads((models / "lookahead.json").read_text())
     assert sidecar["rounds"] == 2 and sidecar["epochs"] == 2
     assert sidecar["config"]["width"] == 16
+    assert sidecar["config"]["members"] == head_lib.MEMBERS == 3
     log = (models / "lookahead_log.csv").read_text().splitlines()
     assert log[0].startswith("round,epoch,rows,train_loss,auc_3") and len(log) == 5
     assert (data_dir / "lookahead_data" / "round_2.npz").exists()
     assert "round 2 epoch 2" in proc.stdout
     rnn, _ = checkpoints.load_rnn(str(data_dir), "dream", Z)
     head, _ = checkpoints.load_lookahead(str(data_dir), rnn)
+    assert isinstance(head, head_lib.LookaheadEnsemble) and len(head) == 3
     # The same run in two sittings (as after an interruption) gives the same head.
     other = tmp_path / "other"
     other.mkdir()
@@ -314,6 +348,11 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     line = one_line_error(run("train_lookahead.py", *SMALL, "--data-dir", data_dir, check=False))
     assert "--overwrite" in line
     assert (models / "lookahead.npz").read_bytes() == before
+    # Resuming with another number of heads is refused, in one line, before any work.
+    other_heads = ("--resume", "--heads", 2, "--data-dir", data_dir)
+    line = one_line_error(run("train_lookahead.py", *SMALL, *other_heads, check=False))
+    assert "--heads 3" in line
+    assert (models / "lookahead.npz").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -322,6 +361,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
         (["--explore", "1.5"], "--explore"),
         (["--keep-safe", "-0.1"], "--keep-safe"),
         (["--rounds", "0"], "--rounds"),
+        (["--heads", "0"], "--heads"),
         (["--resume", "--overwrite"], "exclude each other"),
     ],
 )
@@ -380,4 +420,4 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
             check=False,
         )
     )
-    assert "not 4" in line
+    assert "not 4" in line and "train_lookahead.py" in line

@@ -30,7 +30,9 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
         "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "lookahead", "08"
     ]  # fmt: skip
     (head,) = script_lines(lines, "lookahead")
-    assert "train_lookahead.py --episodes 20000 --rounds 2" in head and "--overwrite" in head
+    assert (
+        "train_lookahead.py --episodes 40000 --rounds 1 --heads 3" in head and "--overwrite" in head
+    )
     assert (
         "probe_controller.py --teacher cautious_oracle --iterations 10 --data-dir"
         in script_lines(lines, "inputs")[0]

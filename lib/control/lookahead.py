@@ -32,7 +32,7 @@ from chainer import backend
 from lib.control.agent import WorldModelsAgent
 from lib.devices import to_host
 from lib.env import socnavenv as sn
-from lib.models.lookahead import features
+from lib.models.lookahead import HORIZONS, features
 
 # The planner's defaults, chosen on validation episodes (docs/experiments.md,
 # "A look-ahead head for the planner").
@@ -40,6 +40,7 @@ GRID = 9  # candidate actions per axis
 THRESHOLD = 0.1  # C's action is replaced when its forecast risk exceeds this
 COST = 0.0  # per unit of squared distance from C's action (0: the safest candidate)
 HORIZON = 10  # steps ahead (1 s); one of the head's horizons
+assert HORIZON in HORIZONS
 
 LABEL_GRID = 5  # labelled actions per axis (and the action taken)
 

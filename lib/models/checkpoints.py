@@ -15,7 +15,7 @@ import chainer
 
 from lib.env.socnavenv import EnvConfig
 from lib.models.controller import Controller
-from lib.models.lookahead import LookaheadHead
+from lib.models.lookahead import make_head
 from lib.models.mdn_rnn import MDNRNN
 from lib.models.vae import ConvVAE
 
@@ -154,16 +154,16 @@ def load_lookahead(data_dir: str, rnn, device=None):
     """M's look-ahead head from `data_dir/models/lookahead.npz`, checked against M's sizes.
 
     Returns:
-        (LookaheadHead on `device`, sidecar dict).
+        (LookaheadHead, or LookaheadEnsemble, on `device`; sidecar dict).
     """
     maker = "train_lookahead.py"
     path = os.path.join(data_dir, "models", "lookahead.npz")
     sidecar = read_sidecar(path, maker)
     try:
-        head = LookaheadHead(**sidecar["config"])
+        head = make_head(**sidecar["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(
-            f"{path}: sidecar config does not build a LookaheadHead ({e})"
+            f"{path}: sidecar config does not build a look-ahead head ({e})"
         ) from None
     if (head.z_size, head.hidden_size) != (rnn.z_size, rnn.hidden_size):
         raise CheckpointError(

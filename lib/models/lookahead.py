@@ -31,6 +31,8 @@ from chainer import backend
 
 # Steps ahead the head forecasts; the planner reads one of them (its horizon).
 HORIZONS = (3, 5, 10)
+# Heads trained apart whose mean the planner reads (train_lookahead.py --heads).
+MEMBERS = 3
 
 
 def features(z, z1, z2, h):
@@ -120,6 +122,62 @@ class LookaheadHead(chainer.Chain):
         return (0.5 + 0.5 * xp.tanh(0.5 * logit)).astype(np.float32)  # the sigmoid, overflow-free
 
 
+class LookaheadEnsemble(chainer.ChainList):
+    """`members` look-ahead heads of one config, trained apart (each its own initial
+    weights and batch order: `train_lookahead.py --heads`); the forecast is their mean
+    probability. It answers what the planner and the trainer ask of a `LookaheadHead`
+    (sizes, `horizons`, `horizon_index`, `risk`, `config`, `set_normalization`).
+    """
+
+    def __init__(self, members, **config):
+        if int(members) != members or members < 2:
+            raise ValueError(f"an ensemble needs 2 or more members, got {members}")
+        super().__init__(*[LookaheadHead(**config) for _ in range(int(members))])
+
+    # The members' shared sizes and horizons.
+    z_size = property(lambda self: self[0].z_size)
+    hidden_size = property(lambda self: self[0].hidden_size)
+    action_size = property(lambda self: self[0].action_size)
+    width = property(lambda self: self[0].width)
+    horizons = property(lambda self: self[0].horizons)
+    feature_size = property(lambda self: self[0].feature_size)
+
+    def horizon_index(self, horizon: int) -> int:
+        return self[0].horizon_index(horizon)
+
+    def config(self) -> dict:
+        return {**self[0].config(), "members": len(self)}
+
+    def set_normalization(self, mean, std) -> None:
+        for member in self:
+            member.set_normalization(mean, std)
+
+    def risk(self, x, actions, horizon_index):
+        """The members' mean `LookaheadHead.risk`, (B, K) float32."""
+        total = self[0].risk(x, actions, horizon_index)
+        for member in self[1:]:
+            total = total + member.risk(x, actions, horizon_index)
+        return total / np.float32(len(self))
+
+
+def make_head(members=1, **config):
+    """A `LookaheadHead` (members 1) or a `LookaheadEnsemble` from a sidecar's config."""
+    return LookaheadHead(**config) if members == 1 else LookaheadEnsemble(members, **config)
+
+
+def members(head):
+    """The heads whose forecasts `head` averages: itself, or an ensemble's members."""
+    return list(head) if isinstance(head, LookaheadEnsemble) else [head]
+
+
+def probabilities(head, x, actions):
+    """(B, K, len(horizons)) forecast probabilities on the head's device, without a graph
+    (an ensemble's: its members' mean). x: (B, D), actions: (B, K, A) arrays."""
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        parts = [F.sigmoid(m(x, actions)).array for m in members(head)]
+    return sum(parts[1:], parts[0]) / np.float32(len(parts))
+
+
 def labels(fail, horizons=HORIZONS):
     """(N, K, len(horizons)) int32 targets from first-failure steps `fail` (N, K) (0: none)."""
     fail = np.asarray(fail)
@@ -155,16 +213,13 @@ def held_out_metrics(head, x, actions, fail, grid_size, batch=2048):
     the head finds least risky does not (what the planner relies on).
     """
     probs = np.zeros((0,) + actions.shape[1:2] + (len(head.horizons),), np.float32)
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        parts = [
-            F.sigmoid(
-                head(
-                    head.xp.asarray(x[i : i + batch], np.float32),
-                    head.xp.asarray(actions[i : i + batch]),
-                )
-            ).array
-            for i in range(0, len(x), batch)
-        ]
+    xp = head.xp
+    parts = [
+        probabilities(
+            head, xp.asarray(x[i : i + batch], np.float32), xp.asarray(actions[i : i + batch])
+        )
+        for i in range(0, len(x), batch)
+    ]
     if parts:
         probs = np.concatenate([backend.CpuDevice().send(p) for p in parts])
     y = labels(fail, head.horizons)
