@@ -285,15 +285,14 @@ def main(argv=None):
                 f"{summary['success_rate']:.1%}, collisions {summary['collision_rate']:.1%}; "
                 f"kept {len(rows['x'])} of {recorder.seen} rows ({time.perf_counter() - start:.0f} s)"
             )
+            del recorder, rows  # the rows are read back below; two copies would double memory
         if k < done["round"] or (k == done["round"] and done["epoch"] >= args.epochs):
             continue
 
         # TRAIN on every round so far
         rows, held = split(load_rounds(folder, k))
         if k == 1 and done["round"] == 0 and done["epoch"] == 0:
-            x = rows["x"][~held].astype(np.float32)
-            head.set_normalization(x.mean(axis=0), x.std(axis=0))
-            del x
+            head.set_normalization(*head_lib.moments(rows["x"], ~held))
         train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
         first_epoch = done["epoch"] if k == done["round"] else 0
         for epoch in range(first_epoch, args.epochs):

@@ -178,6 +178,20 @@ def probabilities(head, x, actions):
     return sum(parts[1:], parts[0]) / np.float32(len(parts))
 
 
+def moments(x, keep, chunk=8192):
+    """Column means and standard deviations of the rows of `x` where `keep` (for
+    `set_normalization`), in float64 over chunks: a float32 copy of a round's float16
+    rows would take 4 GB."""
+    total, square, count = np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0
+    for i in range(0, len(x), chunk):
+        part = np.asarray(x[i : i + chunk][keep[i : i + chunk]], np.float64)
+        total += part.sum(axis=0)
+        square += (part**2).sum(axis=0)
+        count += len(part)
+    mean = total / max(count, 1)
+    return mean, np.sqrt(np.maximum(square / max(count, 1) - mean**2, 0.0))
+
+
 def labels(fail, horizons=HORIZONS):
     """(N, K, len(horizons)) int32 targets from first-failure steps `fail` (N, K) (0: none)."""
     fail = np.asarray(fail)
