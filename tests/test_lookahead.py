@@ -13,6 +13,7 @@ from cli_helpers import one_line_error, run
 from lib import manifest, training
 from lib.control import lookahead as la
 from lib.control.agent import WorldModelsAgent
+from lib.control.planner import PlannerAgent
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.models import checkpoints
@@ -272,6 +273,12 @@ def test_settings_refuse_nonsense():
         la.LookaheadPlanner(
             1, vae, rnn, params, head_lib.LookaheadHead(Z, HIDDEN), la.LookaheadSettings(horizon=7)
         )
+    # Both planners take one C (lib.control.agent.PlanningAgent checks it for them).
+    two = np.concatenate([params, params])
+    with pytest.raises(ValueError, match="one controller, got 2"):
+        la.LookaheadPlanner(1, vae, rnn, two, head_lib.LookaheadHead(Z, HIDDEN))
+    with pytest.raises(ValueError, match="one controller, got 2"):
+        PlannerAgent(1, vae, rnn, two)
 
 
 def test_recorder_labels_what_it_plays():

@@ -130,6 +130,34 @@ class WorldModelsAgent(Policy):
         return act_batch(self.weights, self.biases, self.which[on_device], z, h)
 
 
+class PlanningAgent(WorldModelsAgent):
+    """A World Models agent with one C whose action a planner may replace
+    (`lib.control.planner`, `lib.control.lookahead`): it checks that there is one C and
+    counts the steps planned and those whose action is not C's.
+
+    Args: as `WorldModelsAgent`, with `params` (n_params,) or (1, n_params).
+    """
+
+    name = "world_models_planner"
+
+    def __init__(self, n, vae, rnn, params, temperature=0.0, encoder=None):
+        params = np.atleast_2d(params)
+        if len(params) != 1:
+            raise ValueError(f"the planner takes one controller, got {len(params)}")
+        super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
+        self.steps = self.replaced = 0
+
+    def count(self, replaced) -> None:
+        """Adds one planned step per entry of `replaced` (bool, any device)."""
+        self.steps += len(replaced)
+        self.replaced += int(to_host(replaced).sum())
+
+    @property
+    def replaced_fraction(self):
+        """The fraction of steps so far where the executed action is not C's."""
+        return self.replaced / max(self.steps, 1)
+
+
 # A soft dream (outcome-head M) stops an agent once the probability that its
 # episode still runs is below this: what is left could change its return by less.
 SOFT_END = 1e-3

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from chainer import backend
 
-from lib.control.agent import WorldModelsAgent
+from lib.control.agent import PlanningAgent
 from lib.devices import to_host
 from lib.env import socnavenv as sn
 from lib.models.lookahead import HORIZONS, features
@@ -125,7 +125,7 @@ class MotionMemory:
         return z1, z2
 
 
-class LookaheadPlanner(WorldModelsAgent):
+class LookaheadPlanner(PlanningAgent):
     """The World Models agent whose action the look-ahead head can veto (module docstring).
 
     Args:
@@ -135,12 +135,7 @@ class LookaheadPlanner(WorldModelsAgent):
         settings: `LookaheadSettings` (defaults if None).
     """
 
-    name = "world_models_planner"
-
     def __init__(self, n, vae, rnn, params, head, settings=None, temperature=0.0, encoder=None):
-        params = np.atleast_2d(params)
-        if len(params) != 1:
-            raise ValueError(f"the planner takes one controller, got {len(params)}")
         if head is not None and (head.z_size, head.hidden_size) != (rnn.z_size, rnn.hidden_size):
             raise ValueError(
                 f"the look-ahead head reads z {head.z_size} and h {head.hidden_size}, "
@@ -152,12 +147,6 @@ class LookaheadPlanner(WorldModelsAgent):
         self.column = None if head is None else head.horizon_index(self.settings.horizon)
         self.grid = self.device.send(action_grid(self.settings.grid))
         self.memory = MotionMemory(n, rnn.z_size, self.device)
-        self.steps = self.replaced = 0
-
-    @property
-    def replaced_fraction(self):
-        """The fraction of steps so far where the executed action is not C's."""
-        return self.replaced / max(self.steps, 1)
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
@@ -182,8 +171,7 @@ class LookaheadPlanner(WorldModelsAgent):
         risk = self.head.risk(x, cand, self.column)
         s = self.settings
         a, replaced = choose_actions(risk, cand, s.threshold, s.cost)
-        self.steps += len(live)
-        self.replaced += int(to_host(replaced).sum())
+        self.count(replaced)
         return a, x
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from chainer import backend
 
-from lib.control.agent import WorldModelsAgent
+from lib.control.agent import PlanningAgent
 from lib.devices import to_host
 from lib.kernels import mdn
 from lib.models.controller import act_batch
@@ -277,7 +277,7 @@ def _next_z(rnn, out, z, tau, noise):
     return (mean + sigma * np.float32(np.sqrt(tau)) * normal).astype(np.float32)
 
 
-class PlannerAgent(WorldModelsAgent):
+class PlannerAgent(PlanningAgent):
     """The World Models agent with its action planned in M (see the module docstring).
 
     V's encoding, M's state bookkeeping, `reset` and `act(sim, images)` are
@@ -293,26 +293,14 @@ class PlannerAgent(WorldModelsAgent):
         encoder: as in `WorldModelsAgent`.
     """
 
-    name = "world_models_planner"
-
     def __init__(self, n, vae, rnn, params, settings=None, temperature=0.0, encoder=None):
         if not rnn.can_dream:
             raise ValueError(
                 "planning needs an M with reward and done heads (--mode reward or dream)"
             )
-        params = np.atleast_2d(params)
-        if len(params) != 1:
-            raise ValueError(f"the planner takes one controller, got {len(params)}")
         super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
         self.settings = settings or PlanSettings()
         self.plan_rngs = [np.random.default_rng([i, _PLAN_NOISE]) for i in range(n)]
-        # Steps planned, and those whose action is not C's (a plan beat C's by the margin).
-        self.steps = self.replaced = 0
-
-    @property
-    def replaced_fraction(self):
-        """The fraction of steps so far where the executed action is not C's."""
-        return self.replaced / max(self.steps, 1)
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
@@ -324,6 +312,5 @@ class PlannerAgent(WorldModelsAgent):
         a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings)
         # C's own action is returned bit for bit unless a plan replaced it.
         linear = act_batch(self.weights, self.biases, None, z, h)
-        self.steps += len(live)
-        self.replaced += int(to_host((a != linear).any(axis=1)).sum())
+        self.count((a != linear).any(axis=1))  # a plan beat C's by the margin
         return a
