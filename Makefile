@@ -103,10 +103,12 @@ AGENT_C_IMITATION_ITERATIONS ?= 10
 # wider clearance from people, which a linear C imitates with fewer collisions
 AGENT_C_TEACHER ?= cautious_oracle
 AGENT_DREAM_GENERATIONS ?= 100
-# The planner's look-ahead heads (train_lookahead.py): episodes per round of play and
-# labelling, rounds (a second would play the planner with the first round's heads; one
-# of 40,000 did as well as two of 20,000, in less time), and heads in the ensemble
-AGENT_LOOKAHEAD_EPISODES ?= 40000
+# The planner's look-ahead heads (train_lookahead.py, which by default lets them read
+# the frames' centre beside z and h): episodes per round of play and labelling, rounds
+# (a second would play the planner with the first round's heads; one did as well as
+# two), and heads in the ensemble. With pixels, one head on 20,000 episodes beat one
+# without on the same rows by 1.9 points of collisions (docs/experiments.md)
+AGENT_LOOKAHEAD_EPISODES ?= 20000
 AGENT_LOOKAHEAD_ROUNDS ?= 1
 AGENT_LOOKAHEAD_HEADS ?= 3
 AGENT_TEST_EPISODES ?= 500

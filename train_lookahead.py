@@ -3,7 +3,9 @@
 The planner (`08_test_controller.py --planner`) replaces C's action when the head
 forecasts that holding it for the next second (10 steps) ends in a collision or
 outside the room (lib/control/lookahead.py). The head reads what the agent reads:
-V's z of the last three frames and M's h (lib/models/lookahead.py).
+V's z of the last three frames and M's h, and with --pixels (the default) the
+centre of the same frames, the 5 m around the robot at 0.25 m a pixel
+(lib/models/lookahead.py): finer than z's 1.3 m cells, where collisions are decided.
 
 Each of --rounds rounds plays --episodes real episodes with the agent (C in the
 first round; from the second on, the planner with the head of the round before, so
@@ -22,8 +24,8 @@ Reads:
     data/models/vae.npz, rnn_<mode>.npz (the M named in controller.json) and
         controller.npz (--controller), with sidecars.
 Writes:
-    data/lookahead_data/round_<k>.npz: round k's labelled rows (a finished round is
-        not replayed by --resume).
+    data/lookahead_data/round_<k>.npz: round k's labelled rows, with --pixels their
+        frames' crops (a finished round is not replayed by --resume).
     data/models/lookahead.npz (+ .json): the --heads heads; the sidecar names V, M
         and C and the rounds and epochs done. lookahead_snapshot.npz: the optimizer,
         for --resume.
@@ -90,6 +92,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam's learning rate")
     p.add_argument("--width", type=cli.positive_int, default=256, help="hidden units per layer")
     p.add_argument(
+        "--pixels",
+        action=cli.argparse.BooleanOptionalAction,
+        default=True,
+        help="the heads also read the frames' centre (5 m around the robot, pooled to "
+        "0.25 m a pixel) beside z and h; --no-pixels: z, its motion and h only",
+    )
+    p.add_argument(
         "--heads",
         type=cli.positive_int,
         default=head_lib.MEMBERS,
@@ -132,8 +141,11 @@ def load_rounds(folder, rounds):
 
 
 def split(parts):
-    """All rounds' rows, and a held-out mask: each round's last tenth of episodes."""
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "actions", "fail", "episode")}
+    """All rounds' rows (crops None without pixels), and a held-out mask: each round's
+    last tenth of episodes."""
+    keys = ("x", "actions", "fail", "episode") + (("crops",) if "crops" in parts[0] else ())
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    rows.setdefault("crops", None)
     held = np.concatenate([p["episode"] >= int(0.9 * p["n_episodes"][0]) for p in parts])
     return rows, held
 
@@ -148,13 +160,14 @@ def draw(path, head, part, grid_size):
     chosen = np.linspace(0, n - 1, min(6, n)).round().astype(int)
     images = part["picture_images"][chosen]
     rows = {k: part[f"picture_{k}"][chosen] for k in ("x", "actions", "fail")}
+    c = part["picture_crops"][chosen] if head.pixels else None
     side = round(np.sqrt(grid_size))
     seconds = max(head.horizons) / 10  # 0.1 s a step
     fig, axes = plt.subplots(
         len(chosen), 3, figsize=(8, 2.3 * len(chosen) + 0.6), squeeze=False, layout="constrained"
     )
     with chainer.using_config("train", False), chainer.no_backprop_mode():
-        x = head.xp.asarray(rows["x"], np.float32)
+        x = head.xp.asarray(head_lib.row_features(rows["x"], c))
         acts = head.xp.asarray(rows["actions"][:, :grid_size])
         prob = devices.to_host(head.risk(x, acts, len(head.horizons) - 1))
     truth = (rows["fail"][:, :grid_size] > 0).astype(float)
@@ -200,7 +213,8 @@ def main(argv=None):
     snapshot_path = os.path.join(models, "lookahead_snapshot.npz")
     print(
         f"train_lookahead: {args.rounds} rounds x {args.episodes} episodes (explore {args.explore}), "
-        f"{args.epochs} epochs per round, seed {args.seed}"
+        f"{args.epochs} epochs per round, {args.heads} heads reading "
+        f"{'z, h and the frame centre' if args.pixels else 'z and h'}, seed {args.seed}"
     )
 
     # CHECKS: the agent exists; nothing is written before this passes.
@@ -231,6 +245,7 @@ def main(argv=None):
     head = head_lib.make_head(
         args.heads, z_size=rnn.z_size, hidden_size=rnn.hidden_size,
         action_size=rnn.action_size, width=args.width,
+        pixels=head_lib.pixel_size(vae.image_size) if args.pixels else 0,
     )  # fmt: skip
     head.to_device(device)
     optimizer = chainer.optimizers.Adam(alpha=args.lr)
@@ -249,6 +264,9 @@ def main(argv=None):
                 f"--resume: {head_path} has {trained} head(s) — pass --heads {trained}, "
                 "or --overwrite to start afresh"
             )
+        if bool(sidecar.get("config", {}).get("pixels", 0)) != args.pixels:
+            flag = "--no-pixels" if args.pixels else "--pixels"
+            cli.fail(f"--resume: {head_path} was trained with {flag} — pass {flag}, or --overwrite")
         try:
             state, _ = training.load_snapshot(snapshot_path, head, optimizer)
         except ValueError as e:
@@ -270,6 +288,7 @@ def main(argv=None):
                 args.n_envs, vae, rnn, params, None if first else head, la.LookaheadSettings(),
                 args.explore, args.keep_safe, max(head.horizons),
                 derive_seed(args.seed, "lookahead/explore", k), encoder=encoder,
+                pixels=args.pixels,
             )  # fmt: skip
             recorder.picture_from = int(0.9 * args.episodes)  # held out: see split()
             seeds = derive_seeds(args.seed, f"lookahead/round{k}", args.episodes)
@@ -291,8 +310,14 @@ def main(argv=None):
 
         # TRAIN on every round so far
         rows, held = split(load_rounds(folder, k))
+        if args.pixels and rows["crops"] is None:
+            cli.fail(
+                f"{folder}: the saved rounds have no frames' crops (played with --no-pixels) "
+                "— pass --no-pixels, or --overwrite to replay them"
+            )
+        crops = rows["crops"] if args.pixels else None
         if k == 1 and done["round"] == 0 and done["epoch"] == 0:
-            head.set_normalization(*head_lib.moments(rows["x"], ~held))
+            head.set_normalization(*head_lib.moments(rows["x"], ~held, crops_rows=crops))
         train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
         first_epoch = done["epoch"] if k == done["round"] else 0
         for epoch in range(first_epoch, args.epochs):
@@ -309,7 +334,8 @@ def main(argv=None):
                 loss = 0
                 for member, order in zip(head_lib.members(head), orders):
                     b = order[i : i + args.batch_size]
-                    loss += head_lib.loss(member, rows["x"][b], rows["actions"][b], rows["fail"][b])
+                    x = head_lib.row_features(rows["x"][b], None if crops is None else crops[b])
+                    loss += head_lib.loss(member, x, rows["actions"][b], rows["fail"][b])
                 value = float(loss.array) / args.heads
                 if not np.isfinite(value):
                     cli.fail(
@@ -321,7 +347,7 @@ def main(argv=None):
                 total += value * len(orders[0][i : i + args.batch_size])
             metrics = head_lib.held_out_metrics(
                 head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
-                la.LABEL_GRID**2,
+                la.LABEL_GRID**2, crops_rows=None if crops is None else crops[held_idx],
             )  # fmt: skip
             row = {"round": k, "epoch": epoch + 1, "rows": len(train_idx)}
             row["train_loss"] = round(total / max(len(train_idx), 1), 5)

@@ -53,7 +53,7 @@ from lib.control.lookahead import LookaheadPlanner
 from lib.control.planner import PlannerAgent, PlanSettings
 from lib.kernels.fast_adam import FastAdam
 from lib.models.controller import n_params
-from lib.models.lookahead import MEMBERS, make_head
+from lib.models.lookahead import MEMBERS, make_head, pixel_size
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss
 
@@ -227,10 +227,11 @@ def _agent_models(rng):
 
 def plan_lookahead():
     """Env-steps/s of the look-ahead planner at its defaults (train_lookahead.py's
-    ensemble of MEMBERS heads), 64 agents in lockstep."""
+    ensemble of MEMBERS heads, reading the frames' centre), 64 agents in lockstep."""
     rng = np.random.default_rng(0)
     vae, rnn, params = _agent_models(rng)
-    head = _on_device(make_head(MEMBERS, z_size=vae.z_size, hidden_size=256))
+    pixels = pixel_size(vae.image_size)
+    head = _on_device(make_head(MEMBERS, z_size=vae.z_size, hidden_size=256, pixels=pixels))
     for member in head:
         member.out.b.array[...] = 0.0  # C's action is risky often enough that the choice runs
     agent = LookaheadPlanner(64, vae, rnn, params, head)

@@ -287,18 +287,20 @@ def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_p
     from lib.control.lookahead import LookaheadPlanner, LookaheadSettings
     from lib.env import socnavenv as sn
     from lib.models.controller import n_params
-    from lib.models.lookahead import make_head
+    from lib.models.lookahead import make_head, pixel_size
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(4)]
     params = np.random.default_rng(1).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
     np.random.seed(2)
-    head_cpu = make_head(2, z_size=8, hidden_size=16, width=8)  # an ensemble, as trained
+    # An ensemble reading the frames' centre too, as trained.
+    config = {"z_size": 8, "hidden_size": 16, "width": 8, "pixels": pixel_size(64)}
+    head_cpu = make_head(2, **config)
     for member in head_cpu:
         member.out.b.array[...] = 0.0
     actions, replaced = {}, {}
     for name, vae, rnn, _ in _both_devices(cpu_dir):
-        head = make_head(2, z_size=8, hidden_size=16, width=8)
+        head = make_head(2, **config)
         head.copyparams(head_cpu)
         head.to_device(rnn.device)
         agent = LookaheadPlanner(4, vae, rnn, params, head, LookaheadSettings(threshold=0.3))

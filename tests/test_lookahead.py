@@ -248,6 +248,92 @@ def test_planner_in_lockstep_equals_one_at_a_time():
     assert together.replaced > 0
 
 
+def test_crops_pool_the_frames_centre():
+    assert head_lib.crop_box(64) == (12, 52)  # 40 px: 5 m of the 8 m view
+    assert head_lib.pixel_size(64) == 20 * 20 * 3
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[0, 12:14, 12:14, 0] = [[10, 20], [30, 41]]  # the first pooled pixel: 25.25
+    frames[0, 51, 51, 2] = 200  # the last pooled pixel's blue: 50
+    frames[1, :12] = 255  # outside the centre: not read
+    p = head_lib.crops(frames)
+    assert p.shape == (2, 1200) and p.dtype == np.uint8
+    np.testing.assert_array_equal(p[0, :3], [25, 0, 0])
+    np.testing.assert_array_equal(p[0, -3:], [0, 0, 50])
+    assert p[0].sum() == 75 and p[1].sum() == 0
+    with pytest.raises(ValueError, match="too small"):
+        head_lib.crop_box(2)
+
+
+def test_pixel_features_are_the_crop_then_its_two_differences():
+    p, p1, p2 = (np.array([[v, 0]], np.uint8) for v in (255, 51, 0))
+    np.testing.assert_allclose(head_lib.pixel_features(p, p1, p2), [[1, 0, 0.8, 0, 0.2, 0]])
+    x = np.array([[7.0]], np.float16)
+    rows = np.stack([p, p1, p2], axis=1)  # (N, 3, P), as the recorder keeps them
+    np.testing.assert_allclose(head_lib.row_features(x, rows), [[7, 1, 0, 0.8, 0, 0.2, 0]])
+    assert head_lib.row_features(x).dtype == np.float32
+
+
+def test_a_head_with_pixels_sizes_its_input_and_floors_pixels_std():
+    head = head_lib.make_head(z_size=Z, hidden_size=HIDDEN, width=4, pixels=5)
+    assert head.feature_size == 3 * Z + HIDDEN + 15 == head.state.W.shape[1]
+    again = head_lib.make_head(**head.config())
+    assert again.pixels == 5 and again.feature_size == head.feature_size
+    head.set_normalization(np.zeros(head.feature_size), np.zeros(head.feature_size))
+    np.testing.assert_allclose(head.std[: 3 * Z + HIDDEN], 1e-3)
+    np.testing.assert_allclose(head.std[3 * Z + HIDDEN :], head_lib.PIXEL_STD_FLOOR)
+    ens = head_lib.make_head(2, z_size=Z, hidden_size=HIDDEN, width=4, pixels=5)
+    assert ens.pixels == 5 and ens.config()["pixels"] == 5
+    with pytest.raises(ValueError, match="pixels"):
+        head_lib.LookaheadHead(Z, HIDDEN, pixels=-1)
+    # A sidecar written before heads read pixels builds a head without them.
+    old = {k: v for k, v in head.config().items() if k != "pixels"}
+    assert head_lib.make_head(**old).pixels == 0
+
+
+def head_fearing_advance_near_red(size):
+    """A hand-made head reading pixels: risk 1 when the action advances (a[0] > 0.5)
+    and the frame's centre holds a 4 x 4 px red patch (a person), else 0."""
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=4, pixels=size)
+    for p in head.params():
+        p.array[...] = 0.0
+    start = 3 * Z + HIDDEN
+    head.state.W.array[0, start : start + size : 3] = 0.25  # this frame's red, 4 pooled px: 1
+    head.state.b.array[0] = -1.5
+    head.action.W.array[0, 0] = 1.0  # unit 0 = relu(red + a[0] - 1.5)
+    head.hidden.W.array[0, 0] = 1.0
+    head.out.b.array[...] = -20.0
+    head.out.W.array[:, 0] = 200.0
+    return head
+
+
+def test_the_planner_reads_the_frames_centre():
+    vae = ConvVAE(z_size=Z)
+    rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN)
+    params = np.zeros((1, n_params(Z, HIDDEN)), np.float32)
+    params[0, -2] = 2.0  # C: full speed ahead whatever it sees
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    frames[1, 20:24, 20:24, 0] = 255  # a person in the centre
+    frames[2, 0:4, 0:4, 0] = 255  # a person outside it
+    head = head_fearing_advance_near_red(head_lib.pixel_size(64))
+    agent = la.LookaheadPlanner(3, vae, rnn, params, head, la.LookaheadSettings(cost=0.05))
+    assert agent.pixels
+    agent.reset(np.arange(3), [1, 2, 3])
+    a = agent.act(None, frames)
+    np.testing.assert_allclose(a[[0, 2], 0], np.tanh(2.0), rtol=1e-6)  # C's, kept
+    np.testing.assert_allclose(a[1], [0.5, 0.0], atol=1e-6)  # the nearest that is safe
+    # The crops it keeps: this frame's and (at an episode's start) the same twice more.
+    x_rows = agent.plan(*_state(agent), np.arange(3), slice(None))[2]
+    np.testing.assert_array_equal(x_rows[:, 0], head_lib.crops(frames))
+    # A head whose pixels do not fit V's frames is refused.
+    with pytest.raises(ValueError, match="pixel values"):
+        la.LookaheadPlanner(1, vae, rnn, params, head_fearing_advance_near_red(12))
+
+
+def _state(agent):
+    z = agent.encode(agent._images, np.arange(agent.n))
+    return z, agent.h, agent.c
+
+
 def test_motion_memory_repeats_the_first_frame():
     mem = la.MotionMemory(2, 1, chainer.backend.CpuDevice())
     mem.reset([0, 1])
@@ -301,11 +387,34 @@ def test_recorder_labels_what_it_plays():
     for e in episodes:
         assert last[e.index] == (1 if e.outcome in ("collision", "out_of_map") else 0)
     assert any(e.outcome in ("collision", "out_of_map") for e in episodes)
+    assert "crops" not in data
     # keep_safe 0: only rows where some labelled action fails
     rec = la.Recorder(4, vae, rnn, params, None, None, 0.5, 0.0, 10, seed=0)
     evaluate(rec, seeds, config, 4)
     data = rec.data()
     assert (data["fail"] > 0).any(axis=1).all()
+
+
+def test_recorder_keeps_the_frames_crops_in_order():
+    vae, rnn, params = random_agent(5)
+    config = sn.EnvConfig(max_steps=20)
+    rec = la.Recorder(3, vae, rnn, params, None, None, 0.0, 1.0, 10, seed=0, pixels=True)
+    _, episodes = evaluate(rec, evaluation_seeds(9, 3), config, 3)
+    data = rec.data()
+    size = head_lib.pixel_size(64)
+    assert data["crops"].shape == (len(data["x"]), 3, size) and data["crops"].dtype == np.uint8
+    for e in episodes:
+        c = data["crops"][data["episode"] == e.index]  # this episode's rows, in step order
+        assert len(c) == e.length
+        np.testing.assert_array_equal(c[0, 1], c[0, 0])  # the first frame repeated
+        np.testing.assert_array_equal(c[0, 2], c[0, 0])
+        np.testing.assert_array_equal(c[1:, 1], c[:-1, 0])  # then the frame before
+        np.testing.assert_array_equal(c[2:, 2], c[:-2, 0])
+        assert len(np.unique(c[:, 0], axis=0)) > 1  # the robot moves: the crops change
+    if len(data["picture_images"]):
+        np.testing.assert_array_equal(
+            data["picture_crops"][:, 0], head_lib.crops(data["picture_images"])
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -370,6 +479,26 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     line = one_line_error(run("train_lookahead.py", *SMALL, *other_heads, check=False))
     assert "--heads 3" in line
     assert (models / "lookahead.npz").read_bytes() == before
+
+
+def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
+    tiny = (*SMALL, "--rounds", 1, "--heads", 1, "--epochs", 1, "--data-dir", data_dir)
+    run("train_lookahead.py", *tiny, "--no-pixels")
+    models = data_dir / "models"
+    assert json.loads((models / "lookahead.json").read_text())["config"]["pixels"] == 0
+    with np.load(data_dir / "lookahead_data" / "round_1.npz") as f:
+        assert "crops" not in f.files
+    before = (models / "lookahead.npz").read_bytes()
+    # Resuming a head without pixels as one with them is refused, in one line.
+    line = one_line_error(run("train_lookahead.py", *tiny, "--resume", check=False))
+    assert "--no-pixels" in line
+    assert (models / "lookahead.npz").read_bytes() == before
+    # So is training a head with pixels on saved rows that have no crops.
+    for name in ("lookahead.npz", "lookahead.json", "lookahead_snapshot.npz"):
+        (models / name).unlink()
+    line = one_line_error(run("train_lookahead.py", *tiny, check=False))
+    assert "no frames' crops" in line and "--overwrite" in line
+    assert not (models / "lookahead.npz").exists()
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
     ]  # fmt: skip
     (head,) = script_lines(lines, "lookahead")
     assert (
-        "train_lookahead.py --episodes 40000 --rounds 1 --heads 3" in head and "--overwrite" in head
+        "train_lookahead.py --episodes 20000 --rounds 1 --heads 3" in head and "--overwrite" in head
     )
     assert (
         "probe_controller.py --teacher cautious_oracle --iterations 10 --data-dir"

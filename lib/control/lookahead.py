@@ -3,7 +3,8 @@
 The agent (`LookaheadPlanner`): at every real step, C proposes its action; the
 head (`lib.models.lookahead.LookaheadHead`) forecasts, from M's state and V's
 last three z, the probability that holding each candidate action for the next
-H steps ends the episode in a collision or outside the room. The candidates are
+H steps ends the episode in a collision or outside the room (a head with pixels also
+reads the frame's centre of the same frames). The candidates are
 C's action and a G x G grid of constant actions over [-1, 1]^2, all of an
 agent's scored in one batch and all agents' in one product. When C's own
 action is riskier than `threshold`, the planner executes the candidate that
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 from chainer import backend
+from chainer.backend import CpuDevice
 
 from lib.control.agent import PlanningAgent
 from lib.devices import to_host
 from lib.env import socnavenv as sn
-from lib.models.lookahead import HORIZONS, features
+from lib.models.lookahead import HORIZONS, crops, features, pixel_features, pixel_size
 
 # The planner's defaults, chosen on validation episodes (docs/experiments.md,
 # "A look-ahead head for the planner").
@@ -98,15 +100,16 @@ def choose_actions(risk, candidates, threshold, cost):
 
 
 class MotionMemory:
-    """V's z of each slot's two previous frames, for `lib.models.lookahead.features`.
+    """Each slot's vector (V's z, or a frame's `crops`) at its two previous frames, for
+    `lib.models.lookahead.features` and `pixel_features`.
 
-    At an episode's first step both are the present z, at its second the older
-    one is the previous z (nothing before the episode is made up).
+    At an episode's first step both are the present one, at its second the older
+    one is the previous (nothing before the episode is made up).
     """
 
-    def __init__(self, n, z_size, device):
-        self.z1 = device.send(np.zeros((n, z_size), np.float32))
-        self.z2 = device.send(np.zeros((n, z_size), np.float32))
+    def __init__(self, n, z_size, device, dtype=np.float32):
+        self.z1 = device.send(np.zeros((n, z_size), dtype))
+        self.z2 = device.send(np.zeros((n, z_size), dtype))
         self.count = np.zeros(n, np.int64)
         self.device = device
 
@@ -133,13 +136,22 @@ class LookaheadPlanner(PlanningAgent):
         head: `LookaheadHead` on M's device, for this V's z and M's h; None plays
             C's action (the first round of `collect`).
         settings: `LookaheadSettings` (defaults if None).
+        pixels: whether to keep the frames' `crops` (for `plan`); by default, whether
+            the head reads them.
     """
 
-    def __init__(self, n, vae, rnn, params, head, settings=None, temperature=0.0, encoder=None):
+    def __init__(self, n, vae, rnn, params, head, settings=None, temperature=0.0, encoder=None,
+                 pixels=None):  # fmt: skip
         if head is not None and (head.z_size, head.hidden_size) != (rnn.z_size, rnn.hidden_size):
             raise ValueError(
                 f"the look-ahead head reads z {head.z_size} and h {head.hidden_size}, "
                 f"but V and M give {rnn.z_size} and {rnn.hidden_size}"
+            )
+        reads = head is not None and head.pixels > 0
+        if reads and head.pixels != pixel_size(vae.image_size):
+            raise ValueError(
+                f"the look-ahead head reads {head.pixels} pixel values a frame, but V's "
+                f"{vae.image_size} px frames give {pixel_size(vae.image_size)}"
             )
         super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
         self.head = head
@@ -147,10 +159,20 @@ class LookaheadPlanner(PlanningAgent):
         self.column = None if head is None else head.horizon_index(self.settings.horizon)
         self.grid = self.device.send(action_grid(self.settings.grid))
         self.memory = MotionMemory(n, rnn.z_size, self.device)
+        self.pixels = reads if pixels is None else bool(pixels) or reads
+        size = pixel_size(vae.image_size)
+        self.pixel_memory = MotionMemory(n, size, CpuDevice(), np.uint8) if self.pixels else None
+        self._images = None
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
         self.memory.reset(slots)
+        if self.pixel_memory is not None:
+            self.pixel_memory.reset(slots)
+
+    def act(self, sim, images=None):
+        self._images = images  # for the crops (`plan`)
+        return super().act(sim, images)
 
     def candidates(self, c_action):
         """(B, 1 + G * G, A): C's action, then the grid."""
@@ -162,17 +184,28 @@ class LookaheadPlanner(PlanningAgent):
         return self.plan(z, h, c, live, on_device)[0]
 
     def plan(self, z, h, c, live, on_device):
-        """(actions, the head's features x) of the live slots; with no head, C's actions."""
+        """The live slots' actions (with no head, C's), their [z, motion, h] features x
+        (on M's device) and, when the planner keeps them, their frames' crops (L, 3, P)
+        uint8 on the host: this frame's and the two before (else None)."""
         c_action = super().choose(z, h, c, live, on_device)
         x = features(z, *self.memory.step(z, live, on_device), h)
+        recent = None
+        if self.pixel_memory is not None:
+            p = crops(self._images[live])
+            recent = np.stack([p, *self.pixel_memory.step(p, live, live)], axis=1)
         if self.head is None:
-            return c_action, x
+            return c_action, x, recent
+        inputs = x
+        if self.head.pixels:
+            xp = backend.get_array_module(x)
+            pixels = self.device.send(pixel_features(recent[:, 0], recent[:, 1], recent[:, 2]))
+            inputs = xp.concatenate([x, pixels], axis=1)
         cand = self.candidates(c_action)
-        risk = self.head.risk(x, cand, self.column)
+        risk = self.head.risk(inputs, cand, self.column)
         s = self.settings
         a, replaced = choose_actions(risk, cand, s.threshold, s.cost)
         self.count(replaced)
-        return a, x
+        return a, x, recent
 
 
 def hold_failures(sim, slots, actions, horizon):
@@ -209,6 +242,7 @@ class Recorder(LookaheadPlanner):
     Args:
         n, vae, rnn, params, head, settings, encoder: as `LookaheadPlanner`; with
             head None the action is C's.
+        pixels: whether the rows keep the frames' crops too (for a head with pixels).
         explore: fraction of steps whose action is uniform random instead.
         keep_safe: fraction of rows kept where no labelled action fails.
         horizon: steps the labels look ahead (the head's longest horizon).
@@ -216,16 +250,17 @@ class Recorder(LookaheadPlanner):
     """
 
     def __init__(self, n, vae, rnn, params, head, settings, explore, keep_safe, horizon, seed,
-                 encoder=None):  # fmt: skip
-        super().__init__(n, vae, rnn, params, head, settings, encoder=encoder)
+                 encoder=None, pixels=False):  # fmt: skip
+        super().__init__(n, vae, rnn, params, head, settings, encoder=encoder, pixels=pixels)
         self.explore, self.keep_safe, self.horizon = float(explore), float(keep_safe), int(horizon)
         self.rng = np.random.default_rng(seed)
         self.labelled = action_grid(LABEL_GRID)
         self.episode = np.full(n, -1)
-        self.rows = {"x": [], "actions": [], "fail": [], "episode": []}
+        keys = ["x", "actions", "fail", "episode"] + (["crops"] if self.pixels else [])
+        self.rows = {k: [] for k in keys}
         self.seen = 0
         # Some risky rows again, with their frames, to draw without rereading the rows.
-        self.pictures = {"images": [], "x": [], "actions": [], "fail": []}
+        self.pictures = {k: [] for k in ["images"] + keys if k != "episode"}
 
     # Frames kept of risky rows of episodes at or after this index (held out by the script).
     picture_from = 0
@@ -240,7 +275,7 @@ class Recorder(LookaheadPlanner):
         return super().act(sim, images)
 
     def choose(self, z, h, c, live, on_device):
-        a, x = self.plan(z, h, c, live, on_device)
+        a, x, recent = self.plan(z, h, c, live, on_device)
         a = to_host(a).copy()
         wild = self.rng.random(len(live)) < self.explore
         a[wild] = self.rng.uniform(-1.0, 1.0, (int(wild.sum()), a.shape[1])).astype(np.float32)
@@ -255,22 +290,24 @@ class Recorder(LookaheadPlanner):
             episode = self.episode[live][keep]
             risky = np.flatnonzero((fail[keep, : len(self.labelled)] > 0).any(axis=1))
             x_kept = to_host(x)[keep].astype(np.float16)
+            kept = {"x": x_kept, "actions": acts[keep].astype(np.float32), "fail": fail[keep]}
+            if recent is not None:
+                kept["crops"] = recent[keep]
             for j in risky[episode[risky] >= self.picture_from]:
                 if len(self.pictures["images"]) < self.pictures_max:
                     self.pictures["images"].append(self._images[live[keep][j]].copy())
-                    self.pictures["x"].append(x_kept[j])
-                    self.pictures["actions"].append(acts[keep][j].astype(np.float32))
-                    self.pictures["fail"].append(fail[keep][j])
-            self.rows["x"].append(x_kept)
-            self.rows["actions"].append(acts[keep].astype(np.float32))
-            self.rows["fail"].append(fail[keep])
-            self.rows["episode"].append(self.episode[live][keep])
+                    for key, value in kept.items():
+                        self.pictures[key].append(value[j])
+            for key, value in kept.items():
+                self.rows[key].append(value)
+            self.rows["episode"].append(episode)
         return self.device.send(a)
 
     def data(self):
         """The kept rows: x (N, D) float16, actions (N, K, 2), fail (N, K) int8, episode
-        (N,); and `picture_images` (P, S, S, 3) uint8 with `picture_x`, `picture_actions`,
-        `picture_fail`: up to `pictures_max` risky rows again, with their frames."""
+        (N,), with pixels crops (N, 3, P) uint8; and `picture_images` (P, S, S, 3) uint8
+        with `picture_x`, `picture_actions`, `picture_fail` (and `picture_crops`): up to
+        `pictures_max` risky rows again, with their frames."""
         out = {k: np.concatenate(v) for k, v in self.rows.items() if v}
         if not out:
             k = len(self.labelled) + 1
@@ -280,9 +317,11 @@ class Recorder(LookaheadPlanner):
                 "fail": np.zeros((0, k), np.int8),
                 "episode": np.zeros(0, np.int64),
             }
+            if self.pixels:
+                out["crops"] = np.zeros((0, 3, pixel_size(self.vae.image_size)), np.uint8)
         size = self.vae.image_size
-        empty = {"images": np.zeros((0, size, size, 3), np.uint8), "x": out["x"][:0],
-                 "actions": out["actions"][:0], "fail": out["fail"][:0]}  # fmt: skip
+        empty = {"images": np.zeros((0, size, size, 3), np.uint8)}
+        empty.update({key: out[key][:0] for key in self.pictures if key != "images"})
         for key, rows in self.pictures.items():
             out[f"picture_{key}"] = np.stack(rows) if rows else empty[key]
         return out

@@ -10,8 +10,12 @@ recall within 10 steps is 0.27; docs/experiments.md).
 Input features (`features`): V's z of this frame and of the two before it, as
 [z_t, z_t - z_{t-1}, z_{t-1} - z_{t-2}] (the people's motion, which M's h barely
 carries), then M's h_t; at an episode's first steps the missing frames repeat the
-first. They are standardised by the mean and std of the training rows, kept in the
-link (`mean`, `std`: saved with the weights).
+first. A head with `pixels` > 0 also reads the frame's centre (`crops`: the 5 m
+square around the robot, pooled to 20 x 20 px, 0.25 m a pixel) of the same three
+frames, as [p_t, p_t - p_{t-1}, p_{t-1} - p_{t-2}] (`pixel_features`): V's spatial z
+has cells of 1.3 m, and a person is 0.5 m wide. The features are standardised by
+the mean and std of the training rows, kept in the link (`mean`, `std`: saved with
+the weights).
 
 Architecture: the state part and the action part of the first layer are separate
 products, so a state's first layer is computed once for all of its K candidate
@@ -33,6 +37,13 @@ from chainer import backend
 HORIZONS = (3, 5, 10)
 # Heads trained apart whose mean the planner reads (train_lookahead.py --heads).
 MEMBERS = 3
+# The frame's centre a head with pixels reads: this fraction of the view's side
+# (5 m of 8), average-pooled by POOL x POOL.
+CROP_FRACTION = 5 / 8
+POOL = 2
+# Pixel features' std floor (in [0, 1] units): a pixel nearly always of one colour (the
+# robot's own body) would otherwise be scaled up a thousandfold when a person covers it.
+PIXEL_STD_FLOOR = 0.05
 
 
 def features(z, z1, z2, h):
@@ -44,6 +55,53 @@ def features(z, z1, z2, h):
     return xp.concatenate([z, z - z1, z1 - z2, h], axis=1).astype(np.float32, copy=False)
 
 
+def crop_box(image_size: int) -> tuple[int, int]:
+    """(first, last + 1) pixel of the frame's centre square that `crops` pools."""
+    side = int(image_size * CROP_FRACTION) // POOL * POOL
+    if side < POOL:
+        raise ValueError(f"a {image_size} px frame is too small to crop")
+    first = (image_size - side) // 2
+    return first, first + side
+
+
+def pixel_size(image_size: int) -> int:
+    """The length of one frame's `crops` vector: (side / POOL)^2 x 3 colours."""
+    first, last = crop_box(image_size)
+    return ((last - first) // POOL) ** 2 * 3
+
+
+def crops(images):
+    """(B, pixel_size) uint8: each frame's centre square, average-pooled POOL x POOL and
+    rounded (the stored rows and the planner see the same values).
+
+    images: (B, S, S, 3) uint8 frames, host arrays.
+    """
+    images = np.asarray(images)
+    first, last = crop_box(images.shape[1])
+    b, side = len(images), (last - first) // POOL
+    part = images[:, first:last, first:last].astype(np.uint16)
+    total = part.reshape(b, side, POOL, side, POOL, 3).sum(axis=(2, 4))
+    return ((total + POOL * POOL // 2) // (POOL * POOL)).astype(np.uint8).reshape(b, -1)
+
+
+def pixel_features(p, p1, p2):
+    """[p, p - p1, p1 - p2] / 255, (B, 3 P) float32 (any xp), from `crops` of this frame
+    and the one and two before."""
+    xp = backend.get_array_module(p)
+    p, p1, p2 = (xp.asarray(v, np.float32) * np.float32(1 / 255) for v in (p, p1, p2))
+    return xp.concatenate([p, p - p1, p1 - p2], axis=1)
+
+
+def row_features(x, crops_rows=None):
+    """A head's float32 input from stored rows: `x` (N, 3 Z + H), and for a head with
+    pixels `crops_rows` (N, 3, P) uint8, this frame's `crops` and the two before."""
+    x = np.asarray(x, np.float32)
+    if crops_rows is None:
+        return x
+    c = np.asarray(crops_rows)
+    return np.concatenate([x, pixel_features(c[:, 0], c[:, 1], c[:, 2])], axis=1)
+
+
 class LookaheadHead(chainer.Chain):
     """P(collision or exit within k steps | hold action a), from [z, motion, h].
 
@@ -51,16 +109,22 @@ class LookaheadHead(chainer.Chain):
         z_size: V's z size; hidden_size: M's LSTM size; action_size: actions (2).
         width: hidden units of both layers.
         horizons: the k's, increasing.
+        pixels: the length of one frame's `crops` (`pixel_size`) that the head also
+            reads, or 0 for [z, motion, h] only.
     """
 
-    def __init__(self, z_size, hidden_size, action_size=2, width=256, horizons=HORIZONS):
+    def __init__(self, z_size, hidden_size, action_size=2, width=256, horizons=HORIZONS,
+                 pixels=0):  # fmt: skip
         super().__init__()
         horizons = tuple(int(k) for k in horizons)
         if not horizons or list(horizons) != sorted(set(horizons)) or horizons[0] < 1:
             raise ValueError(f"horizons must be increasing whole numbers >= 1, got {horizons}")
+        if int(pixels) != pixels or pixels < 0:
+            raise ValueError(f"pixels must be a whole number >= 0, got {pixels}")
         self.z_size, self.hidden_size = int(z_size), int(hidden_size)
         self.action_size, self.width, self.horizons = int(action_size), int(width), horizons
-        size = 3 * self.z_size + self.hidden_size
+        self.pixels = int(pixels)
+        size = self.feature_size
         self.add_persistent("mean", np.zeros(size, np.float32))
         self.add_persistent("std", np.ones(size, np.float32))
         with self.init_scope():
@@ -71,7 +135,7 @@ class LookaheadHead(chainer.Chain):
 
     @property
     def feature_size(self) -> int:
-        return 3 * self.z_size + self.hidden_size
+        return 3 * self.z_size + self.hidden_size + 3 * self.pixels
 
     def config(self) -> dict:
         return {
@@ -80,6 +144,7 @@ class LookaheadHead(chainer.Chain):
             "action_size": self.action_size,
             "width": self.width,
             "horizons": list(self.horizons),
+            "pixels": self.pixels,
         }
 
     def horizon_index(self, horizon: int) -> int:
@@ -91,10 +156,13 @@ class LookaheadHead(chainer.Chain):
         return self.horizons.index(horizon)
 
     def set_normalization(self, mean, std) -> None:
-        """Standardise inputs by these (std floored at 1e-3, so constant features stay finite)."""
+        """Standardise inputs by these (std floored at 1e-3, so constant features stay
+        finite, and pixels' at PIXEL_STD_FLOOR)."""
         xp = self.xp
+        floor = np.full(self.feature_size, 1e-3, np.float32)
+        floor[self.feature_size - 3 * self.pixels :] = PIXEL_STD_FLOOR
         self.mean = xp.asarray(mean, np.float32)
-        self.std = xp.asarray(np.maximum(np.asarray(std, np.float32), 1e-3))
+        self.std = xp.asarray(np.maximum(np.asarray(std, np.float32), floor))
 
     def forward(self, x, actions):
         """Logits (B, K, len(horizons)) for features x (B, D) and actions (B, K, A)."""
@@ -140,6 +208,7 @@ class LookaheadEnsemble(chainer.ChainList):
     action_size = property(lambda self: self[0].action_size)
     width = property(lambda self: self[0].width)
     horizons = property(lambda self: self[0].horizons)
+    pixels = property(lambda self: self[0].pixels)
     feature_size = property(lambda self: self[0].feature_size)
 
     def horizon_index(self, horizon: int) -> int:
@@ -178,18 +247,22 @@ def probabilities(head, x, actions):
     return sum(parts[1:], parts[0]) / np.float32(len(parts))
 
 
-def moments(x, keep, chunk=8192):
-    """Column means and standard deviations of the rows of `x` where `keep` (for
-    `set_normalization`), in float64 over chunks: a float32 copy of a round's float16
-    rows would take 4 GB."""
-    total, square, count = np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0
+def moments(x, keep, chunk=8192, crops_rows=None):
+    """Column means and standard deviations of the features (`row_features`) of the
+    rows where `keep` (for `set_normalization`), in float64 over chunks: a float32 copy
+    of a round's float16 rows would take 4 GB."""
+    total, square, count = 0.0, 0.0, 0
     for i in range(0, len(x), chunk):
-        part = np.asarray(x[i : i + chunk][keep[i : i + chunk]], np.float64)
+        c = None if crops_rows is None else crops_rows[i : i + chunk][keep[i : i + chunk]]
+        part = np.asarray(row_features(x[i : i + chunk][keep[i : i + chunk]], c), np.float64)
         total += part.sum(axis=0)
         square += (part**2).sum(axis=0)
         count += len(part)
-    mean = total / max(count, 1)
-    return mean, np.sqrt(np.maximum(square / max(count, 1) - mean**2, 0.0))
+    if count == 0:
+        size = x.shape[1] + (0 if crops_rows is None else crops_rows.shape[1] * crops_rows.shape[2])
+        return np.zeros(size), np.zeros(size)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(square / count - mean**2, 0.0))
 
 
 def labels(fail, horizons=HORIZONS):
@@ -218,8 +291,8 @@ def auc(score, positive):
     return float((rank[positive].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg))
 
 
-def held_out_metrics(head, x, actions, fail, grid_size, batch=2048):
-    """How well the head forecasts held-out rows.
+def held_out_metrics(head, x, actions, fail, grid_size, batch=2048, crops_rows=None):
+    """How well the head forecasts held-out rows (x and crops_rows as `row_features`).
 
     Returns a dict: `auc_<k>` per horizon over all (row, action) pairs, and
     `safe_pick`: over rows where some of the first `grid_size` actions fails
@@ -230,7 +303,9 @@ def held_out_metrics(head, x, actions, fail, grid_size, batch=2048):
     xp = head.xp
     parts = [
         probabilities(
-            head, xp.asarray(x[i : i + batch], np.float32), xp.asarray(actions[i : i + batch])
+            head,
+            xp.asarray(row_features(x[i : i + batch], _part(crops_rows, i, batch))),
+            xp.asarray(actions[i : i + batch]),
         )
         for i in range(0, len(x), batch)
     ]
@@ -246,3 +321,7 @@ def held_out_metrics(head, x, actions, fail, grid_size, batch=2048):
     )
     out["mixed_rows"] = int(mixed.sum())
     return out
+
+
+def _part(rows, i, batch):
+    return None if rows is None else rows[i : i + batch]
