@@ -6,6 +6,8 @@ outside the room (lib/control/lookahead.py). The head reads what the agent reads
 V's z of the last three frames and M's h, and with --pixels (the default) the
 centre of the same frames, the 5 m around the robot at 0.25 m a pixel
 (lib/models/lookahead.py): finer than z's 1.3 m cells, where collisions are decided.
+With --trunk conv (the default with pixels) a small convolutional net reads those
+crops; --trunk dense reads them with one dense layer, as it reads z and h.
 
 Each of --rounds rounds plays --episodes real episodes with the agent (C in the
 first round; from the second on, the planner with the head of the round before, so
@@ -99,6 +101,14 @@ def parse_args(argv=None):
         "0.25 m a pixel) beside z and h; --no-pixels: z, its motion and h only",
     )
     p.add_argument(
+        "--trunk",
+        choices=head_lib.TRUNKS,
+        default=cli.argparse.SUPPRESS,  # its default depends on --pixels
+        help="how the heads read the state: conv (a small convolutional net over the "
+        "crops, beside a dense layer over z and h) or dense (one dense layer over "
+        "everything) (default: conv with --pixels, dense with --no-pixels)",
+    )
+    p.add_argument(
         "--heads",
         type=cli.positive_int,
         default=head_lib.MEMBERS,
@@ -118,6 +128,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    trunk = getattr(args, "trunk", None)
+    if trunk == "conv" and not args.pixels:
+        p.error("--trunk conv reads the frames' crops — drop --no-pixels, or pass --trunk dense")
+    args.trunk = trunk or ("conv" if args.pixels else "dense")
     return args
 
 
@@ -213,7 +227,7 @@ def main(argv=None):
     snapshot_path = os.path.join(models, "lookahead_snapshot.npz")
     print(
         f"train_lookahead: {args.rounds} rounds x {args.episodes} episodes (explore {args.explore}), "
-        f"{args.epochs} epochs per round, {args.heads} heads reading "
+        f"{args.epochs} epochs per round, {args.heads} {args.trunk} heads reading "
         f"{'z, h and the frame centre' if args.pixels else 'z and h'}, seed {args.seed}"
     )
 
@@ -245,7 +259,7 @@ def main(argv=None):
     head = head_lib.make_head(
         args.heads, z_size=rnn.z_size, hidden_size=rnn.hidden_size,
         action_size=rnn.action_size, width=args.width,
-        pixels=head_lib.pixel_size(vae.image_size) if args.pixels else 0,
+        pixels=head_lib.pixel_size(vae.image_size) if args.pixels else 0, trunk=args.trunk,
     )  # fmt: skip
     head.to_device(device)
     optimizer = chainer.optimizers.Adam(alpha=args.lr)
@@ -267,6 +281,12 @@ def main(argv=None):
         if bool(sidecar.get("config", {}).get("pixels", 0)) != args.pixels:
             flag = "--no-pixels" if args.pixels else "--pixels"
             cli.fail(f"--resume: {head_path} was trained with {flag} — pass {flag}, or --overwrite")
+        trunk = sidecar.get("config", {}).get("trunk", "dense")
+        if trunk != args.trunk:
+            cli.fail(
+                f"--resume: {head_path} was trained with --trunk {trunk} — pass --trunk {trunk}, "
+                "or --overwrite"
+            )
         try:
             state, _ = training.load_snapshot(snapshot_path, head, optimizer)
         except ValueError as e:

@@ -227,11 +227,14 @@ def _agent_models(rng):
 
 def plan_lookahead():
     """Env-steps/s of the look-ahead planner at its defaults (train_lookahead.py's
-    ensemble of MEMBERS heads, reading the frames' centre), 64 agents in lockstep."""
+    ensemble of MEMBERS heads, reading the frames' centre through their conv trunks), 64
+    agents in lockstep."""
     rng = np.random.default_rng(0)
     vae, rnn, params = _agent_models(rng)
     pixels = pixel_size(vae.image_size)
-    head = _on_device(make_head(MEMBERS, z_size=vae.z_size, hidden_size=256, pixels=pixels))
+    head = _on_device(
+        make_head(MEMBERS, z_size=vae.z_size, hidden_size=256, pixels=pixels, trunk="conv")
+    )
     for member in head:
         member.out.b.array[...] = 0.0  # C's action is risky often enough that the choice runs
     agent = LookaheadPlanner(64, vae, rnn, params, head)

@@ -293,8 +293,8 @@ def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_p
     frames = [rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(4)]
     params = np.random.default_rng(1).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
     np.random.seed(2)
-    # An ensemble reading the frames' centre too, as trained.
-    config = {"z_size": 8, "hidden_size": 16, "width": 8, "pixels": pixel_size(64)}
+    # An ensemble reading the frames' centre too, through its conv trunk, as trained.
+    config = {"z_size": 8, "hidden_size": 16, "width": 8, "pixels": pixel_size(64), "trunk": "conv"}
     head_cpu = make_head(2, **config)
     for member in head_cpu:
         member.out.b.array[...] = 0.0

@@ -290,6 +290,88 @@ def test_a_head_with_pixels_sizes_its_input_and_floors_pixels_std():
     assert head_lib.make_head(**old).pixels == 0
 
 
+def test_a_conv_head_sizes_its_layers_and_scales_its_pixels():
+    size = head_lib.pixel_size(64)
+    assert head_lib.conv_sizes(size) == (20, 3)
+    head = head_lib.make_head(z_size=Z, hidden_size=HIDDEN, width=4, pixels=size, trunk="conv")
+    base = 3 * Z + HIDDEN
+    assert head.base_size == base and head.state.W.shape[1] == base
+    assert head.pixel.W.shape[1] == head_lib.CONV_LAYERS[-1][0] * 3 * 3
+    again = head_lib.make_head(**head.config())
+    assert again.trunk == "conv" and again.pixels == size
+    ens = head_lib.make_head(2, **head.config())
+    assert ens.trunk == "conv" and ens.config()["trunk"] == "conv"
+    # [z, motion, h] standardised; the pixels as they are, their differences scaled.
+    head.set_normalization(np.full(head.feature_size, 5.0), np.full(head.feature_size, 2.0))
+    np.testing.assert_allclose(head.mean, [5.0] * base + [0.0] * 3 * size)
+    np.testing.assert_allclose(
+        head.std, [2.0] * base + [1.0] * size + [1 / head_lib.DIFF_SCALE] * 2 * size
+    )
+    # A sidecar written before heads had trunks builds a dense head.
+    old = {k: v for k, v in head.config().items() if k != "trunk"}
+    assert head_lib.make_head(**old).trunk == "dense"
+    with pytest.raises(ValueError, match="needs pixels"):
+        head_lib.LookaheadHead(Z, HIDDEN, trunk="conv")
+    with pytest.raises(ValueError, match="trunk must be one of"):
+        head_lib.LookaheadHead(Z, HIDDEN, pixels=size, trunk="lstm")
+    with pytest.raises(ValueError, match="square crops"):
+        head_lib.LookaheadHead(Z, HIDDEN, pixels=5, trunk="conv")
+    with pytest.raises(ValueError, match="12 px or more"):
+        head_lib.LookaheadHead(Z, HIDDEN, pixels=head_lib.pixel_size(32), trunk="conv")
+
+
+def test_a_conv_heads_risk_is_the_sigmoid_of_forward_for_a_batch_or_one_row():
+    rng = np.random.default_rng(0)
+    np.random.seed(0)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=16, pixels=head_lib.pixel_size(64), trunk="conv")
+    d = head.feature_size
+    head.set_normalization(rng.normal(size=d), rng.uniform(0.5, 2, d))
+    x = rng.uniform(-1, 1, (5, d)).astype(np.float32)
+    a = rng.uniform(-1, 1, (5, 7, 2)).astype(np.float32)
+    with chainer.no_backprop_mode():
+        want = F.sigmoid(head(x, a)).array
+    for j in range(3):
+        np.testing.assert_allclose(head.risk(x, a, j), want[..., j], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            head.risk(x[2:3], a[2:3], j), want[2:3, :, j], rtol=1e-5, atol=1e-6
+        )
+    # Chainer's own convolution (as on a GPU) gives the same forecast.
+    with chainer.using_config("fastconv", False):
+        np.testing.assert_allclose(head.risk(x, a, 2), want[..., 2], rtol=1e-4, atol=1e-5)
+
+
+def test_the_loss_trains_a_conv_head_to_fear_a_person_wherever_they_stand():
+    """Rows whose frame's centre holds a red 2 x 2 px patch (a person) at a random place
+    fail when the action advances; the rest never fail. [z, motion, h] are noise."""
+    rng = np.random.default_rng(2)
+    np.random.seed(2)
+    size = head_lib.pixel_size(64)
+    head = head_lib.LookaheadHead(Z, HIDDEN, width=16, pixels=size, trunk="conv")
+    head.set_normalization(np.zeros(head.feature_size), np.ones(head.feature_size))
+
+    def batch(n):
+        crops = np.zeros((n, 3, 20, 20, 3), np.uint8)
+        person = rng.random(n) < 0.5
+        for i in np.flatnonzero(person):
+            r, c = rng.integers(0, 19, 2)
+            crops[i, :, r : r + 2, c : c + 2, 0] = 255
+        x = head_lib.row_features(rng.normal(size=(n, 3 * Z + HIDDEN)), crops.reshape(n, 3, -1))
+        a = rng.uniform(-1, 1, (n, 4, 2)).astype(np.float32)
+        fail = np.where(person[:, None] & (a[..., 0] > 0), 3, 0).astype(np.int8)
+        return x, a, fail
+
+    opt = chainer.optimizers.Adam(3e-3)
+    opt.setup(head)
+    for _ in range(150):
+        loss = head_lib.loss(head, *batch(32))
+        head.cleargrads()
+        loss.backward()
+        opt.update()
+    x, a, fail = batch(200)
+    metrics = head_lib.held_out_metrics(head, x, a, fail, grid_size=4)
+    assert metrics["auc_3"] > 0.95
+
+
 def head_fearing_advance_near_red(size):
     """A hand-made head reading pixels: risk 1 when the action advances (a[0] > 0.5)
     and the frame's centre holds a 4 x 4 px red patch (a person), else 0."""
@@ -448,6 +530,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     assert sidecar["rounds"] == 2 and sidecar["epochs"] == 2
     assert sidecar["config"]["width"] == 16
     assert sidecar["config"]["members"] == head_lib.MEMBERS == 3
+    assert sidecar["config"]["trunk"] == "conv"  # the default with pixels
     log = (models / "lookahead_log.csv").read_text().splitlines()
     assert log[0].startswith("round,epoch,rows,train_loss,auc_3") and len(log) == 5
     assert (data_dir / "lookahead_data" / "round_2.npz").exists()
@@ -479,13 +562,19 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     line = one_line_error(run("train_lookahead.py", *SMALL, *other_heads, check=False))
     assert "--heads 3" in line
     assert (models / "lookahead.npz").read_bytes() == before
+    # So is resuming with another trunk.
+    other_trunk = ("--resume", "--trunk", "dense", "--data-dir", data_dir)
+    line = one_line_error(run("train_lookahead.py", *SMALL, *other_trunk, check=False))
+    assert "--trunk conv" in line
+    assert (models / "lookahead.npz").read_bytes() == before
 
 
 def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
     tiny = (*SMALL, "--rounds", 1, "--heads", 1, "--epochs", 1, "--data-dir", data_dir)
     run("train_lookahead.py", *tiny, "--no-pixels")
     models = data_dir / "models"
-    assert json.loads((models / "lookahead.json").read_text())["config"]["pixels"] == 0
+    config = json.loads((models / "lookahead.json").read_text())["config"]
+    assert config["pixels"] == 0 and config["trunk"] == "dense"
     with np.load(data_dir / "lookahead_data" / "round_1.npz") as f:
         assert "crops" not in f.files
     before = (models / "lookahead.npz").read_bytes()
@@ -509,6 +598,8 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
         (["--rounds", "0"], "--rounds"),
         (["--heads", "0"], "--heads"),
         (["--resume", "--overwrite"], "exclude each other"),
+        (["--trunk", "conv", "--no-pixels"], "--trunk dense"),
+        (["--trunk", "lstm"], "--trunk"),
     ],
 )
 def test_train_lookahead_refuses_bad_flags(args, words, tmp_path):

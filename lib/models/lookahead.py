@@ -19,7 +19,15 @@ the weights).
 
 Architecture: the state part and the action part of the first layer are separate
 products, so a state's first layer is computed once for all of its K candidate
-actions: relu(W_s x + b + W_a a) -> relu(W_2 . + b_2) -> one logit per horizon.
+actions: relu(s(x) + W_a a) -> relu(W_2 . + b_2) -> one logit per horizon. The state
+part s(x) is one of two trunks (`TRUNKS`):
+- "dense": W_s x + b, one product over all the standardised features;
+- "conv" (a head with pixels only): W_s x_zh + b over [z, motion, h], plus a small
+  convolutional net over the crops as a 9-channel image (three frames' colours, the
+  frame and its two differences; `CONV_LAYERS`), flattened and projected. A person is
+  the same few pixels wherever they stand, which a convolution learns once, where a
+  dense layer must learn it at each of the 400 places
+  (docs/experiments.md, "A convolutional trunk for the crops").
 
 `forward` is the Chainer graph (training); `risk` the same numbers in plain array
 operations (NumPy or CuPy), for planning.
@@ -33,6 +41,8 @@ import chainer.links as L
 import numpy as np
 from chainer import backend
 
+from lib.kernels.fastconv import ConvolutionNHWC
+
 # Steps ahead the head forecasts; the planner reads one of them (its horizon).
 HORIZONS = (3, 5, 10)
 # Heads trained apart whose mean the planner reads (train_lookahead.py --heads).
@@ -44,6 +54,14 @@ POOL = 2
 # Pixel features' std floor (in [0, 1] units): a pixel nearly always of one colour (the
 # robot's own body) would otherwise be scaled up a thousandfold when a person covers it.
 PIXEL_STD_FLOOR = 0.05
+# The two ways a head reads its state (module docstring).
+TRUNKS = ("dense", "conv")
+# The conv trunk's layers over the (side, side, 9) crops image: (channels out, kernel,
+# stride), valid padding, relu (20 x 20 -> 18 x 18 -> 8 x 8 -> 3 x 3 for 64 px frames).
+CONV_LAYERS = ((32, 3, 1), (32, 4, 2), (64, 4, 2))
+# The conv trunk's input scale: a frame's colours in [0, 1] as they are, its
+# differences (mostly 0, a moving person +-0.1 to 0.5) multiplied by this.
+DIFF_SCALE = 4.0
 
 
 def features(z, z1, z2, h):
@@ -92,6 +110,23 @@ def pixel_features(p, p1, p2):
     return xp.concatenate([p, p - p1, p1 - p2], axis=1)
 
 
+def conv_sizes(pixels: int) -> tuple[int, int]:
+    """(crop side, side of the conv trunk's last map) for crops of `pixels` values a
+    frame (`ValueError` when they are not a square of 3 colours or too small)."""
+    side = round(np.sqrt(pixels / 3))
+    if side * side * 3 != pixels:
+        raise ValueError(f"the conv trunk reads square crops of 3 colours, not {pixels} values")
+    out = side
+    for _, k, stride in CONV_LAYERS:
+        out = (out - k) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"the conv trunk needs crops of 12 px or more a side (frames of 39 px or more), "
+            f"got {side}"
+        )
+    return side, out
+
+
 def row_features(x, crops_rows=None):
     """A head's float32 input from stored rows: `x` (N, 3 Z + H), and for a head with
     pixels `crops_rows` (N, 3, P) uint8, this frame's `crops` and the two before."""
@@ -111,10 +146,12 @@ class LookaheadHead(chainer.Chain):
         horizons: the k's, increasing.
         pixels: the length of one frame's `crops` (`pixel_size`) that the head also
             reads, or 0 for [z, motion, h] only.
+        trunk: "dense" or "conv" (pixels > 0 only): how the state is read (module
+            docstring).
     """
 
     def __init__(self, z_size, hidden_size, action_size=2, width=256, horizons=HORIZONS,
-                 pixels=0):  # fmt: skip
+                 pixels=0, trunk="dense"):  # fmt: skip
         super().__init__()
         horizons = tuple(int(k) for k in horizons)
         if not horizons or list(horizons) != sorted(set(horizons)) or horizons[0] < 1:
@@ -123,19 +160,39 @@ class LookaheadHead(chainer.Chain):
             raise ValueError(f"pixels must be a whole number >= 0, got {pixels}")
         self.z_size, self.hidden_size = int(z_size), int(hidden_size)
         self.action_size, self.width, self.horizons = int(action_size), int(width), horizons
-        self.pixels = int(pixels)
+        if trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {TRUNKS}, got {trunk!r}")
+        if trunk == "conv" and not pixels:
+            raise ValueError("a conv trunk reads the frames' crops: it needs pixels > 0")
+        self.pixels, self.trunk = int(pixels), trunk
         size = self.feature_size
         self.add_persistent("mean", np.zeros(size, np.float32))
         self.add_persistent("std", np.ones(size, np.float32))
         with self.init_scope():
-            self.state = L.Linear(size, width)
+            if trunk == "conv":
+                side, out = conv_sizes(self.pixels)
+                channels = [9] + [c for c, _, _ in CONV_LAYERS]
+                self.convs = chainer.ChainList(
+                    *[
+                        ConvolutionNHWC(c_in, c_out, k, stride)
+                        for c_in, (c_out, k, stride) in zip(channels, CONV_LAYERS)
+                    ]
+                )
+                self.pixel = L.Linear(channels[-1] * out * out, width, nobias=True)
+                self.side = side
+            self.state = L.Linear(size if trunk == "dense" else self.base_size, width)
             self.action = L.Linear(action_size, width, nobias=True)
             self.hidden = L.Linear(width, width)
             self.out = L.Linear(width, len(horizons))
 
     @property
+    def base_size(self) -> int:
+        """The length of [z, motion, h], the features before the pixels."""
+        return 3 * self.z_size + self.hidden_size
+
+    @property
     def feature_size(self) -> int:
-        return 3 * self.z_size + self.hidden_size + 3 * self.pixels
+        return self.base_size + 3 * self.pixels
 
     def config(self) -> dict:
         return {
@@ -145,6 +202,7 @@ class LookaheadHead(chainer.Chain):
             "width": self.width,
             "horizons": list(self.horizons),
             "pixels": self.pixels,
+            "trunk": self.trunk,
         }
 
     def horizon_index(self, horizon: int) -> int:
@@ -157,17 +215,40 @@ class LookaheadHead(chainer.Chain):
 
     def set_normalization(self, mean, std) -> None:
         """Standardise inputs by these (std floored at 1e-3, so constant features stay
-        finite, and pixels' at PIXEL_STD_FLOOR)."""
+        finite, and pixels' at PIXEL_STD_FLOOR). A conv trunk's pixels are not
+        standardised but scaled alike everywhere: the frames' colours as they are, the
+        differences by DIFF_SCALE (mean 0, std 1 and 1 / DIFF_SCALE)."""
         xp = self.xp
+        mean = np.array(mean, np.float32)
+        std = np.array(std, np.float32)
         floor = np.full(self.feature_size, 1e-3, np.float32)
-        floor[self.feature_size - 3 * self.pixels :] = PIXEL_STD_FLOOR
-        self.mean = xp.asarray(mean, np.float32)
-        self.std = xp.asarray(np.maximum(np.asarray(std, np.float32), floor))
+        floor[self.base_size :] = PIXEL_STD_FLOOR
+        std = np.maximum(std, floor)
+        if self.trunk == "conv":
+            p = self.pixels
+            mean[self.base_size :] = 0
+            std[self.base_size : self.base_size + p] = 1
+            std[self.base_size + p :] = 1 / DIFF_SCALE
+        self.mean = xp.asarray(mean)
+        self.std = xp.asarray(std)
+
+    def _conv_state(self, x):
+        """The conv trunk's state part for standardised features x (B, D), an array
+        (a Variable on the way out)."""
+        xp = backend.get_array_module(x)
+        b, side = len(x), self.side
+        # [p, p - p1, p1 - p2], each (side, side, 3) -> one (side, side, 9) image.
+        image = x[:, self.base_size :].reshape(b, 3, side, side, 3).transpose(0, 2, 3, 1, 4)
+        y = xp.ascontiguousarray(image.reshape(b, side, side, 9))
+        for conv in self.convs:
+            y = conv(y)
+        return self.state(x[:, : self.base_size]) + self.pixel(F.reshape(y, (b, -1)))
 
     def forward(self, x, actions):
         """Logits (B, K, len(horizons)) for features x (B, D) and actions (B, K, A)."""
         b, k = actions.shape[:2]
-        s = self.state((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        s = self._conv_state(x) if self.trunk == "conv" else self.state(x)
         a = F.reshape(self.action(F.reshape(actions, (b * k, -1))), (b, k, -1))
         y = F.relu(F.broadcast_to(s[:, None], a.shape) + a)
         y = F.relu(self.hidden(F.reshape(y, (b * k, -1))))
@@ -181,7 +262,12 @@ class LookaheadHead(chainer.Chain):
         xp = self.xp
         b, k = actions.shape[:2]
         # 2-D products throughout: NumPy's stacked (3-D) matmul does not reach BLAS.
-        s = ((x - self.mean) / self.std) @ self.state.W.array.T + self.state.b.array
+        x = (x - self.mean) / self.std
+        if self.trunk == "conv":
+            with chainer.using_config("train", False), chainer.no_backprop_mode():
+                s = self._conv_state(x).array
+        else:
+            s = x @ self.state.W.array.T + self.state.b.array
         a = actions.reshape(b * k, -1) @ self.action.W.array.T
         y = xp.maximum(a.reshape(b, k, -1) + s[:, None], 0).reshape(b * k, -1)
         y = xp.maximum(y @ self.hidden.W.array.T + self.hidden.b.array, 0)
@@ -209,6 +295,8 @@ class LookaheadEnsemble(chainer.ChainList):
     width = property(lambda self: self[0].width)
     horizons = property(lambda self: self[0].horizons)
     pixels = property(lambda self: self[0].pixels)
+    trunk = property(lambda self: self[0].trunk)
+    base_size = property(lambda self: self[0].base_size)
     feature_size = property(lambda self: self[0].feature_size)
 
     def horizon_index(self, horizon: int) -> int:
