@@ -266,9 +266,9 @@ def test_crops_pool_the_frames_centre():
 
 def test_pixel_features_are_the_crop_then_its_two_differences():
     p, p1, p2 = (np.array([[v, 0]], np.uint8) for v in (255, 51, 0))
-    np.testing.assert_allclose(head_lib.pixel_features(p, p1, p2), [[1, 0, 0.8, 0, 0.2, 0]])
-    x = np.array([[7.0]], np.float16)
     rows = np.stack([p, p1, p2], axis=1)  # (N, 3, P), as the recorder keeps them
+    np.testing.assert_allclose(head_lib.pixel_features(rows), [[1, 0, 0.8, 0, 0.2, 0]])
+    x = np.array([[7.0]], np.float16)
     np.testing.assert_allclose(head_lib.row_features(x, rows), [[7, 1, 0, 0.8, 0, 0.2, 0]])
     assert head_lib.row_features(x).dtype == np.float32
 

@@ -148,10 +148,11 @@ class LookaheadPlanner(PlanningAgent):
                 f"but V and M give {rnn.z_size} and {rnn.hidden_size}"
             )
         reads = head is not None and head.pixels > 0
-        if reads and head.pixels != pixel_size(vae.image_size):
+        size = pixel_size(vae.image_size)
+        if reads and head.pixels != size:
             raise ValueError(
                 f"the look-ahead head reads {head.pixels} pixel values a frame, but V's "
-                f"{vae.image_size} px frames give {pixel_size(vae.image_size)}"
+                f"{vae.image_size} px frames give {size}"
             )
         super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
         self.head = head
@@ -160,7 +161,6 @@ class LookaheadPlanner(PlanningAgent):
         self.grid = self.device.send(action_grid(self.settings.grid))
         self.memory = MotionMemory(n, rnn.z_size, self.device)
         self.pixels = reads if pixels is None else bool(pixels) or reads
-        size = pixel_size(vae.image_size)
         self.pixel_memory = MotionMemory(n, size, CpuDevice(), np.uint8) if self.pixels else None
         self._images = None
 
@@ -198,7 +198,7 @@ class LookaheadPlanner(PlanningAgent):
         inputs = x
         if self.head.pixels:
             xp = backend.get_array_module(x)
-            pixels = self.device.send(pixel_features(recent[:, 0], recent[:, 1], recent[:, 2]))
+            pixels = self.device.send(pixel_features(recent))
             inputs = xp.concatenate([x, pixels], axis=1)
         cand = self.candidates(c_action)
         risk = self.head.risk(inputs, cand, self.column)

@@ -102,11 +102,12 @@ def crops(images):
     return ((total + POOL * POOL // 2) // (POOL * POOL)).astype(np.uint8).reshape(b, -1)
 
 
-def pixel_features(p, p1, p2):
-    """[p, p - p1, p1 - p2] / 255, (B, 3 P) float32 (any xp), from `crops` of this frame
-    and the one and two before."""
-    xp = backend.get_array_module(p)
-    p, p1, p2 = (xp.asarray(v, np.float32) * np.float32(1 / 255) for v in (p, p1, p2))
+def pixel_features(recent):
+    """[p, p - p1, p1 - p2] / 255, (B, 3 P) float32 (any xp), from `recent` (B, 3, P): the
+    `crops` of this frame and of the one and two before, as the planner and the rows
+    keep them."""
+    xp = backend.get_array_module(recent)
+    p, p1, p2 = (xp.asarray(recent[:, j], np.float32) * np.float32(1 / 255) for j in range(3))
     return xp.concatenate([p, p - p1, p1 - p2], axis=1)
 
 
@@ -133,8 +134,7 @@ def row_features(x, crops_rows=None):
     x = np.asarray(x, np.float32)
     if crops_rows is None:
         return x
-    c = np.asarray(crops_rows)
-    return np.concatenate([x, pixel_features(c[:, 0], c[:, 1], c[:, 2])], axis=1)
+    return np.concatenate([x, pixel_features(np.asarray(crops_rows))], axis=1)
 
 
 class LookaheadHead(chainer.Chain):
@@ -296,7 +296,6 @@ class LookaheadEnsemble(chainer.ChainList):
     horizons = property(lambda self: self[0].horizons)
     pixels = property(lambda self: self[0].pixels)
     trunk = property(lambda self: self[0].trunk)
-    base_size = property(lambda self: self[0].base_size)
     feature_size = property(lambda self: self[0].feature_size)
 
     def horizon_index(self, horizon: int) -> int:
