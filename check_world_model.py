@@ -1,25 +1,31 @@
-"""Checks M as a simulator: is what a dream-trained C learns from it true of the real task?
+"""Checks M as a simulator: does its dream stay true, foresee collisions, rank controllers?
 
-On 02's held-out episodes (data/rnn_data/test), M reads the real frames' z and actions:
-- its NLL of the next z per latent dimension, against the copy baseline z_{t+1} ~ N(z_t, σ)
+On 02's held-out episodes (data/rnn_data/test), each figure beside its baselines:
+- next z: M's NLL per latent dimension, against the copy baseline z_{t+1} ~ N(z_t, σ)
   (z drawn from V's posterior, as 04 trains and scores M);
-- its reward head's MSE, against always predicting the mean reward;
-- its done head's precision and recall, and those of "this step is a collision";
-- "a collision within --horizon steps": from every step, M runs open loop on its own
-  samples (--temperature) with the real actions, and its forecast is scored.
-Then the same controllers are played in M's dream and in the real environment: their
-fitness in each, and Spearman's rank correlation between the two. The controllers are
-07's trained C (if it was trained with this M) and perturbations of it at growing scales
-(or random controllers without one).
+- k-step open loop (k = 1, 5, 10): from every step M dreams k steps on its own samples
+  (--temperature) under the real actions; a linear probe fitted on real z of --probe-episodes
+  training episodes reads the goal's bearing and distance and the nearest person's
+  position from the dreamed z (R²), and from the real z of that frame (the ceiling), the
+  last real z copied, and z at constant velocity (lib/diagnostics/open_loop.py). The true
+  state comes from replaying each episode in the simulator from its seed and actions;
+- its reward head's MSE, done and "this step is a collision" precision and recall;
+- "a collision within --horizon steps", forecast from --samples open-loop samples per
+  step: AUC, and precision and recall at --risk-threshold (the look-ahead planner's); the
+  same with M's heads reading the copied or constant-velocity z instead of its samples.
+Then --controllers controllers are played in M's dream and in the real environment:
+07's trained Cs for this M (controller, controller_dream), random ones, and perturbations
+of the trained ones; Spearman's rank correlation between their dream and real fitness.
 
 Reads:
     data/models/vae.npz, rnn_<mode>.npz (with reward and done heads) and, if present,
-        controller.npz; data/rnn_data/train and test (through V's latent cache).
+        controller.npz and controller_dream.npz; data/rnn_data/train and test (through
+        V's latent cache; the files' seeds for the replay).
 Writes:
     data/results/world_model_<mode>.json (--out): every figure above.
     data/results/world_model_<mode>.md: the same as a table (also printed).
-    data/results/world_model_<mode>.png: dream against real fitness, one dot per
-        controller, and the heads' precision and recall.
+    data/results/world_model_<mode>.png: open-loop R² against k, collision forecasts,
+        and dream against real fitness, one dot per controller.
 """
 
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
@@ -35,16 +41,17 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, manifest
+from lib.control import lookahead
 from lib.control.agent import WorldModelsAgent, dream_rollouts
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
+from lib.diagnostics import open_loop as ol
 from lib.diagnostics import world_model as wm
-from lib.diagnostics.probe import auc
+from lib.diagnostics.probe import ProbeError, auc
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
 from lib.fileio import atomic_path
 from lib.models import checkpoints
-from lib.models.controller import n_params
 from lib.seeding import derive_seeds
 
 
@@ -57,32 +64,35 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=nonneg, default=1.0, help="tau of M's samples")
     p.add_argument("--horizon", type=pos, default=wm.COLLISION_HORIZON, help="collision forecast")
     p.add_argument(
-        "--controllers", type=cli.non_negative_int, default=8, help="dream vs real; 0: skip"
+        "--samples", type=pos, default=4, help="M's open-loop samples per step (collision risk)"
+    )
+    p.add_argument(
+        "--risk-threshold",
+        type=nonneg,
+        default=lookahead.THRESHOLD,
+        help="collision risk above which a forecast counts as a collision (precision, recall); "
+        "the look-ahead planner's threshold by default",
+    )
+    p.add_argument(
+        "--probe-episodes",
+        type=pos,
+        default=300,
+        help="training episodes the open-loop probe is fitted on (real z)",
+    )
+    p.add_argument(
+        "--controllers",
+        type=cli.non_negative_int,
+        default=16,
+        help="controllers played in the dream and the real room; 0: skip",
     )
     p.add_argument("--episodes", type=pos, default=32, help="real episodes and dreams each")
     cli.add_n_envs_arg(p, "real episodes")
     cli.add_out_arg(p, "world_model_<mode>.json")
     cli.add_common_args(p)
-    return p.parse_args(argv)
-
-
-def controllers(data_dir, mode, count, z_size, hidden_size, rng):
-    """(count, n_params) controllers: 07's C (when trained with this M) and perturbations
-    of it at scales from 0.1 to 2 times its weights' spread; random ones without it."""
-    size = n_params(z_size, hidden_size)
-    base, name = np.zeros(size, np.float32), "random"
-    try:
-        c, sidecar = checkpoints.load_controller(data_dir)
-        if sidecar.get("rnn_mode") == mode and c.size == size:
-            base, name = c.get_flat().astype(np.float32), "07's C"
-    except checkpoints.CheckpointError:
-        pass
-    spread = float(base.std()) or 0.5
-    scales = np.geomspace(0.1, 2.0, max(count - 1, 1)) * spread
-    noise = rng.standard_normal((len(scales), size)).astype(np.float32)
-    params = np.concatenate([base[None], base + scales[:, None] * noise])[:count]
-    labels = [name] + [f"{name} + {s / spread:.2g}σ" for s in scales][: count - 1]
-    return params, labels
+    args = p.parse_args(argv)
+    if args.risk_threshold > 1:
+        p.error(f"argument --risk-threshold: must be <= 1, got {args.risk_threshold}")
+    return args
 
 
 def real_returns(vae, rnn, params, seeds, config, n_envs, progress):
@@ -100,51 +110,98 @@ def real_returns(vae, rnn, params, seeds, config, n_envs, progress):
     return returns.reshape(len(params), e).mean(axis=1)
 
 
+def _f(x, fmt=".2f"):
+    return "–" if x is None else format(x, fmt)
+
+
 def table(r: dict) -> str:
     def pr(x):
-        p = "–" if x["precision"] is None else f"{x['precision']:.2f}"
-        q = "–" if x["recall"] is None else f"{x['recall']:.2f}"
-        return f"precision {p}, recall {q} ({x['actual']} real, {x['predicted']} predicted)"
+        return (
+            f"precision {_f(x['precision'])}, recall {_f(x['recall'])} "
+            f"({x['actual']} real, {x['predicted']} predicted)"
+        )
 
-    auc_text = "–" if r.get("collision_soon_auc") is None else f"{r['collision_soon_auc']:.2f}"
     lines = [
         "| check | M | reference |",
         "|---|---|---|",
         f"| next-z NLL per dim (nats) | {r['nll']:.3f} | copy baseline {r['copy_baseline_nll']:.3f} |",
+    ]
+    for k, row in r.get("open_loop", {}).items():
+        for group, name in (("goal_bearing", "goal bearing"), ("person_position", "person position"),
+                            ("goal_distance", "goal distance")):  # fmt: skip
+            lines.append(
+                f"| {k}-step open loop: probe R², {name} | dream {_f(row['dream'][group])} "
+                f"({_f(row['relative'][group])} of real z) | real z {_f(row['real'][group])}, "
+                f"copy {_f(row['copy'][group])}, const. velocity {_f(row['velocity'][group])} |"
+            )
+    c = r["collision_soon_auc"]
+    lines += [
         f"| reward MSE | {r['reward_mse']:.2e} | mean reward {r['reward_mse_of_the_mean']:.2e} |",
         f"| done | {pr(r['done'])} | |",
         f"| collision (this step) | {pr(r['collision_step'])} | |",
-        f"| collision within {r['horizon']} steps | {pr(r['collision_soon'])} | AUC of M's risk {auc_text} |",
+        (
+            f"| collision within {r['horizon']} steps: AUC ({r['samples']} samples) | "
+            f"{_f(c['dream'], '.3f')} | heads on copied z {_f(c['copy'], '.3f')}, on "
+            f"const.-velocity z {_f(c['velocity'], '.3f')} |"
+        ),
+        (
+            f"| collision within {r['horizon']} steps: risk > {r['risk_threshold']:g} | "
+            f"{pr(r['collision_soon'])} | |"
+        ),
     ]
     if "dream_vs_real" in r:
         d = r["dream_vs_real"]
         lines.append(
-            f"| dream vs real fitness ({len(d['dream'])} controllers) | dream mean "
-            f"{np.mean(d['dream']):+.2f}, real mean {np.mean(d['real']):+.2f} | "
-            f"Spearman {d['spearman']:+.2f} |"
+            f"| dream vs real fitness ({len(d['dream'])} controllers) | Spearman "
+            f"{d['spearman']:+.2f} | dream mean {np.mean(d['dream']):+.2f}, real mean "
+            f"{np.mean(d['real']):+.2f} |"
         )
+        for t in d["trained"]:
+            lines.append(
+                f"| {t['label']}: mean return | dream {t['dream']:+.3f} | real {t['real']:+.3f} |"
+            )
     return "\n".join(lines)
 
 
 def figure(path: str, r: dict) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax = axes[0]
-    names = ["done", "collision_step", "collision_soon"]
-    x = np.arange(len(names))
-    for k, what in enumerate(("precision", "recall")):
-        vals = [r[n][what] or 0.0 for n in names]
-        ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=what)
-    ax.set_xticks(x, ["done", "collision\n(this step)", f"collision within\n{r['horizon']} steps"])
-    ax.set_ylim(0, 1)
-    ax.legend()
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.5))
+    ks = [int(k) for k in r["open_loop"]]
+    styles = {"real": ("k", "-"), "dream": ("tab:red", "-"), "copy": ("tab:gray", "--"),
+              "velocity": ("tab:blue", ":")}  # fmt: skip
+    for ax, (group, title) in zip(
+        axes[:2], (("goal_bearing", "goal's bearing"), ("person_position", "nearest person"))
+    ):
+        for source, (color, ls) in styles.items():
+            vals = [r["open_loop"][k][source][group] for k in r["open_loop"]]
+            vals = [np.nan if v is None else v for v in vals]
+            label = {"real": "real z (ceiling)", "dream": "M's dream", "copy": "copy last z",
+                     "velocity": "constant velocity"}[source]  # fmt: skip
+            ax.plot(ks, vals, color=color, ls=ls, marker="o", label=label)
+        ax.set_xticks(ks)
+        ax.set_xlabel("open-loop steps k")
+        ax.set_ylabel("probe R² (fitted on real z)")
+        ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+        ax.set_title(f"{title} read from z at t + k")
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    c = r["collision_soon_auc"]
+    names = ["dream", "copy", "velocity"]
+    ax.bar(range(3), [c[n] or 0.0 for n in names], color=["tab:red", "tab:gray", "tab:blue"])
+    ax.set_xticks(range(3), ["M's samples", "M's heads,\ncopied z", "M's heads,\nconst. vel. z"])
+    ax.set_ylim(0.5, 1.0)
+    ax.axhline(0.97, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("AUC")
+    p, q = r["collision_soon"]["precision"], r["collision_soon"]["recall"]
     ax.set_title(
-        f"M's heads on held-out episodes\nNLL {r['nll']:.2f} (copy {r['copy_baseline_nll']:.2f})"
+        f"collision within {r['horizon']} steps\nrisk > {r['risk_threshold']:g}: precision "
+        f"{_f(p)}, recall {_f(q)}"
     )
-    ax = axes[1]
+    ax = axes[3]
     if "dream_vs_real" in r:
         d = r["dream_vs_real"]
-        ax.scatter(d["real"][1:], d["dream"][1:], c="tab:blue", label="perturbed")
-        ax.scatter(d["real"][:1], d["dream"][:1], c="tab:red", label=d["labels"][0])
+        n = len(d["trained"])
+        ax.scatter(d["real"][n:], d["dream"][n:], c="tab:blue", label="random and perturbed")
+        ax.scatter(d["real"][:n], d["dream"][:n], c="tab:red", label="07's trained Cs")
         lo = min(min(d["real"]), min(d["dream"])) - 0.1
         hi = max(max(d["real"]), max(d["dream"])) + 0.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="dream = real")
@@ -154,10 +211,53 @@ def figure(path: str, r: dict) -> None:
         ax.legend(fontsize=8)
     else:
         ax.set_axis_off()
+    fig.suptitle(
+        f"M as a simulator, held-out episodes (NLL {r['nll']:.2f}, copy {r['copy_baseline_nll']:.2f})"
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+
+
+def load_episodes(args, vae):
+    """02's train and test episodes through V's latent cache, and the env they came from."""
+    vae_path = os.path.join(args.data_dir, "models", "vae.npz")
+    root = os.path.join(args.data_dir, "rnn_data")
+    try:
+        train, _ = latents.encode_split(os.path.join(root, "train"), vae, vae_path)
+        test, _ = latents.encode_split(os.path.join(root, "test"), vae, vae_path)
+    except latents.NoEpisodesError as e:
+        cli.fail(f"{e} — run 02_generate_rnn_data.py first")
+    env = (manifest.read_json(os.path.join(root, "manifest.json")) or {}).get("identity", {})
+    return train, test, sn.EnvConfig(**env.get("env", {}))
+
+
+def probe_fidelity(args, rnn, train, test, forced, config, rng):
+    """Open-loop fidelity (lib/diagnostics/open_loop.py), the probe fitted on real z."""
+    root = os.path.join(args.data_dir, "rnn_data")
+    fit = train if len(train) <= args.probe_episodes else _first(train, args.probe_episodes)
+    try:
+        truth_fit = ol.replay_quantities(fit, ol.episode_seeds(f"{root}/train", fit), config)
+        truth = ol.replay_quantities(test, ol.episode_seeds(f"{root}/test", test), config)
+        frames = np.repeat(np.arange(len(fit)), fit.lengths + 1)
+        probe = ol.Probe(fit.mu, truth_fit, frames)
+    except (ol.ReplayError, ProbeError) as e:
+        cli.fail(str(e))
+    dreams = ol.open_loop(rnn, test, forced, rng, args.temperature)
+    return ol.fidelity(probe, test, truth, dreams)
+
+
+def _first(data, n):
+    """The first n episodes of `data`."""
+    f1, s1 = data.frame_offsets[n], data.step_offsets[n]
+    arrays = {k: getattr(data, k)[:f1] for k in ("mu", "logvar")}
+    arrays |= {k: getattr(data, k)[:s1] for k in ("action", "reward", "done", "outcome")}
+    arrays |= {
+        "frame_offsets": data.frame_offsets[: n + 1],
+        "step_offsets": data.step_offsets[: n + 1],
+    }
+    return latents.LatentEpisodes(arrays | {"files": np.array(data.files[:n])})
 
 
 def main(argv=None):
@@ -174,23 +274,13 @@ def main(argv=None):
         cli.fail(str(e))
     if not rnn.can_dream:
         cli.fail(f"rnn_{args.mode}.npz has no reward and done heads — train M with --mode dream")
-    vae_path = os.path.join(args.data_dir, "models", "vae.npz")
-    try:
-        train, _ = latents.encode_split(
-            os.path.join(args.data_dir, "rnn_data", "train"), vae, vae_path
-        )
-        test, _ = latents.encode_split(
-            os.path.join(args.data_dir, "rnn_data", "test"), vae, vae_path
-        )
-    except latents.NoEpisodesError as e:
-        cli.fail(f"{e} — run 02_generate_rnn_data.py first")
+    train, test, env_config = load_episodes(args, vae)
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
     weight = checkpoints.done_pos_weight(r_sidecar)
     rng = np.random.default_rng([args.seed, 0x3C])
 
     # M ON REAL EPISODES: its NLL on z drawn from V's posterior, as 04 trains and scores
-    # it; its heads and states on V's means, as the agent runs it; then open-loop
-    # collision forecasts from every step.
+    # it; its heads and states on V's means, as the agent runs it.
     z_train, z_test = (
         rnn_data.sample_z(d, np.random.default_rng([args.seed, k]))
         for k, d in enumerate((train, test))
@@ -200,17 +290,32 @@ def main(argv=None):
     result = wm.head_scores(test, forced)
     result["nll"] = float(np.mean(nll))
     result["copy_baseline_nll"] = wm.copy_baseline_nll(train, z_train, test, z_test)
-    forecast, risk = wm.forecast_collisions(
-        rnn, test, forced, rng, args.temperature, args.horizon, weight
-    )
+
+    # OPEN LOOP: the probe reads the dreamed z k steps ahead, beside the baselines' z.
+    result["open_loop"] = probe_fidelity(args, rnn, train, test, forced, env_config, rng)
+
+    # COLLISIONS WITHIN THE HORIZON: from M's own samples, and from its heads reading
+    # the baselines' z.
     soon = wm.actual_collision_soon(test, args.horizon)
-    result["collision_soon"] = wm.rates(forecast, soon)
-    result["collision_soon_auc"] = auc(risk, soon) if 0 < soon.sum() < len(soon) else None
-    result.update(horizon=args.horizon, temperature=args.temperature, test_steps=len(forecast))
+    both = 0 < soon.sum() < len(soon)
+    aucs = {}
+    for source in ("dream", "copy", "velocity"):
+        _, risk = wm.forecast_collisions(
+            rnn, test, forced, rng, args.temperature, args.horizon, weight,
+            samples=args.samples if source == "dream" else 1, source=source,
+        )  # fmt: skip
+        aucs[source] = auc(risk, soon) if both else None
+        if source == "dream":
+            result["collision_soon"] = wm.rates(risk > args.risk_threshold, soon)
+    result["collision_soon_auc"] = aucs
+    result.update(
+        horizon=args.horizon, temperature=args.temperature, samples=args.samples,
+        risk_threshold=args.risk_threshold, test_steps=len(soon),
+    )  # fmt: skip
 
     # THE SAME CONTROLLERS IN THE DREAM AND IN THE REAL ENVIRONMENT
     if args.controllers:
-        params, labels = controllers(
+        params, labels, trained = wm.controller_set(
             args.data_dir, args.mode, args.controllers, rnn.z_size, rnn.hidden_size, rng
         )
         first = test.frame_offsets[:-1]
@@ -225,12 +330,7 @@ def main(argv=None):
             config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
             real = real_returns(vae, rnn, params, seeds, config, args.n_envs, bar)
         dream = dream.reshape(len(params), args.episodes).mean(axis=1)
-        result["dream_vs_real"] = {
-            "labels": labels,
-            "dream": dream.tolist(),
-            "real": real.tolist(),
-            "spearman": wm.spearman(dream, real),
-        }
+        result["dream_vs_real"] = wm.dream_vs_real(dream, real, labels, trained)
 
     # REPORT
     text = table(result)

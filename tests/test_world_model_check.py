@@ -108,16 +108,26 @@ def models(tiny_models):
 
 
 def test_the_script_scores_m_and_compares_dream_with_real(models):
-    run("check_world_model.py", "--controllers", 3, "--episodes", 2, "--data-dir", models)
+    run("check_world_model.py", "--controllers", 5, "--episodes", 2, "--samples", 2,
+        "--probe-episodes", 20, "--data-dir", models)  # fmt: skip
     out = os.path.join(models, "results", "world_model_dream.json")
     with open(out) as f:
         r = json.load(f)["results"]
     assert set(r["done"]) == {"precision", "recall", "predicted", "actual"}
-    assert r["test_steps"] > 0 and r["nll"] > -10 and r["copy_baseline_nll"] > -10
+    assert r["test_steps"] == r["open_loop"]["1"]["rows"] > 0  # every step has frame t + 1
+    assert set(r["open_loop"]) == {"1", "5", "10"}
+    for row in r["open_loop"].values():
+        assert set(row) == {"rows", "relative", "real", "dream", "copy", "velocity"}
+        for group, rel in row["relative"].items():
+            if rel is not None:
+                assert rel == pytest.approx(row["dream"][group] / row["real"][group])
+    assert r["open_loop"]["1"]["rows"] > r["open_loop"]["10"]["rows"]
+    assert set(r["collision_soon_auc"]) == {"dream", "copy", "velocity"}
+    assert r["samples"] == 2 and r["risk_threshold"] == 0.1
     d = r["dream_vs_real"]
-    assert len(d["dream"]) == len(d["real"]) == len(d["labels"]) == 3
-    assert d["labels"][0] == "random"  # no controller.npz in the tiny models
-    assert all(-10 < x < 10 for x in d["real"] + d["dream"])
+    assert len(d["dream"]) == len(d["real"]) == len(d["labels"]) == 5
+    assert all(s.startswith("random") for s in d["labels"])  # no controller.npz here
+    assert d["trained"] == []
     assert os.path.getsize(out[:-5] + ".png") > 10_000
 
 
@@ -128,6 +138,10 @@ def test_the_script_needs_an_m_with_heads(models, tmp_path):
     assert "rnn_reward" in err
     err = one_line_error(run("check_world_model.py", "--controllers", "-1", check=False))
     assert "--controllers" in err
+    err = one_line_error(run("check_world_model.py", "--risk-threshold", "1.5", check=False))
+    assert "--risk-threshold" in err
+    err = one_line_error(run("check_world_model.py", "--samples", "0", check=False))
+    assert "--samples" in err
 
 
 def test_collision_risk_is_the_forecast_probability():

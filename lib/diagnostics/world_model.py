@@ -16,19 +16,19 @@ reward head that pays where the real task does not, is what C learns to exploit.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
+from lib.diagnostics.open_loop import baseline_z, step_frames
 from lib.env import socnavenv as sn
+from lib.models import checkpoints
+from lib.models.controller import n_params
 from lib.models.mdn_rnn import (
     DONE_THRESHOLD,
     calibrated_done_logit,
     done_logit_threshold,
     mixture_log_prob,
-    sample,
 )
 
 COLLISION_HORIZON = 10  # steps
@@ -154,26 +154,37 @@ def forecast_collisions(
     horizon: int = COLLISION_HORIZON,
     done_pos_weight: float = 1.0,
     done_threshold: float = DONE_THRESHOLD,
+    samples: int = 1,
+    source: str = "dream",
 ) -> tuple[np.ndarray, np.ndarray]:
     """From each step t, M's forecast of a collision within `horizon` steps.
 
-    All S forecasts run in lockstep: M starts from its teacher-forced state at t, reads
-    the real z_t and a_t, then its own samples (temperature `tau`) with the real actions
-    a_{t+1}, ... (the last real action repeated past the episode's end). A forecast ends
-    at M's first predicted end.
+    All S forecasts (times `samples`) run in lockstep: M starts from its teacher-forced
+    state at t, reads the real z_t and a_t, then its own samples (temperature `tau`)
+    with the real actions a_{t+1}, ... (the last real action repeated past the
+    episode's end). With `source` "copy" or "velocity", M's heads read a baseline's z
+    instead of its own samples (`lib.diagnostics.open_loop.baseline_z`): what M's
+    heads make of a future that does not move, or moves on at constant velocity.
 
     Returns:
         (hit, risk): (S,) bool, M predicts an end within the horizon and it is a
-        collision; (S,) float, M's probability of a collision within the horizon, the
-        soft form a planner scores with (`sum_k S_k P(end at k) P(collision | end)`, S_k
-        the probability of running until k; see `collision_given_end`), to rank
-        steps by (AUC).
+        collision (in the first sample; a forecast ends at M's first predicted end);
+        (S,) float, M's probability of a collision within the horizon, averaged over
+        the samples, the soft form a planner scores with (`sum_k S_k P(end at k)
+        P(collision | end)`, S_k the probability of running until k; see
+        `collision_given_end`), to rank steps by (AUC).
     """
-    z = data.mu[_step_frames(data)]
-    starts = np.arange(len(z))
-    ends = np.repeat(data.step_offsets[1:], data.lengths)  # one past each step's episode
-    state = (rnn.xp.asarray(forced["h"]), rnn.xp.asarray(forced["c"]))
-    z = rnn.xp.asarray(z)
+    if source not in ("dream", "copy", "velocity"):
+        raise ValueError(f"unknown source {source!r}: dream, copy or velocity")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    frames = np.tile(step_frames(data), samples)
+    n = len(frames) // samples
+    starts = np.tile(np.arange(n), samples)
+    ends = np.tile(np.repeat(data.step_offsets[1:], data.lengths), samples)
+    xp = rnn.xp
+    state = tuple(xp.asarray(np.tile(forced[k], (samples, 1))) for k in ("h", "c"))
+    z = xp.asarray(data.mu[frames])
     alive = np.ones(len(starts), bool)
     hit = np.zeros(len(starts), bool)
     running = np.ones(len(starts))
@@ -190,8 +201,11 @@ def forecast_collisions(
         risk += running * p_end * collision_given_end(out)
         running *= 1.0 - p_end
         alive &= ~done
-        z = sample(out.mixture, tau, rng)
-    return hit, risk
+        if source == "dream":
+            z = rnn.sample(out.mixture, tau, rng)
+        else:
+            z = xp.asarray(baseline_z(data, frames, k + 1, source))
+    return hit[:n], risk.reshape(samples, n).mean(axis=0)
 
 
 def copy_baseline_nll(
@@ -201,7 +215,7 @@ def copy_baseline_nll(
     training episodes' steps, on the test episodes (z: one row per frame)."""
 
     def steps(data, z):
-        idx = _step_frames(data)
+        idx = step_frames(data)
         return z[idx].astype(np.float64), z[idx + 1].astype(np.float64)
 
     cur, nxt = steps(train, z_train)
@@ -209,11 +223,6 @@ def copy_baseline_nll(
     cur, nxt = steps(test, z_test)
     z = (nxt - cur) / sigma
     return float(np.mean(0.5 * np.log(2 * np.pi) + np.log(sigma) + 0.5 * z * z))
-
-
-def _step_frames(data: LatentEpisodes) -> np.ndarray:
-    """(S,) the frame index of every step (each episode's frames but its last)."""
-    return np.concatenate([np.arange(a, b - 1) for a, b in itertools.pairwise(data.frame_offsets)])
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,3 +241,71 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# The controllers 07 trains (its --name) that `controller_set` looks for.
+TRAINED_CONTROLLERS = ("controller", "controller_dream")
+
+
+def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_size: int, rng):
+    """(count, n_params) controllers spanning random to the best the project has.
+
+    07's trained Cs (`TRAINED_CONTROLLERS`) that read this M's [z, h] come first;
+    then random controllers (N(0, s²) weights, s from 0.05 to 1: from nearly standing
+    still to saturated, arbitrary turns); then perturbations of each trained C at scales
+    from 0.1 to 2 times its weights' spread. Without a trained C all are random.
+
+    Returns:
+        (params (count, n_params) float32, labels list of str, trained: how many of the
+        first rows are trained Cs).
+    """
+    size = n_params(z_size, hidden_size)
+    trained, labels = [], []
+    for name in TRAINED_CONTROLLERS:
+        try:
+            c, sidecar = checkpoints.load_controller(data_dir, name)
+        except checkpoints.CheckpointError:
+            continue
+        if sidecar.get("rnn_mode") == mode and c.size == size:
+            trained.append(c.get_flat().astype(np.float32))
+            labels.append(f"07's {name}")
+    trained = trained[:count]
+    n_random = count - len(trained) if not trained else max(1, (count - len(trained)) // 3)
+    n_perturbed = count - len(trained) - n_random
+    rows = list(trained)
+    for s in np.geomspace(0.05, 1.0, n_random) if n_random > 1 else [0.3] * n_random:
+        rows.append((s * rng.standard_normal(size)).astype(np.float32))
+        labels.append(f"random, σ {s:.2g}")
+    for j in range(n_perturbed):
+        base = trained[j % len(trained)]
+        per_base = -(-n_perturbed // len(trained))
+        scales = np.geomspace(0.1, 2.0, per_base) if per_base > 1 else [0.5]
+        s = scales[j // len(trained)]
+        spread = float(base.std()) or 0.5
+        rows.append((base + s * spread * rng.standard_normal(size)).astype(np.float32))
+        labels.append(f"{labels[j % len(trained)]} + {s:.2g} spread")
+    return np.stack(rows), labels, len(trained)
+
+
+def dream_vs_real(dream: np.ndarray, real: np.ndarray, labels: list, trained: int) -> dict:
+    """Summary of the same controllers' fitness in M's dream and in the real room.
+
+    Args:
+        dream, real: (P,) mean returns of each controller.
+        labels: (P,) their names; the first `trained` are trained Cs.
+
+    Returns:
+        {"labels", "dream", "real" (lists), "spearman", and per trained C its
+        "trained": [{"label", "dream", "real"}]}.
+    """
+    dream, real = np.asarray(dream, np.float64), np.asarray(real, np.float64)
+    return {
+        "labels": list(labels),
+        "dream": dream.tolist(),
+        "real": real.tolist(),
+        "spearman": spearman(dream, real),
+        "trained": [
+            {"label": labels[i], "dream": float(dream[i]), "real": float(real[i])}
+            for i in range(trained)
+        ],
+    }

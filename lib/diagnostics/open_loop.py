@@ -1,0 +1,263 @@
+"""M's open-loop fidelity: what a dreamed z still tells about the room k steps ahead.
+
+From every step t of every held-out episode, M starts from its teacher-forced state,
+reads the real z_t and a_t, and then runs open loop on its own samples (temperature
+tau) under the real actions a_{t+1}, a_{t+2}, ... Its sample after k steps is the
+dreamed z of frame t + k. A linear probe fitted on *real* z (V's posterior means of
+training episodes) to the true state behind each frame then reads the dreamed z. The
+same probe reads the real z of frame t + k (the ceiling) and two baselines that need
+no M: the last real z copied (z_t) and z extrapolated at constant velocity
+(z_t + k (z_t - z_{t-1})).
+
+The true state comes from replaying each episode in the simulator from its seed and
+recorded actions (`replay_quantities`); the replay must reproduce the recorded rewards,
+so a dataset made by another version of the environment is refused.
+
+Probed quantities (`QUANTITIES`, `lib.diagnostics.probe.task_quantities`, robot frame):
+the goal's bearing (goal_sin, goal_cos) and distance (m), and the nearest person's
+position (person_x, person_y, m; on frames where one is within
+`lib.diagnostics.probe.PERSON_RANGE`).
+
+The same open-loop machinery with the baselines' z in place of M's samples gives the
+collision forecasts' baselines (`lib.diagnostics.world_model.forecast_collisions`'s
+`source`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lib.data.latents import LatentEpisodes
+from lib.devices import to_host
+from lib.diagnostics.probe import (
+    LAMBDAS,
+    PERSON_QUANTITIES,
+    ProbeError,
+    Ridge,
+    r2_score,
+    task_quantities,
+)
+from lib.env import socnavenv as sn
+
+HORIZONS = (1, 5, 10)  # open-loop steps scored
+QUANTITIES = ("goal_sin", "goal_cos", "goal_distance", "person_x", "person_y")
+# The groups the issue's targets read: the goal's bearing, the nearest person's position
+GROUPS = {"goal_bearing": ("goal_sin", "goal_cos"), "person_position": ("person_x", "person_y")}
+SOURCES = ("real", "dream", "copy", "velocity")  # the z a probe reads at frame t + k
+VALIDATION_FRACTION = 0.2  # of the probe's training episodes, the last: chooses the penalty
+
+
+class ReplayError(ValueError):
+    """An episode file cannot be replayed: no seed, or the simulator disagrees with it."""
+
+
+def episode_seeds(split_dir: str, data: LatentEpisodes) -> np.ndarray:
+    """(E,) int64: each episode's seed, read from its file (only the `seed` key loads)."""
+    seeds = []
+    for name in data.files:
+        path = os.path.join(split_dir, name)
+        with np.load(path, allow_pickle=False) as z:
+            if "seed" not in z.files:
+                raise ReplayError(
+                    f"{path} has no seed — regenerate it with 02_generate_rnn_data.py"
+                )
+            seeds.append(int(z["seed"]))
+    return np.asarray(seeds, np.int64)
+
+
+def replay_quantities(data: LatentEpisodes, seeds, config: sn.EnvConfig) -> dict:
+    """The true probed quantities behind every frame, by replaying the episodes.
+
+    Every episode is reset from its seed and stepped with its recorded actions, all
+    in one `SocNavSim`; the replayed rewards must match the recorded ones.
+
+    Args:
+        data: the encoded episodes (their actions and rewards are used).
+        seeds: (E,) the episodes' seeds (`episode_seeds`).
+        config: the environment the episodes were made in (02's manifest).
+
+    Returns:
+        {name: (F,) float64 for each of `QUANTITIES`, "person_mask": (F,) bool}, one
+        row per frame, in `data`'s frame order.
+
+    Raises:
+        ReplayError: a replayed reward differs from the recorded one.
+    """
+    n_eps = len(data)
+    sim = sn.SocNavSim(n_eps, config)
+    sim.reset_seeds(np.asarray(seeds))
+    lengths = data.lengths
+    n_frames = int(data.frame_offsets[-1])
+    out = {k: np.zeros(n_frames) for k in QUANTITIES}
+    out["person_mask"] = np.zeros(n_frames, bool)
+    for t in range(int(lengths.max()) + 1):
+        live = np.flatnonzero(lengths >= t)  # episodes that have frame t
+        q = task_quantities(sim, live)
+        rows = data.frame_offsets[live] + t
+        for k, column in out.items():
+            column[rows] = q[k]
+        stepping = lengths > t
+        if not stepping.any():
+            break
+        steps = data.step_offsets[:-1] + np.minimum(t, lengths - 1)
+        sim.step(np.where(stepping[:, None], data.action[steps], 0.0))
+        recorded = data.reward[steps[stepping]]
+        if not np.allclose(sim.reward[stepping], recorded, atol=1e-4):
+            e = int(np.flatnonzero(stepping)[np.argmax(np.abs(sim.reward[stepping] - recorded))])
+            raise ReplayError(
+                f"{data.files[e]}: replaying step {t} from its seed gives reward "
+                f"{sim.reward[e]:.4f}, the file says {data.reward[steps[e]]:.4f} — the "
+                "episodes were made by another environment; regenerate them with 02"
+            )
+    return out
+
+
+def step_frames(data: LatentEpisodes) -> np.ndarray:
+    """(S,) the frame index of every step (each episode's frames but its last)."""
+    return np.concatenate(
+        [np.arange(a, b - 1) for a, b in zip(data.frame_offsets[:-1], data.frame_offsets[1:])]
+    )
+
+
+def baseline_z(data: LatentEpisodes, frames: np.ndarray, k: int, source: str) -> np.ndarray:
+    """(N, Z) float32: a baseline's guess of the z of frame `frames + k` from z up to
+    `frames` (V's means): "copy" repeats z_t, "velocity" extrapolates
+    z_t + k (z_t - z_{t-1}) (no velocity at an episode's first frame)."""
+    z = data.mu[frames]
+    if source == "copy":
+        return z.copy()
+    if source != "velocity":
+        raise ValueError(f"unknown baseline {source!r}")
+    first = np.isin(frames, data.frame_offsets[:-1])
+    prev = data.mu[np.where(first, frames, frames - 1)]
+    return (z + k * (z - prev)).astype(np.float32)
+
+
+def open_loop(rnn, data: LatentEpisodes, forced: dict, rng, tau: float, horizons=HORIZONS):
+    """M's dreamed z at each horizon, from every step, under the real actions.
+
+    Args:
+        rnn: an M with `step`, `sample` and `initial_state` (`MDNRNN`, or a rigged one).
+        data: held-out encoded episodes.
+        forced: `world_model.teacher_forced(rnn, data)` (its "h" and "c": M's state
+            before each step).
+        rng: numpy Generator of M's samples.
+        tau: temperature of the samples.
+        horizons: the k to keep (>= 1).
+
+    Returns:
+        {k: {"start": (N,) start frame t, "target": (N,) frame t + k, "dream": (N, Z)
+        float32}}, for the starts whose episode has frame t + k.
+    """
+    starts = step_frames(data)
+    steps = np.arange(len(starts))
+    episode = np.repeat(np.arange(len(data)), data.lengths)
+    last_frame = data.frame_offsets[1:][episode] - 1
+    last_step = data.step_offsets[1:][episode] - 1
+    xp = rnn.xp
+    state = (xp.asarray(forced["h"]), xp.asarray(forced["c"]))
+    z = xp.asarray(data.mu[starts])
+    out = {}
+    for k in range(1, max(horizons) + 1):
+        a = data.action[np.minimum(steps + k - 1, last_step)]
+        step = rnn.step(z, a, state)
+        state = step.state
+        z = rnn.sample(step.mixture, tau, rng)
+        if k in horizons:
+            keep = starts + k <= last_frame
+            out[k] = {
+                "start": starts[keep],
+                "target": starts[keep] + k,
+                "dream": to_host(z)[keep].astype(np.float32),
+            }
+    return out
+
+
+class Probe:
+    """Linear probes from z to each of `QUANTITIES`, fitted on real z.
+
+    The ridge penalty of each quantity is chosen on the last `VALIDATION_FRACTION` of
+    the training episodes, then the probe is refitted on all of them. Person
+    quantities are fitted on frames with a person within range only.
+
+    Args:
+        z: (F, Z) real z of the training episodes' frames (V's means).
+        targets: `replay_quantities` of the same frames.
+        episodes: (F,) episode index of each frame.
+    """
+
+    def __init__(self, z: np.ndarray, targets: dict, episodes: np.ndarray):
+        ids = np.unique(episodes)
+        n_val = max(1, round(VALIDATION_FRACTION * len(ids)))
+        if len(ids) - n_val < 1:
+            raise ProbeError(f"a probe needs at least 2 training episodes, got {len(ids)}")
+        val = np.isin(episodes, ids[len(ids) - n_val :])
+        self.models = {}
+        for name in QUANTITIES:
+            rows = targets["person_mask"] if name in PERSON_QUANTITIES else np.ones(len(z), bool)
+            y = np.asarray(targets[name], np.float64)[:, None]
+            fit = Ridge(z[rows & ~val], y[rows & ~val])
+
+            def score(lam, fit=fit, rows=rows, y=y):
+                try:
+                    return r2_score(y[rows & val, 0], fit.predict(z[rows & val], lam)[:, 0])
+                except ProbeError:
+                    return -np.inf
+
+            lam = max(LAMBDAS, key=score)
+            self.models[name] = (Ridge(z[rows], y[rows]), lam)
+
+    def predict(self, name: str, z: np.ndarray) -> np.ndarray:
+        ridge, lam = self.models[name]
+        return ridge.predict(z, lam)[:, 0]
+
+
+def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict) -> dict:
+    """R² of the probe at each horizon, on each source of z, per quantity and group.
+
+    Args:
+        probe: fitted on real z of other episodes.
+        data: the held-out episodes.
+        truth: `replay_quantities` of their frames.
+        dreams: `open_loop`'s result.
+
+    Returns:
+        {k: {source: {name: R²}}} for `SOURCES` and every quantity and `GROUPS` entry (a
+        group's R² pools its quantities' residuals and variances), plus
+        {k: {"relative": {name: dream R² / real R²}, "rows": N}}.
+    """
+    out = {}
+    for k, d in dreams.items():
+        sources = {
+            "real": data.mu[d["target"]],
+            "dream": d["dream"],
+            "copy": baseline_z(data, d["start"], k, "copy"),
+            "velocity": baseline_z(data, d["start"], k, "velocity"),
+        }
+        row = {"rows": len(d["target"])}
+        for source, z in sources.items():
+            scores, parts = {}, {}
+            for name in QUANTITIES:
+                keep = (
+                    truth["person_mask"][d["target"]]
+                    if name in PERSON_QUANTITIES
+                    else np.ones(len(z), bool)
+                )
+                y = truth[name][d["target"]][keep]
+                pred = probe.predict(name, z[keep])
+                parts[name] = (((y - pred) ** 2).sum(), ((y - y.mean()) ** 2).sum())
+                scores[name] = 1.0 - parts[name][0] / parts[name][1] if parts[name][1] else None
+            for group, names in GROUPS.items():
+                res, tot = (sum(parts[n][i] for n in names) for i in (0, 1))
+                scores[group] = 1.0 - res / tot if tot else None
+            row[source] = scores
+        row["relative"] = {
+            name: (row["dream"][name] / row["real"][name])
+            if row["real"][name] and row["dream"][name] is not None
+            else None
+            for name in row["real"]
+        }
+        out[k] = row
+    return out
