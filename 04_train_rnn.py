@@ -48,8 +48,8 @@ from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
 from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
+from lib.models.map_rnn import ARCHS, build_rnn
 from lib.models.mdn_rnn import (
-    MDNRNN,
     MODES,
     OUTCOME_CLASSES,
     MDNRNNLoss,
@@ -103,7 +103,22 @@ def parse_args(argv=None):
     p.add_argument(
         "--window", type=cli.positive_int, default=32, help="window length (window mode)"
     )
-    p.add_argument("--hidden", type=cli.positive_int, default=256, help="LSTM units")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="lstm",
+        help="M's network: lstm, the paper's dense MDN-LSTM (--hidden units); map, a "
+        "convolutional MDN-LSTM over a spatial V's latent map whose state and predictions "
+        "move with the robot's own motion (beyond the paper; needs 03 --spatial and, in "
+        "the reward and dream modes, --outcome-head; lib/models/map_rnn.py)",
+    )
+    p.add_argument("--hidden", type=cli.positive_int, default=256, help="LSTM units (--arch lstm)")
+    p.add_argument(
+        "--map-channels",
+        type=cli.positive_int,
+        default=16,
+        help="state channels per cell of the map (--arch map; h has channels x cells floats)",
+    )
     p.add_argument("--mixtures", type=cli.positive_int, default=5, help="Gaussians per latent dim")
     p.add_argument(
         "--residual",
@@ -162,6 +177,10 @@ def parse_args(argv=None):
         p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
     if args.outcome_head and args.mode not in ("reward", "dream"):
         p.error(f"--outcome-head needs --mode reward or dream (M's heads), not {args.mode}")
+    if args.arch == "map" and args.mode in ("reward", "dream") and not args.outcome_head:
+        p.error(f"--arch map predicts endings with --outcome-head: add it (--mode {args.mode})")
+    if args.arch == "map" and args.task_weight:
+        p.error("--task-weight needs --arch lstm (the map M has no task head)")
     cli.check_run_args(p, args)
     return args
 
@@ -321,6 +340,35 @@ def outcome_settings(train, wanted):
     return {"outcome_weights": weights, "shaping_bound": SHAPING_MARGIN * largest or 0.02}
 
 
+def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
+    """M's constructor arguments (before the outcome head's): the dense MDN-LSTM's, or
+    with --arch map the map M's, its grid read from V (fails unless V is spatial)."""
+    z_size = vae_sidecar["config"]["z_size"]
+    if args.arch == "map":
+        view = checkpoints.observation_settings(vae_sidecar)["view_size"]
+        offsets = vae.map_offsets(view)
+        if offsets is None:
+            cli.fail(
+                "--arch map needs a spatial V (03_train_vae.py --spatial K); this V's z is flat"
+            )
+        return {
+            "arch": "map", "z_size": z_size, "side": len(offsets), "offsets": offsets.tolist(),
+            "action_size": action_size, "channels": args.map_channels, "n_mixtures": args.mixtures,
+        }  # fmt: skip
+    config = {
+        "z_size": z_size,
+        "action_size": action_size,
+        "hidden_size": args.hidden,
+        "n_mixtures": args.mixtures,
+        "reward_head": scalar_heads,
+        "done_head": scalar_heads,
+        "residual": args.residual,
+    }
+    if args.task_weight:
+        config["task_size"] = action_size
+    return config
+
+
 def resume(run, config):
     """Restores `run` from its snapshot after checking it holds an M of these sizes."""
     old = run.saved_settings()
@@ -360,8 +408,9 @@ def main(argv=None):
     name = f"rnn_{args.mode}"
     model_path = os.path.join(models, f"{name}.npz")
     vae_path = os.path.join(models, "vae.npz")
+    size = f"{args.map_channels} channels a cell" if args.arch == "map" else f"hidden {args.hidden}"
     print(
-        f"04: M in mode {args.mode} (reward/done heads: {heads}), hidden {args.hidden}, "
+        f"04: M ({args.arch}) in mode {args.mode} (reward/done heads: {heads}), {size}, "
         f"{args.mixtures} mixtures, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, seed {args.seed}"
     )
 
@@ -393,20 +442,10 @@ def main(argv=None):
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "rnn/init") % 2**32)  # Chainer's initializers
-    config = {
-        "z_size": vae_sidecar["config"]["z_size"],
-        "action_size": int(train.action.shape[1]),
-        "hidden_size": args.hidden,
-        "n_mixtures": args.mixtures,
-        "reward_head": scalar_heads,
-        "done_head": scalar_heads,
-        "residual": args.residual,
-    }
-    if args.task_weight:
-        config["task_size"] = int(train.action.shape[1])
+    config = model_config(args, vae, vae_sidecar, int(train.action.shape[1]), scalar_heads)
     if args.outcome_head:
         config.update(outcome_head=True, **outcome_settings(train, args.done_pos_weight))
-    model = MDNRNN(**config)
+    model = build_rnn(config)
     model.to_device(device)
     loss_fn = MDNRNNLoss(model, args.reward_weight, args.done_weight, pos_weight, args.task_weight)
     optimizer = FastAdam(alpha=args.lr)

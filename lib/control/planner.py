@@ -43,7 +43,7 @@ from lib.control.agent import PlanningAgent
 from lib.devices import to_host
 from lib.kernels import mdn
 from lib.models.controller import act_batch
-from lib.models.mdn_rnn import reward_and_continue
+from lib.models.mdn_rnn import reward_and_continue, sample
 
 # Keys the stream of an episode's seed that draws the planner's noise, apart from V's
 # latent noise and the environment's streams drawn from the same seed.
@@ -240,6 +240,8 @@ def _next_z(rnn, out, z, tau, noise):
     draw at temperature tau with the given (u, normal) (N, Z) host noise."""
     xp = backend.get_array_module(z)
     kz = rnn.n_mixtures * rnn.z_size
+    if tau == 0 and out.mixture is not None:  # an M whose step gives it anyway (MapRNN)
+        return sample(out.mixture, 0.0, None)
     if tau == 0:
         # Only the logits and means of the mixture head: two thirds of its product.
         w = rnn.mdn.W.array[: 2 * kz]

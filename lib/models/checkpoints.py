@@ -16,7 +16,7 @@ import chainer
 from lib.env.socnavenv import EnvConfig
 from lib.models.controller import Controller
 from lib.models.lookahead import make_head
-from lib.models.mdn_rnn import MDNRNN
+from lib.models.map_rnn import build_rnn
 from lib.models.vae import ConvVAE
 
 
@@ -88,7 +88,8 @@ def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
     """M from `data_dir/models/rnn_<mode>.npz`, checked against V's z size.
 
     Returns:
-        (MDNRNN on `device`, sidecar dict).
+        (M on `device`: an `MDNRNN`, or a `MapRNN` when its sidecar says "arch": "map";
+        sidecar dict).
     """
 
     maker = f"04_train_rnn.py --mode {mode}"
@@ -100,9 +101,9 @@ def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
             f"re-run {maker} with this V"
         )
     try:
-        model = MDNRNN(**sidecar["config"])
+        model = build_rnn(sidecar["config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: sidecar config does not build an MDNRNN ({e})") from None
+        raise CheckpointError(f"{path}: sidecar config does not build an M ({e})") from None
     load_weights(path, model, maker)
     if device is not None:
         model.to_device(device)

@@ -31,6 +31,7 @@ import numpy as np
 from lib.devices import to_host
 from lib.kernels.fast_encoder import make_encoder
 from lib.kernels.fastconv import ConvolutionNHWC, DeconvolutionNHWC
+from lib.models import ego_warp
 from lib.models.task_head import task_loss
 
 # Frames or latents per call when encoding or decoding many without a graph.
@@ -274,6 +275,16 @@ class ConvVAE(chainer.Chain):
         cell, k = divmod(int(d), self.spatial)
         side = math.isqrt(self.z_size // self.spatial)
         return cell // side, cell % side, k
+
+    def map_offsets(self, view_size: float):
+        """(S,) float64: the ego coordinate (m) of each row (forward) and column (left)
+        of a spatial z's S x S map, the middle of each cell's receptive field in a view
+        of `view_size` metres (`lib.models.ego_warp`); None when z is not spatial."""
+        if not self.spatial:
+            return None
+        kernel = self._config["enc_kernel"]
+        centres = ego_warp.conv_centres(self.image_size, len(self.enc), kernel, _STRIDE)
+        return ego_warp.grid_offsets(len(centres), view_size, self.image_size, centres)
 
     def keypoint_coordinates(self, h):
         """(B, 2K) expected (x..., y...) positions of the K keypoint channels of the

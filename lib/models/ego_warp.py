@@ -1,0 +1,105 @@
+"""The robot's own motion as a warp of its egocentric view.
+
+The frame is drawn around the robot, facing up. One step of action a moves the robot
+forward by d = (a0 + 1) / 2 * MAX_ADVANCE * dt along its heading, then turns it left by
+delta = a1 * MAX_ROTATION * dt (the order of `socnavenv`'s step kernel). A point that
+does not move in the room, at ego coordinates p_t (x forward, y left, metres), is then
+at p_{t+1} = R(-delta) (p_t - (d, 0)). So the view at t + 1 samples the view at t at
+p_t = R(delta) p_{t+1} + (d, 0): what a warp of the old map does, bilinearly, for any
+map whose cells sit on a regular grid of the view (a frame's pixels, V's 6 x 6 latent
+map). Walls and the goal follow it exactly; people move on their own.
+
+`warp_matrix` gives the warp as one (S², S²) matrix per agent, so applying it is a
+batched matrix product: differentiable with Chainer's `F.matmul`, on NumPy or CuPy.
+Outside the old view, the warp repeats the nearest edge cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from chainer import backend
+
+from lib.env import socnavenv as sn
+
+
+def ego_motion(actions, dt: float = sn.TIMESTEP):
+    """(d, delta): forward move (m) and left turn (rad) of each action, each (B,).
+
+    Args:
+        actions: (B, 2) float in [-1, 1] (clipped as the environment clips them).
+    """
+    xp = backend.get_array_module(actions)
+    a = xp.clip(xp.asarray(actions, np.float64), -1.0, 1.0)
+    return (a[:, 0] + 1.0) * 0.5 * sn.MAX_ADVANCE * dt, a[:, 1] * sn.MAX_ROTATION * dt
+
+
+def grid_offsets(side: int, view_size: float, image_size: int | None = None, centres=None):
+    """(side,) float64: the ego coordinate (m) of each row (forward) or column (left) of
+    a regular grid over the view, top row / left column first.
+
+    Args:
+        side: cells per side.
+        view_size: metres the view covers.
+        image_size: pixels per side of the frame (default `side`: the frame's pixels).
+        centres: (side,) the cells' centres in pixels (continuous, 0 at the frame's
+            top or left edge); default the centre of each of `side` equal parts.
+    """
+    image_size = side if image_size is None else image_size
+    if centres is None:
+        centres = (np.arange(side) + 0.5) * image_size / side
+    return (0.5 * image_size - np.asarray(centres, np.float64)) * view_size / image_size
+
+
+def conv_centres(image_size: int, layers: int, kernel: int, stride: int) -> np.ndarray:
+    """The centres (pixels, continuous) of the cells of `layers` valid convolutions'
+    output, the receptive field's middle of each (V's spatial map)."""
+    c = np.arange(image_size) + 0.5
+    for _ in range(layers):
+        n = (len(c) - kernel) // stride + 1
+        c = np.array([c[stride * o : stride * o + kernel].mean() for o in range(n)])
+    return c
+
+
+def warp_matrix(actions, offsets) -> object:
+    """(B, S², S²) float32: row i' holds the bilinear weights of the old map's cells
+    that cell i' of the new map shows after each agent's action (cells row-major).
+
+    Args:
+        actions: (B, 2) float, NumPy or CuPy (the result is on the same device).
+        offsets: (S,) the grid's ego coordinates (`grid_offsets`), evenly spaced and
+            decreasing (top row forward, left column left).
+    """
+    xp = backend.get_array_module(actions)
+    offsets = np.asarray(offsets, np.float64)
+    side = len(offsets)
+    pitch = offsets[0] - offsets[1]
+    d, delta = ego_motion(actions)
+    rows = xp.asarray(np.repeat(offsets, side))  # x' of each new cell (forward)
+    cols = xp.asarray(np.tile(offsets, side))  # y' (left)
+    c, s = xp.cos(delta)[:, None], xp.sin(delta)[:, None]
+    x = c * rows - s * cols + d[:, None]  # (B, S²) where each new cell was, old frame
+    y = s * rows + c * cols
+    fi = xp.clip((offsets[0] - x) / pitch, 0.0, side - 1.0)
+    fj = xp.clip((offsets[0] - y) / pitch, 0.0, side - 1.0)
+    i0 = xp.minimum(xp.floor(fi), side - 2).astype(np.int64)
+    j0 = xp.minimum(xp.floor(fj), side - 2).astype(np.int64)
+    wi, wj = fi - i0, fj - j0
+    b = len(d)
+    out = xp.zeros((b, side * side, side * side), np.float32)
+    bi = xp.arange(b)[:, None]
+    ci = xp.arange(side * side)[None, :]
+    for di, dj, w in (
+        (0, 0, (1 - wi) * (1 - wj)),
+        (0, 1, (1 - wi) * wj),
+        (1, 0, wi * (1 - wj)),
+        (1, 1, wi * wj),
+    ):
+        # i0 <= S - 2, so the four corners are distinct cells: plain assignment adds
+        out[bi, ci, (i0 + di) * side + (j0 + dj)] = w.astype(np.float32)
+    return out
+
+
+def warp_maps(maps, matrix):
+    """Applies `warp_matrix` to (B, S², C) maps (NumPy, CuPy): (B, S², C) float32."""
+    xp = backend.get_array_module(maps)
+    return xp.matmul(matrix, maps)

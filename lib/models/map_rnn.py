@@ -1,0 +1,299 @@
+"""M over V's latent map: a convolutional MDN-LSTM that moves with the robot.
+
+Beyond the paper. With a spatial V (`ConvVAE(spatial=K)`), z is a S x S map of K
+latents per cell, each cell a patch of the egocentric view. `MapRNN` keeps its LSTM
+state as a map of the same grid and predicts the next map cell by cell:
+
+1. The gates are one 3 x 3 convolution of [z_t map, a_t, the cells' coordinates, the
+   state map h] (a convolutional LSTM: each cell sees its neighbours, so what a
+   person does near one cell is learnt once for every cell). Maps are NHWC, which is
+   z's own order (cell-major, the K latents of a cell innermost), so z needs no
+   transpose, and the convolution is the project's NHWC kernel
+   (`lib.kernels.fastconv`) on a zero-padded map.
+2. The new (h, c) maps are warped by the action's ego-motion (`lib.models.ego_warp`):
+   the robot's own turn and advance move the whole view by a rotation and a shift
+   that the action fixes, so the state follows the room instead of relearning
+   geometry. The state the next step reads is in the next frame's coordinates.
+3. The mixture head (per cell, linear in [warped h, warped z_t]) predicts z_{t+1}
+   per cell as the warped z_t plus a mixture of offsets: what does not move in the
+   room is predicted by the warp alone; capacity goes to the people.
+4. The outcome head (how the step ends) and the running reward read the whole
+   warped h map, flattened.
+
+h, what C and the planners read, is the flattened warped h map (hidden_size =
+channels * S²). The interface is `MDNRNN`'s: `forward`, `step`, `initial_state`,
+`sample`, `scheduled_inputs`, `config`, and `MDNRNNLoss` trains it unchanged; the
+mixture head's raw output uses the same `(3, K, Z)` layout with z's own order.
+
+Typical use::
+
+    m = MapRNN(z_size=288, side=6, offsets=ego_warp.grid_offsets(...), outcome_head=True)
+    loss, state = MDNRNNLoss(m)(z, a, z_next, mask, reward, None, None, outcome)
+"""
+
+from __future__ import annotations
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+
+from lib.kernels.fastconv import ConvolutionNHWC
+from lib.kernels.map_lstm import cell_step, map_lstm
+from lib.models import ego_warp
+from lib.models.mdn_rnn import (
+    MDNRNN,
+    OUTCOME_CLASSES,
+    SequenceOutput,
+    StepOutput,
+    sample,
+)
+
+ARCHS = ("lstm", "map")  # 04 --arch: the paper's dense MDN-LSTM, or this one
+
+
+class MapRNN(chainer.Chain):
+    """Convolutional MDN-LSTM over a S x S latent map, warped by the robot's motion.
+
+    Args:
+        z_size: int, S * S * K (V's spatial z).
+        side: int, S.
+        offsets: S floats, the ego coordinate (m) of each row / column of V's map
+            (`ego_warp.grid_offsets` of V's cell centres).
+        action_size: int, 2.
+        channels: int, state channels per cell (hidden_size = channels * S²).
+        n_mixtures: int, Gaussians per latent.
+        kernel: int, odd size of the gates' convolution.
+        outcome_head: bool, predict how each step ends and its running reward
+            (`MDNRNN`'s outcome head; the dream needs it).
+        shaping_bound, outcome_weights, log_sigma_min, log_sigma_max: as `MDNRNN`.
+
+    Raises:
+        ValueError: z_size not a multiple of side², offsets of another length,
+            non-positive sizes, an even kernel.
+    """
+
+    arch = "map"
+    reward_head = done_head = False
+    residual = True  # the means are offsets from the warped z
+    task_size = 0
+
+    def __init__(
+        self,
+        z_size=288,
+        side=6,
+        offsets=None,
+        action_size=2,
+        channels=16,
+        n_mixtures=5,
+        kernel=3,
+        outcome_head=False,
+        shaping_bound=0.02,
+        outcome_weights=None,
+        log_sigma_min=-7.0,
+        log_sigma_max=4.0,
+    ):
+        super().__init__()
+        for name, value in (("side", side), ("channels", channels), ("n_mixtures", n_mixtures),
+                            ("action_size", action_size), ("kernel", kernel)):  # fmt: skip
+            if int(value) < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        side = int(side)
+        if side < 2 or int(z_size) % (side * side):
+            raise ValueError(f"z_size {z_size} is not a {side}x{side} map of latents")
+        if int(kernel) % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {kernel}")
+        offsets = ego_warp.grid_offsets(side, 8.0) if offsets is None else offsets
+        if len(offsets) != side:
+            raise ValueError(f"offsets must hold {side} floats, got {len(offsets)}")
+        if not log_sigma_min < log_sigma_max:
+            raise ValueError(f"empty log-sigma range [{log_sigma_min}, {log_sigma_max}]")
+        self.z_size, self.side = int(z_size), side
+        self.latents = self.z_size // (side * side)  # K per cell
+        self.offsets = [float(o) for o in offsets]
+        self.action_size = int(action_size)
+        self.channels = int(channels)
+        self.hidden_size = self.channels * side * side
+        self.n_mixtures = int(n_mixtures)
+        self.kernel = int(kernel)
+        self.log_sigma_min, self.log_sigma_max = float(log_sigma_min), float(log_sigma_max)
+        self.outcome_head = bool(outcome_head)
+        if not shaping_bound > 0:
+            raise ValueError(f"shaping_bound must be > 0, got {shaping_bound}")
+        self.shaping_bound = float(shaping_bound)
+        weights = np.ones(len(OUTCOME_CLASSES)) if outcome_weights is None else outcome_weights
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
+            raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
+        self.outcome_weights = [float(w) for w in weights]
+        # The cells' coordinates, in units of the view's half side: where the robot is.
+        o = np.asarray(self.offsets, np.float32) / max(abs(self.offsets[0]), 1e-6)
+        self._coords = np.stack(np.meshgrid(o, o, indexing="ij"), axis=-1)  # (S, S, 2)
+        k, ch = self.kernel, self.channels
+        n_in = self.latents + self.action_size + 2 + ch
+        with self.init_scope():
+            # The gates from [z map, a, coords, h], NHWC ("same" padding added by hand).
+            self.gates = ConvolutionNHWC(n_in, 4 * ch, k, stride=1, activation=None)
+            self.mdn = L.Linear(ch + self.latents, 3 * self.n_mixtures * self.latents)
+            if self.outcome_head:
+                self.outcome = L.Linear(self.hidden_size, len(OUTCOME_CLASSES))
+                self.shaping = L.Linear(self.hidden_size, 1)
+        self.gates.b.array[2 * ch : 3 * ch] = 1.0  # forget gate, as MDNRNN's (a, i, f, o)
+
+    # Borrowed from MDNRNN: they only read the sizes and heads named above.
+    can_dream = MDNRNN.can_dream
+    outcome_values = MDNRNN.outcome_values
+    split = MDNRNN.split
+    scheduled_inputs = MDNRNN.scheduled_inputs
+
+    def config(self):
+        """The constructor's arguments, JSON-ready (with "arch": "map")."""
+        return {
+            "arch": self.arch,
+            "z_size": self.z_size,
+            "side": self.side,
+            "offsets": self.offsets,
+            "action_size": self.action_size,
+            "channels": self.channels,
+            "n_mixtures": self.n_mixtures,
+            "kernel": self.kernel,
+            "outcome_head": self.outcome_head,
+            "shaping_bound": self.shaping_bound,
+            "outcome_weights": self.outcome_weights,
+            "log_sigma_min": self.log_sigma_min,
+            "log_sigma_max": self.log_sigma_max,
+        }
+
+    def initial_state(self, batch):
+        """Zero state for `batch` agents: (h, c), two (B, hidden_size) float32 arrays."""
+        shape = (batch, self.hidden_size)
+        return self.xp.zeros(shape, np.float32), self.xp.zeros(shape, np.float32)
+
+    # z is (N, S*S*K) cell-major, which is an NHWC map (N, S, S, K) as it is; h and c
+    # are (N, S*S*C) the same way.
+    def _warp(self, m, matrix):
+        """Warps (N, S*S*C) flat maps by (N, S², S²) matrices."""
+        n = m.shape[0]
+        cells = F.reshape(m, (n, self.side * self.side, -1))
+        return F.reshape(F.matmul(matrix, cells), (n, -1))
+
+    def _inputs(self, z, a):
+        """(N, S, S, K + A + 2) array: the gates' non-recurrent input, [z map, a, coords]."""
+        xp = self.xp
+        n, s = z.shape[0], self.side
+        a = xp.asarray(a, np.float32)
+        a_map = xp.broadcast_to(a[:, None, None, :], (n, s, s, a.shape[1]))
+        coords = xp.broadcast_to(xp.asarray(self._coords), (n, s, s, 2))
+        return xp.concatenate([z.reshape(n, s, s, self.latents), a_map, coords], axis=3)
+
+    def _head(self, h, z_warped):
+        """The raw mixture (N, 3 * K_mix * Z) of z_{t+1} from the warped h (N, S² C)
+        and the warped z_t (N, Z) (an array): offsets from the warped z."""
+        n, s, k = h.shape[0], self.side, self.latents
+        head_in = F.concat(
+            [F.reshape(h, (n * s * s, self.channels)), z_warped.reshape(n * s * s, k)]
+        )
+        raw = F.reshape(self.mdn(head_in), (n, s * s, 3, self.n_mixtures, k))
+        raw = F.reshape(F.transpose(raw, (0, 2, 3, 1, 4)), (n, 3, self.n_mixtures, self.z_size))
+        offset = self.xp.zeros((n, 3, self.n_mixtures, self.z_size), np.float32)
+        offset[:, 1] = z_warped[:, None, :]
+        return F.reshape(raw + offset, (n, -1))
+
+    def _cell(self, x, matrix, h, c):
+        """One step in Chainer functions (the reference, and the path with
+        `chainer.config.fast_lstm = False`): the warped (h, c), flat."""
+        n, s, ch = x.shape[0], self.side, self.channels
+        maps = F.concat([x, F.reshape(h, (n, s, s, ch))], axis=3)
+        pad = self.kernel // 2
+        gates = self.gates(F.pad(maps, ((0, 0), (pad, pad), (pad, pad), (0, 0)), "constant"))
+        g_a, g_i, g_f, g_o = F.split_axis(F.reshape(gates, (n, s * s, 4 * ch)), 4, axis=2)
+        c_new = F.sigmoid(g_f) * F.reshape(c, (n, s * s, ch)) + F.sigmoid(g_i) * F.tanh(g_a)
+        h_new = F.sigmoid(g_o) * F.tanh(c_new)
+        return self._warp(h_new, matrix), self._warp(c_new, matrix)
+
+    def forward(self, z, a, state=None):
+        """Teacher-forced pass over whole sequences (the training graph).
+
+        Args:
+            z: (B, T, Z) float32 latents; a: (B, T, A) float32 actions.
+            state: (h, c), two (B, hidden) arrays or Variables; zeros when None (the
+                state gets no gradient: truncated BPTT cuts there).
+
+        Returns:
+            `SequenceOutput` of Variables (as `MDNRNN.forward`).
+        """
+        xp = self.xp
+        z, a = (xp.asarray(v.array if isinstance(v, chainer.Variable) else v, np.float32)
+                for v in (z, a))  # fmt: skip
+        batch, steps, _ = z.shape
+        flat_z, flat_a = z.reshape(batch * steps, -1), a.reshape(batch * steps, -1)
+        warps = ego_warp.warp_matrix(flat_a, self.offsets)
+        cells = self.side * self.side
+        z_warped = xp.matmul(warps, flat_z.reshape(-1, cells, self.latents)).reshape(
+            batch * steps, -1
+        )
+        x = self._inputs(flat_z, flat_a).reshape(batch, steps, self.side, self.side, -1)
+        warps = warps.reshape(batch, steps, cells, cells)
+        h, c = self.initial_state(batch) if state is None else state
+        h, c = (v.array if isinstance(v, chainer.Variable) else v for v in (h, c))
+        if getattr(chainer.config, "fast_lstm", True):
+            hs, h, c = map_lstm(x, self.gates.W, self.gates.b, warps, h, c)
+        else:
+            hs = []
+            for t in range(steps):
+                h, c = self._cell(x[:, t], warps[:, t], h, c)
+                hs.append(h)
+            hs = F.stack(hs, axis=1)
+        flat = F.reshape(hs, (batch * steps, self.hidden_size))
+        mixture = F.reshape(self._head(flat, z_warped), (batch, steps, -1))
+        if not self.outcome_head:
+            return SequenceOutput(hs, mixture, None, None, (h, c))
+        logit = F.reshape(self.outcome(flat), (batch, steps, len(OUTCOME_CLASSES)))
+        shaping = F.reshape(self.shaping(flat), (batch, steps))
+        reward, done, _ = self.outcome_values(logit.array, shaping.array)
+        reward, done = chainer.Variable(reward), chainer.Variable(done)
+        return SequenceOutput(hs, mixture, reward, done, (h, c), logit, shaping)
+
+    def step(self, z, a, state=None, mixture=True):
+        """One step for a batch of agents, without a graph (as `MDNRNN.step`; the
+        mixture is always returned, since the state's update computes it).
+
+        Returns:
+            `StepOutput` of arrays.
+        """
+        xp = self.xp
+        z = xp.asarray(z, np.float32)
+        a = xp.asarray(a, np.float32)
+        if state is None:
+            state = self.initial_state(z.shape[0])
+        h, c = (s.array if isinstance(s, chainer.Variable) else s for s in state)
+        matrix = ego_warp.warp_matrix(a, self.offsets)
+        x = self._inputs(z, a)
+        w, b = self.gates.W.array, self.gates.b.array
+        h, c, _ = cell_step(x, h, c, w, b, matrix)
+        z_warped = xp.matmul(matrix, z.reshape(len(z), -1, self.latents)).reshape(len(z), -1)
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            raw = self._head(h, z_warped).array
+        params = self.split(raw)
+        reward = done = outcome = None
+        if self.outcome_head:
+            logit = h @ self.outcome.W.array.T + self.outcome.b.array
+            shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
+            reward, done, outcome = self.outcome_values(logit, shaping)
+        return StepOutput(h, (h, c), params, reward, done, outcome)
+
+    def sample(self, params, tau, rng):
+        """`sample` as a method, for symmetry with `step`."""
+        return sample(params, tau, rng)
+
+    def task_prediction(self, *args, **kwargs):
+        raise ValueError("the map M has no task head (04 --task-weight needs --arch lstm)")
+
+
+def build_rnn(config: dict):
+    """M from its sidecar config: `MapRNN` for "arch": "map", else `MDNRNN`."""
+    config = dict(config)
+    arch = config.pop("arch", "lstm")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown M architecture {arch!r}: one of {', '.join(ARCHS)}")
+    return MapRNN(**config) if arch == "map" else MDNRNN(**config)

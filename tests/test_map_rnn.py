@@ -1,0 +1,308 @@
+"""The map M (lib/models/map_rnn.py) and the ego-motion warp it rests on
+(lib/models/ego_warp.py): geometry against the simulator's own frames, the model's
+shapes and gradients, its step against its training graph, and 04 --arch map end to
+end (training, exact resume, refusals, 06 drawing it)."""
+
+import json
+import shutil
+
+import chainer
+import numpy as np
+import pytest
+from cli_helpers import one_line_error, run
+
+from lib.env import socnavenv as sn
+from lib.models import checkpoints, ego_warp
+from lib.models.map_rnn import MapRNN, build_rnn
+from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss
+from lib.models.vae import SPATIAL_ENC_CHANNELS, ConvVAE
+
+
+def frames_and_actions(n=12, seed=0):
+    """Frames of rooms without people before and after one random action."""
+    config = sn.EnvConfig(n_humans=0)
+    sim = sn.SocNavSim(n, config)
+    sim.reset_seeds(np.arange(n) + seed)
+    before = sim.observe_images().astype(np.float32)
+    actions = np.random.default_rng(seed).uniform(-1, 1, (n, 2))
+    sim.step(actions)
+    return before, sim.observe_images().astype(np.float32), actions, config
+
+
+def warp_frames(frames, actions, view_size):
+    n, s = frames.shape[:2]
+    matrix = ego_warp.warp_matrix(actions, ego_warp.grid_offsets(s, view_size))
+    return ego_warp.warp_maps(frames.reshape(n, s * s, 3), matrix).reshape(frames.shape)
+
+
+def test_the_warp_moves_an_empty_room_as_the_simulator_does():
+    """Warping frame t by the action gives frame t + 1 of a room without people: the
+    error left (bilinear blur, the robot drawn at the centre) is below copying's in every
+    room and under a third of it on average, and a turn the other way is worse than not
+    moving at all."""
+    before, after, actions, config = frames_and_actions()
+    inner = (slice(None), slice(8, 56), slice(8, 56))  # away from the replicated edge
+    err = lambda x: np.abs(x[inner] - after[inner]).mean(axis=(1, 2, 3))
+    warped = err(warp_frames(before, actions, config.view_size))
+    copied = err(before)
+    mirrored = err(warp_frames(before, actions * [1, -1], config.view_size))
+    assert (warped < copied).all() and warped.mean() < 0.35 * copied.mean(), (warped, copied)
+    assert (mirrored[np.abs(actions[:, 1]) > 0.3] > copied[np.abs(actions[:, 1]) > 0.3]).all()
+
+
+def test_the_warp_matrix_by_hand():
+    offsets = ego_warp.grid_offsets(4, 4.0)  # 1 m cells at 1.5, 0.5, -0.5, -1.5
+    np.testing.assert_allclose(offsets, [1.5, 0.5, -0.5, -1.5])
+    still = ego_warp.warp_matrix(np.array([[-1.0, 0.0]]), offsets)[0]
+    np.testing.assert_array_equal(still, np.eye(16))  # no advance, no turn
+    # Advancing 0.14 m (full speed, 0.1 s): each new cell shows 0.14 of a cell further
+    # forward, i.e. the old cell above it by 0.14 (the top row repeats the edge).
+    move = ego_warp.warp_matrix(np.array([[1.0, 0.0]]), offsets)[0]
+    d = sn.MAX_ADVANCE * sn.TIMESTEP
+    assert move[5, 5] == pytest.approx(1 - d) and move[5, 1] == pytest.approx(d)
+    assert move[1, 1] == pytest.approx(1.0)  # the top row: nothing further to show
+    turn = ego_warp.warp_matrix(np.array([[-1.0, 1.0], [-1.0, 0.3]]), offsets)
+    np.testing.assert_allclose(turn.sum(axis=2), 1.0, atol=1e-6)
+    assert (turn >= 0).all()
+
+
+def test_a_spatial_vs_map_is_where_its_cells_look():
+    """V's three valid 4x4 stride-2 convs put the 6x6 map's cells 8 px (1 m) apart,
+    centred 1 px before the frame's middle."""
+    vae = ConvVAE(z_size=288, spatial=8, enc_channels=list(SPATIAL_ENC_CHANNELS))
+    np.testing.assert_allclose(vae.map_offsets(8.0), [2.625, 1.625, 0.625, -0.375, -1.375, -2.375])
+    assert ConvVAE(z_size=32).map_offsets(8.0) is None
+
+
+def tiny(seed=0, **kw):
+    np.random.seed(seed)
+    args = {"z_size": 18, "side": 3, "offsets": [1.0, 0.0, -1.0], "channels": 3}
+    return MapRNN(**(args | {"n_mixtures": 2} | kw))
+
+
+def batch(b=2, t=5, z_size=18, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(b, t, z_size)).astype(np.float32)
+    a = rng.uniform(-1, 1, (b, t, 2)).astype(np.float32)
+    return z, a, rng.normal(size=(b, t, z_size)).astype(np.float32)
+
+
+def test_shapes_and_the_config_round_trip():
+    m = tiny(outcome_head=True)
+    assert m.hidden_size == 27 and m.can_dream and m.arch == "map"
+    z, a, _ = batch()
+    out = m(z, a)
+    assert out.h.shape == (2, 5, 27) and out.mixture.shape == (2, 5, 3 * 2 * 18)
+    assert out.reward.shape == out.done_logit.shape == (2, 5)
+    assert out.outcome_logit.shape == (2, 5, 4)
+    step = m.step(z[:, 0], a[:, 0])
+    assert step.h.shape == (2, 27) and step.mixture.mu.shape == (2, 18, 2)
+    assert step.outcome.shape == (2, 4)
+    again = build_rnn(json.loads(json.dumps(m.config())))
+    assert isinstance(again, MapRNN) and again.config() == m.config()
+    for (_, p), (_, q) in zip(sorted(m.namedparams()), sorted(again.namedparams())):
+        q.array[...] = p.array
+    np.testing.assert_array_equal(again.step(z[:, 0], a[:, 0]).h, step.h)
+    assert isinstance(build_rnn({"z_size": 4, "hidden_size": 3}), MDNRNN)
+    with pytest.raises(ValueError, match="architecture"):
+        build_rnn({"arch": "transformer"})
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"z_size": 20}, "map of latents"),
+        ({"kernel": 2}, "odd"),
+        ({"offsets": [1.0, 0.0]}, "offsets"),
+        ({"channels": 0}, "channels"),
+        ({"outcome_weights": [1, 1]}, "outcome_weights"),
+    ],
+)
+def test_bad_configs_are_refused(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        tiny(**kw)
+
+
+def test_stepping_repeats_the_training_graph():
+    """`step`, one agent step at a time, gives the states, mixtures and heads of the
+    whole-sequence `forward`."""
+    m = tiny(outcome_head=True)
+    z, a, _ = batch(t=6)
+    with chainer.no_backprop_mode():
+        out = m(z, a)
+    state = None
+    for t in range(6):
+        s = m.step(z[:, t], a[:, t], state)
+        state = s.state
+        np.testing.assert_allclose(s.h, out.h.array[:, t], atol=1e-6)
+        raw = m.split(out.mixture.array[:, t])
+        for got, want in zip(s.mixture, raw):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(s.reward, out.reward.array[:, t], atol=1e-6)
+        np.testing.assert_allclose(s.done_logit, out.done_logit.array[:, t], atol=1e-5)
+
+
+def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
+    m = tiny()
+    m.mdn.W.array[...] = 0
+    m.mdn.b.array[...] = 0
+    z, a, _ = batch(t=1)
+    step = m.step(z[:, 0], a[:, 0])
+    matrix = ego_warp.warp_matrix(a[:, 0], m.offsets)
+    want = ego_warp.warp_maps(z[:, 0].reshape(2, 9, 2), matrix).reshape(2, 18)
+    np.testing.assert_allclose(step.mixture.mu[:, :, 0], want, atol=1e-6)
+    np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
+
+
+def test_gradients_match_finite_differences():
+    """The loss's gradient along a random direction of all parameters (and of the
+    inputs) matches central differences."""
+    m = tiny(outcome_head=True)
+    loss_fn = MDNRNNLoss(m)
+    z, a, z_next = batch(t=4)
+    reward = np.full((2, 4), -0.01, np.float32)
+    outcome = np.array([[0, 0, 0, 2], [0, 0, 1, 0]], np.int8)
+
+    def loss():
+        return loss_fn(z, a, z_next, None, reward, None, None, outcome)[0]
+
+    value = loss()
+    m.cleargrads()
+    value.backward()
+    rng = np.random.default_rng(1)
+    params = [p for _, p in sorted(m.namedparams())]
+    direction = [rng.normal(size=p.shape).astype(np.float32) for p in params]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
+    eps = 1e-3
+    saved = [p.array.copy() for p in params]
+    values = []
+    for sign in (1, -1):
+        for p, s, d in zip(params, saved, direction):
+            p.array[...] = s + sign * eps * d
+        values.append(float(loss().array))
+    for p, s in zip(params, saved):
+        p.array[...] = s
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-3)
+    assert abs(analytic) > 1e-2  # the check is not vacuous
+
+
+# -- 04 --arch map end to end --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spatial_v(tmp_path_factory):
+    """Tiny data (40-step episodes) and a spatial V (2 latents a cell: z 72)."""
+    root = tmp_path_factory.mktemp("map")
+    common = ["--max-steps", 40, "--workers", 1, "--data-dir", root]
+    run("01_generate_vae_data.py", "--rollouts", 3, "--testrollouts", 1, *common)
+    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 2, *common)
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--spatial", 2, "--z-size", 72,
+        "--data-dir", root)  # fmt: skip
+    return root
+
+
+def train(d, *extra, check=True):
+    return run(
+        "04_train_rnn.py", "--arch", "map", "--map-channels", 3, "--mode", "dream",
+        "--outcome-head", "--epochs", 2, "--batch-size", 4, "--seq-len", 16,
+        "--data-dir", d, *extra, check=check,
+    )  # fmt: skip
+
+
+def copy_data(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def weights(d):
+    with np.load(d / "models" / "rnn_dream.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
+    a = copy_data(spatial_v, tmp_path / "a")
+    train(a)
+    sidecar = json.loads((a / "models" / "rnn_dream.json").read_text())
+    config = sidecar["config"]
+    assert config["arch"] == "map" and config["side"] == 6 and config["channels"] == 3
+    np.testing.assert_allclose(config["offsets"], [2.625, 1.625, 0.625, -0.375, -1.375, -2.375])
+    rnn, _ = checkpoints.load_rnn(str(a), "dream", 72)
+    assert isinstance(rnn, MapRNN) and rnn.hidden_size == 3 * 36 and rnn.can_dream
+    # Interrupted after one batch, then resumed: the same weights, bit for bit.
+    b = copy_data(spatial_v, tmp_path / "b")
+    stopped = train(b, "--max-iterations", 1)
+    assert "continue with --resume" in stopped.stdout
+    train(b, "--resume")
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 5
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    # 06 draws it like any M.
+    run("06_draw_rnn_result.py", "--mode", "dream", "--data-dir", a)
+    assert any(p.suffix == ".png" for p in (a / "results").iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--arch", "map", "--mode", "dream"], "--outcome-head"),
+        (["--arch", "map", "--mode", "window", "--task-weight", "1"], "--task-weight"),
+        (["--arch", "cnn"], "--arch"),
+        (["--map-channels", "0"], "--map-channels"),
+    ],
+)
+def test_bad_flags_are_refused(extra, needle):
+    line = one_line_error(run("04_train_rnn.py", "--epochs", 1, *extra, check=False))
+    assert needle in line
+
+
+def test_a_flat_v_is_refused(tiny_models, tmp_path):
+    d = copy_data(tiny_models, tmp_path / "d")
+    before = sorted(p.name for p in (d / "models").iterdir())
+    line = one_line_error(
+        run(
+            "04_train_rnn.py",
+            "--arch",
+            "map",
+            "--mode",
+            "window",
+            "--epochs",
+            1,
+            "--data-dir",
+            d,
+            "--overwrite",
+            check=False,
+        )
+    )
+    assert "spatial V" in line
+    assert sorted(p.name for p in (d / "models").iterdir()) == before  # nothing written
+
+
+def test_the_fused_sequence_node_equals_the_chainer_graph():
+    """lib.kernels.map_lstm's one-node sequence gives the outputs and weight gradients
+    of the same network built from Chainer functions, step by step."""
+    m = tiny(outcome_head=True)
+    loss_fn = MDNRNNLoss(m)
+    z, a, z_next = batch(b=3, t=7)
+    reward = np.full((3, 7), -0.01, np.float32)
+    outcome = np.zeros((3, 7), np.int8)
+    h0 = np.random.default_rng(2).normal(size=(3, m.hidden_size)).astype(np.float32) * 0.3
+    state = (h0, h0 * 0.5)
+    got = {}
+    for fast in (True, False):
+        with chainer.using_config("fast_lstm", fast):
+            loss, (h, c) = loss_fn(z, a, z_next, None, reward, None, state, outcome)
+            m.cleargrads()
+            loss.backward()
+        got[fast] = (
+            float(loss.array),
+            h.array,
+            c.array,
+            {k: p.grad.copy() for k, p in m.namedparams()},
+        )
+    assert got[True][0] == pytest.approx(got[False][0], rel=1e-6)
+    np.testing.assert_allclose(got[True][1], got[False][1], atol=1e-6)
+    np.testing.assert_allclose(got[True][2], got[False][2], atol=1e-6)
+    for k, g in got[False][3].items():
+        np.testing.assert_allclose(got[True][3][k], g, rtol=1e-4, atol=1e-6, err_msg=k)
