@@ -24,6 +24,10 @@ side by side:
 - `ctrl_b64_agent`: `ctrl_b64` at the same sizes, the linear agent beside it.
 - `dream_b1024`: agent-steps/s, 1024 agents: one M step with reward and done
   heads, sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`.
+- `rnn_train_agent`, `map_rnn_train`: sequence-steps/s of training `make agent`'s M,
+  z 6 x 6 x 8 with the outcome head, batch 32 x 100 steps: the dense MDN-LSTM (h 256,
+  04 --arch lstm) and the map M (16 channels a cell, 04 --arch map).
+- `dream_b1024_agent`, `map_dream_b1024`: `dream_b1024` with those two Ms.
 
 Workloads live in `WORKLOADS` (name -> function returning a rate); add new
 ones there. Timing: warm up, then the median of a few timed rounds of several
@@ -54,6 +58,7 @@ from lib.control.planner import PlannerAgent, PlanSettings
 from lib.kernels.fast_adam import FastAdam
 from lib.models.controller import n_params
 from lib.models.lookahead import MEMBERS, make_head, pixel_size
+from lib.models.map_rnn import MapRNN
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss
 
@@ -181,6 +186,84 @@ def dream_b1024():
     return agents / bench(step, 20, 3)
 
 
+def _agent_m(arch):
+    """`make agent`'s M on random weights: z 6 x 6 x 8 = 288 with the outcome head; the
+    dense MDN-LSTM (h 256) or the map M (16 channels a cell, h 576)."""
+    if arch == "map":
+        offsets = ConvVAE(z_size=288, spatial=8, enc_channels=[32, 64, 128]).map_offsets(8.0)
+        return MapRNN(z_size=288, side=6, offsets=offsets, channels=16, outcome_head=True)
+    return MDNRNN(z_size=288, hidden_size=256, residual=True, outcome_head=True)
+
+
+def _m_train(arch):
+    """Sequence-steps/s of training `make agent`'s M (`_agent_m`): batch 32 x 100 steps
+    (04's --batch-size and --seq-len there), forward + backward + Adam(1e-3) + clip 1."""
+    rng = np.random.default_rng(0)
+    model = _on_device(_agent_m(arch))
+    loss = MDNRNNLoss(model)
+    optimizer = FastAdam(alpha=1e-3)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(1.0))
+    b, t = 32, 100
+    z = _send(rng.standard_normal((b, t, 288), dtype=np.float32))
+    a = _send(rng.uniform(-1, 1, (b, t, 2)).astype(np.float32))
+    z_next = _send(rng.standard_normal((b, t, 288), dtype=np.float32))
+    reward = _send(np.full((b, t), -0.004, np.float32))
+    outcome = _send(np.zeros((b, t), np.int8))
+
+    def step():
+        model.cleargrads()
+        value, _ = loss(z, a, z_next, None, reward, None, None, outcome)
+        value.backward()
+        optimizer.update()
+
+    return b * t / bench(step, 3 if devices.on_cpu(RUN["device"]) else 10)
+
+
+def _m_dream(arch):
+    """Agent-steps/s of dreaming in `make agent`'s M (`_agent_m`), 1024 agents: one M
+    step with the outcome head, sampling at tau 1, and a linear controller."""
+    rng = np.random.default_rng(0)
+    agents = 1024
+    model = _on_device(_agent_m(arch))
+    xp = model.xp
+    w = _send(rng.standard_normal((2, 288 + model.hidden_size), dtype=np.float32) * 0.05)
+    b = _send(np.zeros(2, np.float32))
+    carry = {
+        "z": _send(rng.standard_normal((agents, 288), dtype=np.float32)),
+        "a": _send(np.zeros((agents, 2), np.float32)),
+        "state": model.initial_state(agents),
+    }
+
+    def step():
+        out = model.step(carry["z"], carry["a"], carry["state"])
+        carry["z"] = sample(out.mixture, 1.0, rng)
+        carry["state"] = out.state
+        carry["a"] = xp.tanh(xp.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
+
+    return agents / bench(step, 5, 2)
+
+
+def rnn_train_agent():
+    """`make agent`'s dense M (04 --arch lstm): training sequence-steps/s."""
+    return _m_train("lstm")
+
+
+def map_rnn_train():
+    """`make agent`'s map M (04 --arch map): training sequence-steps/s."""
+    return _m_train("map")
+
+
+def dream_b1024_agent():
+    """`make agent`'s dense M: dream agent-steps/s, 1024 agents."""
+    return _m_dream("lstm")
+
+
+def map_dream_b1024():
+    """`make agent`'s map M: dream agent-steps/s, 1024 agents."""
+    return _m_dream("map")
+
+
 def _ctrl(n_agents):
     """Agent-steps/s of one real-env control step for `n_agents` in lockstep:
     V encode of uint8 64x64 frames, one M step, one batched C product."""
@@ -262,6 +345,10 @@ WORKLOADS = {
     "plan_step": plan_step,
     "plan_lookahead": plan_lookahead,
     "ctrl_b64_agent": ctrl_b64_agent,
+    "rnn_train_agent": rnn_train_agent,
+    "map_rnn_train": map_rnn_train,
+    "dream_b1024_agent": dream_b1024_agent,
+    "map_dream_b1024": map_dream_b1024,
 }
 
 
