@@ -132,6 +132,15 @@ def parse_args(argv=None):
         "out of map) and a bounded running-step reward instead of a free reward and a done "
         "logit, so a dream cannot pay more than the task (beyond the paper)",
     )
+    p.add_argument(
+        "--z-source",
+        choices=rnn_data.Z_SOURCES,
+        default="sample",
+        help="the z M reads and predicts: sample, drawn from V's posterior anew every "
+        "epoch (the paper); mean, V's posterior mean, the z the agent reads, so M's "
+        "samples carry M's own uncertainty rather than V's encoding noise (beyond the "
+        "paper; docs/experiments.md)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--reward-weight", type=float, default=1.0, help="weight of the reward loss")
@@ -304,14 +313,15 @@ def load_episodes(root, vae, vae_path, max_episodes):
     return train, test
 
 
-def held_out_baselines(train, test, seed):
-    """The test split's z (sampled once) and the NLL of the constant-z and copy-z
-    baselines on it; (None, None) without a test split."""
+def held_out_baselines(train, test, seed, source):
+    """The test split's z (`source`: sampled once, or the means) and the NLL of the
+    constant-z and copy-z baselines on it; (None, None) without a test split."""
     if test is None:
         return None, None
     rng = np.random.default_rng(derive_seed(seed, "rnn/test-z"))
-    z_test = rnn_data.sample_z(test, rng)
-    baselines = rnn_data.baseline_nll(train, rnn_data.sample_z(train, rng), test, z_test)
+    z_test = rnn_data.latents_for(test, source, rng)
+    z_train = rnn_data.latents_for(train, source, rng)
+    baselines = rnn_data.baseline_nll(train, z_train, test, z_test)
     print(
         f"held-out baselines (NLL per latent dim): constant z {baselines['constant_z']:.3f}, copy z {baselines['copy_z']:.3f}"
     )
@@ -438,7 +448,7 @@ def main(argv=None):
             "regenerate them with 02_generate_rnn_data.py --labels oracle (and --overwrite)"
         )
     pos_weight = done_pos_weight(train, scalar_heads, args.done_pos_weight)
-    z_test, baselines = held_out_baselines(train, test, args.seed)
+    z_test, baselines = held_out_baselines(train, test, args.seed, args.z_source)
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "rnn/init") % 2**32)  # Chainer's initializers
@@ -455,6 +465,7 @@ def main(argv=None):
     v_sha1 = latents.file_hash(vae_path)
     vae_info = {"path": vae_path, "sha1": v_sha1, "config": vae_sidecar["config"]}
     settings = {"config": model.config(), "mode": args.mode, "vae": vae_info}
+    settings["z_source"] = args.z_source
     settings.update(done_pos_weight=pos_weight, baselines=baselines, args=vars(args))
     run.track(model, optimizer, settings=settings)
     if args.resume:
@@ -476,7 +487,7 @@ def main(argv=None):
                 # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch,
                 # batch), so a resumed run repeats it exactly.
                 epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
-                z = rnn_data.sample_z(train, epoch_rng)
+                z = rnn_data.latents_for(train, args.z_source, epoch_rng)
                 plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
                 ss_prob = (
                     args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0

@@ -2,7 +2,8 @@
 
 On 02's held-out episodes (data/rnn_data/test), each figure beside its baselines:
 - next z: M's NLL per latent dimension, against the copy baseline z_{t+1} ~ N(z_t, σ)
-  (z drawn from V's posterior, as 04 trains and scores M);
+  (z drawn from V's posterior, or V's means for an M trained with 04 --z-source mean, as
+  04 trains and scores it);
 - k-step open loop (k = 1, 5, 10): from every step M dreams k steps on its own samples
   (--temperature) under the real actions; a linear probe fitted on real z of --probe-episodes
   training episodes reads the goal's bearing and distance and the nearest person's
@@ -279,10 +280,11 @@ def main(argv=None):
     weight = checkpoints.done_pos_weight(r_sidecar)
     rng = np.random.default_rng([args.seed, 0x3C])
 
-    # M ON REAL EPISODES: its NLL on z drawn from V's posterior, as 04 trains and scores
-    # it; its heads and states on V's means, as the agent runs it.
+    # M ON REAL EPISODES: its NLL on the z it was trained on (V's posterior draws or
+    # means), as 04 scores it; its heads and states on V's means, as the agent runs it.
+    source = checkpoints.z_source(r_sidecar)
     z_train, z_test = (
-        rnn_data.sample_z(d, np.random.default_rng([args.seed, k]))
+        rnn_data.latents_for(d, source, np.random.default_rng([args.seed, k]))
         for k, d in enumerate((train, test))
     )
     nll = wm.teacher_forced(rnn, test, weight, z_test)["nll"]
@@ -319,7 +321,7 @@ def main(argv=None):
             args.data_dir, args.mode, args.controllers, rnn.z_size, rnn.hidden_size, rng
         )
         first = test.frame_offsets[:-1]
-        z0 = dream_starts(args.seed, 0, args.episodes, test.mu[first], test.logvar[first])
+        z0 = dream_starts(args.seed, 0, args.episodes, test.mu[first], test.logvar[first], source)
         which = np.repeat(np.arange(len(params)), args.episodes)
         dream, _ = dream_rollouts(
             rnn, params, which, np.tile(z0, (len(params), 1)), args.temperature, rng,

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from cli_helpers import one_line_error, run
 
+from lib.control.fitness import dream_starts
+from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
 from lib.models import checkpoints, ego_warp
 from lib.models.map_rnn import MapRNN, build_rnn
@@ -205,7 +207,7 @@ def spatial_v(tmp_path_factory):
 def train(d, *extra, check=True):
     return run(
         "04_train_rnn.py", "--arch", "map", "--map-channels", 3, "--mode", "dream",
-        "--outcome-head", "--epochs", 2, "--batch-size", 4, "--seq-len", 16,
+        "--outcome-head", "--z-source", "mean", "--epochs", 2, "--batch-size", 4, "--seq-len", 16,
         "--data-dir", d, *extra, check=check,
     )  # fmt: skip
 
@@ -213,6 +215,11 @@ def train(d, *extra, check=True):
 def copy_data(src, dst):
     shutil.copytree(src, dst)
     return dst
+
+
+def _v(d):
+    vae, _ = checkpoints.load_vae(str(d))
+    return vae, str(d / "models" / "vae.npz")
 
 
 def weights(d):
@@ -226,6 +233,14 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     sidecar = json.loads((a / "models" / "rnn_dream.json").read_text())
     config = sidecar["config"]
     assert config["arch"] == "map" and config["side"] == 6 and config["channels"] == 3
+    assert sidecar["z_source"] == "mean"
+    # trained on V's means, its held-out copy baseline is the means' (no posterior noise)
+    log = (a / "models" / "rnn_dream_log.csv").read_text().splitlines()
+    copy_nll = float(dict(zip(log[0].split(","), log[-1].split(",")))["copy_z_nll"])
+    test = latents.encode_split(str(a / "rnn_data" / "test"), *_v(a))[0]
+    train_split = latents.encode_split(str(a / "rnn_data" / "train"), *_v(a))[0]
+    want = rnn_data.baseline_nll(train_split, train_split.mu, test, test.mu)["copy_z"]
+    assert copy_nll == pytest.approx(want, rel=1e-4)
     np.testing.assert_allclose(config["offsets"], [2.625, 1.625, 0.625, -0.375, -1.375, -2.375])
     rnn, _ = checkpoints.load_rnn(str(a), "dream", 72)
     assert isinstance(rnn, MapRNN) and rnn.hidden_size == 3 * 36 and rnn.can_dream
@@ -250,6 +265,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         (["--arch", "map", "--mode", "window", "--task-weight", "1"], "--task-weight"),
         (["--arch", "cnn"], "--arch"),
         (["--map-channels", "0"], "--map-channels"),
+        (["--z-source", "noise"], "--z-source"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):
@@ -306,3 +322,26 @@ def test_the_fused_sequence_node_equals_the_chainer_graph():
     np.testing.assert_allclose(got[True][2], got[False][2], atol=1e-6)
     for k, g in got[False][3].items():
         np.testing.assert_allclose(got[True][3][k], g, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_z_sources_and_dream_starts():
+    """M reads V's posterior draws (the paper) or its means; a dream of a means-trained M
+    starts from a first frame's mean."""
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(5, 3)).astype(np.float32)
+    data = latents.LatentEpisodes({
+        "mu": mu, "logvar": np.full((5, 3), -1.0, np.float32),
+        "action": np.zeros((4, 2), np.float32), "reward": np.zeros(4, np.float32),
+        "done": np.array([0, 0, 0, 1], bool), "frame_offsets": np.array([0, 5]),
+        "step_offsets": np.array([0, 4]), "files": np.array(["a.npz"]),
+    })  # fmt: skip
+    assert rnn_data.latents_for(data, "mean", rng) is data.mu
+    drawn = rnn_data.latents_for(data, "sample", np.random.default_rng(1))
+    np.testing.assert_array_equal(drawn, rnn_data.sample_z(data, np.random.default_rng(1)))
+    assert np.abs(drawn - mu).max() > 0.05
+    with pytest.raises(ValueError, match="z source"):
+        rnn_data.latents_for(data, "noise", rng)
+    means = dream_starts(3, 0, 6, mu, data.logvar, "mean")
+    assert all(any((row == m).all() for m in mu) for row in means)
+    noisy = dream_starts(3, 0, 6, mu, data.logvar)
+    assert not any(any((row == m).all() for m in mu) for row in noisy)

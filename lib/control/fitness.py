@@ -61,6 +61,7 @@ def init_worker(spec: Spec) -> None:
     rnn, sidecar = checkpoints.load_rnn(spec.data_dir, spec.rnn_mode, device=device)
     _WORKER["rnn"] = rnn
     _WORKER["done_pos_weight"] = checkpoints.done_pos_weight(sidecar)
+    _WORKER["z_source"] = checkpoints.z_source(sidecar)
     if spec.dream:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
@@ -89,17 +90,22 @@ def trial_seeds(seed: int, generation: int, trials: int) -> list[int]:
 
 
 def dream_starts(
-    seed: int, generation: int, trials: int, mu: np.ndarray, logvar: np.ndarray
+    seed: int,
+    generation: int,
+    trials: int,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    source: str = "sample",
 ) -> np.ndarray:
     """(trials, z) starting latents: trial j samples z from the posterior of one
-    real first frame, both chosen by (seed, generation, j)."""
+    real first frame, both chosen by (seed, generation, j); with `source` "mean" (an M
+    trained on V's means, 04 --z-source mean) the frame's mean itself."""
     out = []
     for j in range(trials):
         rng = np.random.default_rng(derive_seed(seed, "es-dream", generation, j))
         e = rng.integers(len(mu))
-        out.append(
-            mu[e] + np.exp(0.5 * logvar[e]) * rng.standard_normal(mu.shape[1]).astype(np.float32)
-        )
+        noise = rng.standard_normal(mu.shape[1]).astype(np.float32)
+        out.append(mu[e] if source == "mean" else mu[e] + np.exp(0.5 * logvar[e]) * noise)
     return np.array(out, np.float32)
 
 
@@ -119,7 +125,8 @@ def evaluate_group(task: dict) -> dict:
     n_cand, trials, gen = len(params), spec.trials, task["generation"]
     if spec.dream:
         mu, logvar = _WORKER["starts"]
-        z0 = np.tile(dream_starts(spec.seed, gen, trials, mu, logvar), (n_cand, 1))
+        z0 = dream_starts(spec.seed, gen, trials, mu, logvar, _WORKER["z_source"])
+        z0 = np.tile(z0, (n_cand, 1))
         which = np.repeat(np.arange(n_cand), trials)
         rng = np.random.default_rng(derive_seed(spec.seed, "es-dream-noise", gen, task["first"]))
         config = sn.EnvConfig(**spec.env)

@@ -28,10 +28,25 @@ import numpy as np
 from lib.data.latents import LatentEpisodes
 
 
+# What M reads and predicts (04 --z-source): z drawn from V's posterior, re-drawn every
+# epoch (the paper), or V's posterior mean, the z the agent itself reads.
+Z_SOURCES = ("sample", "mean")
+
+
 def sample_z(data: LatentEpisodes, rng: np.random.Generator) -> np.ndarray:
     """z = mu + exp(logvar / 2) * eps for every frame: (sum(T+1), Z) float32."""
     eps = rng.standard_normal(data.mu.shape, dtype=np.float32)
     return data.mu + np.exp(0.5 * data.logvar) * eps
+
+
+def latents_for(data: LatentEpisodes, source: str, rng: np.random.Generator) -> np.ndarray:
+    """Every frame's z for M, (sum(T+1), Z) float32: `sample_z` ("sample") or V's
+    posterior means ("mean"; `rng` unused)."""
+    if source == "mean":
+        return data.mu
+    if source != "sample":
+        raise ValueError(f"unknown z source {source!r}: one of {', '.join(Z_SOURCES)}")
+    return sample_z(data, rng)
 
 
 def _fill(batch: dict, row: int, data: LatentEpisodes, z: np.ndarray, e: int, t0: int, t1: int):

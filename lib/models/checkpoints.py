@@ -65,6 +65,13 @@ def done_pos_weight(rnn_sidecar: dict) -> float:
     return float(rnn_sidecar.get("done_pos_weight") or 1.0)
 
 
+def z_source(rnn_sidecar: dict) -> str:
+    """What M was trained on (04 --z-source): "sample" (V's posterior draws, the paper;
+    also M's made before the flag) or "mean" (V's means). Its dreams start from a real
+    first frame's z drawn the same way."""
+    return rnn_sidecar.get("z_source", "sample")
+
+
 def load_vae(data_dir: str, device=None):
     """V from `data_dir/models/vae.npz` and its sidecar.
 
