@@ -319,3 +319,34 @@ def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_p
     run("train_lookahead.py", "--episodes", 8, "--rounds", 2, "--epochs", 1, "--width", 8,
         "--n-envs", 4, "--gpu", 0, "--overwrite", "--data-dir", data)  # fmt: skip
     assert (data / "models" / "lookahead.npz").exists()
+
+
+def test_the_map_m_steps_and_learns_on_the_gpu_as_on_the_cpu():
+    """lib.models.map_rnn.MapRNN (its fused sequence node and its step) on CuPy gives
+    the CPU's loss, weight gradients and step outputs within float tolerance."""
+    import chainer
+
+    from lib.models.map_rnn import MapRNN
+    from lib.models.mdn_rnn import MDNRNNLoss
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 6, 72)).astype(np.float32)
+    a = rng.uniform(-1, 1, (3, 6, 2)).astype(np.float32)
+    z_next = rng.normal(size=(3, 6, 72)).astype(np.float32)
+    reward = np.full((3, 6), -0.01, np.float32)
+    outcome = np.zeros((3, 6), np.int8)
+    got = []
+    for device in ("@numpy", "@cupy:0"):
+        np.random.seed(1)
+        m = MapRNN(z_size=72, side=6, channels=4, n_mixtures=2, outcome_head=True)
+        m.to_device(chainer.get_device(device))
+        xp = m.xp
+        loss, _ = MDNRNNLoss(m)(*(xp.asarray(v) for v in (z, a, z_next)), None,
+                                xp.asarray(reward), None, None, xp.asarray(outcome))  # fmt: skip
+        m.cleargrads()
+        loss.backward()
+        step = m.step(xp.asarray(z[:, 0]), xp.asarray(a[:, 0]))
+        got.append((float(loss.array), devices.to_host(m.gates.W.grad), devices.to_host(step.h)))
+    assert got[1][0] == pytest.approx(got[0][0], rel=1e-4)
+    np.testing.assert_allclose(got[1][1], got[0][1], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got[1][2], got[0][2], atol=1e-5)
