@@ -318,8 +318,9 @@ def main(argv=None):
     # THE SAME CONTROLLERS IN THE DREAM AND IN THE REAL ENVIRONMENT
     if args.controllers:
         params, labels, trained = wm.controller_set(
-            args.data_dir, args.mode, args.controllers, rnn.z_size, rnn.hidden_size, rng
-        )
+            args.data_dir, args.mode, args.controllers, rnn.z_size, rnn.hidden_size,
+            np.random.default_rng([args.seed, 0xC7]),  # the same set whatever came before
+        )  # fmt: skip
         first = test.frame_offsets[:-1]
         z0 = dream_starts(args.seed, 0, args.episodes, test.mu[first], test.logvar[first], source)
         which = np.repeat(np.arange(len(params)), args.episodes)

@@ -196,13 +196,14 @@ def _first_import_lines(path):
 
 
 def entry_points():
-    """Every file Python runs first: scripts, benchmarks, docs scripts, conftest."""
+    """Every file Python runs first: scripts, benchmarks, docs scripts, conftest (not
+    benchmarks/torch_*.py, PyTorch twins run from the reference venv, without lib)."""
     out = [f for f in os.listdir(ROOT) if f[:2].isdigit() and f.endswith(".py")]
     for folder in ("benchmarks", "docs"):
         out += [
             os.path.join(folder, f)
             for f in os.listdir(os.path.join(ROOT, folder))
-            if f.endswith(".py")
+            if f.endswith(".py") and not f.startswith("torch_")
         ]
     return sorted(out) + [os.path.join("tests", "conftest.py")]
 
