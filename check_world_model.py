@@ -237,7 +237,7 @@ def load_episodes(args, vae):
 def probe_fidelity(args, rnn, train, test, forced, config, rng):
     """Open-loop fidelity (lib/diagnostics/open_loop.py), the probe fitted on real z."""
     root = os.path.join(args.data_dir, "rnn_data")
-    fit = train if len(train) <= args.probe_episodes else _first(train, args.probe_episodes)
+    fit = train.first(args.probe_episodes)
     try:
         truth_fit = ol.replay_quantities(fit, ol.episode_seeds(f"{root}/train", fit), config)
         truth = ol.replay_quantities(test, ol.episode_seeds(f"{root}/test", test), config)
@@ -247,18 +247,6 @@ def probe_fidelity(args, rnn, train, test, forced, config, rng):
         cli.fail(str(e))
     dreams = ol.open_loop(rnn, test, forced, rng, args.temperature)
     return ol.fidelity(probe, test, truth, dreams)
-
-
-def _first(data, n):
-    """The first n episodes of `data`."""
-    f1, s1 = data.frame_offsets[n], data.step_offsets[n]
-    arrays = {k: getattr(data, k)[:f1] for k in ("mu", "logvar")}
-    arrays |= {k: getattr(data, k)[:s1] for k in ("action", "reward", "done", "outcome")}
-    arrays |= {
-        "frame_offsets": data.frame_offsets[: n + 1],
-        "step_offsets": data.step_offsets[: n + 1],
-    }
-    return latents.LatentEpisodes(arrays | {"files": np.array(data.files[:n])})
 
 
 def main(argv=None):

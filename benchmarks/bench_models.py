@@ -163,16 +163,17 @@ def rnn_train():
     return 100 * 100 / bench(step, 5 if devices.on_cpu(RUN["device"]) else 20)
 
 
-def dream_b1024():
-    """Agent-steps/s of dreaming: M step + heads + sampling + linear controller."""
+def _dream_rate(model, z_size, weight_scale, n, warmup):
+    """Agent-steps/s of 1,024 agents dreaming in `model`: one M step with its heads,
+    sampling at tau 1, and a linear controller `tanh(W [z, h] + b)`."""
     rng = np.random.default_rng(0)
     agents = 1024
-    model = _on_device(MDNRNN(reward_head=True, done_head=True))
     xp = model.xp
-    w = _send(rng.standard_normal((2, 32 + 256), dtype=np.float32) * 0.1)
+    w = rng.standard_normal((2, z_size + model.hidden_size), dtype=np.float32)
+    w = _send(w * np.float32(weight_scale))
     b = _send(np.zeros(2, np.float32))
     carry = {
-        "z": _send(rng.standard_normal((agents, 32), dtype=np.float32)),
+        "z": _send(rng.standard_normal((agents, z_size), dtype=np.float32)),
         "a": _send(np.zeros((agents, 2), np.float32)),
         "state": model.initial_state(agents),
     }
@@ -183,7 +184,12 @@ def dream_b1024():
         carry["state"] = out.state
         carry["a"] = xp.tanh(xp.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
 
-    return agents / bench(step, 20, 3)
+    return agents / bench(step, n, warmup)
+
+
+def dream_b1024():
+    """Agent-steps/s of dreaming: M step + heads + sampling + linear controller."""
+    return _dream_rate(_on_device(MDNRNN(reward_head=True, done_head=True)), 32, 0.1, 20, 3)
 
 
 def _agent_m(arch):
@@ -223,25 +229,7 @@ def _m_train(arch):
 def _m_dream(arch):
     """Agent-steps/s of dreaming in `make agent`'s M (`_agent_m`), 1024 agents: one M
     step with the outcome head, sampling at tau 1, and a linear controller."""
-    rng = np.random.default_rng(0)
-    agents = 1024
-    model = _on_device(_agent_m(arch))
-    xp = model.xp
-    w = _send(rng.standard_normal((2, 288 + model.hidden_size), dtype=np.float32) * 0.05)
-    b = _send(np.zeros(2, np.float32))
-    carry = {
-        "z": _send(rng.standard_normal((agents, 288), dtype=np.float32)),
-        "a": _send(np.zeros((agents, 2), np.float32)),
-        "state": model.initial_state(agents),
-    }
-
-    def step():
-        out = model.step(carry["z"], carry["a"], carry["state"])
-        carry["z"] = sample(out.mixture, 1.0, rng)
-        carry["state"] = out.state
-        carry["a"] = xp.tanh(xp.concatenate([carry["z"], out.h], axis=1) @ w.T + b)
-
-    return agents / bench(step, 5, 2)
+    return _dream_rate(_on_device(_agent_m(arch)), 288, 0.05, 5, 2)
 
 
 def rnn_train_agent():

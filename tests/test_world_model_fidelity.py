@@ -231,3 +231,19 @@ def test_the_controller_set_without_trained_cs_is_random(tmp_path):
     assert len(set(labels)) == 16 and all(s.startswith("random") for s in labels)
     spread = params.std(axis=1)
     assert spread[0] < 0.1 and spread[-1] > 0.8  # from nearly still to saturated
+
+
+def test_the_first_episodes(world):
+    """`LatentEpisodes.first` (04 --max-episodes, the check's probe set) keeps exactly
+    the first n episodes' frames and steps."""
+    data = world[0]
+    two = data.first(2)
+    f, s = data.frame_offsets[2], data.step_offsets[2]
+    assert len(two) == 2 and two.files == data.files[:2]
+    np.testing.assert_array_equal(two.mu, data.mu[:f])
+    np.testing.assert_array_equal(two.logvar, data.logvar[:f])
+    for k in ("action", "reward", "done", "outcome"):
+        np.testing.assert_array_equal(getattr(two, k), getattr(data, k)[:s])
+    np.testing.assert_array_equal(two.step_offsets, data.step_offsets[:3])
+    assert two.teacher is None
+    assert data.first(len(data)) is data and data.first(99) is data

@@ -86,6 +86,19 @@ class LatentEpisodes:
         """(E,) int64 steps per episode."""
         return np.diff(self.step_offsets)
 
+    def first(self, n: int) -> LatentEpisodes:
+        """The first `n` episodes (all of them when there are no more)."""
+        if n >= len(self):
+            return self
+        f1, s1 = self.frame_offsets[n], self.step_offsets[n]
+        arrays = {"mu": self.mu[:f1], "logvar": self.logvar[:f1], "files": self.files[:n]}
+        for k in ("action", "reward", "done", "outcome", "teacher"):
+            if getattr(self, k) is not None:
+                arrays[k] = getattr(self, k)[:s1]
+        arrays["frame_offsets"] = self.frame_offsets[: n + 1]
+        arrays["step_offsets"] = self.step_offsets[: n + 1]
+        return LatentEpisodes(arrays)
+
     def episode(self, e: int) -> dict:
         """Views of episode e: mu/logvar (T+1, z), action (T, 2), reward, done (T,),
         and teacher (T, 2) when the data has labels."""
@@ -164,20 +177,7 @@ def encode_split(
         arrays = {k: z[k] for k in z.files}
         info["skipped"] = [str(s) for s in arrays.pop("skipped", [])]
     data = LatentEpisodes(arrays)
-    if max_episodes is not None and max_episodes < len(data):
-        e = max_episodes
-        arrays = dict(arrays)
-        f1, s1 = arrays["frame_offsets"][e], arrays["step_offsets"][e]
-        for k in ("mu", "logvar"):
-            arrays[k] = arrays[k][:f1]
-        for k in ("action", "reward", "done", "outcome", "teacher"):
-            if k in arrays:
-                arrays[k] = arrays[k][:s1]
-        arrays["frame_offsets"] = arrays["frame_offsets"][: e + 1]
-        arrays["step_offsets"] = arrays["step_offsets"][: e + 1]
-        arrays["files"] = arrays["files"][:e]
-        data = LatentEpisodes(arrays)
-    return data, info
+    return (data if max_episodes is None else data.first(max_episodes)), info
 
 
 def _build(files, vae, path, info, progress):

@@ -46,7 +46,6 @@ from lib.models.mdn_rnn import (
     OUTCOME_CLASSES,
     SequenceOutput,
     StepOutput,
-    sample,
 )
 
 ARCHS = ("lstm", "map")  # 04 --arch: the paper's dense MDN-LSTM, or this one
@@ -145,6 +144,8 @@ class MapRNN(chainer.Chain):
     outcome_values = MDNRNN.outcome_values
     split = MDNRNN.split
     scheduled_inputs = MDNRNN.scheduled_inputs
+    heads = MDNRNN.heads
+    sample = MDNRNN.sample
 
     def config(self):
         """The constructor's arguments, JSON-ready (with "arch": "map")."""
@@ -229,9 +230,8 @@ class MapRNN(chainer.Chain):
         flat_z, flat_a = z.reshape(batch * steps, -1), a.reshape(batch * steps, -1)
         warps = ego_warp.warp_matrix(flat_a, self.offsets)
         cells = self.side * self.side
-        z_warped = xp.matmul(warps, flat_z.reshape(-1, cells, self.latents)).reshape(
-            batch * steps, -1
-        )
+        z_warped = ego_warp.warp_maps(flat_z.reshape(-1, cells, self.latents), warps)
+        z_warped = z_warped.reshape(batch * steps, -1)
         x = self._inputs(flat_z, flat_a).reshape(batch, steps, self.side, self.side, -1)
         warps = warps.reshape(batch, steps, cells, cells)
         h, c = self.initial_state(batch) if state is None else state
@@ -271,20 +271,11 @@ class MapRNN(chainer.Chain):
         x = self._inputs(z, a)
         w, b = self.gates.W.array, self.gates.b.array
         h, c, _ = cell_step(x, h, c, w, b, matrix)
-        z_warped = xp.matmul(matrix, z.reshape(len(z), -1, self.latents)).reshape(len(z), -1)
+        z_warped = ego_warp.warp_maps(z.reshape(len(z), -1, self.latents), matrix)
+        z_warped = z_warped.reshape(len(z), -1)
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             raw = self._head(h, z_warped).array
-        params = self.split(raw)
-        reward = done = outcome = None
-        if self.outcome_head:
-            logit = h @ self.outcome.W.array.T + self.outcome.b.array
-            shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
-            reward, done, outcome = self.outcome_values(logit, shaping)
-        return StepOutput(h, (h, c), params, reward, done, outcome)
-
-    def sample(self, params, tau, rng):
-        """`sample` as a method, for symmetry with `step`."""
-        return sample(params, tau, rng)
+        return StepOutput(h, (h, c), self.split(raw), *self.heads(h))
 
     def task_prediction(self, *args, **kwargs):
         raise ValueError("the map M has no task head (04 --task-weight needs --arch lstm)")

@@ -478,6 +478,11 @@ class MDNRNN(chainer.Chain):
             if self.residual:
                 raw.reshape(-1, 3, self.n_mixtures, self.z_size)[:, 1] += z[:, None, :]
             params = self.split(raw)
+        return StepOutput(h, (h, c), params, *self.heads(h))
+
+    def heads(self, h):
+        """The heads' readout of (B, H) states, no graph: (reward, done_logit, outcome),
+        each None without its head (see `StepOutput`)."""
         reward = done = outcome = None
         if self.reward_head:
             reward = h @ self.reward.W.array[0] + self.reward.b.array[0]
@@ -487,7 +492,7 @@ class MDNRNN(chainer.Chain):
             logit = h @ self.outcome.W.array.T + self.outcome.b.array
             shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
             reward, done, outcome = self.outcome_values(logit, shaping)
-        return StepOutput(h, (h, c), params, reward, done, outcome)
+        return reward, done, outcome
 
     def sample(self, params, tau, rng):
         """`sample` as a method, for symmetry with `step`."""
