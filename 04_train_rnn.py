@@ -162,6 +162,15 @@ def parse_args(argv=None):
         help="tau of scheduled samples (dream)",
     )
     p.add_argument(
+        "--open-loop",
+        type=cli.non_negative_int,
+        default=0,
+        help="dream mode: 0 replaces single inputs by M's one-step predictions (scheduled "
+        "sampling); K > 0 dreams whole blocks of K steps instead, each input M's own "
+        "prediction from the one before, so M learns to come back from its own drift "
+        "over K steps (beyond the paper; lib/models/mdn_rnn.py open_loop_inputs)",
+    )
+    p.add_argument(
         "--task-weight",
         type=cli.non_negative_float,
         default=0.0,
@@ -188,6 +197,8 @@ def parse_args(argv=None):
         p.error(f"--outcome-head needs --mode reward or dream (M's heads), not {args.mode}")
     if args.arch == "map" and args.mode in ("reward", "dream") and not args.outcome_head:
         p.error(f"--arch map predicts endings with --outcome-head: add it (--mode {args.mode})")
+    if args.open_loop and args.mode != "dream":
+        p.error(f"--open-loop dreams blocks of inputs in --mode dream, not {args.mode}")
     if args.arch == "map" and args.task_weight:
         p.error("--task-weight needs --arch lstm (the map M has no task head)")
     cli.check_run_args(p, args)
@@ -499,9 +510,14 @@ def main(argv=None):
                         rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
                         state = None
                         for ch in plan[it]:
-                            z_in = model.scheduled_inputs(
-                                ch["z"], ch["a"], ss_prob, args.temperature, rng, state
-                            )
+                            if args.open_loop:
+                                z_in = model.open_loop_inputs(
+                                    ch["z"], ch["a"], ss_prob, args.open_loop, args.temperature, rng, state
+                                )  # fmt: skip
+                            else:
+                                z_in = model.scheduled_inputs(
+                                    ch["z"], ch["a"], ss_prob, args.temperature, rng, state
+                                )
                             obs = {}
                             with reporter.scope(obs):
                                 loss, state = loss_fn(

@@ -43,8 +43,16 @@ def parse_pair(text: str) -> tuple[str, str]:
     return ours, theirs
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (no usage dump); standalone, so the
+    script runs from any venv."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--side",
         type=parse_side,

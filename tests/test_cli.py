@@ -3,7 +3,7 @@
 import argparse
 
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib import cli
 
@@ -24,7 +24,7 @@ def test_non_negative_float_refuses(text):
     ["04_train_rnn.py", "06_draw_rnn_result.py", "07_train_controller.py", "08_test_controller.py"],
 )
 def test_a_negative_temperature_is_one_line(script, tmp_path):
-    line = one_line_error(run(script, "--temperature", "-1", "--data-dir", tmp_path, check=False))
+    line = one_line_error(run_here(script, "--temperature", "-1", "--data-dir", tmp_path))
     assert "--temperature: must be >= 0, got -1" in line
 
 
@@ -44,8 +44,6 @@ def test_run_flags_shared_by_the_training_scripts(script, tmp_path):
     out = run(script, "--help").stdout
     for flag in ("--resume", "--overwrite", "--snapshot-interval", "--max-iterations"):
         assert flag in out, flag
-    line = one_line_error(
-        run(script, "--resume", "--overwrite", "--data-dir", tmp_path, check=False)
-    )
+    line = one_line_error(run_here(script, "--resume", "--overwrite", "--data-dir", tmp_path))
     assert "--resume and --overwrite exclude each other" in line
     assert list(tmp_path.iterdir()) == []

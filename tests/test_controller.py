@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import make_tiny_models, one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.control import fitness
 from lib.control.agent import WorldModelsAgent, dream_rollouts
@@ -19,9 +19,10 @@ from lib.models.controller import Controller, act_batch, n_params, unflatten
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Tiny V (z 8) and M (hidden 16, with reward/done heads) on tiny data."""
-    return make_tiny_models(tmp_path_factory.mktemp("ctrl"))
+def models(tiny_models):
+    """Tiny V (z 8) and M (hidden 16, with reward/done heads) on tiny data: the
+    session's, read-only (tests that write copy it first)."""
+    return tiny_models
 
 
 def copy_data(src, tmp_path):
@@ -363,7 +364,7 @@ def test_08_json_keys_and_table(models, tmp_path):
 def test_08_without_controller_and_baselines_only(models, tmp_path):
     d = copy_data(models, tmp_path)
     assert "07_train_controller.py" in one_line_error(
-        run("08_test_controller.py", "--data-dir", d, check=False)
+        run_here("08_test_controller.py", "--data-dir", d)
     )
     out = tmp_path / "b.json"
     run(
@@ -381,7 +382,7 @@ def test_08_without_controller_and_baselines_only(models, tmp_path):
     report = json.loads(out.read_text())
     assert "world_models" not in report and report["oracle"]["episodes"] == 4
     assert "--episodes" in one_line_error(
-        run("08_test_controller.py", "--episodes", "0", "--data-dir", d, check=False)
+        run_here("08_test_controller.py", "--episodes", "0", "--data-dir", d)
     )
 
 
@@ -400,12 +401,10 @@ def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
     assert set(report) >= {"world_models_dream"} and "greedy" not in report
     assert report["world_models_dream"]["episodes"] == 3
     # The default C is not there: one line naming the file and what to run.
-    line = one_line_error(run("08_test_controller.py", "--data-dir", d, check=False))
+    line = one_line_error(run_here("08_test_controller.py", "--data-dir", d))
     assert "controller.npz" in line and "07_train_controller.py" in line
     assert "--name" in one_line_error(train_c(d, "--name", "../x", check=False))
-    line = one_line_error(
-        run("08_test_controller.py", "--agent-only", "--baselines-only", check=False)
-    )
+    line = one_line_error(run_here("08_test_controller.py", "--agent-only", "--baselines-only"))
     assert "exclude each other" in line
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.diagnostics import controller_probe as cp
 from lib.diagnostics.probe import pool_pixels
@@ -131,7 +131,7 @@ def test_the_script_fits_every_input_on_tiny_models(tiny_models, tmp_path):
 
 
 def test_the_script_needs_models_only_for_z_and_zh(tmp_path):
-    err = one_line_error(run("probe_controller.py", "--data-dir", tmp_path, check=False))
+    err = one_line_error(run_here("probe_controller.py", "--data-dir", tmp_path))
     assert "vae" in err and "pixels and state need no models" in err
     run("probe_controller.py", "--inputs", "state", "--iterations", 1, "--episodes", 2,
         "--test-episodes", 2, "--data-dir", tmp_path)  # fmt: skip
@@ -150,9 +150,9 @@ def test_the_script_refuses_bad_flags_and_writes_nothing(tmp_path, tiny_models):
         (["--teacher", "random"], "--teacher"),
         (["--test-episodes", "0"], "--test-episodes"),
     ):
-        err = one_line_error(run("probe_controller.py", *flags, "--data-dir", d, check=False))
+        err = one_line_error(run_here("probe_controller.py", *flags, "--data-dir", d))
         assert word in err, (flags, err)
     os.remove(d / "models" / "rnn_dream.npz")
-    err = one_line_error(run("probe_controller.py", "--inputs", "zh", "--data-dir", d, check=False))
+    err = one_line_error(run_here("probe_controller.py", "--inputs", "zh", "--data-dir", d))
     assert "rnn_dream" in err
     assert not os.path.exists(d / "results" / "probe_controller.json")

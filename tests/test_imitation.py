@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_helpers import ROOT, make_tiny_models, one_line_error, run
+from cli_helpers import ROOT, one_line_error, run
 from test_controller import copy_data, log_rows, train_c
 
 from lib.control.agent import WorldModelsAgent
@@ -25,8 +25,9 @@ CONFIG = sn.EnvConfig(max_steps=30)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("imitation"))
+def models(tiny_models):
+    """The session's tiny V and M, read-only (tests that write copy them first)."""
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

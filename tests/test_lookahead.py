@@ -8,7 +8,7 @@ import chainer.functions as F
 import numpy as np
 import pytest
 from chainer import serializers
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib import manifest, training
 from lib.control import lookahead as la
@@ -554,17 +554,17 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
         np.testing.assert_array_equal(p.array, q.array, err_msg=name)
     # A trained head is not replaced without --overwrite.
     before = (models / "lookahead.npz").read_bytes()
-    line = one_line_error(run("train_lookahead.py", *SMALL, "--data-dir", data_dir, check=False))
+    line = one_line_error(run_here("train_lookahead.py", *SMALL, "--data-dir", data_dir))
     assert "--overwrite" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # Resuming with another number of heads is refused, in one line, before any work.
     other_heads = ("--resume", "--heads", 2, "--data-dir", data_dir)
-    line = one_line_error(run("train_lookahead.py", *SMALL, *other_heads, check=False))
+    line = one_line_error(run_here("train_lookahead.py", *SMALL, *other_heads))
     assert "--heads 3" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # So is resuming with another trunk.
     other_trunk = ("--resume", "--trunk", "dense", "--data-dir", data_dir)
-    line = one_line_error(run("train_lookahead.py", *SMALL, *other_trunk, check=False))
+    line = one_line_error(run_here("train_lookahead.py", *SMALL, *other_trunk))
     assert "--trunk conv" in line
     assert (models / "lookahead.npz").read_bytes() == before
 
@@ -579,13 +579,13 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
         assert "crops" not in f.files
     before = (models / "lookahead.npz").read_bytes()
     # Resuming a head without pixels as one with them is refused, in one line.
-    line = one_line_error(run("train_lookahead.py", *tiny, "--resume", check=False))
+    line = one_line_error(run_here("train_lookahead.py", *tiny, "--resume"))
     assert "--no-pixels" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # So is training a head with pixels on saved rows that have no crops.
     for name in ("lookahead.npz", "lookahead.json", "lookahead_snapshot.npz"):
         (models / name).unlink()
-    line = one_line_error(run("train_lookahead.py", *tiny, check=False))
+    line = one_line_error(run_here("train_lookahead.py", *tiny))
     assert "no frames' crops" in line and "--overwrite" in line
     assert not (models / "lookahead.npz").exists()
 
@@ -603,21 +603,19 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
     ],
 )
 def test_train_lookahead_refuses_bad_flags(args, words, tmp_path):
-    line = one_line_error(
-        run("train_lookahead.py", *args, "--data-dir", tmp_path, check=False, timeout=60)
-    )
+    line = one_line_error(run_here("train_lookahead.py", *args, "--data-dir", tmp_path))
     assert words in line
 
 
 def test_train_lookahead_needs_the_agent(tmp_path):
-    line = one_line_error(run("train_lookahead.py", "--data-dir", tmp_path, check=False))
+    line = one_line_error(run_here("train_lookahead.py", "--data-dir", tmp_path))
     assert "07_train_controller.py" in line
     assert not (tmp_path / "lookahead_data").exists()
 
 
 def test_08_lookahead_planner_row(data_dir, tmp_path):
     line = one_line_error(
-        run(
+        run_here(
             "08_test_controller.py",
             "--planner",
             "--agent-only",
@@ -625,7 +623,6 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
             2,
             "--data-dir",
             data_dir,
-            check=False,
         )
     )
     assert "train_lookahead.py" in line and "--plan-with return" in line
@@ -644,7 +641,7 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert "| world_models_planner |" in proc.stdout
     line = one_line_error(
-        run(
+        run_here(
             "08_test_controller.py",
             "--planner",
             "--horizon",
@@ -654,7 +651,6 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
             1,
             "--data-dir",
             data_dir,
-            check=False,
         )
     )
     assert "not 4" in line and "train_lookahead.py" in line

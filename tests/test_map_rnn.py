@@ -9,14 +9,14 @@ import shutil
 import chainer
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
 from lib.models import checkpoints, ego_warp
 from lib.models.map_rnn import MapRNN, build_rnn
-from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss
+from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import SPATIAL_ENC_CHANNELS, ConvVAE
 
 
@@ -208,7 +208,7 @@ def train(d, *extra, check=True):
     return run(
         "04_train_rnn.py", "--arch", "map", "--map-channels", 3, "--mode", "dream",
         "--outcome-head", "--z-source", "mean", "--epochs", 2, "--batch-size", 4, "--seq-len", 16,
-        "--data-dir", d, *extra, check=check,
+        "--open-loop", 3, "--data-dir", d, *extra, check=check,
     )  # fmt: skip
 
 
@@ -266,10 +266,12 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         (["--arch", "cnn"], "--arch"),
         (["--map-channels", "0"], "--map-channels"),
         (["--z-source", "noise"], "--z-source"),
+        (["--open-loop", "4", "--mode", "reward"], "--open-loop"),
+        (["--open-loop", "-1", "--mode", "dream"], "--open-loop"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):
-    line = one_line_error(run("04_train_rnn.py", "--epochs", 1, *extra, check=False))
+    line = one_line_error(run_here("04_train_rnn.py", "--epochs", 1, *extra))
     assert needle in line
 
 
@@ -277,7 +279,7 @@ def test_a_flat_v_is_refused(tiny_models, tmp_path):
     d = copy_data(tiny_models, tmp_path / "d")
     before = sorted(p.name for p in (d / "models").iterdir())
     line = one_line_error(
-        run(
+        run_here(
             "04_train_rnn.py",
             "--arch",
             "map",
@@ -288,11 +290,37 @@ def test_a_flat_v_is_refused(tiny_models, tmp_path):
             "--data-dir",
             d,
             "--overwrite",
-            check=False,
         )
     )
     assert "spatial V" in line
     assert sorted(p.name for p in (d / "models").iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("arch", ["lstm", "map"])
+def test_open_loop_inputs_chain_m_own_predictions(arch):
+    """04 --open-loop: inside a dreamt run every input is M's prediction from the input
+    before it (an open-loop rollout by hand), each period starts real, and prob 0 or
+    no dreamt period leaves the data as it is."""
+    model = tiny(seed=1) if arch == "map" else MDNRNN(z_size=18, hidden_size=8, n_mixtures=2)
+    z, a, _ = batch(b=3, t=9, seed=4)
+    np.testing.assert_array_equal(model.open_loop_inputs(z, a, 0.0, 3, 0.0, None), z)
+    with pytest.raises(ValueError, match="block"):
+        model.open_loop_inputs(z, a, 1.0, 0, 0.0, np.random.default_rng(0))
+    for block in (2, 20):
+        got = model.open_loop_inputs(z, a, 1.0, block, 0.0, np.random.default_rng(5))
+        phase = np.random.default_rng(5).integers(0, block + 1, size=3)
+        for i in range(3):
+            want, state = z[i : i + 1, 0], None
+            for t in range(9):
+                if t == 0 or (t + phase[i]) % (block + 1) == 0:
+                    want = z[i : i + 1, t]  # a period starts from the real frame
+                np.testing.assert_allclose(got[i, t], want[0], atol=1e-5, err_msg=f"{i} {t}")
+                out = model.step(want, a[i : i + 1, t], state)
+                state = out.state
+                want = sample(out.mixture, 0.0, None)
+        real = [(t + p) % (block + 1) == 0 or t == 0 for p in phase for t in range(9)]
+        dreamt = np.any(got != z, axis=2).ravel()
+        assert not (dreamt & np.array(real)).any() and dreamt[~np.array(real)].all()
 
 
 def test_the_fused_sequence_node_equals_the_chainer_graph():

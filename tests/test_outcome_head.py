@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run_here
 from test_rnn_scripts import copy_data, log_rows, train, trained_v  # noqa: F401  (fixture)
 
 from lib.control.agent import dream_rollouts
@@ -204,7 +204,7 @@ def _vae(d):
 
 def test_04_outcome_head_needs_heads(trained_v, tmp_path):  # noqa: F811
     d = copy_data(trained_v, tmp_path)
-    line = one_line_error(run("04_train_rnn.py", "--mode", "window", "--outcome-head",
-                              "--data-dir", d, check=False))  # fmt: skip
+    line = one_line_error(run_here("04_train_rnn.py", "--mode", "window", "--outcome-head",
+                              "--data-dir", d))  # fmt: skip
     assert "--outcome-head" in line and "reward or dream" in line
     assert not (d / "models" / "rnn_window.npz").exists()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from chainer import serializers
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 from PIL import Image
 
 from lib import manifest
@@ -238,9 +238,7 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     ],
 )
 def test_08_refuses_bad_planner_flags(args, words, tmp_path):
-    line = one_line_error(
-        run("08_test_controller.py", *args, "--data-dir", tmp_path, check=False, timeout=60)
-    )
+    line = one_line_error(run_here("08_test_controller.py", *args, "--data-dir", tmp_path))
     assert words in line
 
 
@@ -256,7 +254,7 @@ def test_08_planner_needs_m_heads(data_dir, tmp_path):
     serializers.save_npz(d / "models" / "rnn_dream.npz", rnn)
     manifest.write_json(d / "models" / "rnn_dream.json", {"config": rnn.config()})
     line = one_line_error(
-        run(
+        run_here(
             "08_test_controller.py",
             "--planner",
             "--plan-with",
@@ -264,7 +262,6 @@ def test_08_planner_needs_m_heads(data_dir, tmp_path):
             "--agent-only",
             "--data-dir",
             d,
-            check=False,
         )
     )
     assert "reward and done heads" in line

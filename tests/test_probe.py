@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.diagnostics import probe
 
@@ -148,7 +148,7 @@ def test_the_script_probes_v_alone_without_m(tmp_path, models):
     d = tmp_path / "data"
     shutil.copytree(os.path.join(models, "models"), d / "models")
     os.remove(d / "models" / "rnn_dream.npz")
-    err = one_line_error(run("probe_features.py", "--episodes", 4, "--data-dir", d, check=False))
+    err = one_line_error(run_here("probe_features.py", "--episodes", 4, "--data-dir", d))
     assert "rnn_dream" in err and "--no-rnn" in err
     run("probe_features.py", "--episodes", 4, "--n-envs", 2, "--no-rnn", "--data-dir", d)
     with open(d / "results" / "probe.json") as f:
@@ -156,7 +156,7 @@ def test_the_script_probes_v_alone_without_m(tmp_path, models):
 
 
 def test_the_script_needs_v(tmp_path):
-    err = one_line_error(run("probe_features.py", "--data-dir", tmp_path, check=False))
+    err = one_line_error(run_here("probe_features.py", "--data-dir", tmp_path))
     assert "vae" in err and "03_train_vae.py" in err
-    err = one_line_error(run("probe_features.py", "--episodes", "0", check=False))
+    err = one_line_error(run_here("probe_features.py", "--episodes", "0"))
     assert "--episodes" in err

@@ -8,19 +8,19 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.data import latents, rnn_data
 
 
 @pytest.fixture(scope="module")
-def trained_v(tmp_path_factory):
-    """Tiny V and M data: 6 + 2 episodes of at most 40 steps, V trained 1 epoch."""
-    root = tmp_path_factory.mktemp("rnn")
-    common = ["--max-steps", 40, "--workers", 1, "--data-dir", root]
-    run("01_generate_vae_data.py", "--rollouts", 3, "--testrollouts", 1, *common)
-    run("02_generate_rnn_data.py", "--episodes", 6, "--testepisodes", 2, *common)
-    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--z-size", 8, "--data-dir", root)
+def trained_v(tiny_models, tmp_path_factory):
+    """Tiny V and M data: 6 + 2 episodes of at most 40 steps, V (z 8) trained 1 epoch;
+    the session's tiny models without their M."""
+    root = tmp_path_factory.mktemp("rnn") / "d"
+    shutil.copytree(tiny_models, root)
+    for f in (root / "models").glob("rnn_*"):
+        f.unlink()
     return root
 
 
@@ -174,18 +174,18 @@ def test_draw_rnn_result(trained_v, tmp_path):
 )
 def test_bad_flags(trained_v, tmp_path, args, needle):
     d = copy_data(trained_v, tmp_path)
-    line = one_line_error(run("04_train_rnn.py", *args, "--data-dir", d, check=False))
+    line = one_line_error(run_here("04_train_rnn.py", *args, "--data-dir", d))
     assert needle in line
     assert not (d / "models" / "rnn_window.npz").exists()
 
 
 def test_no_vae_and_empty_data(tmp_path, trained_v):
-    line = one_line_error(run("04_train_rnn.py", "--data-dir", tmp_path, check=False))
+    line = one_line_error(run_here("04_train_rnn.py", "--data-dir", tmp_path))
     assert "03_train_vae.py" in line
     d = copy_data(trained_v, tmp_path)
     for f in (d / "rnn_data" / "train").glob("*.npz"):
         f.unlink()
-    line = one_line_error(run("04_train_rnn.py", "--data-dir", d, check=False))
+    line = one_line_error(run_here("04_train_rnn.py", "--data-dir", d))
     assert "02_generate_rnn_data.py" in line
 
 
@@ -196,9 +196,7 @@ def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
     train_v(d, 1, 4, "--overwrite")
     line = one_line_error(train(d, "window", "--resume", check=False))
     assert "z_size" in line
-    line = one_line_error(
-        run("06_draw_rnn_result.py", "--mode", "window", "--data-dir", d, check=False)
-    )
+    line = one_line_error(run_here("06_draw_rnn_result.py", "--mode", "window", "--data-dir", d))
     assert "size 8" in line and "4" in line
 
 

@@ -4,7 +4,7 @@ import json
 import shlex
 import sys
 
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 
 def fake(rates: dict) -> str:
@@ -33,11 +33,9 @@ def test_rounds_and_median_ratios():
 
 
 def test_bad_arguments_are_one_line():
-    line = one_line_error(run("benchmarks/rounds.py", "--side", "x", check=False))
+    line = one_line_error(run_here("benchmarks/rounds.py", "--side", "x"))
     assert "NAME=COMMAND" in line
-    line = one_line_error(
-        run("benchmarks/rounds.py", "--side", "a=true", "--reference", "b", check=False)
-    )
+    line = one_line_error(run_here("benchmarks/rounds.py", "--side", "a=true", "--reference", "b"))
     assert "--reference 'b'" in line
     proc = run("benchmarks/rounds.py", "--side", "a=exit 3", check=False)
     assert proc.returncode != 0 and "`exit 3` failed (3)" in proc.stderr

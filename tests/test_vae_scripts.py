@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.data import frames
 from lib.env import socnavenv as sn
@@ -94,10 +94,10 @@ def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
     d = copy_data(vae_data, tmp_path)
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--data-dir", d)
     before = (d / "models" / "vae.npz").read_bytes()
-    line = one_line_error(run("03_train_vae.py", "--epochs", 2, "--data-dir", d, check=False))
+    line = one_line_error(run_here("03_train_vae.py", "--epochs", 2, "--data-dir", d))
     assert "--resume" in line and "--overwrite" in line
     line = one_line_error(
-        run(
+        run_here(
             "03_train_vae.py",
             "--epochs",
             2,
@@ -106,7 +106,6 @@ def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
             "--resume",
             "--data-dir",
             d,
-            check=False,
         )
     )
     assert "z_size" in line or "--z-size" in line
@@ -126,15 +125,15 @@ def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
 )
 def test_bad_input_one_line(vae_data, tmp_path, args, needle):
     d = copy_data(vae_data, tmp_path)
-    line = one_line_error(run("03_train_vae.py", *args, "--data-dir", d, check=False))
+    line = one_line_error(run_here("03_train_vae.py", *args, "--data-dir", d))
     assert needle in line
     assert not (d / "models" / "vae.npz").exists()
 
 
 def test_missing_data_says_what_to_run(tmp_path):
-    line = one_line_error(run("03_train_vae.py", "--data-dir", tmp_path, check=False))
+    line = one_line_error(run_here("03_train_vae.py", "--data-dir", tmp_path))
     assert "01_generate_vae_data.py" in line
-    line = one_line_error(run("05_draw_vae_result.py", "--data-dir", tmp_path, check=False))
+    line = one_line_error(run_here("05_draw_vae_result.py", "--data-dir", tmp_path))
     assert "03_train_vae.py" in line
 
 
@@ -209,9 +208,7 @@ def test_object_weights_favour_coloured_pixels():
 
 def test_object_weight_flag(vae_data, tmp_path):
     d = copy_data(vae_data, tmp_path)
-    line = one_line_error(
-        run("03_train_vae.py", "--object-weight", "0.5", "--data-dir", d, check=False)
-    )
+    line = one_line_error(run_here("03_train_vae.py", "--object-weight", "0.5", "--data-dir", d))
     assert "--object-weight" in line
     run(
         "03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--object-weight", 10, "--data-dir", d
@@ -225,7 +222,7 @@ def test_object_weight_flag(vae_data, tmp_path):
 
 def test_keypoints_flag(vae_data, tmp_path):
     d = copy_data(vae_data, tmp_path)
-    line = one_line_error(run("03_train_vae.py", "--keypoints", "-2", "--data-dir", d, check=False))
+    line = one_line_error(run_here("03_train_vae.py", "--keypoints", "-2", "--data-dir", d))
     assert "--keypoints" in line
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--keypoints", 6, "--z-size", 8,
         "--max-iterations", 1, "--data-dir", d)  # fmt: skip
@@ -233,7 +230,7 @@ def test_keypoints_flag(vae_data, tmp_path):
     assert config["keypoints"] == 6 and config["enc_channels"] == [32, 64]
     # A snapshot of a keypoint V does not resume as another V.
     args = ["--epochs", 1, "--batch-size", 32, "--z-size", 8, "--resume", "--data-dir", d]
-    line = one_line_error(run("03_train_vae.py", *args, check=False))
+    line = one_line_error(run_here("03_train_vae.py", *args))
     assert "--keypoints" in line
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--keypoints", 6, "--z-size", 8,
         "--resume", "--data-dir", d)  # fmt: skip
@@ -251,9 +248,7 @@ def test_goal_weights_single_out_the_goal():
 
 def test_goal_weight_flag(vae_data, tmp_path):
     d = copy_data(vae_data, tmp_path)
-    line = one_line_error(
-        run("03_train_vae.py", "--goal-weight", "0.5", "--data-dir", d, check=False)
-    )
+    line = one_line_error(run_here("03_train_vae.py", "--goal-weight", "0.5", "--data-dir", d))
     assert "--goal-weight" in line
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--object-weight", 10,
         "--goal-weight", 3, "--data-dir", d)  # fmt: skip
@@ -268,7 +263,7 @@ def test_spatial_flag(vae_data, tmp_path):
         (["--spatial", "2", "--keypoints", "3"], "--keypoints"),
         (["--spatial", "2", "--z-size", "10"], "--z-size"),
     ):
-        line = one_line_error(run("03_train_vae.py", *flags, "--data-dir", d, check=False))
+        line = one_line_error(run_here("03_train_vae.py", *flags, "--data-dir", d))
         assert word in line, (flags, line)
     assert not os.path.exists(d / "models" / "vae_snapshot.npz")
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--spatial", 2,
@@ -280,9 +275,7 @@ def test_spatial_flag(vae_data, tmp_path):
         and config["enc_channels"] == [32, 64, 128]
     )
     # A spatial V's snapshot resumes only as the same V.
-    line = one_line_error(
-        run("03_train_vae.py", "--epochs", 1, "--resume", "--data-dir", d, check=False)
-    )
+    line = one_line_error(run_here("03_train_vae.py", "--epochs", 1, "--resume", "--data-dir", d))
     assert "--spatial" in line
     run("03_train_vae.py", "--epochs", 1, "--batch-size", 32, "--spatial", 2, "--z-size", 72,
         "--resume", "--data-dir", d)  # fmt: skip
@@ -350,10 +343,10 @@ def test_frame_cache_carries_the_teacher_labels(labelled_data, vae_data):
 
 def test_task_weight_flag(labelled_data, vae_data, tmp_path):
     d = copy_data(vae_data, tmp_path / "plain")
-    line = one_line_error(run("03_train_vae.py", "--task-weight", 10, "--data-dir", d, check=False))
+    line = one_line_error(run_here("03_train_vae.py", "--task-weight", 10, "--data-dir", d))
     assert "--labels oracle" in line
     assert not (d / "models").exists() or not os.listdir(d / "models")
-    line = one_line_error(run("03_train_vae.py", "--task-weight", -1, "--data-dir", d, check=False))
+    line = one_line_error(run_here("03_train_vae.py", "--task-weight", -1, "--data-dir", d))
     assert "--task-weight" in line
     d = copy_data(labelled_data, tmp_path / "labelled")
     result = run("03_train_vae.py", "--epochs", 2, "--batch-size", 32, "--spatial", 2,

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib.data.latents import LatentEpisodes
 from lib.diagnostics import world_model as wm
@@ -132,15 +132,13 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
 
 
 def test_the_script_needs_an_m_with_heads(models, tmp_path):
-    err = one_line_error(
-        run("check_world_model.py", "--mode", "reward", "--data-dir", models, check=False)
-    )
+    err = one_line_error(run_here("check_world_model.py", "--mode", "reward", "--data-dir", models))
     assert "rnn_reward" in err
-    err = one_line_error(run("check_world_model.py", "--controllers", "-1", check=False))
+    err = one_line_error(run_here("check_world_model.py", "--controllers", "-1"))
     assert "--controllers" in err
-    err = one_line_error(run("check_world_model.py", "--risk-threshold", "1.5", check=False))
+    err = one_line_error(run_here("check_world_model.py", "--risk-threshold", "1.5"))
     assert "--risk-threshold" in err
-    err = one_line_error(run("check_world_model.py", "--samples", "0", check=False))
+    err = one_line_error(run_here("check_world_model.py", "--samples", "0"))
     assert "--samples" in err
 
 

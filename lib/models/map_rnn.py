@@ -22,7 +22,7 @@ state as a map of the same grid and predicts the next map cell by cell:
 
 h, what C and the planners read, is the flattened warped h map (hidden_size =
 channels * S²). The interface is `MDNRNN`'s: `forward`, `step`, `initial_state`,
-`sample`, `scheduled_inputs`, `config`, and `MDNRNNLoss` trains it unchanged; the
+`sample`, `scheduled_inputs`, `open_loop_inputs`, `config`, and `MDNRNNLoss` trains it unchanged; the
 mixture head's raw output uses the same `(3, K, Z)` layout with z's own order.
 
 Typical use::
@@ -144,6 +144,7 @@ class MapRNN(chainer.Chain):
     outcome_values = MDNRNN.outcome_values
     split = MDNRNN.split
     scheduled_inputs = MDNRNN.scheduled_inputs
+    open_loop_inputs = MDNRNN.open_loop_inputs
     heads = MDNRNN.heads
     sample = MDNRNN.sample
 

@@ -534,6 +534,60 @@ class MDNRNN(chainer.Chain):
         mixed[:, 1:] = self.xp.where(replace, predicted, z[:, 1:])
         return mixed
 
+    def open_loop_inputs(self, z, a, prob, block, tau, rng, state=None):
+        """Latent inputs for scheduled sampling in open-loop runs (04 --open-loop).
+
+        `scheduled_inputs` replaces single inputs by one-step predictions, so M never
+        sees its own errors compound. Here each sequence is cut into periods of
+        `block` + 1 steps (at a random phase per sequence): a period starts with a
+        real input and, with probability `prob`, its other `block` inputs are dreamt,
+        each M's own prediction from the input before it, as in the dream (`block`
+        predictions in a row at most). The state runs over those inputs as the
+        dream's would. Step 0 stays real. The predictions come from stepping M
+        without a graph, so training is still one whole-sequence pass over the
+        returned inputs, whose states are the rollout's. The targets stay real: M
+        learns to come back from its own drift (the "data as demonstrator" view of
+        multi-step prediction, Venkatraman et al. 2015).
+
+        Args:
+            z, a, prob, tau, rng, state: as `scheduled_inputs`.
+            block: int >= 1, the longest run of chained predictions.
+
+        Returns:
+            (B, T, Z) float32 array on the model's device.
+
+        Randomness, in this order from `rng`: the (B,) phases in [0, block], the
+        (B, T // (block + 1) + 2) uniforms that pick the dreamt periods, then M's
+        samples step by step (none at tau 0).
+        """
+        xp = self.xp
+        z = xp.asarray(z, np.float32)
+        if prob <= 0:
+            return z
+        if int(block) < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        period = int(block) + 1
+        batch, steps = z.shape[:2]
+        phase = rng.integers(0, period, size=batch)
+        pick = rng.random((batch, steps // period + 2)) < prob
+        at = np.arange(steps)[None, :] + phase[:, None]
+        dreamt = np.take_along_axis(pick, at // period, axis=1) & (at % period != 0)
+        dreamt[:, 0] = False
+        if not dreamt.any():
+            return z
+        last = int(np.nonzero(dreamt.any(axis=0))[0].max())  # no step after it matters
+        a = xp.asarray(a, np.float32)
+        mixed = z.copy()
+        dreamt_dev = xp.asarray(dreamt)
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            for t in range(last):
+                out = self.step(mixed[:, t], a[:, t], state)
+                state = out.state
+                if dreamt[:, t + 1].any():
+                    predicted = self.sample(out.mixture, tau, rng)
+                    mixed[:, t + 1] = xp.where(dreamt_dev[:, t + 1, None], predicted, z[:, t + 1])
+        return mixed
+
 
 # How 04 trains M (see 04's --help); each mode's M is saved as models/rnn_<mode>.npz.
 MODES = ("normal", "window", "reward", "dream")
