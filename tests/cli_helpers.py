@@ -68,6 +68,18 @@ def run_here(script, *args):
     )
 
 
+def assert_same_arrays(path_a, path_b, skip=()):
+    """Two .npz files hold the same arrays, bit for bit (weights, optimizer moments,
+    CMA-ES state, a snapshot's run counters), apart from the keys in `skip`."""
+    import numpy as np
+
+    with np.load(path_a) as a, np.load(path_b) as b:
+        keys = sorted(k for k in a.files if k not in skip)
+        assert keys == sorted(k for k in b.files if k not in skip) and keys, (a.files, b.files)
+        for k in keys:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{path_a}: {k}")
+
+
 def make_tiny_models(root, rollouts=3, episodes=6, rnn_epochs=1, vae_batch=64):
     """Tiny data (40-step episodes) and models in `root`: V with z 8, and M in dream
     mode (hidden 16, reward and done heads). Returns `root`."""

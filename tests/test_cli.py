@@ -3,7 +3,7 @@
 import argparse
 
 import pytest
-from cli_helpers import one_line_error, run, run_here
+from cli_helpers import one_line_error, run_here
 
 from lib import cli
 
@@ -41,7 +41,7 @@ def test_check_backend(monkeypatch):
 
 @pytest.mark.parametrize("script", ["03_train_vae.py", "04_train_rnn.py"])
 def test_run_flags_shared_by_the_training_scripts(script, tmp_path):
-    out = run(script, "--help").stdout
+    out = run_here(script, "--help").stdout
     for flag in ("--resume", "--overwrite", "--snapshot-interval", "--max-iterations"):
         assert flag in out, flag
     line = one_line_error(run_here(script, "--resume", "--overwrite", "--data-dir", tmp_path))

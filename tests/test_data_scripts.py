@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from cli_helpers import run_here
 
 from lib.data import datagen
 from lib.env import socnavenv as sn
@@ -289,12 +290,13 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("name", [VAE, RNN])
 @pytest.mark.parametrize("bad, message", BAD_INPUTS)
-def test_bad_input_fails_in_one_line(name, bad, message, tmp_path, script):
+def test_bad_input_fails_in_one_line(name, bad, message, tmp_path):
+    """In this process (the exit code's contract is the subprocess tests' below)."""
     if name == RNN:
         bad = [
             {"--rollouts": "--episodes", "--testrollouts": "--testepisodes"}.get(a, a) for a in bad
         ]
-    result = script(name, *bad, "--data-dir", tmp_path)
+    result = run_here(name, *bad, "--data-dir", tmp_path)
     line = assert_one_line_failure(result)
     assert result.returncode == 2
     assert message in line

@@ -9,7 +9,7 @@ import types
 import chainer
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run
+from cli_helpers import one_line_error, run, run_here
 
 from lib import devices
 
@@ -120,7 +120,7 @@ def test_gpu_without_cupy_is_one_line(tmp_path, script, args):
 def test_every_gpu_flag_has_help():
     for script in [f"0{i}_" for i in range(3, 9)]:
         name = next(f for f in os.listdir(ROOT) if f.startswith(script))
-        out = run(name, "--help").stdout
+        out = run_here(name, "--help").stdout
         assert "--gpu GPU" in out and "CUDA GPU id" in out, name
-    out = run("benchmarks/bench_models.py", "--help").stdout
+    out = run_here("benchmarks/bench_models.py", "--help").stdout
     assert "--gpu GPU" in out

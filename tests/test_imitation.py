@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_helpers import ROOT, one_line_error, run
+from cli_helpers import ROOT, one_line_error, run_here
 from test_controller import copy_data, log_rows, train_c
 
 from lib.control.agent import WorldModelsAgent
@@ -164,7 +164,7 @@ def test_07_imitate_starts_cma_from_the_imitated_c(models, tmp_path):
 )
 def test_07_refuses_bad_imitation_flags(models, tmp_path, args, words):
     d = copy_data(models, tmp_path)
-    proc = run("07_train_controller.py", "--epochs", 1, "--data-dir", d, *args, check=False)
+    proc = run_here("07_train_controller.py", "--epochs", 1, "--data-dir", d, *args)
     assert words in one_line_error(proc)
     assert not (d / "models" / "controller_es.npz").exists()
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run, run_here
+from cli_helpers import assert_same_arrays, one_line_error, run, run_here
 
 from lib.data import latents, rnn_data
 
@@ -31,10 +31,10 @@ def copy_data(src, tmp_path):
 
 
 def train(d, mode, *extra, check=True):
-    return run(
-        "04_train_rnn.py", "--mode", mode, "--epochs", 2, "--batch-size", 4, "--hidden", 16,
-        "--seq-len", 16, "--window", 8, "--data-dir", d, *extra, check=check,
-    )  # fmt: skip
+    """04 at tiny sizes; with check=False (a refusal expected) in this process."""
+    args = ("--mode", mode, "--epochs", 2, "--batch-size", 4, "--hidden", 16, "--seq-len", 16,
+            "--window", 8, "--data-dir", d, *extra)  # fmt: skip
+    return run("04_train_rnn.py", *args) if check else run_here("04_train_rnn.py", *args)
 
 
 def train_v(d, epochs, z_size, *flags):
@@ -75,8 +75,10 @@ def test_resume_is_exact(trained_v, tmp_path):
     stopped = train(b, "dream", "--max-iterations", 1)
     assert "continue with --resume" in stopped.stdout
     train(b, "dream", "--resume")
-    for key in ("train_nll", "train_done_loss", "test_nll", "test_reward_mse"):
-        assert [r[key] for r in log_rows(a, "dream")] == [r[key] for r in log_rows(b, "dream")], key
+    # The weights and Adam's moments, bit for bit, not the log's rounded figures.
+    for name in ("rnn_dream.npz", "rnn_dream_snapshot.npz"):
+        assert_same_arrays(a / "models" / name, b / "models" / name)
+    assert len(log_rows(b, "dream")) == 2
 
 
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
