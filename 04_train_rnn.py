@@ -57,6 +57,7 @@ from lib.models.mdn_rnn import (
     done_logit_threshold,
     mdn_nll,
 )
+from lib.models.rollout_loss import rollout_loss
 from lib.models.task_head import task_r2, task_targets
 from lib.seeding import derive_seed
 
@@ -79,6 +80,7 @@ LOG_FIELDS = [
     "test_done_accuracy",
     "test_done_recall",
     "train_task_loss",
+    "train_rollout_loss",
     "test_task_loss",
     "test_task_r2",
     "ss_prob",
@@ -171,6 +173,28 @@ def parse_args(argv=None):
         "over K steps (beyond the paper; lib/models/mdn_rnn.py open_loop_inputs)",
     )
     p.add_argument(
+        "--rollout-steps",
+        type=cli.non_negative_int,
+        default=0,
+        help="--arch map: > 0 adds the rollout loss: from --rollout-starts real frames of "
+        "every chunk, M dreams this many steps on its own predictions (tau 0) under the "
+        "real actions, and the dreamt z's squared error and, with --outcome-head, the "
+        "dreamt endings' cross-entropy join the loss, backpropagated through the whole "
+        "dream (beyond the paper; lib/models/rollout_loss.py). 0: off",
+    )
+    p.add_argument(
+        "--rollout-starts",
+        type=cli.positive_int,
+        default=4,
+        help="dreams per sequence and chunk for the rollout loss",
+    )
+    p.add_argument(
+        "--rollout-weight",
+        type=cli.non_negative_float,
+        default=1.0,
+        help="weight of the rollout loss",
+    )
+    p.add_argument(
         "--task-weight",
         type=cli.non_negative_float,
         default=0.0,
@@ -199,6 +223,8 @@ def parse_args(argv=None):
         p.error(f"--arch map predicts endings with --outcome-head: add it (--mode {args.mode})")
     if args.open_loop and args.mode != "dream":
         p.error(f"--open-loop dreams blocks of inputs in --mode dream, not {args.mode}")
+    if args.rollout_steps and args.arch != "map":
+        p.error("--rollout-steps needs --arch map (the dense M has no differentiable rollout)")
     if args.arch == "map" and args.task_weight:
         p.error("--task-weight needs --arch lstm (the map M has no task head)")
     cli.check_run_args(p, args)
@@ -490,6 +516,7 @@ def main(argv=None):
     xp = model.xp
     keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
     keys += ["task_loss"] if args.task_weight else []
+    keys += ["rollout_loss"] if args.rollout_steps else []
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
     try:
@@ -519,6 +546,7 @@ def main(argv=None):
                                     ch["z"], ch["a"], ss_prob, args.temperature, rng, state
                                 )
                             obs = {}
+                            state_in = state
                             with reporter.scope(obs):
                                 loss, state = loss_fn(
                                     xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
@@ -526,6 +554,15 @@ def main(argv=None):
                                     xp.asarray(ch["outcome"]) if args.outcome_head else None,
                                     ch["teacher"] if args.task_weight else None, ch["z"],
                                 )  # fmt: skip
+                                if args.rollout_steps:
+                                    z_loss, end_loss = rollout_loss(
+                                        model, loss_fn.last_output, ch["z"], ch["a"], ch["z_next"], ch["mask"],
+                                        ch["outcome"] if args.outcome_head else None, state_in,
+                                        args.rollout_steps, args.rollout_starts, rng,
+                                    )  # fmt: skip
+                                    extra = z_loss if end_loss is None else z_loss + end_loss
+                                    loss = loss + args.rollout_weight * extra
+                                    chainer.reporter.report({"rollout_loss": extra}, loss_fn)
                             run.check_loss(float(loss.array), "the M loss")
                             model.cleargrads()
                             loss.backward()

@@ -1,6 +1,8 @@
-"""Ctrl-C on a long run saves and resumes; `--backend ray` makes the same data."""
+"""Ctrl-C and kill -9 during training, then --resume, give the uninterrupted run's
+weights; `--backend ray` makes the same data."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_helpers import assert_same_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,73 +19,91 @@ def script(name, *args):
     return [sys.executable, os.path.join(ROOT, name), *map(str, args)]
 
 
-def test_ctrl_c_saves_a_snapshot_and_resume_finishes(tmp_path):
-    d = tmp_path / "d"
-    subprocess.run(
-        script(
-            "01_generate_vae_data.py",
-            "--rollouts",
+# Each training script at tiny sizes: its arguments, its snapshot (whose first appearance
+# marks the first finished epoch or generation: from then on a run can be resumed), and
+# the files an uninterrupted run and a resumed one must hold alike, array for array.
+TRAINERS = {
+    "03": (
+        "03_train_vae.py",
+        ["--epochs", 3, "--batch-size", 8, "--test-frames", 0, "--z-size", 8],
+        "vae_snapshot.npz",
+        ["vae.npz", "vae_snapshot.npz"],
+    ),
+    "04": (
+        "04_train_rnn.py",
+        ["--mode", "dream", "--epochs", 3, "--batch-size", 2, "--hidden", 16, "--seq-len", 8],
+        "rnn_dream_snapshot.npz",
+        ["rnn_dream.npz", "rnn_dream_snapshot.npz"],
+    ),
+    "07": (
+        "07_train_controller.py",
+        [
+            "--epochs",
+            4,
+            "--popsize",
             6,
-            "--testrollouts",
-            1,
+            "--trials",
+            2,
+            "--max-steps",
+            40,
             "--workers",
             1,
-            "--data-dir",
-            d,
-        ),
-        check=True,
-        capture_output=True,
-    )
-    proc = subprocess.Popen(
-        script(
-            "03_train_vae.py",
-            "--epochs",
-            50,
-            "--batch-size",
-            16,
-            "--test-frames",
-            0,
-            "--data-dir",
-            d,
-        ),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # Interrupt once training has written its first epoch.
+            "--eval-every",
+            2,
+            "--eval-episodes",
+            2,
+            "--dream",
+        ],
+        "controller_es.npz",
+        ["controller_es.npz", "controller.npz"],
+    ),
+}
+
+
+def fresh_copy(tiny_models, dst, snapshot):
+    shutil.copytree(tiny_models, dst)
+    for f in (dst / "models").glob(snapshot.replace(".npz", ".*")):
+        f.unlink()  # so that its appearance marks the first finished epoch
+    return dst
+
+
+@pytest.fixture(scope="module", params=sorted(TRAINERS))
+def uninterrupted(request, tiny_models, tmp_path_factory):
+    name, args, first, _ = TRAINERS[request.param]
+    d = fresh_copy(tiny_models, tmp_path_factory.mktemp("whole") / "d", first)
+    subprocess.run(script(name, *args, "--overwrite", "--data-dir", d), check=True,
+                   capture_output=True, cwd=ROOT)  # fmt: skip
+    return request.param, d
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_an_interrupted_run_resumes_to_the_same_weights(uninterrupted, sig, tiny_models, tmp_path):
+    """Ctrl-C (a snapshot mid-epoch, exit 130, one message naming --resume) or kill -9 (no
+    chance to save: the last epoch's snapshot) during the second epoch, then --resume:
+    the weights, the optimizer's or CMA-ES's state and the counters are those of the
+    uninterrupted run, bit for bit."""
+    key, whole = uninterrupted
+    name, args, first, compared = TRAINERS[key]
+    d = fresh_copy(tiny_models, tmp_path / "d", first)
+    proc = subprocess.Popen(script(name, *args, "--overwrite", "--data-dir", d), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
-    while not (d / "models" / "vae.npz").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert (d / "models" / "vae.npz").exists(), "training never finished an epoch"
-    proc.send_signal(signal.SIGINT)
+    while not (d / "models" / first).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"{name} ended before it could be interrupted"
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode in (0, 130), err
-    assert "Traceback" not in err
-    assert "--resume" in out + err
-    assert (d / "models" / "vae_snapshot.npz").exists()
-    with np.load(d / "models" / "vae_snapshot.npz") as z:
-        assert "state" in z.files
-    done = subprocess.run(
-        script(
-            "03_train_vae.py",
-            "--epochs",
-            3,
-            "--batch-size",
-            16,
-            "--test-frames",
-            0,
-            "--resume",
-            "--data-dir",
-            d,
-        ),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err, err
+        assert "--resume" in out + err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(script(name, *args, "--resume", "--data-dir", d), cwd=ROOT,
+                          capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = (d / "models" / "vae_log.csv").read_text().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    for f in compared:
+        assert_same_arrays(whole / "models" / f, d / "models" / f)
 
 
 def test_rollouts_through_ray_match_local(tmp_path):

@@ -17,6 +17,7 @@ from lib.env import socnavenv as sn
 from lib.models import checkpoints, ego_warp
 from lib.models.map_rnn import MapRNN, build_rnn
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
+from lib.models.rollout_loss import rollout_loss, rollout_starts
 from lib.models.vae import SPATIAL_ENC_CHANNELS, ConvVAE
 
 
@@ -189,6 +190,92 @@ def test_gradients_match_finite_differences():
     assert abs(analytic) > 1e-2  # the check is not vacuous
 
 
+def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states():
+    """`MapRNN.rollout` (the rollout loss's graph) dreams what `step` and `sample` at
+    tau 0 dream; `forward`'s cells are the c that stepping carries."""
+    m = tiny(outcome_head=True)
+    z, a, _ = batch(t=6)
+    with chainer.no_backprop_mode():
+        out = m(z, a)
+    state = None
+    for t in range(3):
+        state = m.step(z[:, t], a[:, t], state).state
+        np.testing.assert_allclose(state[1], out.cells[:, t], atol=1e-6)
+    zs, hs = m.rollout(z[:, 3], a[:, 3:], state)
+    dream = z[:, 3]
+    for k in range(3):
+        s = m.step(dream, a[:, 3 + k], state)
+        state, dream = s.state, sample(s.mixture, 0.0, None)
+        np.testing.assert_allclose(hs.array[:, k], s.h, atol=1e-5)
+        np.testing.assert_allclose(zs.array[:, k], dream, atol=1e-5)
+
+
+def test_the_rollout_loss_by_hand_and_its_gradient():
+    """rollout_loss: from the training pass's state before t0, the dreamt z's squared
+    error and the dreamt endings' weighted cross-entropy, masked; its gradient along a
+    random direction of the parameters matches central differences."""
+    m = tiny(outcome_head=True, outcome_weights=[1.0, 2.0, 3.0, 4.0])
+    loss_fn = MDNRNNLoss(m)
+    z, a, z_next = batch(t=6)
+    reward = np.full((2, 6), -0.01, np.float32)
+    outcome = np.array([[0, 0, 0, 2, 0, 0], [0, 0, 1, 0, 0, 0]], np.int8)
+    mask = np.ones((2, 6), np.float32)
+    mask[1, 3:] = 0  # sequence 1 ended at step 2
+
+    def total(steps=3):
+        loss_fn(z, a, z_next, mask, reward, None, None, outcome)
+        return rollout_loss(m, loss_fn.last_output, z, a, z_next, mask, outcome, None, steps, 2,
+                            np.random.default_rng(4))  # fmt: skip
+
+    z_loss, end_loss = total()
+    t0 = rollout_starts(2, 6, 3, 2, np.random.default_rng(4))
+    want_z = want_end = count = 0.0
+    for row, start in zip(np.repeat([0, 1], 2), t0):
+        state = None
+        for t in range(start):
+            state = m.step(z[row : row + 1, t], a[row : row + 1, t], state).state
+        dream = z[row : row + 1, start]
+        for t in range(start, start + 3):
+            s = m.step(dream, a[row : row + 1, t], state)
+            state, dream = s.state, sample(s.mixture, 0.0, None)
+            if mask[row, t]:
+                count += 1
+                want_z += float(((dream - z_next[row, t]) ** 2).mean())
+                logit = s.h @ m.outcome.W.array.T + m.outcome.b.array
+                p = np.exp(logit - logit.max())
+                p /= p.sum()
+                want_end -= [1.0, 2.0, 3.0, 4.0][outcome[row, t]] * np.log(p[0, outcome[row, t]])
+    assert float(z_loss.array) == pytest.approx(want_z / count, rel=1e-4)
+    assert float(end_loss.array) == pytest.approx(want_end / count, rel=1e-4)
+
+    # The gradient, with one component a latent (the likeliest-component pick is a
+    # step function that central differences would straddle), and dreams of the whole
+    # chunk (t0 = 0: a later start state comes from the training pass, which the
+    # rollout loss does not backpropagate into, but central differences would move).
+    m = tiny(seed=2, outcome_head=True, n_mixtures=1, outcome_weights=[1.0, 2.0, 3.0, 4.0])
+    loss_fn = MDNRNNLoss(m)
+    z_loss, end_loss = total(6)
+    m.cleargrads()
+    (z_loss + end_loss).backward()
+    rng = np.random.default_rng(1)
+    params = [p for _, p in sorted(m.namedparams()) if p.grad is not None]  # no shaping
+    assert len(params) == 6
+    direction = [rng.normal(size=p.shape).astype(np.float32) for p in params]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
+    eps = 1e-3
+    saved = [p.array.copy() for p in params]
+    values = []
+    for sign in (1, -1):
+        for p, s, d in zip(params, saved, direction):
+            p.array[...] = s + sign * eps * d
+        values.append(sum(float(v.array) for v in total(6)))
+    for p, s in zip(params, saved):
+        p.array[...] = s
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-3)
+    assert abs(analytic) > 1e-2
+
+
 # -- 04 --arch map end to end --------------------------------------------------------
 
 
@@ -208,7 +295,8 @@ def train(d, *extra, check=True):
     """04 --arch map at tiny sizes; with check=False (a refusal expected) in this process."""
     args = ("--arch", "map", "--map-channels", 3, "--mode", "dream", "--outcome-head",
             "--z-source", "mean", "--epochs", 2, "--batch-size", 4, "--seq-len", 16,
-            "--open-loop", 3, "--data-dir", d, *extra)  # fmt: skip
+            "--open-loop", 3, "--rollout-steps", 4, "--rollout-starts", 2, "--data-dir", d,
+            *extra)  # fmt: skip
     return run("04_train_rnn.py", *args) if check else run_here("04_train_rnn.py", *args)
 
 
@@ -268,6 +356,8 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         (["--z-source", "noise"], "--z-source"),
         (["--open-loop", "4", "--mode", "reward"], "--open-loop"),
         (["--open-loop", "-1", "--mode", "dream"], "--open-loop"),
+        (["--rollout-steps", "5", "--mode", "window"], "--arch map"),
+        (["--rollout-starts", "0"], "--rollout-starts"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):

@@ -81,7 +81,10 @@ def cell_step(x, h, c, w, b, warp):
 
 
 class MapLSTM(function_node.FunctionNode):
-    """apply((w, b), x=..., warps=..., h0=..., c0=...) -> (hs (B, T, S² Ch), h, c)."""
+    """apply((w, b), x=..., warps=..., h0=..., c0=...) -> (hs (B, T, S² Ch), h, c, cs).
+
+    cs, the warped cell state after every step, is for reading (the states a rollout
+    starts from): it carries no gradient."""
 
     def __init__(self, x, warps, h0, c0):
         self.x, self.warps, self.h0, self.c0 = x, warps, h0, c0
@@ -91,22 +94,25 @@ class MapLSTM(function_node.FunctionNode):
         h, c = self.h0, self.c0
         steps = self.x.shape[1]
         xp = backend.get_array_module(w)
-        hs = []
+        hs, cs = [], []
         self.caches = []
         keep = chainer.config.enable_backprop
         for t in range(steps):
             h, c, cache = cell_step(self.x[:, t], h, c, w, b, self.warps[:, t])
             hs.append(h)
+            cs.append(c)
             if keep:
                 self.caches.append(cache)
         self.retain_inputs((0,))
-        return xp.stack(hs, axis=1), h, c
+        return xp.stack(hs, axis=1), h, c, xp.stack(cs, axis=1)
 
     def backward(self, indexes, grad_outputs):
         (w,) = self.get_retained_inputs()
         w = w.array
         xp = backend.get_array_module(w)
-        g_hs, g_h, g_c = (None if g is None else g.array for g in grad_outputs)
+        g_hs, g_h, g_c, g_cs = (None if g is None else g.array for g in grad_outputs)
+        if g_cs is not None:
+            raise ValueError("map_lstm's cs carry no gradient: read them as arrays")
         n, steps, s = self.x.shape[:3]
         cx = self.x.shape[4]
         k, ch = w.shape[0], w.shape[3] // 4
@@ -151,7 +157,8 @@ def map_lstm(x, w, b, warps, h0, c0):
             (B, S² Ch) float32 arrays.
 
     Returns:
-        (hs, h, c): Variables, hs (B, T, S² Ch) the warped h after every step, and the
-        last step's (h, c), each (B, S² Ch).
+        (hs, h, c, cs): Variables, hs (B, T, S² Ch) the warped h after every step, the
+        last step's (h, c), each (B, S² Ch), and cs (B, T, S² Ch) the warped c after
+        every step (no gradient: read `cs.array`).
     """
     return MapLSTM(x, warps, h0, c0).apply((w, b))

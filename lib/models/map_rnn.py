@@ -190,16 +190,17 @@ class MapRNN(chainer.Chain):
 
     def _head(self, h, z_warped):
         """The raw mixture (N, 3 * K_mix * Z) of z_{t+1} from the warped h (N, S² C)
-        and the warped z_t (N, Z) (an array): offsets from the warped z."""
+        and the warped z_t (N, Z) (an array, or a Variable in a rollout): offsets from
+        the warped z."""
         n, s, k = h.shape[0], self.side, self.latents
         head_in = F.concat(
-            [F.reshape(h, (n * s * s, self.channels)), z_warped.reshape(n * s * s, k)]
+            [F.reshape(h, (n * s * s, self.channels)), F.reshape(z_warped, (n * s * s, k))]
         )
         raw = F.reshape(self.mdn(head_in), (n, s * s, 3, self.n_mixtures, k))
         raw = F.reshape(F.transpose(raw, (0, 2, 3, 1, 4)), (n, 3, self.n_mixtures, self.z_size))
-        offset = self.xp.zeros((n, 3, self.n_mixtures, self.z_size), np.float32)
-        offset[:, 1] = z_warped[:, None, :]
-        return F.reshape(raw + offset, (n, -1))
+        logit, mu, log_sigma = F.split_axis(raw, 3, axis=1)
+        mu = mu + F.broadcast_to(F.reshape(z_warped, (n, 1, 1, self.z_size)), mu.shape)
+        return F.reshape(F.concat([logit, mu, log_sigma], axis=1), (n, -1))
 
     def _cell(self, x, matrix, h, c):
         """One step in Chainer functions (the reference, and the path with
@@ -238,22 +239,63 @@ class MapRNN(chainer.Chain):
         h, c = self.initial_state(batch) if state is None else state
         h, c = (v.array if isinstance(v, chainer.Variable) else v for v in (h, c))
         if getattr(chainer.config, "fast_lstm", True):
-            hs, h, c = map_lstm(x, self.gates.W, self.gates.b, warps, h, c)
+            hs, h, c, cs = map_lstm(x, self.gates.W, self.gates.b, warps, h, c)
+            cs = cs.array
         else:
-            hs = []
+            hs, cs = [], []
             for t in range(steps):
                 h, c = self._cell(x[:, t], warps[:, t], h, c)
                 hs.append(h)
-            hs = F.stack(hs, axis=1)
+                cs.append(c.array)
+            hs, cs = F.stack(hs, axis=1), xp.stack(cs, axis=1)
         flat = F.reshape(hs, (batch * steps, self.hidden_size))
         mixture = F.reshape(self._head(flat, z_warped), (batch, steps, -1))
         if not self.outcome_head:
-            return SequenceOutput(hs, mixture, None, None, (h, c))
+            return SequenceOutput(hs, mixture, None, None, (h, c), cells=cs)
         logit = F.reshape(self.outcome(flat), (batch, steps, len(OUTCOME_CLASSES)))
         shaping = F.reshape(self.shaping(flat), (batch, steps))
         reward, done, _ = self.outcome_values(logit.array, shaping.array)
         reward, done = chainer.Variable(reward), chainer.Variable(done)
-        return SequenceOutput(hs, mixture, reward, done, (h, c), logit, shaping)
+        return SequenceOutput(hs, mixture, reward, done, (h, c), logit, shaping, cs)
+
+    def rollout(self, z0, a, state):
+        """M's open-loop dream at tau 0, as a graph: the rollout loss's forward.
+
+        From the real z0 and the state before it, each step reads the last z (the real
+        one first, then its own prediction) and the real action, and predicts the next
+        z as the mean of its likeliest component (what `step` and `sample` at tau 0
+        give; the choice of component carries no gradient, its mean does).
+
+        Args:
+            z0: (N, Z) float32 array; a: (N, K, A) float32 array, the K actions.
+            state: (h, c), two (N, hidden) arrays: M's state before z0.
+
+        Returns:
+            (zs, hs): Variables, zs (N, K, Z) the predicted z after each step, hs
+            (N, K, hidden) the warped h after each step (what the heads read).
+        """
+        xp = self.xp
+        n, s = z0.shape[0], self.side
+        a = xp.asarray(a, np.float32)
+        z = chainer.Variable(xp.asarray(z0, np.float32))
+        h, c = state
+        coords = xp.broadcast_to(xp.asarray(self._coords), (n, s, s, 2))
+        zs, hs = [], []
+        for k in range(a.shape[1]):
+            matrix = ego_warp.warp_matrix(a[:, k], self.offsets)
+            a_map = xp.broadcast_to(a[:, k, None, None, :], (n, s, s, a.shape[2]))
+            x = F.concat([F.reshape(z, (n, s, s, self.latents)), a_map, coords], axis=3)
+            h, c = self._cell(x, matrix, h, c)
+            raw = F.reshape(self._head(h, self._warp(z, matrix)), (n, 3, self.n_mixtures, -1))
+            logit, mu = raw[:, 0], raw[:, 1]
+            pick = xp.argmax(logit.array, axis=1)  # (N, Z): the likeliest component
+            chosen = (xp.arange(self.n_mixtures)[None, :, None] == pick[:, None, :]).astype(
+                np.float32
+            )
+            z = F.sum(mu * chosen, axis=1)
+            zs.append(z)
+            hs.append(h)
+        return F.stack(zs, axis=1), F.stack(hs, axis=1)
 
     def step(self, z, a, state=None, mixture=True):
         """One step for a batch of agents, without a graph (as `MDNRNN.step`; the

@@ -104,6 +104,8 @@ class SequenceOutput(NamedTuple):
         state: (h, c) final state, two (B, H) Variables.
         outcome_logit: (B, T, 4) raw outcome logits (outcome head only).
         shaping: (B, T) raw shaping-reward head (outcome head only).
+        cells: (B, T, H) the cell state after every step, an array with no graph
+            (the map M only: 04's rollout loss starts from it), or None.
     """
 
     h: object
@@ -113,6 +115,7 @@ class SequenceOutput(NamedTuple):
     state: tuple
     outcome_logit: object = None
     shaping: object = None
+    cells: object = None
 
 
 def split_mixture(raw, z_size, n_mixtures, log_sigma_min, log_sigma_max):
@@ -734,6 +737,7 @@ class MDNRNNLoss(chainer.Chain):
         self.reward_weight = float(reward_weight)
         self.done_weight = float(done_weight)
         self.done_pos_weight = float(done_pos_weight)
+        self.last_output = None  # the last forward's SequenceOutput
         with self.init_scope():
             self.model = model
 
@@ -773,6 +777,7 @@ class MDNRNNLoss(chainer.Chain):
         mask = xp.asarray(mask, np.float32).reshape(batch * steps)
         n = max(float(mask.sum()), 1.0)
         out = m(z, a, state)
+        self.last_output = out  # for losses that build on this pass (04's rollout loss)
         raw = F.reshape(out.mixture, (batch * steps, -1))
         target = xp.asarray(z_next, np.float32).reshape(batch * steps, m.z_size)
         nll = mdn_nll(raw, target, mask, m.z_size, m.n_mixtures, m.log_sigma_min, m.log_sigma_max)
