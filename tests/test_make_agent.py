@@ -2,10 +2,13 @@
 resuming an interrupted step from its snapshot and skipping finished ones."""
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 
 import pytest
+from cli_helpers import script_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
@@ -23,42 +26,68 @@ def script_lines(lines, script):
     return [ln for ln in lines if f"step {script}:" in ln]
 
 
-def test_a_fresh_plan_runs_every_step_in_order_into_the_folder(tmp_path):
+STEPS = ["01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check",
+         "lookahead", "08"]  # fmt: skip
+# The scripts each step runs, in order (`&&` chains).
+SCRIPTS = {
+    "01": ["01_generate_vae_data.py"],
+    "02": ["02_generate_rnn_data.py"],
+    "03": ["03_train_vae.py"],
+    "04": ["04_train_rnn.py"],
+    "diagnostics": ["05_draw_vae_result.py", "06_draw_rnn_result.py", "probe_features.py"],
+    "inputs": ["probe_controller.py"],
+    "07": ["07_train_controller.py"],
+    "07dream": ["07_train_controller.py"],
+    "check": ["check_world_model.py"],
+    "lookahead": ["train_lookahead.py"],
+    "08": ["08_test_controller.py"] * 3,
+}
+
+
+def commands(line):
+    """[(script, argv)] of a planned step's echoed command line."""
+    echoed = re.search(r'== agent step [^:]+: (.*?)"; s=', line).group(1)
+    out = []
+    for part in echoed.split("&&"):
+        words = shlex.split(part)
+        assert words[0] == "python3", part
+        out.append((words[1], words[2:]))
+    return out
+
+
+def test_a_fresh_plan_runs_every_step_in_order_with_flags_its_scripts_accept(tmp_path):
+    """Every step once, in order, each running its scripts into the chosen folder with
+    arguments that the script's own parser accepts (so a renamed or removed flag
+    breaks this test, not a two-hour run), starting afresh (--overwrite) where a step
+    can resume."""
     lines = plan(tmp_path)
-    steps = [ln.split("agent step ")[1].split(":")[0] for ln in lines]
-    assert steps == [
-        "01", "02", "03", "04", "diagnostics", "inputs", "07", "07dream", "check", "lookahead", "08"
-    ]  # fmt: skip
-    (head,) = script_lines(lines, "lookahead")
+    assert [ln.split("agent step ")[1].split(":")[0] for ln in lines] == STEPS
+    for line in lines:
+        step = line.split("agent step ")[1].split(":")[0]
+        cmds = commands(line)
+        assert [c[0] for c in cmds] == SCRIPTS[step], line
+        for script, argv in cmds:
+            args = script_module(script).parse_args(argv)  # exits on a bad flag
+            assert args.data_dir == str(tmp_path), (step, script)
+            assert not getattr(args, "resume", False), (step, script)  # a fresh plan
+    trained = ["03", "04", "07", "07dream", "lookahead"]
+    for step in trained:
+        (line,) = script_lines(lines, step)
+        assert "--overwrite" in line and "--resume" not in line, step
+    # C is trained twice, into two names: the imitation-started C and the dream's.
+    names = [script_module("07_train_controller.py").parse_args(commands(ln)[0][1]).name
+             for ln in script_lines(lines, "07") + script_lines(lines, "07dream")]  # fmt: skip
+    assert names == ["controller", "controller_dream"]
     assert (
-        "train_lookahead.py --episodes 20000 --rounds 1 --heads 3" in head and "--overwrite" in head
+        script_module("07_train_controller.py")
+        .parse_args(commands(script_lines(lines, "07dream")[0])[0][1])
+        .dream
     )
-    assert (
-        "probe_controller.py --teacher cautious_oracle --iterations 10 --data-dir"
-        in script_lines(lines, "inputs")[0]
-    )
-    assert all(f"--data-dir {tmp_path}" in ln for ln in lines)
-    assert "--overwrite" in script_lines(lines, "03")[0]
-    assert "--object-weight 50" in script_lines(lines, "03")[0]
-    assert "--spatial 8" in script_lines(lines, "03")[0]
-    assert "--z-size" not in script_lines(lines, "03")[0]
-    assert "--task-weight 1000" in script_lines(lines, "03")[0]
-    assert "--labels oracle" in script_lines(lines, "01")[0]
-    (eight,) = script_lines(lines, "08")
-    assert "--episodes 500" in eight and "--n-humans 8" in eight and "controller_dream" in eight
-    assert eight.count("08_test_controller.py --planner") == 4  # 5 and 8 people (echoed, then run)
-    assert "--outcome-head" in script_lines(lines, "04")[0]
-    assert "--episodes 3000" in script_lines(lines, "02")[0]
-    # M's task head did not help (docs/experiments.md): the paper's M, unlabelled episodes
-    assert "--labels" not in script_lines(lines, "02")[0]
-    assert "--task-weight 0 " in script_lines(lines, "04")[0]
-    (c,) = script_lines(lines, "07")
-    assert (
-        "--imitate cautious_oracle --imitate-iterations 10" in c
-        and "--eval-episodes 200" in c
-        and "--sigma 0.02" in c
-    )
-    assert "--imitate" not in script_lines(lines, "07dream")[0]
+    # 08 scores the linear C with the planner, then with 8 people, then the dream's C.
+    outs = [script_module("08_test_controller.py").parse_args(argv)
+            for _, argv in commands(script_lines(lines, "08")[0])]  # fmt: skip
+    assert [o.planner for o in outs] == [True, True, False]
+    assert outs[1].n_humans == 8 and outs[2].controller == "controller_dream"
 
 
 def test_spatial_0_gives_the_dense_z_of_agent_z_size(tmp_path):
