@@ -237,6 +237,16 @@ def test_02_end_to_end(vae_run, tmp_path, script):
     assert ep["seed"] != vae_seed
 
 
+def test_02_is_independent_of_worker_count(tmp_path, script):
+    """02's episodes (the default mixed policy, whose walks draw from each episode's own
+    stream) are the same arrays with 1 and 2 workers."""
+    args = ["--episodes", "4", "--testepisodes", "2", "--max-steps", "20", "--seed", "5"]
+    for workers in (1, 2):
+        result = script(RNN, *args, "--workers", workers, "--data-dir", tmp_path / f"w{workers}")
+        assert result.returncode == 0, result.stderr
+    assert_same_dataset(tmp_path / "w1" / "rnn_data", tmp_path / "w2" / "rnn_data")
+
+
 def test_02_zero_episodes_is_a_valid_no_op(tmp_path, script):
     result = script(RNN, "--episodes", "0", "--testepisodes", "0", "--data-dir", tmp_path)
     assert result.returncode == 0, result.stderr
