@@ -13,8 +13,10 @@ Writes:
         for --resume (exact).
     data/models/rnn_<mode>_log.csv and rnn_<mode>_loss.png: per epoch, train and
         held-out NLL (per latent dimension per step, nats), the constant-z and
-        copy-z baselines, reward MSE and done accuracy / recall when present, and
-        with --task-weight the task head's loss and held-out R².
+        copy-z baselines, reward MSE and done accuracy / recall when present,
+        with --task-weight the task head's loss and held-out R², and with
+        --rollout-steps the rollout loss and its two parts (z, endings), which
+        train_loss leaves out.
 
 Modes (the original README's): `normal` teacher-forces whole episodes with
 truncated BPTT (--seq-len); `window` trains on random windows of --window steps
@@ -24,7 +26,12 @@ see lib/models/mdn_rnn.py); `dream` is reward plus scheduled sampling: with a pr
 linearly to --ss-max over the epochs, an input z_t is replaced by M's own sample
 of it (drawn from M's teacher-forced prediction at t-1, so the whole-sequence
 fast LSTM still applies), which keeps M stable when it is fed its own dreams.
-z is re-sampled from V's (mu, logvar) every epoch, as in the paper.
+z is re-sampled from V's (mu, logvar) every epoch, as in the paper (--z-source).
+
+Beyond the paper, for the map M (--arch map) as a simulator: --open-loop K
+replaces whole runs of K inputs by M's chained predictions instead of single ones,
+and --rollout-steps K adds a loss on K-step open-loop dreams from real frames,
+backpropagated through every dreamt step (lib/models/rollout_loss.py).
 
 --task-weight (beyond the paper) adds a linear head from [z_t, h_t], the very
 input of the linear C, to the action 02's --labels teacher took at each step.
@@ -81,6 +88,8 @@ LOG_FIELDS = [
     "test_done_recall",
     "train_task_loss",
     "train_rollout_loss",
+    "train_rollout_z_loss",
+    "train_rollout_end_loss",
     "test_task_loss",
     "test_task_r2",
     "ss_prob",
@@ -516,7 +525,10 @@ def main(argv=None):
     xp = model.xp
     keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
     keys += ["task_loss"] if args.task_weight else []
-    keys += ["rollout_loss"] if args.rollout_steps else []
+    if args.rollout_steps:
+        keys += ["rollout_loss", "rollout_z_loss"] + (
+            ["rollout_end_loss"] if args.outcome_head else []
+        )
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
     try:
@@ -560,9 +572,14 @@ def main(argv=None):
                                         ch["outcome"] if args.outcome_head else None, state_in,
                                         args.rollout_steps, args.rollout_starts, rng,
                                     )  # fmt: skip
-                                    extra = z_loss if end_loss is None else z_loss + end_loss
+                                    parts = {"rollout_z_loss": z_loss}
+                                    if end_loss is not None:
+                                        parts["rollout_end_loss"] = end_loss
+                                    extra = sum(parts.values())
                                     loss = loss + args.rollout_weight * extra
-                                    chainer.reporter.report({"rollout_loss": extra}, loss_fn)
+                                    chainer.reporter.report(
+                                        {"rollout_loss": extra, **parts}, loss_fn
+                                    )
                             run.check_loss(float(loss.array), "the M loss")
                             model.cleargrads()
                             loss.backward()
