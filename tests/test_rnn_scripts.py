@@ -16,11 +16,12 @@ from lib.data import latents, rnn_data
 @pytest.fixture(scope="module")
 def trained_v(tiny_models, tmp_path_factory):
     """Tiny V and M data: 6 + 2 episodes of at most 40 steps, V (z 8) trained 1 epoch;
-    the session's tiny models without their M."""
+    the session's tiny models without their M and without V's cached encodings."""
     root = tmp_path_factory.mktemp("rnn") / "d"
     shutil.copytree(tiny_models, root)
     for f in (root / "models").glob("rnn_*"):
         f.unlink()
+    shutil.rmtree(root / "rnn_data" / "cache", ignore_errors=True)  # V's encodings too
     return root
 
 
