@@ -130,6 +130,14 @@ def parse_args(argv=None):
         default=16,
         help="state channels per cell of the map (--arch map; h has channels x cells floats)",
     )
+    p.add_argument(
+        "--map-head-kernel",
+        type=cli.positive_int,
+        default=1,
+        help="--arch map: the mixture head's view, 1 (each cell alone) or an odd k (a k x k "
+        "convolution over the cells' [h, warped z], which can undo the blur the warp's "
+        "interpolation leaves in the latents)",
+    )
     p.add_argument("--mixtures", type=cli.positive_int, default=5, help="Gaussians per latent dim")
     p.add_argument(
         "--residual",
@@ -232,6 +240,8 @@ def parse_args(argv=None):
         p.error(f"--arch map predicts endings with --outcome-head: add it (--mode {args.mode})")
     if args.open_loop and args.mode != "dream":
         p.error(f"--open-loop dreams blocks of inputs in --mode dream, not {args.mode}")
+    if args.map_head_kernel % 2 == 0:
+        p.error(f"--map-head-kernel must be odd, got {args.map_head_kernel}")
     if args.rollout_steps and args.arch != "map":
         p.error("--rollout-steps needs --arch map (the dense M has no differentiable rollout)")
     if args.arch == "map" and args.task_weight:
@@ -410,6 +420,7 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
         return {
             "arch": "map", "z_size": z_size, "side": len(offsets), "offsets": offsets.tolist(),
             "action_size": action_size, "channels": args.map_channels, "n_mixtures": args.mixtures,
+            "head_kernel": args.map_head_kernel,
         }  # fmt: skip
     config = {
         "z_size": z_size,

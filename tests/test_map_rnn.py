@@ -91,7 +91,7 @@ def batch(b=2, t=5, z_size=18, seed=0):
 
 
 def test_shapes_and_the_config_round_trip():
-    m = tiny(outcome_head=True)
+    m = tiny(outcome_head=True, head_kernel=3)
     assert m.hidden_size == 27 and m.can_dream and m.arch == "map"
     z, a, _ = batch()
     out = m(z, a)
@@ -119,6 +119,7 @@ def test_shapes_and_the_config_round_trip():
         ({"offsets": [1.0, 0.0]}, "offsets"),
         ({"channels": 0}, "channels"),
         ({"outcome_weights": [1, 1]}, "outcome_weights"),
+        ({"head_kernel": 2}, "head_kernel"),
     ],
 )
 def test_bad_configs_are_refused(kw, needle):
@@ -126,10 +127,11 @@ def test_bad_configs_are_refused(kw, needle):
         tiny(**kw)
 
 
-def test_stepping_repeats_the_training_graph():
+@pytest.mark.parametrize("head_kernel", [1, 3])
+def test_stepping_repeats_the_training_graph(head_kernel):
     """`step`, one agent step at a time, gives the states, mixtures and heads of the
-    whole-sequence `forward`."""
-    m = tiny(outcome_head=True)
+    whole-sequence `forward` (the mixture head per cell, or over 3 x 3 cells)."""
+    m = tiny(outcome_head=True, head_kernel=head_kernel)
     z, a, _ = batch(t=6)
     with chainer.no_backprop_mode():
         out = m(z, a)
@@ -157,10 +159,11 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("head_kernel", [1, 3])
+def test_gradients_match_finite_differences(head_kernel):
     """The loss's gradient along a random direction of all parameters (and of the
     inputs) matches central differences."""
-    m = tiny(outcome_head=True)
+    m = tiny(outcome_head=True, head_kernel=head_kernel)
     loss_fn = MDNRNNLoss(m)
     z, a, z_next = batch(t=4)
     reward = np.full((2, 4), -0.01, np.float32)
@@ -192,8 +195,9 @@ def test_gradients_match_finite_differences():
 
 def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states():
     """`MapRNN.rollout` (the rollout loss's graph) dreams what `step` and `sample` at
-    tau 0 dream; `forward`'s cells are the c that stepping carries."""
-    m = tiny(outcome_head=True)
+    tau 0 dream; `forward`'s cells are the c that stepping carries (here with the 3 x 3
+    mixture head)."""
+    m = tiny(outcome_head=True, head_kernel=3)
     z, a, _ = batch(t=6)
     with chainer.no_backprop_mode():
         out = m(z, a)
@@ -358,6 +362,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         (["--open-loop", "-1", "--mode", "dream"], "--open-loop"),
         (["--rollout-steps", "5", "--mode", "window"], "--arch map"),
         (["--rollout-starts", "0"], "--rollout-starts"),
+        (["--map-head-kernel", "2"], "--map-head-kernel"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):

@@ -65,6 +65,9 @@ class MapRNN(chainer.Chain):
         kernel: int, odd size of the gates' convolution.
         outcome_head: bool, predict how each step ends and its running reward
             (`MDNRNN`'s outcome head; the dream needs it).
+        head_kernel: odd size of the mixture head's view: 1 reads each cell's [h, warped
+            z] alone; 3 a convolution over its 3 x 3 neighbourhood, so the head can undo
+            the blur that the warp's bilinear interpolation leaves in the latents.
         shaping_bound, outcome_weights, log_sigma_min, log_sigma_max: as `MDNRNN`.
 
     Raises:
@@ -87,6 +90,7 @@ class MapRNN(chainer.Chain):
         n_mixtures=5,
         kernel=3,
         outcome_head=False,
+        head_kernel=1,
         shaping_bound=0.02,
         outcome_weights=None,
         log_sigma_min=-7.0,
@@ -102,6 +106,9 @@ class MapRNN(chainer.Chain):
             raise ValueError(f"z_size {z_size} is not a {side}x{side} map of latents")
         if int(kernel) % 2 == 0:
             raise ValueError(f"kernel must be odd, got {kernel}")
+        if int(head_kernel) < 1 or int(head_kernel) % 2 == 0:
+            raise ValueError(f"head_kernel must be odd and positive, got {head_kernel}")
+        self.head_kernel = int(head_kernel)
         offsets = ego_warp.grid_offsets(side, 8.0) if offsets is None else offsets
         if len(offsets) != side:
             raise ValueError(f"offsets must hold {side} floats, got {len(offsets)}")
@@ -133,7 +140,13 @@ class MapRNN(chainer.Chain):
         with self.init_scope():
             # The gates from [z map, a, coords, h], NHWC ("same" padding added by hand).
             self.gates = ConvolutionNHWC(n_in, 4 * ch, k, stride=1, activation=None)
-            self.mdn = L.Linear(ch + self.latents, 3 * self.n_mixtures * self.latents)
+            n_out = 3 * self.n_mixtures * self.latents
+            if self.head_kernel == 1:
+                self.mdn = L.Linear(ch + self.latents, n_out)
+            else:
+                self.mdn = ConvolutionNHWC(
+                    ch + self.latents, n_out, self.head_kernel, stride=1, activation=None
+                )
             if self.outcome_head:
                 self.outcome = L.Linear(self.hidden_size, len(OUTCOME_CLASSES))
                 self.shaping = L.Linear(self.hidden_size, 1)
@@ -160,6 +173,7 @@ class MapRNN(chainer.Chain):
             "n_mixtures": self.n_mixtures,
             "kernel": self.kernel,
             "outcome_head": self.outcome_head,
+            "head_kernel": self.head_kernel,
             "shaping_bound": self.shaping_bound,
             "outcome_weights": self.outcome_weights,
             "log_sigma_min": self.log_sigma_min,
@@ -196,7 +210,17 @@ class MapRNN(chainer.Chain):
         head_in = F.concat(
             [F.reshape(h, (n * s * s, self.channels)), F.reshape(z_warped, (n * s * s, k))]
         )
-        raw = F.reshape(self.mdn(head_in), (n, s * s, 3, self.n_mixtures, k))
+        if self.head_kernel == 1:
+            raw = self.mdn(head_in)
+        else:
+            pad = self.head_kernel // 2
+            maps = F.pad(
+                F.reshape(head_in, (n, s, s, -1)),
+                ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                "constant",
+            )
+            raw = self.mdn(maps)
+        raw = F.reshape(raw, (n, s * s, 3, self.n_mixtures, k))
         raw = F.reshape(F.transpose(raw, (0, 2, 3, 1, 4)), (n, 3, self.n_mixtures, self.z_size))
         logit, mu, log_sigma = F.split_axis(raw, 3, axis=1)
         mu = mu + F.broadcast_to(F.reshape(z_warped, (n, 1, 1, self.z_size)), mu.shape)
