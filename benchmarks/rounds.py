@@ -9,7 +9,7 @@ shared with `--reference`, the median over rounds of the per-round ratio
 not have (its names differ, as the 2022 frame's `seed_render_64`) can be paired with
 `--pair OURS=THEIRS`.
 
-Example (the README's Speed section):
+Example (docs/performance.md, Speed):
 
     python benchmarks/rounds.py --rounds 3 --reference torch \\
         --side new=".venv/bin/python benchmarks/bench_models.py" \\

@@ -124,7 +124,7 @@ def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
         "--gpu",
         type=int,
         default=-1,
-        help=f"CUDA GPU id for {what} (needs CuPy: see the README's GPU section); "
+        help=f"CUDA GPU id for {what} (needs CuPy: see docs/performance.md, GPU); "
         "-1 (default) runs on the CPU with this project's fast kernels",
     )
 
