@@ -201,7 +201,7 @@ IMITATE_HELP = (
 )
 
 
-def pick_rnn_mode(models, wanted, dream):
+def pick_rnn_mode(models, wanted):
     if wanted is not None:
         return wanted
     for mode in RNN_PREFERENCE:
@@ -314,7 +314,7 @@ def main(argv=None):
     except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
         cli.fail(str(e))
     config = dataclasses.replace(config, **checkpoints.observation_settings(vae_sidecar))
-    rnn_mode = pick_rnn_mode(models, args.rnn_mode, args.dream)
+    rnn_mode = pick_rnn_mode(models, args.rnn_mode)
     where = (
         f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
         if args.dream

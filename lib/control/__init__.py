@@ -1,5 +1,8 @@
 """Training and running C: the batched V + M + C agent and dreams inside M (`agent`),
-the CMA-ES driver (`es`) and fitness across worker processes (`fitness`).
+the CMA-ES driver (`es`), fitness across worker processes (`fitness`), C's start by
+DAgger from a privileged teacher (`imitation`), the planner that vetoes C's action by
+the look-ahead heads and the labelled play they learn from (`lookahead`), and the agent
+that plans in M's dream (`planner`).
 
 Imports every package of `lib` below it; only `lib.diagnostics` sits above.
 """

@@ -191,15 +191,6 @@ def dataset_summary(root: str, splits) -> dict:
     return {s: len(list_rollouts(os.path.join(root, s))) for s in splits}
 
 
-def mean_episode_length(directory: str, limit: int = 50) -> float:
-    """Average T over up to `limit` files (a cheap sanity figure)."""
-    lengths = []
-    for path in list_rollouts(directory)[:limit]:
-        with np.load(path, allow_pickle=False) as z:
-            lengths.append(len(z["action"]))
-    return float(np.mean(lengths)) if lengths else 0.0
-
-
 def env_config(args) -> sn.EnvConfig:
     """The environment `add_generation_args`' flags describe."""
     return sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps, view_size=args.view_size)

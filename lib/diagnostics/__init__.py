@@ -1,5 +1,7 @@
-"""Where the agent is limited: linear probes of V's z and M's h (`probe`), and M's
-trustworthiness as a simulator (`world_model`).
+"""Where the agent is limited: linear probes of V's z and M's h against the task's true
+quantities (`probe`), a linear C fitted by DAgger on each input (`controller_probe`),
+and M as a simulator: its open-loop dream under the real actions (`open_loop`) and its
+collision forecasts and dream-against-real ranking (`world_model`).
 
 The top layer: may import every other package of `lib`.
 """
