@@ -53,6 +53,7 @@ from lib import cli, devices, manifest, progress, training
 from lib.checkpointer import Checkpointer
 from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
+from lib.fileio import file_hash
 from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
 from lib.models.map_rnn import ARCHS, build_rnn
@@ -519,7 +520,7 @@ def main(argv=None):
     optimizer.setup(model)
     if args.grad_clip > 0:
         optimizer.add_hook(chainer.optimizer_hooks.GradientClipping(args.grad_clip))
-    v_sha1 = latents.file_hash(vae_path)
+    v_sha1 = file_hash(vae_path)
     vae_info = {"path": vae_path, "sha1": v_sha1, "config": vae_sidecar["config"]}
     settings = {"config": model.config(), "mode": args.mode, "vae": vae_info}
     settings["z_source"] = args.z_source

@@ -253,6 +253,8 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     results = os.path.join(args.data_dir, "results")
     controller.set_flat(params)
     sidecar = {"config": controller.config(), "rnn_mode": rnn_mode, "dream": args.dream}
+    # Which V and M it reads: a C is meaningless on another M's h (checkpoints.load_agent).
+    sidecar["trained_with"] = checkpoints.model_hashes(args.data_dir, rnn_mode)
     sidecar.update(temperature=args.temperature, generation=generation, evaluation=summary)
     training.save_model(
         os.path.join(models, f"{args.name}.npz"), controller, {**sidecar, "args": vars(args)}

@@ -41,10 +41,10 @@ from tqdm import tqdm
 from lib import cli, devices, drawing, manifest
 from lib.control import lookahead, planner
 from lib.control.agent import WorldModelsAgent
-from lib.data.latents import file_hash
 from lib.env import evaluation
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
+from lib.fileio import file_hash
 from lib.models import checkpoints
 from lib.models.lookahead import HORIZONS as HEAD_HORIZONS
 

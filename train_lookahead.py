@@ -53,10 +53,9 @@ from tqdm import tqdm
 
 from lib import cli, devices, manifest, training
 from lib.control import lookahead as la
-from lib.data.latents import file_hash
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate
-from lib.fileio import atomic_path
+from lib.fileio import atomic_path, file_hash
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import checkpoints
 from lib.models import lookahead as head_lib

@@ -1,11 +1,22 @@
-"""Atomic file writes: a reader never sees half a file, and an interrupted
-write leaves at most a `.tmp_*` file that the next run removes."""
+"""Files: atomic writes (a reader never sees half a file, and an interrupted write
+leaves at most a `.tmp_*` file that the next run removes) and content hashes (which
+model a model was trained with)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+
+
+def file_hash(path: str) -> str:
+    """The first 12 hex digits of the file's SHA-1."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
 
 
 def _umask() -> int:

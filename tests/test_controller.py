@@ -362,6 +362,26 @@ def test_08_json_keys_and_table(models, tmp_path):
     assert "| world_models |" in proc.stdout and "| oracle |" in proc.stdout
 
 
+def test_a_c_is_used_only_with_the_v_and_m_it_was_trained_with(models, tmp_path):
+    """07 records the hashes of V's and M's files in C's sidecar; after M is retrained,
+    08 refuses C in one line (it would read an h it never saw), and the world-model
+    check leaves it out of its trained controllers."""
+    from lib.diagnostics.world_model import controller_set
+
+    d = copy_data(models, tmp_path)
+    train_c(d, "--epochs", 1, "--dream")
+    side = json.loads((d / "models" / "controller.json").read_text())
+    assert side["trained_with"] == checkpoints.model_hashes(str(d), "dream")
+    _, labels, trained = controller_set(str(d), "dream", 4, 8, 16, np.random.default_rng(0))
+    assert trained == 1 and labels[0] == "07's controller"
+    run("04_train_rnn.py", "--mode", "dream", "--epochs", 1, "--batch-size", 4, "--hidden", 16,
+        "--seed", 1, "--overwrite", "--data-dir", d)  # fmt: skip
+    line = one_line_error(run_here("08_test_controller.py", "--episodes", 2, "--data-dir", d))
+    assert "another V or M" in line and "rnn_dream.npz" in line and "07_train_controller.py" in line
+    _, labels, trained = controller_set(str(d), "dream", 4, 8, 16, np.random.default_rng(0))
+    assert trained == 0 and all(label.startswith("random") for label in labels)
+
+
 def test_08_without_controller_and_baselines_only(models, tmp_path):
     d = copy_data(models, tmp_path)
     assert "07_train_controller.py" in one_line_error(

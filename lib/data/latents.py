@@ -30,7 +30,7 @@ import numpy as np
 
 from lib.models.vae import encode_frames
 from lib.kernels.fast_encoder import make_encoder
-from lib.fileio import atomic_path
+from lib.fileio import atomic_path, file_hash
 from lib.data.frames import selection_key
 from lib.env import socnavenv as sn
 from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
@@ -41,14 +41,6 @@ CACHE_FORMAT = "v2"  # v2: per-step outcome codes
 
 class NoEpisodesError(ValueError):
     """No usable episode file in the folder."""
-
-
-def file_hash(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 class LatentEpisodes:

@@ -250,7 +250,7 @@ TRAINED_CONTROLLERS = ("controller", "controller_dream")
 def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_size: int, rng):
     """(count, n_params) controllers spanning random to the best the project has.
 
-    07's trained Cs (`TRAINED_CONTROLLERS`) that read this M's [z, h] come first;
+    07's trained Cs (`TRAINED_CONTROLLERS`) trained with this V and M come first;
     then random controllers (N(0, s²) weights, s from 0.05 to 1: from nearly standing
     still to saturated, arbitrary turns); then perturbations of each trained C at scales
     from 0.1 to 2 times its weights' spread. Without a trained C all are random.
@@ -266,7 +266,11 @@ def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_siz
             c, sidecar = checkpoints.load_controller(data_dir, name)
         except checkpoints.CheckpointError:
             continue
-        if sidecar.get("rnn_mode") == mode and c.size == size:
+        if (
+            sidecar.get("rnn_mode") == mode
+            and c.size == size
+            and not checkpoints.trained_with_these(data_dir, sidecar)
+        ):
             trained.append(c.get_flat().astype(np.float32))
             labels.append(f"07's {name}")
     trained = trained[:count]

@@ -14,6 +14,7 @@ import os
 import chainer
 
 from lib.env.socnavenv import EnvConfig
+from lib.fileio import file_hash
 from lib.models.controller import Controller
 from lib.models.lookahead import make_head
 from lib.models.map_rnn import build_rnn
@@ -134,6 +135,31 @@ def load_controller(data_dir: str, name: str = "controller"):
     return controller, sidecar
 
 
+def model_hashes(data_dir: str, rnn_mode: str) -> dict:
+    """{"vae": hash, "rnn": hash} of V's and M's weight files (`fileio.file_hash`): what
+    07 records in C's sidecar, and what `trained_with_these` compares."""
+    models = os.path.join(data_dir, "models")
+    return {
+        "vae": file_hash(os.path.join(models, "vae.npz")),
+        "rnn": file_hash(os.path.join(models, f"rnn_{rnn_mode}.npz")),
+    }
+
+
+def trained_with_these(data_dir: str, c_sidecar: dict) -> str | None:
+    """None if C was trained with the V and M now in `data_dir` (or its sidecar predates
+    the record); else which of them changed since, in words."""
+    recorded = c_sidecar.get("trained_with")
+    if not recorded:
+        return None
+    now = model_hashes(data_dir, c_sidecar["rnn_mode"])
+    changed = [
+        f"models/{'vae' if k == 'vae' else 'rnn_' + c_sidecar['rnn_mode']}.npz"
+        for k in ("vae", "rnn")
+        if recorded.get(k) != now[k]
+    ]
+    return " and ".join(changed) or None
+
+
 def load_agent(data_dir: str, controller_name: str = "controller", device=None):
     """C (`models/<controller_name>.npz`), V and the M that C was trained with, checked
     to fit together: what 08 tests and train_lookahead.py plays.
@@ -154,6 +180,12 @@ def load_agent(data_dir: str, controller_name: str = "controller", device=None):
             f"{controller_name}.npz reads [z, h] of sizes ({controller.z_size}, "
             f"{controller.hidden_size}) but V+M give ({rnn.z_size}, {rnn.hidden_size}) — "
             "re-run 07_train_controller.py"
+        )
+    changed = trained_with_these(data_dir, c_sidecar)
+    if changed:
+        raise CheckpointError(
+            f"{controller_name}.npz was trained with another V or M ({changed} changed "
+            "since): it would read a [z, h] it never saw — re-run 07_train_controller.py"
         )
     return controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar
 
