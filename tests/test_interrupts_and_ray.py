@@ -37,9 +37,9 @@ TRAINERS = {
     ),
     "07": (
         "07_train_controller.py",
-        [
+        [  # 12 generations of well under a second each: a signal after the first lands mid-run
             "--epochs",
-            4,
+            12,
             "--popsize",
             6,
             "--trials",
