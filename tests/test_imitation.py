@@ -180,12 +180,13 @@ def test_07_ctrl_c_during_imitation_is_one_line_and_writes_no_run(models, tmp_pa
         # As at a terminal: a shell's background job (nohup, CI) inherits SIGINT ignored,
         # and Python then never turns it into KeyboardInterrupt.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+        start_new_session=True,  # its own process group, which Ctrl-C signals as a whole
     )  # fmt: skip
     for line in proc.stdout:  # wait until the imitation has begun
         if line.startswith("imitating oracle"):
             break
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C at a terminal: 07 and any worker it has
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in err
