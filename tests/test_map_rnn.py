@@ -159,6 +159,24 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
 
 
+def directional_derivatives(model, value, eps=1e-3):
+    """(analytic, numeric): the gradient already in `model`'s parameters (those that have
+    one) along a random direction, and central differences of `value()` along it."""
+    rng = np.random.default_rng(1)
+    params = [p for _, p in sorted(model.namedparams()) if p.grad is not None]
+    direction = [rng.normal(size=p.shape).astype(np.float32) for p in params]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
+    saved = [p.array.copy() for p in params]
+    values = []
+    for sign in (1, -1):
+        for p, s, d in zip(params, saved, direction):
+            p.array[...] = s + sign * eps * d
+        values.append(value())
+    for p, s in zip(params, saved):
+        p.array[...] = s
+    return analytic, (values[0] - values[1]) / (2 * eps)
+
+
 @pytest.mark.parametrize("head_kernel", [1, 3])
 def test_gradients_match_finite_differences(head_kernel):
     """The loss's gradient along a random direction of all parameters (and of the
@@ -172,23 +190,9 @@ def test_gradients_match_finite_differences(head_kernel):
     def loss():
         return loss_fn(z, a, z_next, None, reward, None, None, outcome)[0]
 
-    value = loss()
     m.cleargrads()
-    value.backward()
-    rng = np.random.default_rng(1)
-    params = [p for _, p in sorted(m.namedparams())]
-    direction = [rng.normal(size=p.shape).astype(np.float32) for p in params]
-    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
-    eps = 1e-3
-    saved = [p.array.copy() for p in params]
-    values = []
-    for sign in (1, -1):
-        for p, s, d in zip(params, saved, direction):
-            p.array[...] = s + sign * eps * d
-        values.append(float(loss().array))
-    for p, s in zip(params, saved):
-        p.array[...] = s
-    numeric = (values[0] - values[1]) / (2 * eps)
+    loss().backward()
+    analytic, numeric = directional_derivatives(m, lambda: float(loss().array))
     assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-3)
     assert abs(analytic) > 1e-2  # the check is not vacuous
 
@@ -261,21 +265,8 @@ def test_the_rollout_loss_by_hand_and_its_gradient():
     z_loss, end_loss = total(6)
     m.cleargrads()
     (z_loss + end_loss).backward()
-    rng = np.random.default_rng(1)
-    params = [p for _, p in sorted(m.namedparams()) if p.grad is not None]  # no shaping
-    assert len(params) == 6
-    direction = [rng.normal(size=p.shape).astype(np.float32) for p in params]
-    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
-    eps = 1e-3
-    saved = [p.array.copy() for p in params]
-    values = []
-    for sign in (1, -1):
-        for p, s, d in zip(params, saved, direction):
-            p.array[...] = s + sign * eps * d
-        values.append(sum(float(v.array) for v in total(6)))
-    for p, s in zip(params, saved):
-        p.array[...] = s
-    numeric = (values[0] - values[1]) / (2 * eps)
+    assert sum(p.grad is not None for _, p in m.namedparams()) == 6  # all but the shaping head
+    analytic, numeric = directional_derivatives(m, lambda: sum(float(v.array) for v in total(6)))
     assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-3)
     assert abs(analytic) > 1e-2
 

@@ -138,10 +138,13 @@ def load_controller(data_dir: str, name: str = "controller"):
 def model_hashes(data_dir: str, rnn_mode: str) -> dict:
     """{"vae": hash, "rnn": hash} of V's and M's weight files (`fileio.file_hash`): what
     07 records in C's sidecar, and what `trained_with_these` compares."""
-    models = os.path.join(data_dir, "models")
+    return {k: file_hash(os.path.join(data_dir, f)) for k, f in _model_files(rnn_mode).items()}
+
+
+def _model_files(rnn_mode: str) -> dict:
     return {
-        "vae": file_hash(os.path.join(models, "vae.npz")),
-        "rnn": file_hash(os.path.join(models, f"rnn_{rnn_mode}.npz")),
+        "vae": os.path.join("models", "vae.npz"),
+        "rnn": os.path.join("models", f"rnn_{rnn_mode}.npz"),
     }
 
 
@@ -151,12 +154,9 @@ def trained_with_these(data_dir: str, c_sidecar: dict) -> str | None:
     recorded = c_sidecar.get("trained_with")
     if not recorded:
         return None
-    now = model_hashes(data_dir, c_sidecar["rnn_mode"])
-    changed = [
-        f"models/{'vae' if k == 'vae' else 'rnn_' + c_sidecar['rnn_mode']}.npz"
-        for k in ("vae", "rnn")
-        if recorded.get(k) != now[k]
-    ]
+    mode = c_sidecar["rnn_mode"]
+    now = model_hashes(data_dir, mode)
+    changed = [f for k, f in _model_files(mode).items() if recorded.get(k) != now[k]]
     return " and ".join(changed) or None
 
 
