@@ -262,15 +262,22 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     drawing.episode_gif(os.path.join(results, f"{args.name}_best.gif"), shown, f"gen {generation}")
 
 
-def imitate(args, vae, rnn, config, models):
+def imitate(args, vae, rnn, config, models, interrupt):
     """C's starting point: DAgger onto --imitate's teacher (lib/control/imitation.py).
-    Prints each iteration and writes <name>_imitation.json; returns the flat parameters."""
+    Prints each iteration and writes <name>_imitation.json; returns the flat parameters.
+    Raises `training.Stopped` after the episode during which Ctrl-C was pressed
+    (`interrupt`, a `training.DeferredInterrupt`): imitation keeps no snapshot."""
     print(
         f"imitating {args.imitate}: {args.imitate_iterations} DAgger iterations x "
         f"{args.imitate_episodes} episodes (the first driven by the teacher, then by C)"
     )
     total = args.imitate_iterations * args.imitate_episodes
     with tqdm(total=total, desc="imitation", unit="ep", leave=False) as bar:
+
+        def episode_done(ep):
+            bar.update(1)
+            if interrupt.requested:  # between episodes, never inside the kernels
+                raise training.Stopped("interrupted during imitation", 130)
 
         def report(row):
             bar.write(
@@ -289,7 +296,7 @@ def imitate(args, vae, rnn, config, models):
             args.imitate_iterations,
             args.imitate_episodes,
             on_iteration=report,
-            on_episode=lambda ep: bar.update(1),
+            on_episode=episode_done,
         )
     manifest.write_json(
         os.path.join(models, f"{args.name}_imitation.json"),
@@ -366,68 +373,75 @@ def main(argv=None):
             said += " (new best, saved)"
         return {column: summary[k] for column, k in EVAL_COLUMNS.items()}, said
 
-    if not args.resume:
-        x0 = None
-        log = training.CsvLog(log_path, LOG_FIELDS)
-        if args.imitate:
-            # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
-            # like any later CMA-ES mean, as generation 0.
+    # Ctrl-C is deferred: imitation stops after the episode under way (keeping nothing),
+    # CMA-ES after the generation under way, once that is saved. A second Ctrl-C aborts
+    # at once. (Local pool workers ignore SIGINT: lib/control/fitness.py.)
+    with training.DeferredInterrupt() as interrupt:
+        if not args.resume:
+            x0 = None
+            log = training.CsvLog(log_path, LOG_FIELDS)
+            if args.imitate:
+                # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
+                # like any later CMA-ES mean, as generation 0.
+                try:
+                    x0 = imitate(args, vae, rnn, config, models, interrupt)
+                except (KeyboardInterrupt, training.Stopped):
+                    cli.fail(
+                        "interrupted during imitation, before CMA-ES began: rerun to start again",
+                        code=130,
+                    )
+                columns, said = evaluate_mean(x0, 0)  # the first evaluation: always kept
+                log.append({"generation": 0, **columns})
+                print(f"generation 0 (imitated C){said}")
+            es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
+        else:
+            log = training.CsvLog(log_path, LOG_FIELDS, es.generation)
+        spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
+        spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
+
+        progress_png = os.path.join(models, f"{args.name}_progress.png")
+        title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"
+        target = np.inf if args.target_return is None else args.target_return
+
+        # GENERATIONS
+        with Evaluator(spec, args.workers, args.backend, args.address, args.group_size) as evaluator:
             try:
-                x0 = imitate(args, vae, rnn, config, models)
-            except KeyboardInterrupt:
+                while es.generation < args.epochs:
+                    start = time.perf_counter()
+                    gen = es.generation
+                    xs = es.ask()
+                    returns, lengths = evaluator(xs, gen)
+                    fitness = returns.mean(axis=1)
+                    es.tell(xs, fitness)
+                    row = {"generation": gen + 1, "best": float(fitness.max())}
+                    row.update(mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma)
+                    row["mean_length"] = float(lengths.mean())
+                    text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
+                    if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
+                        columns, said = evaluate_mean(es.mean.astype(np.float32), gen + 1)
+                        row.update(columns)
+                        text += said
+                    row["seconds"] = round(time.perf_counter() - start, 2)
+                    log.append(row)
+                    es.save(es_path, record)
+                    training.plot_curves(log, progress_png, CURVES, title, "mean return")
+                    print(text + f", {row['seconds']:.1f} s", flush=True)
+                    interrupt.stop_if_requested(es_path, f"generation {es.generation}")
+                    if row.get("eval_return", -np.inf) >= target:
+                        print(f"target return {args.target_return} reached: stopping")
+                        break
+            except training.Stopped as stop:
+                cli.stopped(stop)
+            except KeyboardInterrupt:  # the second Ctrl-C
                 cli.fail(
-                    "interrupted during imitation, before CMA-ES began: rerun to start again",
+                    f"interrupted: {es_path} holds the run up to generation {es.generation} — continue with --resume",
                     code=130,
                 )
-            columns, said = evaluate_mean(x0, 0)  # the first evaluation: always kept
-            log.append({"generation": 0, **columns})
-            print(f"generation 0 (imitated C){said}")
-        es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
-    else:
-        log = training.CsvLog(log_path, LOG_FIELDS, es.generation)
-    spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
-    spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
-
-    progress_png = os.path.join(models, f"{args.name}_progress.png")
-    title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"
-    target = np.inf if args.target_return is None else args.target_return
-
-    # GENERATIONS
-    with Evaluator(spec, args.workers, args.backend, args.address, args.group_size) as evaluator:
-        try:
-            while es.generation < args.epochs:
-                start = time.perf_counter()
-                gen = es.generation
-                xs = es.ask()
-                returns, lengths = evaluator(xs, gen)
-                fitness = returns.mean(axis=1)
-                es.tell(xs, fitness)
-                row = {"generation": gen + 1, "best": float(fitness.max())}
-                row.update(mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma)
-                row["mean_length"] = float(lengths.mean())
-                text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
-                if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
-                    columns, said = evaluate_mean(es.mean.astype(np.float32), gen + 1)
-                    row.update(columns)
-                    text += said
-                row["seconds"] = round(time.perf_counter() - start, 2)
-                log.append(row)
-                es.save(es_path, record)
-                training.plot_curves(log, progress_png, CURVES, title, "mean return")
-                print(text + f", {row['seconds']:.1f} s", flush=True)
-                if row.get("eval_return", -np.inf) >= target:
-                    print(f"target return {args.target_return} reached: stopping")
-                    break
-        except KeyboardInterrupt:
-            cli.fail(
-                f"interrupted: {es_path} holds the run up to generation {es.generation} — continue with --resume",
-                code=130,
-            )
-        except WorkerDied as e:
-            cli.fail(
-                f"{e}; {es_path} holds the run up to generation {es.generation} — continue with --resume",
-                code=1,
-            )
+            except WorkerDied as e:
+                cli.fail(
+                    f"{e}; {es_path} holds the run up to generation {es.generation} — continue with --resume",
+                    code=1,
+                )
 
     # OUTPUTS
     manifest.write_json(

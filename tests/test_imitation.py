@@ -169,10 +169,6 @@ def test_07_refuses_bad_imitation_flags(models, tmp_path, args, words):
     assert not (d / "models" / "controller_es.npz").exists()
 
 
-@pytest.mark.skip(
-    reason="flaky in fresh clones (2 of 3 runs on 2026-12-06: a hang, then a failure): 07's "
-    "Ctrl-C relies on KeyboardInterrupt; it needs 03/04's deferred interrupt (issue 30 note)"
-)
 def test_07_ctrl_c_during_imitation_is_one_line_and_writes_no_run(models, tmp_path):
     d = copy_data(models, tmp_path)
     proc = subprocess.Popen(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import tempfile
 from concurrent import futures
 
@@ -77,7 +78,12 @@ def init_pool_worker(spec: Spec) -> None:
     GEMM results can depend on the thread count, and fitness must not depend on
     `--workers`. The limit is set in the worker (its environment, read by
     `runtime.kernel_threads`, and OpenBLAS's own setting), never in the parent's.
+
+    The worker ignores SIGINT: Ctrl-C at a terminal signals the whole process group,
+    and 07 defers it (`training.DeferredInterrupt`) to finish the generation under way,
+    which needs its workers alive.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     os.environ["OMP_NUM_THREADS"] = "1"
     init_worker(spec)
