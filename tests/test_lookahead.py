@@ -640,6 +640,16 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
                     "horizon": la.HORIZON}  # fmt: skip
     assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
     assert "| world_models_planner |" in proc.stdout
+    # At threshold 1 nothing is riskier than allowed: the planner is C, step for step.
+    run("08_test_controller.py", "--planner", "--plan-threshold", 1, "--episodes", 3,
+        "--max-steps", 20, "--agent-only", "--record", 0, "--out", out, "--data-dir", data_dir)  # fmt: skip
+    report = json.loads(out.read_text())
+    planner = report.pop("world_models_planner")
+    assert planner.pop("replaced_fraction") == 0.0
+    linear = report["world_models"]
+    assert {k: planner[k] for k in linear if k != "seconds"} == {
+        k: v for k, v in linear.items() if k != "seconds"
+    }
     line = one_line_error(
         run_here(
             "08_test_controller.py",

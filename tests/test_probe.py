@@ -137,8 +137,13 @@ def test_the_script_probes_z_and_z_h_against_the_vector_observation(models):
     assert set(rows) == {"vector (reference)", "z", "[z, h]", "z, 16 random ReLU", "pixels 32x32"}
     for row in rows.values():
         assert set(row) == set(probe.QUANTITIES)
-        # Goal distance varies on every step; its R² is a number, at most 1.
-        assert row["goal_distance"]["score"] <= 1.0
+    # Every feature set is scored on the same held-out steps (features and targets
+    # aligned step for step): the same row counts, quantity by quantity; the person
+    # quantities on the steps with a person near, a subset.
+    for q in probe.QUANTITIES:
+        assert len({row[q]["rows"] for row in rows.values()}) == 1, q
+    scored = rows["z"]["goal_distance"]["rows"]
+    assert scored > 0 and rows["z"]["person_x"]["rows"] <= scored
     assert os.path.getsize(out[:-5] + ".png") > 10_000
     with open(out[:-5] + ".md") as f:
         assert f.read().startswith("| features |")
