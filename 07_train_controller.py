@@ -404,7 +404,9 @@ def main(argv=None):
         target = np.inf if args.target_return is None else args.target_return
 
         # GENERATIONS
-        with Evaluator(spec, args.workers, args.backend, args.address, args.group_size) as evaluator:
+        with Evaluator(
+            spec, args.workers, args.backend, args.address, args.group_size
+        ) as evaluator:
             try:
                 while es.generation < args.epochs:
                     start = time.perf_counter()
@@ -414,7 +416,9 @@ def main(argv=None):
                     fitness = returns.mean(axis=1)
                     es.tell(xs, fitness)
                     row = {"generation": gen + 1, "best": float(fitness.max())}
-                    row.update(mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma)
+                    row.update(
+                        mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma
+                    )
                     row["mean_length"] = float(lengths.mean())
                     text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
                     if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:

@@ -2,6 +2,11 @@
 (lib/control/lookahead.py), train_lookahead.py and 08 --planner --plan-with lookahead."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import chainer
 import chainer.functions as F
@@ -21,6 +26,8 @@ from lib.models import lookahead as head_lib
 from lib.models.controller import Controller, n_params
 from lib.models.mdn_rnn import MDNRNN
 from lib.models.vae import ConvVAE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Z, HIDDEN = 8, 16
 
@@ -567,6 +574,24 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     line = one_line_error(run_here("train_lookahead.py", *SMALL, *other_trunk))
     assert "--trunk conv" in line
     assert (models / "lookahead.npz").read_bytes() == before
+
+
+def test_train_lookahead_ctrl_c_before_the_first_epoch_says_nothing_is_saved(data_dir):
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train_lookahead.py"), "--episodes", "400",
+         "--n-envs", "4", "--width", "8", "--no-pixels", "--data-dir", str(data_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("train_lookahead:")
+    time.sleep(2.0)  # round 1 is playing its 400 episodes
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    line = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
+    assert "before the first epoch" in line and "without --resume" in line
+    assert not (data_dir / "models" / "lookahead_snapshot.npz").exists()
 
 
 def test_train_lookahead_no_pixels_and_its_refusals(data_dir):

@@ -197,7 +197,8 @@ def test_08_planner_row_json_and_gif(data_dir, tmp_path):
     assert 2 <= row["env_steps"] <= 30
     # replaced steps over the planner's own steps (the report rounds to 4 decimals)
     replaced = row["replaced_fraction"] * row["env_steps"]
-    assert 0 <= round(replaced) <= row["env_steps"] and replaced == pytest.approx(round(replaced), abs=0.005)
+    assert 0 <= round(replaced) <= row["env_steps"]
+    assert replaced == pytest.approx(round(replaced), abs=0.005)
     # GIFs named after --out; the two agents in the same scene side by side
     assert (data_dir / "results" / "r_world_models_planner_0.gif").exists()
     assert (data_dir / "results" / "r_world_models_0.gif").exists()
