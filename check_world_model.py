@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from lib import cli, manifest
 from lib.control import lookahead
-from lib.control.agent import WorldModelsAgent, dream_rollouts
+from lib.control.agent import ENDINGS, WorldModelsAgent, dream_rollouts
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
 from lib.diagnostics import open_loop as ol
@@ -97,18 +97,28 @@ def parse_args(argv=None):
 
 
 def real_returns(vae, rnn, params, seeds, config, n_envs, progress):
-    """(P,) mean real return of each controller over the same episodes."""
+    """Each controller over the same episodes: (P,) mean real return, and (P, 4) the
+    fraction of its episodes that ended in each of `ENDINGS`."""
     e = len(seeds)
     every = np.tile(seeds, len(params))
     agent = WorldModelsAgent(min(n_envs, len(every)), vae, rnn, params, lambda k: k // e)
     returns = np.zeros(len(every))
+    ends = np.zeros((len(every), len(ENDINGS)))
 
     def finished(ep):
         returns[ep.index] = ep.ret
+        ends[ep.index, ENDINGS.index(ep.outcome)] = 1.0
         progress.update(1)
 
     run_episodes(agent, every, config, n_envs, finished)
-    return returns.reshape(len(params), e).mean(axis=1)
+    return (
+        returns.reshape(len(params), e).mean(axis=1),
+        ends.reshape(len(params), e, len(ENDINGS)).mean(axis=1),
+    )
+
+
+def _endings(fractions: dict) -> str:
+    return " / ".join(f"{fractions[k]:.0%}" for k in ENDINGS)
 
 
 def _f(x, fmt=".2f"):
@@ -161,6 +171,11 @@ def table(r: dict) -> str:
             lines.append(
                 f"| {t['label']}: mean return | dream {t['dream']:+.3f} | real {t['real']:+.3f} |"
             )
+            if "dream_endings" in t and "real_endings" in t:
+                lines.append(
+                    f"| {t['label']}: endings (success / collision / out of map / timeout) | "
+                    f"dream {_endings(t['dream_endings'])} | real {_endings(t['real_endings'])} |"
+                )
     return "\n".join(lines)
 
 
@@ -312,16 +327,19 @@ def main(argv=None):
         first = test.frame_offsets[:-1]
         z0 = dream_starts(args.seed, 0, args.episodes, test.mu[first], test.logvar[first], source)
         which = np.repeat(np.arange(len(params)), args.episodes)
-        dream, _ = dream_rollouts(
+        dream, _, dream_ends = dream_rollouts(
             rnn, params, which, np.tile(z0, (len(params), 1)), args.temperature, rng,
-            done_pos_weight=weight,
+            done_pos_weight=weight, endings=True,
         )  # fmt: skip
         seeds = derive_seeds(args.seed, "world-model-check", args.episodes)
         with tqdm(total=len(params) * args.episodes, desc="real", unit="ep", leave=False) as bar:
             config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
-            real = real_returns(vae, rnn, params, seeds, config, args.n_envs, bar)
+            real, real_ends = real_returns(vae, rnn, params, seeds, config, args.n_envs, bar)
         dream = dream.reshape(len(params), args.episodes).mean(axis=1)
-        result["dream_vs_real"] = wm.dream_vs_real(dream, real, labels, trained)
+        dream_ends = dream_ends.reshape(len(params), args.episodes, len(ENDINGS)).mean(axis=1)
+        result["dream_vs_real"] = wm.dream_vs_real(
+            dream, real, labels, trained, dream_ends, real_ends
+        )
 
     # REPORT
     text = table(result)

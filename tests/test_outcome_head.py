@@ -157,6 +157,13 @@ def test_soft_dream_is_the_expected_return():
     expected = r * (1 - q**20) / (1 - q) + q**20 * sn.TIMEOUT_REWARD
     np.testing.assert_allclose(returns, expected, rtol=1e-5)
     assert list(lengths) == [int(np.ceil(np.log(0.5) / np.log(q)))] * 3  # P(running) >= 1/2
+    # how the dreams end: each ending 1/3 of what does not run for 20 steps, then timeout
+    *_, ends = dream_rollouts(
+        m, params, np.zeros(3, int), np.zeros((3, 3), np.float32), 1.0,
+        np.random.default_rng(0), max_steps=20, endings=True,
+    )  # fmt: skip
+    third = (1 - q**20) / 3
+    np.testing.assert_allclose(ends, [[third, third, third, q**20]] * 3, rtol=1e-5)
     # the dream's best possible return is the task's: +1, however M is set
     winner = hand_made([-30.0, 30.0, -30.0, -30.0])
     best, _ = dream_rollouts(winner, params, np.zeros(1, int), np.zeros((1, 3), np.float32),

@@ -3,13 +3,19 @@ check_world_model.py): the scores by hand, on a rigged M, and the script on tiny
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
+from chainer import serializers
 from cli_helpers import one_line_error, run, run_here
 
+from lib import manifest
+from lib.control.agent import ENDINGS, ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.diagnostics import world_model as wm
+from lib.models import checkpoints
+from lib.models.controller import Controller
 from lib.models.mdn_rnn import MDNRNN
 
 
@@ -61,6 +67,26 @@ def test_copy_baseline_by_hand():
     sigma = diff.std(axis=0)
     expect = np.mean(0.5 * np.log(2 * np.pi) + np.log(sigma) + 0.5 * (diff / sigma) ** 2)
     assert wm.copy_baseline_nll(data, data.mu, data, data.mu) == pytest.approx(expect)
+
+
+def test_a_thresholded_dream_ends_in_the_kind_its_reward_is_nearest():
+    kinds = ending_kind(np.array([1.0, -1.0, -0.5, 0.9, -0.8, -0.6]))
+    assert [ENDINGS[k] for k in kinds] == [
+        "success", "collision", "out_of_map", "success", "collision", "out_of_map"
+    ]  # fmt: skip
+
+
+def test_dream_vs_real_reports_the_trained_cs_endings():
+    dream_ends = np.array([[0.25, 0.5, 0.125, 0.125], [1.0, 0, 0, 0]])
+    real_ends = np.array([[0.9, 0.1, 0, 0], [0, 1.0, 0, 0]])
+    d = wm.dream_vs_real([-0.5, 0.3], [0.8, -1.0], ["controller", "random 0"], 1,
+                         dream_ends, real_ends)  # fmt: skip
+    (row,) = d["trained"]
+    assert row["dream_endings"] == {
+        "success": 0.25, "collision": 0.5, "out_of_map": 0.125, "timeout": 0.125
+    }  # fmt: skip
+    assert row["real_endings"]["success"] == 0.9 and row["real_endings"]["collision"] == 0.1
+    assert d["spearman"] == pytest.approx(-1.0)
 
 
 def test_spearman():
@@ -129,6 +155,32 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
     assert all(s.startswith("random") for s in d["labels"])  # no controller.npz here
     assert d["trained"] == []
     assert os.path.getsize(out[:-5] + ".png") > 10_000
+
+
+def test_the_script_reports_the_trained_cs_endings_in_the_dream_and_the_room(models, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(models, d)
+    rnn, _ = checkpoints.load_rnn(str(d), "dream")
+    c = Controller(rnn.z_size, rnn.hidden_size)
+    serializers.save_npz(d / "models" / "controller.npz", c)
+    manifest.write_json(d / "models" / "controller.json", {
+        "config": c.config(), "rnn_mode": "dream",
+        "trained_with": checkpoints.model_hashes(str(d), "dream"),
+    })  # fmt: skip
+    run("check_world_model.py", "--controllers", 3, "--episodes", 4, "--samples", 1,
+        "--probe-episodes", 20, "--data-dir", d)  # fmt: skip
+    with open(d / "results" / "world_model_dream.json") as f:
+        (row,) = json.load(f)["results"]["dream_vs_real"]["trained"]
+    assert row["label"] == "07's controller"
+    for key in ("dream_endings", "real_endings"):
+        assert set(row[key]) == set(ENDINGS)
+        assert sum(row[key].values()) == pytest.approx(1.0, abs=1e-3)  # every episode ends
+    # the room's are whole episodes: multiples of 1/4
+    assert all(v * 4 == pytest.approx(round(v * 4)) for v in row["real_endings"].values())
+    table = (d / "results" / "world_model_dream.md").read_text()
+    assert (
+        "| 07's controller: endings (success / collision / out of map / timeout) | dream " in table
+    )
 
 
 def test_the_script_needs_an_m_with_heads(models, tmp_path):

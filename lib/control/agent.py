@@ -173,6 +173,7 @@ def dream_rollouts(
     max_steps=sn.MAX_STEPS,
     done_threshold=DONE_THRESHOLD,
     done_pos_weight=1.0,
+    endings=False,
 ):
     """Plays controllers inside M, all agents in lockstep.
 
@@ -201,9 +202,13 @@ def dream_rollouts(
             with (its sidecar's `done_pos_weight`). Weighting positives by w
             shifts the head's logit by log(w); it is subtracted here so the
             probability is calibrated (see `lib.models.mdn_rnn.calibrated_done_logit`).
+        endings: also return how each dream ended (`ENDINGS`).
 
     Returns:
-        (returns (N,) float64, lengths (N,) int64).
+        (returns (N,) float64, lengths (N,) int64), and with `endings` a third array,
+        (N, 4) float64: the probability of each ending in `ENDINGS` order (a soft dream's
+        probability mass, which sums to at least 1 - SOFT_END; a thresholded dream's one
+        ending, its kind read from the reward head at the ending step).
     """
     if not rnn.can_dream:
         raise ValueError("dreaming needs an M with reward and done heads (--mode reward or dream)")
@@ -221,6 +226,7 @@ def dream_rollouts(
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
     logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
+    ends = np.zeros((n, len(ENDINGS)))
     for _ in range(max_steps):
         actions = act_batch(weights, biases, which, z, h)
         out = rnn.step(z, actions, state)
@@ -230,6 +236,8 @@ def dream_rollouts(
             reward, p_continue = to_host(rnn.xp.stack(reward_and_continue(out)))
             returns += running * reward
             lengths += running >= 0.5
+            if endings:  # success, collision, out of map: the outcome head's classes 1-3
+                ends[:, :3] += running[:, None] * to_host(out.outcome)[:, 1:4]
             running *= p_continue
             alive = running >= SOFT_END
         else:
@@ -237,6 +245,8 @@ def dream_rollouts(
             reward, done_logit = to_host(rnn.xp.stack([out.reward, out.done_logit]))
             reward = reward.astype(np.float64)
             done = done_logit > logit_threshold
+            if endings:
+                ends[np.flatnonzero(alive & done), ending_kind(reward[alive & done])] = 1.0
             returns += np.where(alive, reward, 0.0)
             lengths += alive
             alive &= ~done
@@ -245,4 +255,18 @@ def dream_rollouts(
         z = sample(out.mixture, tau, rng)  # in: the sampling noise, drawn on the host
     # The timeout, weighted by P(still running): 1 in a thresholded dream.
     returns += np.where(alive, running, 0.0) * sn.TIMEOUT_REWARD
-    return returns, lengths
+    if not endings:
+        return returns, lengths
+    ends[:, 3] = np.where(alive, running, 0.0)
+    return returns, lengths, ends
+
+
+# How a dream ends, in the order of `dream_rollouts(..., endings=True)`'s columns.
+ENDINGS = sn.OUTCOMES[1:]  # success, collision, out_of_map, timeout
+
+
+def ending_kind(reward):
+    """(K,) int: the `ENDINGS` column of thresholded dreams that end with these rewards
+    (M's reward head at the ending step): nearest of the task's ending rewards."""
+    rewards = np.array([sn.REACH_REWARD, sn.COLLISION_REWARD, sn.OUTOFMAP_REWARD])
+    return np.abs(np.asarray(reward, np.float64)[:, None] - rewards[None, :]).argmin(axis=1)

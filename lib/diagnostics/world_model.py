@@ -291,25 +291,40 @@ def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_siz
     return np.stack(rows), labels, len(trained)
 
 
-def dream_vs_real(dream: np.ndarray, real: np.ndarray, labels: list, trained: int) -> dict:
+def dream_vs_real(
+    dream: np.ndarray,
+    real: np.ndarray,
+    labels: list,
+    trained: int,
+    dream_endings: np.ndarray | None = None,
+    real_endings: np.ndarray | None = None,
+) -> dict:
     """Summary of the same controllers' fitness in M's dream and in the real room.
 
     Args:
         dream, real: (P,) mean returns of each controller.
         labels: (P,) their names; the first `trained` are trained Cs.
+        dream_endings, real_endings: optional (P, 4) fractions of each controller's
+            episodes that ended in each of `sn.OUTCOMES[1:]` (success, collision,
+            out of map, timeout), in the dream and in the room.
 
     Returns:
         {"labels", "dream", "real" (lists), "spearman", and per trained C its
-        "trained": [{"label", "dream", "real"}]}.
+        "trained": [{"label", "dream", "real"}], with the endings when given
+        ("dream_endings", "real_endings": {ending: fraction})}.
     """
     dream, real = np.asarray(dream, np.float64), np.asarray(real, np.float64)
+    rows = []
+    for i in range(trained):
+        row = {"label": labels[i], "dream": float(dream[i]), "real": float(real[i])}
+        for key, ends in (("dream_endings", dream_endings), ("real_endings", real_endings)):
+            if ends is not None:
+                row[key] = {k: float(v) for k, v in zip(sn.OUTCOMES[1:], ends[i])}
+        rows.append(row)
     return {
         "labels": list(labels),
         "dream": dream.tolist(),
         "real": real.tolist(),
         "spearman": spearman(dream, real),
-        "trained": [
-            {"label": labels[i], "dream": float(dream[i]), "real": float(real[i])}
-            for i in range(trained)
-        ],
+        "trained": rows,
     }
