@@ -13,10 +13,14 @@ On 02's held-out episodes (data/rnn_data/test), each figure beside its baselines
 - its reward head's MSE, done and "this step is a collision" precision and recall;
 - "a collision within --horizon steps", forecast from --samples open-loop samples per
   step: AUC, and precision and recall at --risk-threshold (the look-ahead planner's); the
-  same with M's heads reading the copied or constant-velocity z instead of its samples.
+  same with M's heads reading the copied or constant-velocity z instead of its samples;
+- whole episodes: from each episode's first frame M dreams as many steps as it had,
+  under its real actions; the probability the dream gives the way it really ended
+  (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
 Then --controllers controllers are played in M's dream and in the real environment:
 07's trained Cs for this M (controller, controller_dream), random ones, and perturbations
-of the trained ones; Spearman's rank correlation between their dream and real fitness.
+of the trained ones; Spearman's rank correlation between their dream and real fitness,
+and for the trained Cs how their dreams and their real episodes end.
 
 Reads:
     data/models/vae.npz, rnn_<mode>.npz (with reward and done heads) and, if present,
@@ -160,6 +164,18 @@ def table(r: dict) -> str:
             f"{pr(r['collision_soon'])} | |"
         ),
     ]
+    if "episode_endings" in r:
+        e = r["episode_endings"]
+        lines.append(
+            f"| whole episodes under the real actions: P(the real ending) | "
+            f"{e['real_ending']:.2f} (in its last 6 steps {e['real_ending_on_time']:.2f}) | 1 |"
+        )
+        for kind, row in e["by_real_ending"].items():
+            lines.append(
+                f"| … episodes that ended in {kind} ({row['episodes']}): the dream's "
+                f"endings (success / collision / out of map / still running) | "
+                f"{_endings(row['dream'])} | |"
+            )
     if "dream_vs_real" in r:
         d = r["dream_vs_real"]
         lines.append(
@@ -313,6 +329,10 @@ def main(argv=None):
         if source == "dream":
             result["collision_soon"] = wm.rates(risk > args.risk_threshold, soon)
     result["collision_soon_auc"] = aucs
+
+    # WHOLE EPISODES: does the dream, under the real actions, end as each episode did?
+    endings = wm.episode_endings(rnn, test, rng, args.temperature, weight)
+    result["episode_endings"] = wm.episode_ending_scores(endings)
     result.update(
         horizon=args.horizon, temperature=args.temperature, samples=args.samples,
         risk_threshold=args.risk_threshold, test_steps=len(soon),

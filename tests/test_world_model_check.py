@@ -89,6 +89,39 @@ def test_dream_vs_real_reports_the_trained_cs_endings():
     assert d["spearman"] == pytest.approx(-1.0)
 
 
+def test_whole_episode_endings_of_a_rigged_m_by_hand():
+    """An outcome-head M that ends each step with probability 1 - q, a third for each
+    ending: after T steps each ending has (1 - q**T) / 3 and q**T still runs."""
+    q = 0.9
+    m = MDNRNN(z_size=3, hidden_size=4, outcome_head=True)
+    m.outcome.W.array[:] = 0
+    m.outcome.b.array[:] = np.log([q, (1 - q) / 3, (1 - q) / 3, (1 - q) / 3]).astype(np.float32)
+    data = episodes([12, 3, 8], ["collision", "success", "out_of_map"])
+    e = wm.episode_endings(m, data, np.random.default_rng(0), 0.0, near=2)
+    for i, t in enumerate((12, 3, 8)):
+        third = (1 - q**t) / 3
+        np.testing.assert_allclose(e["mass"][i], [third, third, third, q**t], rtol=1e-5)
+        # on time: the last 3 steps' share, q**(t-3) (1 - q**3) / 3 of each ending
+        late = q ** max(t - 3, 0) * (1 - q ** min(t, 3)) / 3
+        np.testing.assert_allclose(e["on_time"][i, :3], [late] * 3, rtol=1e-5)
+    assert e["real"].tolist() == [1, 0, 2]
+    scores = wm.episode_ending_scores(e)
+    assert scores["real_ending"] == pytest.approx(np.mean([(1 - q**t) / 3 for t in (12, 3, 8)]))
+    assert scores["by_real_ending"]["collision"]["episodes"] == 1
+    assert set(scores["by_real_ending"]) == {"success", "collision", "out_of_map"}
+
+
+def test_whole_episode_endings_of_a_thresholded_m_read_the_reward_head():
+    """Reward and done heads: every step ends with the done probability, as a collision
+    when the reward head says -1; a done head that never fires leaves every dream running."""
+    data = episodes([5, 7], ["collision", "success"])
+    e = wm.episode_endings(rigged_m(-1.0, 20.0), data, np.random.default_rng(0), 0.0)
+    np.testing.assert_allclose(e["mass"], [[0, 1, 0, 0]] * 2, atol=1e-6)
+    never = wm.episode_endings(rigged_m(-1.0, -30.0), data, np.random.default_rng(0), 0.0)
+    np.testing.assert_allclose(never["mass"], [[0, 0, 0, 1]] * 2, atol=1e-6)
+    assert wm.episode_ending_scores(never)["real_ending"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_spearman():
     a = np.array([0.1, 0.5, 0.3, 0.9])
     assert wm.spearman(a, a**3) == pytest.approx(1.0)
@@ -149,6 +182,11 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
                 assert rel == pytest.approx(row["dream"][group] / row["real"][group])
     assert r["open_loop"]["1"]["rows"] > r["open_loop"]["10"]["rows"]
     assert set(r["collision_soon_auc"]) == {"dream", "copy", "velocity"}
+    ends = r["episode_endings"]
+    assert 0 < ends["real_ending_on_time"] <= ends["real_ending"] < 1
+    assert sum(row["episodes"] for row in ends["by_real_ending"].values()) == 2  # test split
+    for row in ends["by_real_ending"].values():
+        assert sum(row["dream"].values()) == pytest.approx(1.0)  # ends, or still runs
     assert r["samples"] == 2 and r["risk_threshold"] == 0.1
     d = r["dream_vs_real"]
     assert len(d["dream"]) == len(d["real"]) == len(d["labels"]) == 5

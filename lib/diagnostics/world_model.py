@@ -7,6 +7,9 @@
   `horizon` steps on its own samples with the real actions and forecasts "a collision
   within `horizon` steps" (a predicted end whose predicted reward is a collision's);
   scored by precision and recall against the real episodes.
+- `episode_endings`: from each episode's first frame, M dreams the whole episode under
+  its real actions; how much of the dream's probability ends the way, and about when,
+  the real episode did (the dream a controller is scored in runs whole episodes).
 - `dream_vs_real` (in the script): the same controllers' fitness in M's dream and in the
   real environment, and how well one ranks the other.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.control.agent import ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
 from lib.diagnostics.open_loop import baseline_z, step_frames
@@ -29,6 +33,7 @@ from lib.models.mdn_rnn import (
     calibrated_done_logit,
     done_logit_threshold,
     mixture_log_prob,
+    sample,
 )
 
 COLLISION_HORIZON = 10  # steps
@@ -206,6 +211,79 @@ def forecast_collisions(
         else:
             z = xp.asarray(baseline_z(data, frames, k + 1, source))
     return hit[:n], risk.reshape(samples, n).mean(axis=0)
+
+
+def episode_endings(rnn, data: LatentEpisodes, rng, tau: float, done_pos_weight=1.0, near=5):
+    """Whole episodes in M's dream under their real actions, all in lockstep.
+
+    From each episode's first frame (V's mean) M dreams on its own samples (`tau`)
+    while the real actions are replayed, for as many steps as the episode had. Each step
+    ends the dream with M's probability of ending (the outcome head's classes; with
+    reward and done heads, the calibrated done probability, its kind read from the
+    reward head as `lib.control.agent.ending_kind` does), and the rest runs on.
+
+    Args:
+        rnn: an M that can dream (outcome head, or reward and done heads).
+        data: the episodes.
+        rng: numpy Generator of M's samples.
+        tau: temperature.
+        done_pos_weight: the done head's training weight (for its calibration).
+        near: an ending counts as "on time" in the last `near` + 1 steps of the episode.
+
+    Returns:
+        dict: "mass" (E, 4), the dream's probability of each ending (success,
+        collision, out of map; the last column: still running when the real episode
+        ended), "on_time" (E, 4), the same counted only over the last `near` + 1
+        steps, and "real" (E,), the column of the real ending (3 for a timeout).
+    """
+    n, lengths = len(data), data.lengths
+    starts = data.step_offsets[:-1]
+    z = np.asarray(data.mu[data.frame_offsets[:-1]], np.float32)
+    state = rnn.initial_state(n)
+    running = np.ones(n)
+    mass, on_time = np.zeros((n, 4)), np.zeros((n, 4))
+    for t in range(int(lengths.max())):
+        live = t < lengths
+        a = np.zeros((n, data.action.shape[1]), np.float32)
+        a[live] = data.action[starts[live] + t]
+        out = rnn.step(rnn.device.send(z), rnn.device.send(a), state)
+        state = out.state
+        if rnn.outcome_head:
+            ends = to_host(out.outcome).astype(np.float64)[:, 1:4]
+        else:
+            reward, logit = (to_host(v).astype(np.float64) for v in (out.reward, out.done_logit))
+            p_end = 1.0 / (1.0 + np.exp(-to_host(calibrated_done_logit(logit, done_pos_weight))))
+            ends = np.zeros((n, 3))
+            ends[np.arange(n), ending_kind(reward)] = p_end
+        step = np.where(live, running, 0.0)[:, None] * ends
+        mass[:, :3] += step
+        on_time[:, :3] += np.where((lengths - t <= near + 1)[:, None], step, 0.0)
+        running = np.where(live, running * (1.0 - ends.sum(axis=1)), running)
+        z = to_host(sample(out.mixture, tau, rng))
+    mass[:, 3] = on_time[:, 3] = running
+    last = data.outcome[data.step_offsets[1:] - 1].astype(np.int64)
+    real = np.where((last >= sn.SUCCESS) & (last <= sn.OUT_OF_MAP), last - sn.SUCCESS, 3)
+    return {"mass": mass, "on_time": on_time, "real": real}
+
+
+def episode_ending_scores(endings: dict) -> dict:
+    """Summary of `episode_endings`: the mean probability the dream gives each episode's
+    real ending (anywhere, and on time), and per kind of real ending the dream's mean
+    probabilities of each ending."""
+    e = np.arange(len(endings["real"]))
+    kinds = sn.OUTCOMES[1:]
+    return {
+        "real_ending": float(endings["mass"][e, endings["real"]].mean()),
+        "real_ending_on_time": float(endings["on_time"][e, endings["real"]].mean()),
+        "by_real_ending": {
+            kinds[k]: {
+                "episodes": int((endings["real"] == k).sum()),
+                "dream": dict(zip(kinds, endings["mass"][endings["real"] == k].mean(0).tolist())),
+            }
+            for k in range(4)
+            if (endings["real"] == k).any()
+        },
+    }
 
 
 def copy_baseline_nll(
