@@ -41,10 +41,13 @@ $(VENV)/.ray-installed: $(VENV)/.installed requirements-ray.txt
 	$(BIN)/pip install --quiet -r requirements-ray.txt
 	touch $@
 
+# pytest runs one worker per core (pytest-xdist), each test file on one worker (its
+# module fixtures built once), and each worker with one BLAS and kernel thread, so the
+# workers do not fight over the cores (tests that check threading pass their own counts).
 test: venv $(VENV)/.ray-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(PY) -m pytest -q
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 lint: venv
 	$(BIN)/ruff format .

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 
 import chainer
 import chainer.functions as F
@@ -217,21 +218,26 @@ def test_bad_activation_is_rejected():
         )
 
 
+@pytest.mark.parametrize("threads", [None, 1, 2, 3])  # None: kernel_threads(), as the kernels
 @pytest.mark.parametrize("n", [0, 1, 2, 7])
-def test_parallel_covers_every_item_once(n):
+def test_parallel_covers_every_item_once(n, threads):
     seen = np.zeros(n, int)
+    callers = set()
 
     def mark(lo, hi):
         seen[lo:hi] += 1
+        callers.add(threading.get_ident())
 
-    runtime.parallel_ranges(mark, n)
+    runtime.parallel_ranges(mark, n, threads)
     np.testing.assert_array_equal(seen, 1)
+    if threads is not None and n > 0:  # the caller takes the first part, the pool the rest
+        assert (len(callers) >= 2) == (min(n, threads) >= 2)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_parallel_works_in_a_forked_child():
     """A child forked after the pool started gets a pool of its own (no hang)."""
-    runtime.parallel_ranges(lambda lo, hi: None, 4)
+    runtime.parallel_ranges(lambda lo, hi: None, 4, threads=2)
     pid = os.fork()
     if pid == 0:  # child: exit code 0 on success, killed by SIGALRM on a hang
         signal.alarm(20)
@@ -240,7 +246,7 @@ def test_parallel_works_in_a_forked_child():
         def mark(lo, hi):
             seen[lo:hi] += 1
 
-        runtime.parallel_ranges(mark, 4)
+        runtime.parallel_ranges(mark, 4, threads=2)
         os._exit(0 if (seen == 1).all() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
