@@ -46,6 +46,20 @@ def test_a_target_linear_in_the_features_scores_one_and_noise_scores_about_zero(
     assert out["goal_sin"]["lambda"] in probe.LAMBDAS
 
 
+@pytest.mark.parametrize("rows", [40, 400])  # fewer rows than features: the dual form
+def test_ridge_weights_solve_the_penalised_normal_equations(rows):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(rows, 120)) * rng.uniform(0.5, 3.0, 120) + 2.0
+    y = rng.normal(size=(rows, 2))
+    ridge = probe.Ridge(x, y)
+    assert ridge.dual == (rows < 120)
+    xs = (x - x.mean(0)) / x.std(0)
+    for lam in (0.1, 10.0):
+        w = np.linalg.solve(xs.T @ xs + lam * np.eye(120), xs.T @ (y - y.mean(0)))
+        np.testing.assert_allclose(ridge.weights(lam), w, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(ridge.predict(x[:5], lam), xs[:5] @ w + y.mean(0), rtol=1e-7)
+
+
 def test_person_quantities_are_fitted_and_scored_where_a_person_is_near():
     rng = np.random.default_rng(1)
     n = 2000
