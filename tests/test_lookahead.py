@@ -527,7 +527,7 @@ def data_dir(tmp_path):
     return d
 
 
-SMALL = ("--episodes", 12, "--epochs", 2, "--batch-size", 64, "--width", 16, "--n-envs", 4)
+SMALL = ("--episodes", 8, "--epochs", 2, "--batch-size", 64, "--width", 16, "--n-envs", 4)
 
 
 def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_dir, tmp_path):
