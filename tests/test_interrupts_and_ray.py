@@ -1,165 +1,27 @@
 """Ctrl-C and kill -9 during training, then --resume, give the uninterrupted run's
-weights; `--backend ray` makes the same data."""
+weights (03 and 04 here, 07 and the look-ahead trainer in test_interrupts_controllers.py:
+two files, so that pytest's workers share them); `--backend ray` makes the same data."""
 
-import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from chainer import serializers
-from cli_helpers import assert_same_arrays
-
-from lib import manifest
-from lib.models import checkpoints
-from lib.models.controller import Controller
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from interruption import interrupt_and_resume, run_whole, script
 
 
-def script(name, *args):
-    return [sys.executable, os.path.join(ROOT, name), *map(str, args)]
-
-
-# Each training script at tiny sizes: its arguments, its snapshot (whose first appearance
-# marks the first finished epoch or generation: from then on a run can be resumed), and
-# the files an uninterrupted run and a resumed one must hold alike, array for array.
-TRAINERS = {
-    "03": (
-        "03_train_vae.py",
-        ["--epochs", 3, "--batch-size", 8, "--test-frames", 0, "--z-size", 8],
-        "vae_snapshot.npz",
-        ["vae.npz", "vae_snapshot.npz"],
-    ),
-    "04": (
-        "04_train_rnn.py",
-        ["--mode", "dream", "--epochs", 3, "--batch-size", 2, "--hidden", 16, "--seq-len", 8],
-        "rnn_dream_snapshot.npz",
-        ["rnn_dream.npz", "rnn_dream_snapshot.npz"],
-    ),
-    "07": (
-        "07_train_controller.py",
-        [  # 12 generations of well under a second each: a signal after the first lands mid-run
-            "--epochs",
-            12,
-            "--popsize",
-            6,
-            "--trials",
-            2,
-            "--max-steps",
-            40,
-            "--workers",  # a pool: Ctrl-C reaches its workers too, as at a terminal
-            2,
-            "--eval-every",
-            2,
-            "--eval-episodes",
-            2,
-            "--dream",
-        ],
-        "controller_es.npz",
-        ["controller_es.npz", "controller.npz"],
-    ),
-    "lookahead": (  # needs a C: fresh_copy gives it a random one
-        "train_lookahead.py",
-        [
-            "--rounds",
-            "2",
-            "--episodes",
-            "8",
-            "--epochs",
-            "3",
-            "--batch-size",
-            "16",
-            "--width",
-            "8",
-            "--n-envs",
-            "4",
-            "--no-pixels",
-        ],
-        "lookahead_snapshot.npz",
-        ["lookahead.npz", "lookahead_snapshot.npz"],
-    ),
-}
-
-
-def with_random_controller(d):
-    """A C for `d`'s V and M (random weights), as 07 would save it."""
-    rnn, _ = checkpoints.load_rnn(str(d), "dream")
-    c = Controller(rnn.z_size, rnn.hidden_size)
-    c.set_flat(np.random.default_rng(0).normal(0, 0.1, c.size).astype(np.float32))
-    serializers.save_npz(d / "models" / "controller.npz", c)
-    manifest.write_json(d / "models" / "controller.json", {
-        "config": c.config(), "rnn_mode": "dream",
-        "trained_with": checkpoints.model_hashes(str(d), "dream"),
-    })  # fmt: skip
-
-
-def fresh_copy(tiny_models, dst, snapshot):
-    shutil.copytree(tiny_models, dst)
-    for f in (dst / "models").glob(snapshot.replace(".npz", ".*")):
-        f.unlink()  # so that its appearance marks the first finished epoch
-    if snapshot.startswith("lookahead"):
-        with_random_controller(dst)
-    return dst
-
-
-@pytest.fixture(scope="module", params=sorted(TRAINERS))
+@pytest.fixture(scope="module", params=["03", "04"])
 def uninterrupted(request, tiny_models, tmp_path_factory):
-    name, args, first, _ = TRAINERS[request.param]
-    d = fresh_copy(tiny_models, tmp_path_factory.mktemp("whole") / "d", first)
-    subprocess.run(script(name, *args, "--overwrite", "--data-dir", d), check=True,
-                   capture_output=True, cwd=ROOT)  # fmt: skip
-    return request.param, d
+    return run_whole(request.param, tiny_models, tmp_path_factory)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_an_interrupted_run_resumes_to_the_same_weights(uninterrupted, sig, tiny_models, tmp_path):
     """Ctrl-C (a snapshot mid-epoch, exit 130, one message naming --resume) or kill -9 (no
     chance to save: the last epoch's snapshot) during the second epoch, then --resume:
-    the weights, the optimizer's or CMA-ES's state and the counters are those of the
-    uninterrupted run, bit for bit."""
-    key, whole = uninterrupted
-    name, args, first, compared = TRAINERS[key]
-    d = fresh_copy(tiny_models, tmp_path / "d", first)
-    proc = subprocess.Popen(
-        script(name, *args, "--overwrite", "--data-dir", d), cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        # As at a terminal: a shell's background job (nohup, CI) inherits SIGINT ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-        start_new_session=True,  # its own process group, which a terminal signals whole
-    )  # fmt: skip
-    deadline = time.time() + 240
-    while not (d / "models" / first).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"{name} ended before it could be interrupted"
-    os.killpg(proc.pid, sig)  # the script and any worker it has, as Ctrl-C does
-    out, err = proc.communicate(timeout=120)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
-        assert "Traceback" not in err, err
-        assert "--resume" in out + err
-    else:
-        assert proc.returncode == -signal.SIGKILL
-    done = subprocess.run(script(name, *args, "--resume", "--data-dir", d), cwd=ROOT,
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert done.returncode == 0, (out, err, done.stderr)
-    for f in compared:
-        assert_same_arrays(whole / "models" / f, d / "models" / f, skip=("state",))
-        with np.load(whole / "models" / f) as a, np.load(d / "models" / f) as b:
-            if "state" in a.files:  # the run's counters and log, wall-clock times aside
-                assert untimed(a["state"]) == untimed(b["state"])
-
-
-def untimed(state):
-    """A snapshot's JSON state without the seconds its log rows record."""
-    state = json.loads(str(state))
-    for row in state.get("log", []):
-        row.pop("seconds", None)
-    return state
+    the weights, the optimizer's state and the counters are those of the uninterrupted
+    run, bit for bit."""
+    interrupt_and_resume(uninterrupted, sig, tiny_models, tmp_path)
 
 
 def test_rollouts_through_ray_match_local(tmp_path):
