@@ -71,3 +71,23 @@ def tiny_models(tmp_path_factory):
     """Tiny data and models (`cli_helpers.make_tiny_models`) shared by the diagnostics'
     tests, which only add their own files under results/."""
     return make_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+# The files that run the scripts end to end take the longest (`--durations=0`, two
+# workers: 70-140 s each). `make test` gives each worker whole files in collection order
+# (pytest-xdist's loadfile), so these go first and the workers end together instead of
+# one finishing a long file alone.
+LONGEST_FIRST = (
+    "test_interrupts_controllers.py",
+    "test_controller.py",
+    "test_vae_scripts.py",
+    "test_lookahead.py",
+    "test_interrupts_and_ray.py",
+    "test_rnn_scripts.py",
+    "test_map_rnn.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

@@ -43,9 +43,9 @@ TRAINERS = {
     ),
     "07": (
         "07_train_controller.py",
-        [  # 12 generations of well under a second each: a signal after the first lands mid-run
+        [  # 8 generations of about a second each: a signal after the first lands mid-run
             "--epochs",
-            12,
+            8,
             "--popsize",
             6,
             "--trials",
