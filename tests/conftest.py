@@ -85,6 +85,8 @@ LONGEST_FIRST = (
     "test_interrupts_and_ray.py",
     "test_rnn_scripts.py",
     "test_map_rnn.py",
+    "test_pipeline.py",
+    "test_data_scripts.py",
 )
 
 
