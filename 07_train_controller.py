@@ -274,11 +274,6 @@ def imitate(args, vae, rnn, config, models, interrupt):
     total = args.imitate_iterations * args.imitate_episodes
     with tqdm(total=total, desc="imitation", unit="ep", leave=False) as bar:
 
-        def episode_done(ep):
-            bar.update(1)
-            if interrupt.requested:  # between episodes, never inside the kernels
-                raise training.Stopped("interrupted during imitation", 130)
-
         def report(row):
             bar.write(
                 f"imitation {row.iteration + 1}/{args.imitate_iterations}: {row.driver} drove "
@@ -287,6 +282,7 @@ def imitate(args, vae, rnn, config, models, interrupt):
                 f"on {row.steps} labelled steps"
             )
 
+        progress = interrupt.checking(bar)  # between episodes, never inside the kernels
         params, history = dagger(
             vae,
             rnn,
@@ -296,7 +292,7 @@ def imitate(args, vae, rnn, config, models, interrupt):
             args.imitate_iterations,
             args.imitate_episodes,
             on_iteration=report,
-            on_episode=episode_done,
+            on_episode=lambda ep: progress.update(1),
         )
     manifest.write_json(
         os.path.join(models, f"{args.name}_imitation.json"),

@@ -40,6 +40,7 @@ Writes:
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import contextlib
 import os
 import time
 
@@ -301,126 +302,110 @@ def main(argv=None):
     # Ctrl-C is deferred to the end of the episode or batch under way, then the run stops
     # with what the last epoch saved: --resume replays the unfinished round or epoch from
     # its seeds, so the result is the uninterrupted run's. A second Ctrl-C aborts at once.
-    saved = dict(done)
-    with training.DeferredInterrupt() as interrupt:
-        try:
-            for k in range(1, args.rounds + 1):
-                # PLAY AND LABEL (a round whose rows were saved is not replayed)
-                path = os.path.join(folder, f"round_{k}.npz")
-                if not os.path.exists(path):
-                    first = k == 1
-                    recorder = la.Recorder(
-                        args.n_envs, vae, rnn, params, None if first else head, la.LookaheadSettings(),
-                        args.explore, args.keep_safe, max(head.horizons),
-                        derive_seed(args.seed, "lookahead/explore", k), encoder=encoder,
-                        pixels=args.pixels,
-                    )  # fmt: skip
-                    recorder.picture_from = int(0.9 * args.episodes)  # held out: see split()
-                    seeds = derive_seeds(args.seed, f"lookahead/round{k}", args.episodes)
-                    start = time.perf_counter()
-                    with tqdm(
-                        total=args.episodes, desc=f"round {k}: play and label", unit="ep"
-                    ) as bar:
-                        summary, _ = evaluate(
-                            recorder, seeds, config, args.n_envs, progress=Checked(bar, interrupt)
-                        )
-                    rows = recorder.data()
-                    rows["n_episodes"] = np.array([args.episodes])
-                    with atomic_path(path) as tmp:
-                        np.savez(tmp, **rows)
-                    print(
-                        f"round {k}: {'C' if first else 'the planner'} with exploration: success "
-                        f"{summary['success_rate']:.1%}, collisions {summary['collision_rate']:.1%}; "
-                        f"kept {len(rows['x'])} of {recorder.seen} rows ({time.perf_counter() - start:.0f} s)"
+    saved = dict(done)  # what the last finished epoch saved, for the exit message
+    with (
+        training.DeferredInterrupt() as interrupt,
+        stops_with_what_is_saved(saved, snapshot_path, folder),
+    ):
+        for k in range(1, args.rounds + 1):
+            # PLAY AND LABEL (a round whose rows were saved is not replayed)
+            path = os.path.join(folder, f"round_{k}.npz")
+            if not os.path.exists(path):
+                first = k == 1
+                recorder = la.Recorder(
+                    args.n_envs, vae, rnn, params, None if first else head, la.LookaheadSettings(),
+                    args.explore, args.keep_safe, max(head.horizons),
+                    derive_seed(args.seed, "lookahead/explore", k), encoder=encoder,
+                    pixels=args.pixels,
+                )  # fmt: skip
+                recorder.picture_from = int(0.9 * args.episodes)  # held out: see split()
+                seeds = derive_seeds(args.seed, f"lookahead/round{k}", args.episodes)
+                start = time.perf_counter()
+                with tqdm(total=args.episodes, desc=f"round {k}: play and label", unit="ep") as bar:
+                    summary, _ = evaluate(
+                        recorder, seeds, config, args.n_envs, progress=interrupt.checking(bar)
                     )
-                    # the rows are read back below; two copies would double memory
-                    del recorder, rows
-                if k < done["round"] or (k == done["round"] and done["epoch"] >= args.epochs):
-                    continue
-
-                # TRAIN on every round so far
-                rows, held = split(load_rounds(folder, k))
-                if args.pixels and rows["crops"] is None:
-                    cli.fail(
-                        f"{folder}: the saved rounds have no frames' crops (played with --no-pixels) "
-                        "— pass --no-pixels, or --overwrite to replay them"
-                    )
-                crops = rows["crops"] if args.pixels else None
-                if k == 1 and done["round"] == 0 and done["epoch"] == 0:
-                    head.set_normalization(*head_lib.moments(rows["x"], ~held, crops_rows=crops))
-                train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
-                first_epoch = done["epoch"] if k == done["round"] else 0
-                for epoch in range(first_epoch, args.epochs):
-                    # Each head its own batch order (the first's is that of a single head).
-                    orders = [
-                        np.random.default_rng(
-                            derive_seed(args.seed, "lookahead/epoch", k, epoch, *([m] if m else []))
-                        ).permutation(train_idx)
-                        for m in range(args.heads)
-                    ]
-                    start, total = time.perf_counter(), 0.0
-                    batches = range(0, len(train_idx), args.batch_size)
-                    for i in tqdm(
-                        batches, desc=f"round {k} epoch {epoch + 1}/{args.epochs}", unit="batch"
-                    ):
-                        loss = 0
-                        for member, order in zip(head_lib.members(head), orders):
-                            b = order[i : i + args.batch_size]
-                            x = head_lib.row_features(
-                                rows["x"][b], None if crops is None else crops[b]
-                            )
-                            loss += head_lib.loss(member, x, rows["actions"][b], rows["fail"][b])
-                        value = float(loss.array) / args.heads
-                        if not np.isfinite(value):
-                            cli.fail(
-                                f"the look-ahead loss is {value} in round {k}, epoch {epoch + 1}",
-                                code=1,
-                            )
-                        head.cleargrads()
-                        loss.backward()
-                        optimizer.update()
-                        total += value * len(orders[0][i : i + args.batch_size])
-                    if interrupt.requested:
-                        raise training.Stopped("", 130)
-                    metrics = head_lib.held_out_metrics(
-                        head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
-                        la.LABEL_GRID**2, crops_rows=None if crops is None else crops[held_idx],
-                    )  # fmt: skip
-                    row = {"round": k, "epoch": epoch + 1, "rows": len(train_idx)}
-                    row["train_loss"] = round(total / max(len(train_idx), 1), 5)
-                    row.update({key: round(v, 4) for key, v in metrics.items()})
-                    row["seconds"] = round(time.perf_counter() - start, 1)
-                    history.append(row)
-                    state = {"round": k, "epoch": epoch + 1, "identity": identity, "log": history}
-                    sidecar = {
-                        "config": head.config(), "identity": identity, "rounds": k, "epochs": epoch + 1,
-                        "last": row, "args": vars(args), "versions": manifest.versions(),
-                    }  # fmt: skip
-                    # The head first: a snapshot on disk then always has its head's
-                    # sidecar beside it, whenever a kill -9 lands.
-                    training.save_model(head_path, head, sidecar)
-                    training.save_snapshot(snapshot_path, head, optimizer, state)
-                    saved = {"round": k, "epoch": epoch + 1}
-                    write_log(os.path.join(models, "lookahead_log.csv"), history)
-                    print(
-                        f"round {k} epoch {epoch + 1}: loss {row['train_loss']:.4f}, held-out AUC "
-                        + ", ".join(f"{h} steps {row[f'auc_{h}']:.3f}" for h in head.horizons)
-                        + f"; safe pick {row['safe_pick']:.1%} of {row['mixed_rows']} mixed rows"
-                    )
-                done = {"round": k, "epoch": args.epochs}
-
-        except (training.Stopped, KeyboardInterrupt):
-            if saved["epoch"] == 0:
-                cli.fail(
-                    "interrupted before the first epoch ended: nothing to resume — rerun "
-                    f"without --resume (the rounds played so far, in {folder}, are kept)",
-                    code=130,
+                rows = recorder.data()
+                rows["n_episodes"] = np.array([args.episodes])
+                with atomic_path(path) as tmp:
+                    np.savez(tmp, **rows)
+                print(
+                    f"round {k}: {'C' if first else 'the planner'} with exploration: success "
+                    f"{summary['success_rate']:.1%}, collisions {summary['collision_rate']:.1%}; "
+                    f"kept {len(rows['x'])} of {recorder.seen} rows ({time.perf_counter() - start:.0f} s)"
                 )
-            cli.stopped(training.Stopped(
-                f"interrupted: {snapshot_path} holds round {saved['round']}, epoch "
-                f"{saved['epoch']} (the work under way is redone) — continue with --resume",
-                130,
-            ))  # fmt: skip
+                # the rows are read back below; two copies would double memory
+                del recorder, rows
+            if k < done["round"] or (k == done["round"] and done["epoch"] >= args.epochs):
+                continue
+
+            # TRAIN on every round so far
+            rows, held = split(load_rounds(folder, k))
+            if args.pixels and rows["crops"] is None:
+                cli.fail(
+                    f"{folder}: the saved rounds have no frames' crops (played with --no-pixels) "
+                    "— pass --no-pixels, or --overwrite to replay them"
+                )
+            crops = rows["crops"] if args.pixels else None
+            if k == 1 and done["round"] == 0 and done["epoch"] == 0:
+                head.set_normalization(*head_lib.moments(rows["x"], ~held, crops_rows=crops))
+            train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
+            first_epoch = done["epoch"] if k == done["round"] else 0
+            for epoch in range(first_epoch, args.epochs):
+                # Each head its own batch order (the first's is that of a single head).
+                orders = [
+                    np.random.default_rng(
+                        derive_seed(args.seed, "lookahead/epoch", k, epoch, *([m] if m else []))
+                    ).permutation(train_idx)
+                    for m in range(args.heads)
+                ]
+                start, total = time.perf_counter(), 0.0
+                batches = range(0, len(train_idx), args.batch_size)
+                for i in tqdm(
+                    batches, desc=f"round {k} epoch {epoch + 1}/{args.epochs}", unit="batch"
+                ):
+                    loss = 0
+                    for member, order in zip(head_lib.members(head), orders):
+                        b = order[i : i + args.batch_size]
+                        x = head_lib.row_features(rows["x"][b], None if crops is None else crops[b])
+                        loss += head_lib.loss(member, x, rows["actions"][b], rows["fail"][b])
+                    value = float(loss.array) / args.heads
+                    if not np.isfinite(value):
+                        cli.fail(
+                            f"the look-ahead loss is {value} in round {k}, epoch {epoch + 1}",
+                            code=1,
+                        )
+                    head.cleargrads()
+                    loss.backward()
+                    optimizer.update()
+                    total += value * len(orders[0][i : i + args.batch_size])
+                interrupt.raise_if_interrupted()
+                metrics = head_lib.held_out_metrics(
+                    head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
+                    la.LABEL_GRID**2, crops_rows=None if crops is None else crops[held_idx],
+                )  # fmt: skip
+                row = {"round": k, "epoch": epoch + 1, "rows": len(train_idx)}
+                row["train_loss"] = round(total / max(len(train_idx), 1), 5)
+                row.update({key: round(v, 4) for key, v in metrics.items()})
+                row["seconds"] = round(time.perf_counter() - start, 1)
+                history.append(row)
+                state = {"round": k, "epoch": epoch + 1, "identity": identity, "log": history}
+                sidecar = {
+                    "config": head.config(), "identity": identity, "rounds": k, "epochs": epoch + 1,
+                    "last": row, "args": vars(args), "versions": manifest.versions(),
+                }  # fmt: skip
+                # The head first: a snapshot on disk then always has its head's
+                # sidecar beside it, whenever a kill -9 lands.
+                training.save_model(head_path, head, sidecar)
+                training.save_snapshot(snapshot_path, head, optimizer, state)
+                saved.update(round=k, epoch=epoch + 1)
+                write_log(os.path.join(models, "lookahead_log.csv"), history)
+                print(
+                    f"round {k} epoch {epoch + 1}: loss {row['train_loss']:.4f}, held-out AUC "
+                    + ", ".join(f"{h} steps {row[f'auc_{h}']:.3f}" for h in head.horizons)
+                    + f"; safe pick {row['safe_pick']:.1%} of {row['mixed_rows']} mixed rows"
+                )
+            done = {"round": k, "epoch": args.epochs}
 
     # OUTPUTS
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
@@ -432,17 +417,25 @@ def main(argv=None):
     print(f"picture: {picture}" if drawn else "no held-out state with a failing action to draw")
 
 
-class Checked:
-    """A progress bar that also stops the run (`training.Stopped`) after the episode
-    during which Ctrl-C was pressed (`interrupt`: a `training.DeferredInterrupt`)."""
-
-    def __init__(self, bar, interrupt):
-        self.bar, self.interrupt = bar, interrupt
-
-    def update(self, n=1):
-        self.bar.update(n)
-        if self.interrupt.requested:
-            raise training.Stopped("", 130)
+@contextlib.contextmanager
+def stops_with_what_is_saved(saved, snapshot_path, folder):
+    """Ends the run in one message when Ctrl-C stops it (`training.Stopped` from the
+    deferred interrupt, or a second Ctrl-C): what `saved` (the last finished round and
+    epoch, kept up to date by the caller) holds, and how to continue."""
+    try:
+        yield
+    except (training.Stopped, KeyboardInterrupt):
+        if saved["epoch"] == 0:
+            cli.fail(
+                "interrupted before the first epoch ended: nothing to resume — rerun "
+                f"without --resume (the rounds played so far, in {folder}, are kept)",
+                code=130,
+            )
+        cli.stopped(training.Stopped(
+            f"interrupted: {snapshot_path} holds round {saved['round']}, epoch "
+            f"{saved['epoch']} (the work under way is redone) — continue with --resume",
+            130,
+        ))  # fmt: skip
 
 
 def write_log(path, history):

@@ -296,6 +296,17 @@ class DeferredInterrupt:
         if self.requested_now:
             self.stop(snapshot_path, where)
 
+    def raise_if_interrupted(self) -> None:
+        """Raises `Stopped` (code 130) if Ctrl-C was pressed: for a loop with nothing to
+        save mid-way, whose caller says what is kept (the iteration budget aside)."""
+        if self.requested:
+            raise Stopped("interrupted", 130)
+
+    def checking(self, bar) -> _CheckingProgress:
+        """`bar` (a tqdm-like progress bar) whose `update` also calls
+        `raise_if_interrupted`: a run of episodes then stops after the one under way."""
+        return _CheckingProgress(bar, self)
+
     def stop(self, snapshot_path: str, where: str):
         """Raises `Stopped` saying what was saved: code 130 after Ctrl-C, 0 after the budget."""
         why = "interrupted" if self.requested else f"stopped after {self.done} batches"
@@ -322,3 +333,14 @@ class DeferredInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
+
+
+class _CheckingProgress:
+    """See `DeferredInterrupt.checking`."""
+
+    def __init__(self, bar, interrupt: DeferredInterrupt):
+        self.bar, self.interrupt = bar, interrupt
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.interrupt.raise_if_interrupted()

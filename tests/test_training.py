@@ -45,3 +45,23 @@ def test_end_of_epoch_snapshots_and_exit():
     with pytest.raises(training.Stopped, match="continue with --resume") as e:
         budget.stop_if_requested("snap.npz", "after epoch 1")
     assert e.value.code == 0  # the budget, not Ctrl-C
+
+
+def test_a_checking_progress_bar_stops_after_the_unit_under_way():
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    stop = training.DeferredInterrupt()
+    bar = Bar()
+    progress = stop.checking(bar)
+    progress.update(1)  # nothing requested
+    stop.raise_if_interrupted()
+    stop.requested = True  # as the first Ctrl-C leaves it
+    with pytest.raises(training.Stopped) as e:
+        progress.update(1)
+    assert bar.n == 2 and e.value.code == 130  # counted, then stopped
+    with pytest.raises(training.Stopped):
+        stop.raise_if_interrupted()
