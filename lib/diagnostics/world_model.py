@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.control.agent import ending_kind
+from lib.control.agent import ENDINGS, ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
 from lib.diagnostics.open_loop import baseline_z, step_frames
@@ -271,14 +271,13 @@ def episode_ending_scores(endings: dict) -> dict:
     real ending (anywhere, and on time), and per kind of real ending the dream's mean
     probabilities of each ending."""
     e = np.arange(len(endings["real"]))
-    kinds = sn.OUTCOMES[1:]
     return {
         "real_ending": float(endings["mass"][e, endings["real"]].mean()),
         "real_ending_on_time": float(endings["on_time"][e, endings["real"]].mean()),
         "by_real_ending": {
-            kinds[k]: {
+            ENDINGS[k]: {
                 "episodes": int((endings["real"] == k).sum()),
-                "dream": dict(zip(kinds, endings["mass"][endings["real"] == k].mean(0).tolist())),
+                "dream": dict(zip(ENDINGS, endings["mass"][endings["real"] == k].mean(0).tolist())),
             }
             for k in range(4)
             if (endings["real"] == k).any()
@@ -383,8 +382,8 @@ def dream_vs_real(
         dream, real: (P,) mean returns of each controller.
         labels: (P,) their names; the first `trained` are trained Cs.
         dream_endings, real_endings: optional (P, 4) fractions of each controller's
-            episodes that ended in each of `sn.OUTCOMES[1:]` (success, collision,
-            out of map, timeout), in the dream and in the room.
+            episodes that ended in each of `lib.control.agent.ENDINGS` (success,
+            collision, out of map, timeout), in the dream and in the room.
 
     Returns:
         {"labels", "dream", "real" (lists), "spearman", and per trained C its
@@ -397,7 +396,7 @@ def dream_vs_real(
         row = {"label": labels[i], "dream": float(dream[i]), "real": float(real[i])}
         for key, ends in (("dream_endings", dream_endings), ("real_endings", real_endings)):
             if ends is not None:
-                row[key] = {k: float(v) for k, v in zip(sn.OUTCOMES[1:], ends[i])}
+                row[key] = {k: float(v) for k, v in zip(ENDINGS, ends[i])}
         rows.append(row)
     return {
         "labels": list(labels),
