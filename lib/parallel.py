@@ -144,9 +144,12 @@ def imap_unordered(pool, fn, tasks: Iterable) -> Iterator:
 
 
 def shutdown(pool, wait: bool = False) -> None:
-    """Stops `pool`'s workers; with `wait`, after the tasks already given finish."""
+    """Stops `pool`'s workers; with `wait`, after the tasks already given finish, without
+    it after the tasks already running (the others are cancelled). A local pool is always
+    joined: its manager thread, left running, races the interpreter's exit handler over
+    its wake-up pipe ("Exception ignored ... Bad file descriptor" after a clean exit)."""
     if is_local(pool):
-        pool.shutdown(wait=wait, cancel_futures=not wait)
+        pool.shutdown(wait=True, cancel_futures=not wait)
     else:
         if wait:
             pool.close()
