@@ -27,12 +27,19 @@ Reads:
         controller.npz (--controller), with sidecars.
 Writes:
     data/lookahead_data/round_<k>.npz: round k's labelled rows, with --pixels their
-        frames' crops (a finished round is not replayed by --resume).
+        frames' crops, and what they were played for (V, M and C by content, and the
+        flags): a saved round is reused, by --resume or a new run, only if that matches.
     data/models/lookahead.npz (+ .json): the --heads heads; the sidecar names V, M
-        and C and the rounds and epochs done. lookahead_snapshot.npz: the optimizer,
-        for --resume.
-    data/models/lookahead_log.csv: per round and epoch, the training loss and the
-        held-out AUC per horizon and safe-pick rate.
+        and C and the rounds and epochs done.
+    data/models/lookahead_snapshot.npz (+ .json): the run as 03's and 04's are
+        (lib/checkpointer.py): heads, Adam, and the epoch and batch reached, saved after
+        every epoch and, on Ctrl-C or --max-iterations, after the batch in hand;
+        --resume continues it exactly. Epochs count over all rounds: round k holds
+        epochs (k - 1) * --epochs + 1 to k * --epochs. Ctrl-C while a round plays stops
+        after the episode in hand, and the round is replayed from its seeds.
+    data/models/lookahead_log.csv: per epoch (counted over all rounds, then round and
+        epoch within it), the training loss and the held-out AUC per horizon and
+        safe-pick rate.
     data/results/lookahead.png: held-out states: the frame, and the risk of each
         grid action held for 10 steps as the head forecasts it and as it is.
 """
@@ -40,7 +47,7 @@ Writes:
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
-import contextlib
+import json
 import os
 import time
 
@@ -53,6 +60,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, devices, manifest, training
+from lib.checkpointer import Checkpointer
 from lib.control import lookahead as la
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate
@@ -62,8 +70,9 @@ from lib.models import checkpoints
 from lib.models import lookahead as head_lib
 from lib.seeding import derive_seed, derive_seeds
 
-LOG_FIELDS = ["round", "epoch", "rows", "train_loss"] + [f"auc_{k}" for k in head_lib.HORIZONS]
-LOG_FIELDS += ["safe_pick", "mixed_rows", "seconds"]
+# "epochs" counts all rounds' epochs (the run's position); "epoch" is within the round
+LOG_FIELDS = ["epochs", "round", "epoch", "rows", "train_loss"]
+LOG_FIELDS += [f"auc_{k}" for k in head_lib.HORIZONS] + ["safe_pick", "mixed_rows", "seconds"]
 
 
 def parse_args(argv=None):
@@ -123,11 +132,10 @@ def parse_args(argv=None):
     )
     cli.add_n_envs_arg(p)
     cli.add_gpu_arg(p, "V, M and the head")
-    cli.add_resume_args(p, "data/models/lookahead_snapshot.npz", "a trained head")
+    cli.add_run_args(p, "data/models/lookahead_snapshot.npz")
     cli.add_common_args(p)
     args = p.parse_args(argv)
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite exclude each other")
+    cli.check_run_args(p, args)
     trunk = getattr(args, "trunk", None)
     if trunk == "conv" and not args.pixels:
         p.error("--trunk conv reads the frames' crops — drop --no-pixels, or pass --trunk dense")
@@ -142,16 +150,60 @@ def unit_interval(text):
     return value
 
 
-def load_rounds(folder, rounds):
-    """The rows of finished rounds 1..rounds that exist, as one dict, and their count."""
+def load_rounds(folder, rounds, identity):
+    """The saved rows of rounds 1..rounds that exist (a list of dicts), each checked to
+    have been played for `identity` (`round_identity`).
+
+    Raises:
+        ValueError: a round was played for another agent or with other settings.
+    """
     parts = []
     for k in range(1, rounds + 1):
-        path = os.path.join(folder, f"round_{k}.npz")
+        path = round_path(folder, k)
         if not os.path.exists(path):
             break
         with np.load(path, allow_pickle=False) as f:
-            parts.append({key: f[key] for key in f.files})
+            part = {key: f[key] for key in f.files}
+        played = json.loads(str(part.pop("identity"))) if "identity" in part else {}
+        wanted = round_identity(identity, k)
+        if identity["pixels"] and "crops" not in part:
+            raise ValueError(
+                f"{path}: the saved round has no frames' crops (played with --no-pixels) "
+                "— pass --no-pixels, or --overwrite to replay it"
+            )
+        differ = sorted(key for key in wanted if played.get(key) != wanted[key])
+        if differ:
+            raise ValueError(
+                f"{path} was played with other {', '.join(differ)} (another V, M or C, or "
+                "other flags) — pass --overwrite to replay it, or the flags it was played with"
+            )
+        parts.append(part)
     return parts
+
+
+def round_path(folder, k):
+    return os.path.join(folder, f"round_{k}.npz")
+
+
+def round_identity(identity, k):
+    """What round k's rows depend on: the agent and the flags that shape play and, from
+    the second round on, the head that plays (`run_identity`), and the round."""
+    return {**identity, "round": k}
+
+
+def run_identity(args, models, rnn_name):
+    """The agent (V, M, C by content) and the flags a run's rows and head depend on: a
+    snapshot or a saved round made with another is not reused."""
+    flags = ("episodes", "explore", "keep_safe", "epochs", "batch_size", "lr", "width")
+    flags += ("pixels", "trunk", "heads", "seed")
+    return {
+        "vae_sha1": file_hash(os.path.join(models, "vae.npz")),
+        "rnn": rnn_name,
+        "rnn_sha1": file_hash(os.path.join(models, rnn_name)),
+        "controller": f"{args.controller}.npz",
+        "controller_sha1": file_hash(os.path.join(models, f"{args.controller}.npz")),
+        **{flag: getattr(args, flag) for flag in flags},
+    }
 
 
 def split(parts):
@@ -224,28 +276,25 @@ def main(argv=None):
     models = os.path.join(args.data_dir, "models")
     folder = os.path.join(args.data_dir, "lookahead_data")
     head_path = os.path.join(models, "lookahead.npz")
-    snapshot_path = os.path.join(models, "lookahead_snapshot.npz")
     print(
         f"train_lookahead: {args.rounds} rounds x {args.episodes} episodes (explore {args.explore}), "
         f"{args.epochs} epochs per round, {args.heads} {args.trunk} heads reading "
         f"{'z, h and the frame centre' if args.pixels else 'z and h'}, seed {args.seed}"
     )
 
-    # CHECKS: the agent exists; nothing is written before this passes.
+    # CHECKS: the agent exists, and --resume / --overwrite fit what is on disk; nothing
+    # is written before they pass.
     try:
         device = devices.select_device(args.gpu)
         controller, c_sidecar, vae, v_sidecar, rnn, _ = checkpoints.load_agent(
             args.data_dir, args.controller, device
         )
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        run = Checkpointer.from_args(os.path.join(models, "lookahead_snapshot.npz"), args)
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError, training.RunConflict) as e:
         cli.fail(str(e))
-    done = {"round": 0, "epoch": 0}
-    if os.path.exists(head_path) and not (args.resume or args.overwrite):
-        cli.fail(
-            f"{head_path} exists — pass --resume to continue it or --overwrite to start afresh"
-        )
-    if args.resume and not os.path.exists(snapshot_path):
-        cli.fail(f"--resume: {snapshot_path} not found — start without --resume")
+    identity = run_identity(args, models, f"rnn_{c_sidecar['rnn_mode']}.npz")
+    if args.resume:
+        check_resume(run.saved_settings(), identity, run.path)
     cli.ensure_writable_dir(models)
     cli.ensure_writable_dir(folder)
     if args.overwrite:
@@ -253,7 +302,9 @@ def main(argv=None):
             if name.startswith("round_") and name.endswith(".npz"):
                 os.remove(os.path.join(folder, name))
 
-    # MODEL AND OPTIMIZER
+    # MODEL AND OPTIMIZER: the snapshot (model, Adam, epoch and batch reached) is the
+    # run machinery 03 and 04 share (lib/checkpointer.py); epochs run over all rounds,
+    # round k holding epochs (k - 1) * --epochs + 1 .. k * --epochs.
     config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
     np.random.seed(derive_seed(args.seed, "lookahead/init") % 2**32)  # Chainer's initializers
     head = head_lib.make_head(
@@ -264,184 +315,180 @@ def main(argv=None):
     head.to_device(device)
     optimizer = chainer.optimizers.Adam(alpha=args.lr)
     optimizer.setup(head)
-    identity = {
-        "vae_sha1": file_hash(os.path.join(models, "vae.npz")),
-        "rnn": f"rnn_{c_sidecar['rnn_mode']}.npz",
-        "controller": f"{args.controller}.npz",
-        "controller_sha1": file_hash(os.path.join(models, f"{args.controller}.npz")),
-    }
+    settings = {"config": head.config(), "identity": identity, "args": vars(args)}
+    run.track(head, optimizer, settings={**settings, "versions": manifest.versions()})
     if args.resume:
-        sidecar = manifest.read_json(training.sidecar_path(head_path)) or {}
-        trained = sidecar.get("config", {}).get("members", 1)
-        if trained != args.heads:
-            cli.fail(
-                f"--resume: {head_path} has {trained} head(s) — pass --heads {trained}, "
-                "or --overwrite to start afresh"
-            )
-        if bool(sidecar.get("config", {}).get("pixels", 0)) != args.pixels:
-            flag = "--no-pixels" if args.pixels else "--pixels"
-            cli.fail(f"--resume: {head_path} was trained with {flag} — pass {flag}, or --overwrite")
-        trunk = sidecar.get("config", {}).get("trunk", "dense")
-        if trunk != args.trunk:
-            cli.fail(
-                f"--resume: {head_path} was trained with --trunk {trunk} — pass --trunk {trunk}, "
-                "or --overwrite"
-            )
         try:
-            state, _ = training.load_snapshot(snapshot_path, head, optimizer)
+            run.restore()
         except ValueError as e:
             cli.fail(str(e))
-        if state.get("identity") != identity:
-            cli.fail(f"{snapshot_path} was trained for another V or C — pass --overwrite")
-        done = {"round": state["round"], "epoch": state["epoch"]}
-        print(f"resumed: round {done['round']}, epoch {done['epoch']} done")
-    params = controller.get_flat()[None]
-    encoder = make_encoder(vae)
-    history = list(state.get("log", [])) if args.resume else []
+        print(f"resumed from {run.path}: epoch {run.epoch + 1}, batch {run.iteration}")
+    log = training.CsvLog(
+        os.path.join(models, "lookahead_log.csv"), LOG_FIELDS, run.epoch if args.resume else None
+    )
+    player = Player(args, vae, rnn, controller.get_flat()[None], head, config, folder, identity)
+    total = args.rounds * args.epochs
+    if run.epoch >= total:
+        print(f"already trained for {run.epoch} epochs ({args.rounds} rounds): nothing to do")
 
-    # Ctrl-C is deferred to the end of the episode or batch under way, then the run stops
-    # with what the last epoch saved: --resume replays the unfinished round or epoch from
-    # its seeds, so the result is the uninterrupted run's. A second Ctrl-C aborts at once.
-    saved = dict(done)  # what the last finished epoch saved, for the exit message
-    with (
-        training.DeferredInterrupt() as interrupt,
-        stops_with_what_is_saved(saved, snapshot_path, folder),
-    ):
-        for k in range(1, args.rounds + 1):
-            # PLAY AND LABEL (a round whose rows were saved is not replayed)
-            path = os.path.join(folder, f"round_{k}.npz")
-            if not os.path.exists(path):
-                first = k == 1
-                recorder = la.Recorder(
-                    args.n_envs, vae, rnn, params, None if first else head, la.LookaheadSettings(),
-                    args.explore, args.keep_safe, max(head.horizons),
-                    derive_seed(args.seed, "lookahead/explore", k), encoder=encoder,
-                    pixels=args.pixels,
-                )  # fmt: skip
-                recorder.picture_from = int(0.9 * args.episodes)  # held out: see split()
-                seeds = derive_seeds(args.seed, f"lookahead/round{k}", args.episodes)
-                start = time.perf_counter()
-                with tqdm(total=args.episodes, desc=f"round {k}: play and label", unit="ep") as bar:
-                    summary, _ = evaluate(
-                        recorder, seeds, config, args.n_envs, progress=interrupt.checking(bar)
-                    )
-                rows = recorder.data()
-                rows["n_episodes"] = np.array([args.episodes])
-                with atomic_path(path) as tmp:
-                    np.savez(tmp, **rows)
-                print(
-                    f"round {k}: {'C' if first else 'the planner'} with exploration: success "
-                    f"{summary['success_rate']:.1%}, collisions {summary['collision_rate']:.1%}; "
-                    f"kept {len(rows['x'])} of {recorder.seen} rows ({time.perf_counter() - start:.0f} s)"
-                )
-                # the rows are read back below; two copies would double memory
-                del recorder, rows
-            if k < done["round"] or (k == done["round"] and done["epoch"] >= args.epochs):
-                continue
-
-            # TRAIN on every round so far
-            rows, held = split(load_rounds(folder, k))
-            if args.pixels and rows["crops"] is None:
-                cli.fail(
-                    f"{folder}: the saved rounds have no frames' crops (played with --no-pixels) "
-                    "— pass --no-pixels, or --overwrite to replay them"
-                )
-            crops = rows["crops"] if args.pixels else None
-            if k == 1 and done["round"] == 0 and done["epoch"] == 0:
-                head.set_normalization(*head_lib.moments(rows["x"], ~held, crops_rows=crops))
-            train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
-            first_epoch = done["epoch"] if k == done["round"] else 0
-            for epoch in range(first_epoch, args.epochs):
-                # Each head its own batch order (the first's is that of a single head).
-                orders = [
-                    np.random.default_rng(
-                        derive_seed(args.seed, "lookahead/epoch", k, epoch, *([m] if m else []))
-                    ).permutation(train_idx)
-                    for m in range(args.heads)
-                ]
-                start, total = time.perf_counter(), 0.0
-                batches = range(0, len(train_idx), args.batch_size)
-                for i in tqdm(
-                    batches, desc=f"round {k} epoch {epoch + 1}/{args.epochs}", unit="batch"
-                ):
-                    loss = 0
-                    for member, order in zip(head_lib.members(head), orders):
-                        b = order[i : i + args.batch_size]
-                        x = head_lib.row_features(rows["x"][b], None if crops is None else crops[b])
-                        loss += head_lib.loss(member, x, rows["actions"][b], rows["fail"][b])
-                    value = float(loss.array) / args.heads
-                    if not np.isfinite(value):
-                        cli.fail(
-                            f"the look-ahead loss is {value} in round {k}, epoch {epoch + 1}",
-                            code=1,
-                        )
-                    head.cleargrads()
-                    loss.backward()
-                    optimizer.update()
-                    total += value * len(orders[0][i : i + args.batch_size])
-                interrupt.raise_if_interrupted()
-                metrics = head_lib.held_out_metrics(
-                    head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
-                    la.LABEL_GRID**2, crops_rows=None if crops is None else crops[held_idx],
-                )  # fmt: skip
-                row = {"round": k, "epoch": epoch + 1, "rows": len(train_idx)}
-                row["train_loss"] = round(total / max(len(train_idx), 1), 5)
-                row.update({key: round(v, 4) for key, v in metrics.items()})
-                row["seconds"] = round(time.perf_counter() - start, 1)
-                history.append(row)
-                state = {"round": k, "epoch": epoch + 1, "identity": identity, "log": history}
-                sidecar = {
-                    "config": head.config(), "identity": identity, "rounds": k, "epochs": epoch + 1,
-                    "last": row, "args": vars(args), "versions": manifest.versions(),
-                }  # fmt: skip
-                # The head first: a snapshot on disk then always has its head's
-                # sidecar beside it, whenever a kill -9 lands.
+    try:
+        with run:  # Ctrl-C finishes the batch or episode in hand
+            rows = None
+            for step in run.epochs(total):
+                k, epoch = step // args.epochs + 1, step % args.epochs
+                if epoch == 0 or rows is None:
+                    # PLAY AND LABEL round k (unless its rows are saved), then read all
+                    # rounds' rows so far: the head trains on them all
+                    player.play_if_missing(k, run)
+                    rows = player.rows(k)
+                    if step == 0 and run.iteration == 0:
+                        head.set_normalization(*head_lib.moments(
+                            rows["x"], ~rows["held"], crops_rows=rows["crops"]
+                        ))  # fmt: skip
+                # TRAIN one epoch
+                row = train_epoch(head, optimizer, rows, k, epoch, args, run)
+                row["epochs"] = step + 1
+                log.append(row)
+                sidecar = run.sidecar(rounds=k, epochs=epoch + 1, last=row)
                 training.save_model(head_path, head, sidecar)
-                training.save_snapshot(snapshot_path, head, optimizer, state)
-                saved.update(round=k, epoch=epoch + 1)
-                write_log(os.path.join(models, "lookahead_log.csv"), history)
                 print(
                     f"round {k} epoch {epoch + 1}: loss {row['train_loss']:.4f}, held-out AUC "
                     + ", ".join(f"{h} steps {row[f'auc_{h}']:.3f}" for h in head.horizons)
                     + f"; safe pick {row['safe_pick']:.1%} of {row['mixed_rows']} mixed rows"
                 )
-            done = {"round": k, "epoch": args.epochs}
+    except training.NonFiniteLoss as e:
+        cli.fail(str(e), code=1)
+    except (training.Stopped, KeyboardInterrupt) as stop:
+        if not os.path.exists(run.path):
+            cli.fail(
+                "interrupted before the first epoch ended: nothing to resume — rerun "
+                f"without --resume (the rounds played so far, in {folder}, are kept)",
+                code=130,
+            )
+        if isinstance(stop, KeyboardInterrupt) or str(stop) == "interrupted":
+            stop = training.Stopped(
+                f"interrupted: {run.path} holds the run up to its last snapshot (the work "
+                "under way is redone) — continue with --resume", 130,
+            )  # fmt: skip
+        cli.stopped(stop)
 
     # OUTPUTS
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
     cli.ensure_writable_dir(os.path.dirname(picture))
-    with np.load(os.path.join(folder, f"round_{args.rounds}.npz"), allow_pickle=False) as f:
+    with np.load(round_path(folder, args.rounds), allow_pickle=False) as f:
         part = {k: f[k] for k in f.files if k.startswith("picture_")}
     drawn = draw(picture, head, part, la.LABEL_GRID**2)
     print(f"head: {head_path} (+ lookahead.json); log: {models}/lookahead_log.csv")
     print(f"picture: {picture}" if drawn else "no held-out state with a failing action to draw")
 
 
-@contextlib.contextmanager
-def stops_with_what_is_saved(saved, snapshot_path, folder):
-    """Ends the run in one message when Ctrl-C stops it (`training.Stopped` from the
-    deferred interrupt, or a second Ctrl-C): what `saved` (the last finished round and
-    epoch, kept up to date by the caller) holds, and how to continue."""
-    try:
-        yield
-    except (training.Stopped, KeyboardInterrupt):
-        if saved["epoch"] == 0:
-            cli.fail(
-                "interrupted before the first epoch ended: nothing to resume — rerun "
-                f"without --resume (the rounds played so far, in {folder}, are kept)",
-                code=130,
+def check_resume(saved, identity, snapshot_path):
+    """Refuses, in one line, to resume a snapshot made for another agent or with other
+    flags (the heads, their trunk and inputs first: they decide the weights' shapes)."""
+    old = saved.get("identity", {})
+    if "pixels" in old and old["pixels"] != identity["pixels"]:
+        flag = "--pixels" if old["pixels"] else "--no-pixels"
+        cli.fail(f"--resume: {snapshot_path} was trained with {flag} — pass {flag}, or --overwrite")
+    for flag, value in (("heads", old.get("heads")), ("trunk", old.get("trunk"))):
+        if value is not None and value != identity[flag]:
+            cli.fail(f"--resume: {snapshot_path} was trained with --{flag} {value} — pass "
+                     f"--{flag} {value}, or --overwrite to start afresh")  # fmt: skip
+    differ = sorted(key for key in identity if old.get(key) != identity[key])
+    if differ:
+        cli.fail(
+            f"--resume: {snapshot_path} was trained with other {', '.join(differ)} (another "
+            "V, M or C, or other flags) — pass the flags it was made with, or --overwrite"
+        )
+
+
+class Player:
+    """Plays and labels the rounds' episodes (`lib.control.lookahead.Recorder`) and
+    reads their saved rows back: C in round 1; from round 2 on, the planner with the
+    head trained so far."""
+
+    def __init__(self, args, vae, rnn, params, head, config, folder, identity):
+        self.args, self.vae, self.rnn, self.params, self.head = args, vae, rnn, params, head
+        self.config, self.folder, self.identity = config, folder, identity
+        self.encoder = make_encoder(vae)
+
+    def play_if_missing(self, k, run):
+        """Plays round k and saves its rows, unless they are saved (Ctrl-C stops after
+        the episode in hand: `training.Stopped`)."""
+        path, args = round_path(self.folder, k), self.args
+        if os.path.exists(path):
+            return
+        recorder = la.Recorder(
+            args.n_envs, self.vae, self.rnn, self.params, None if k == 1 else self.head,
+            la.LookaheadSettings(), args.explore, args.keep_safe, max(self.head.horizons),
+            derive_seed(args.seed, "lookahead/explore", k), encoder=self.encoder,
+            pixels=args.pixels,
+        )  # fmt: skip
+        recorder.picture_from = int(0.9 * args.episodes)  # held out: see split()
+        seeds = derive_seeds(args.seed, f"lookahead/round{k}", args.episodes)
+        start = time.perf_counter()
+        with tqdm(total=args.episodes, desc=f"round {k}: play and label", unit="ep") as bar:
+            summary, _ = evaluate(
+                recorder, seeds, self.config, args.n_envs, progress=run.checking(bar)
             )
-        cli.stopped(training.Stopped(
-            f"interrupted: {snapshot_path} holds round {saved['round']}, epoch "
-            f"{saved['epoch']} (the work under way is redone) — continue with --resume",
-            130,
-        ))  # fmt: skip
+        rows = recorder.data()
+        rows["n_episodes"] = np.array([args.episodes])
+        rows["identity"] = np.array(json.dumps(round_identity(self.identity, k)))
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **rows)
+        print(
+            f"round {k}: {'C' if k == 1 else 'the planner'} with exploration: success "
+            f"{summary['success_rate']:.1%}, collisions {summary['collision_rate']:.1%}; "
+            f"kept {len(rows['x'])} of {recorder.seen} rows ({time.perf_counter() - start:.0f} s)"
+        )
+
+    def rows(self, k):
+        """All rounds' rows up to k (`split`), checked against this run's identity."""
+        try:
+            rows, held = split(load_rounds(self.folder, k, self.identity))
+        except ValueError as e:
+            cli.fail(str(e))
+        if not self.args.pixels:
+            rows["crops"] = None
+        rows["held"] = held
+        return rows
 
 
-def write_log(path, history):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(",".join(LOG_FIELDS) + "\n")
-        f.writelines(",".join(str(row.get(k, "")) for k in LOG_FIELDS) + "\n" for row in history)
+def train_epoch(head, optimizer, rows, k, epoch, args, run):
+    """One epoch of round k over its training rows (each head its own batch order, from
+    (seed, round, epoch, head)), then the held-out metrics: the log's row."""
+    train_idx, held_idx = np.flatnonzero(~rows["held"]), np.flatnonzero(rows["held"])
+    crops = rows["crops"]
+    orders = [  # the first head's order is that of a single head
+        np.random.default_rng(
+            derive_seed(args.seed, "lookahead/epoch", k, epoch, *([m] if m else []))
+        ).permutation(train_idx)
+        for m in range(args.heads)
+    ]
+    means = training.EpochMeans(["train_loss"], run.partial)
+    start = time.perf_counter()
+    n_batches = -(-len(train_idx) // args.batch_size)
+    with run.batches(n_batches, f"round {k} epoch {epoch + 1}/{args.epochs}") as bar:
+        for it in bar:
+            loss = 0
+            for member, order in zip(head_lib.members(head), orders):
+                b = order[it * args.batch_size : (it + 1) * args.batch_size]
+                x = head_lib.row_features(rows["x"][b], None if crops is None else crops[b])
+                loss += head_lib.loss(member, x, rows["actions"][b], rows["fail"][b])
+            value = run.check_loss(float(loss.array) / args.heads, "the look-ahead loss")
+            head.cleargrads()
+            loss.backward()
+            optimizer.update()
+            means.add({"train_loss": value}, len(b))
+            run.batch_done(means.state())
+    metrics = head_lib.held_out_metrics(
+        head, rows["x"][held_idx], rows["actions"][held_idx], rows["fail"][held_idx],
+        la.LABEL_GRID**2, crops_rows=None if crops is None else crops[held_idx],
+    )  # fmt: skip
+    row = {"round": k, "epoch": epoch + 1, "rows": len(train_idx)}
+    row["train_loss"] = round(means.mean("train_loss"), 5)
+    row.update({key: round(v, 4) for key, v in metrics.items()})
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
 
 
 if __name__ == "__main__":

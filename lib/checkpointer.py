@@ -134,6 +134,12 @@ class Checkpointer:
             self._interrupt.snapshot_if_due(self.epoch, total, self.interval, self.save)
             self._interrupt.stop_if_requested(self.path, f"after epoch {self.epoch}")
 
+    def checking(self, bar):
+        """`bar` (a tqdm-like progress bar) whose `update` raises `training.Stopped` once
+        Ctrl-C was pressed: for work with nothing to snapshot mid-way (episodes played
+        between epochs), which then stops after the item in hand."""
+        return self._interrupt.checking(bar)
+
     def batches(self, n: int, desc: str):
         """A progress bar over the epoch's batches still to run, out of `n`."""
         self._batches = n

@@ -539,7 +539,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     assert sidecar["config"]["members"] == head_lib.MEMBERS == 3
     assert sidecar["config"]["trunk"] == "conv"  # the default with pixels
     log = (models / "lookahead_log.csv").read_text().splitlines()
-    assert log[0].startswith("round,epoch,rows,train_loss,auc_3") and len(log) == 5
+    assert log[0].startswith("epochs,round,epoch,rows,train_loss,auc_3") and len(log) == 5
     assert (data_dir / "lookahead_data" / "round_2.npz").exists()
     assert "round 2 epoch 2" in proc.stdout
     rnn, _ = checkpoints.load_rnn(str(data_dir), "dream", Z)
@@ -554,11 +554,32 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
             (other / "models" / f"{name}.{ext}").write_bytes(
                 (models / f"{name}.{ext}").read_bytes()
             )
+    # Three sittings: round 1; then round 2 stopped after one batch by --max-iterations
+    # (a snapshot mid-epoch, with the epoch's partial loss); then the rest.
     run("train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", other)
+    budget = ("--rounds", 2, "--resume", "--max-iterations", 1, "--data-dir", other)
+    stopped = run("train_lookahead.py", *SMALL, *budget)
+    assert "stopped after 1 batches" in stopped.stdout and "epoch 3, batch 1" in stopped.stdout
     run("train_lookahead.py", *SMALL, "--rounds", 2, "--resume", "--data-dir", other)
     again, _ = checkpoints.load_lookahead(str(other), rnn)
     for (name, p), (_, q) in zip(sorted(head.namedparams()), sorted(again.namedparams())):
         np.testing.assert_array_equal(p.array, q.array, err_msg=name)
+    untimed = [line.rsplit(",", 1)[0] for line in log]  # the last column is seconds
+    resumed = (other / "models" / "lookahead_log.csv").read_text().splitlines()
+    assert [line.rsplit(",", 1)[0] for line in resumed] == untimed
+    # Resuming with another number of epochs per round is refused: the run's epochs
+    # would map to other rounds.
+    line = one_line_error(run_here("train_lookahead.py", *SMALL[:2], "--epochs", 3, *SMALL[4:],
+                                   "--rounds", 2, "--resume", "--data-dir", other))  # fmt: skip
+    assert "other epochs" in line
+    # A saved round played for another C is not reused by a new run.
+    for name in ("lookahead.npz", "lookahead.json", "lookahead_snapshot.npz"):
+        (other / "models" / name).unlink()
+    c = other / "models" / "controller.npz"
+    serializers.save_npz(c, Controller(Z, HIDDEN))  # another C: its own random weights
+    line = one_line_error(run_here("train_lookahead.py", *SMALL, "--data-dir", other))
+    assert "round_1.npz was played with other controller_sha1" in line and "--overwrite" in line
+    assert not (other / "models" / "lookahead.npz").exists()
     # A trained head is not replaced without --overwrite.
     before = (models / "lookahead.npz").read_bytes()
     line = one_line_error(run_here("train_lookahead.py", *SMALL, "--data-dir", data_dir))
