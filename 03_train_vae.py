@@ -31,7 +31,7 @@ import time
 import chainer
 import numpy as np
 
-from lib import cli, devices, drawing, manifest, progress, training
+from lib import cli, devices, drawing, manifest, progress, tensorboard_log, training
 from lib.checkpointer import Checkpointer
 from lib.data import frames
 from lib.kernels.fast_adam import FastAdam
@@ -196,15 +196,17 @@ def held_out_loss(
 
 
 def save_reconstructions(vae, sample, folder, epoch):
-    """`folder`/epoch_NNNN.png: the `sample` frames over their reconstructions."""
+    """`folder`/epoch_NNNN.png: the `sample` frames over their reconstructions; returns
+    the picture (uint8, H x W x 3)."""
     path = os.path.join(folder, f"epoch_{epoch:04d}.png")
     title = f"epoch {epoch}: frames (top) and reconstructions of their mean z (bottom)"
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         mu, _ = vae.encode(sample)
         recon = devices.to_host(vae.decode(mu))
     recon = (np.clip(recon, 0, 1) * 255 + 0.5).astype(np.uint8)
-    image = drawing.upscale(drawing.grid([list(sample), list(recon)]), 2)
-    drawing.save_png(path, drawing.caption(image, title))
+    image = drawing.caption(drawing.upscale(drawing.grid([list(sample), list(recon)]), 2), title)
+    drawing.save_png(path, image)
+    return image
 
 
 def _with_teacher(cached):
@@ -274,37 +276,17 @@ def epoch_line(row, seconds, frames):
     return f"epoch {row['epoch']}: train {row['train_loss']:.1f} (rec {row['train_rec']:.1f}, KL {row['train_kl']:.2f}){held}{task}, {seconds:.1f} s ({frames / seconds:.0f} frames/s)"
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    vae_root = os.path.join(args.data_dir, "vae_data")
-    models = os.path.join(args.data_dir, "models")
-    model_path = os.path.join(models, "vae.npz")
-    snapshot_path = os.path.join(models, "vae_snapshot.npz")
-    log_path = os.path.join(models, "vae_log.csv")
-    progress_dir = os.path.join(args.data_dir, "results", "vae_training")
-    print(
-        f"03: VAE z={args.z_size or ('a map' if args.spatial else PAPER_CONFIG['z_size'])}, batch {args.batch_size}, lr {args.lr}, KL tolerance "
-        f"{args.kl_tolerance}, {args.epochs} epochs, max_samples {args.max_samples}, seed {args.seed}"
-    )
-
-    # CHECKS: inputs exist and fit; nothing is written before this passes.
-    train_dir = os.path.join(vae_root, "train")
-    if not os.path.isdir(train_dir):
-        cli.fail(f"{train_dir} not found — run 01_generate_vae_data.py first")
-    try:
-        run = Checkpointer.from_args(snapshot_path, args)
-        device = devices.select_device(args.gpu)
-    except (training.RunConflict, devices.DeviceUnavailable) as e:
-        cli.fail(str(e))
-    cli.ensure_writable_dir(models)
-    data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
+def vae_config(args, image_size, data_manifest, vae_root):
+    """V's configuration from the flags: the paper's, with --z-size, --spatial (z a map
+    of the encoder's output size; a --z-size that does not match it is refused in one
+    line), --keypoints and --task-weight's head (refused, in one line, when 01's frames
+    have no teacher's labels)."""
     if args.task_weight and not data_manifest.get("identity", {}).get("labels"):
         cli.fail(
             f"--task-weight needs frames labelled by a teacher, and {vae_root} has none — "
             "re-run 01_generate_vae_data.py with --labels oracle (with --overwrite, or into "
             "another --data-dir), or drop --task-weight"
         )
-    image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
     z_size = args.z_size or PAPER_CONFIG["z_size"]
     if args.spatial:
         side = encoder_output_size(
@@ -317,6 +299,62 @@ def main(argv=None):
                 "drop --z-size or make it match"
             )
         z_size = side * side * args.spatial
+    config = dict(PAPER_CONFIG, z_size=z_size, image_size=image_size)
+    if args.keypoints:
+        config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
+    if args.spatial:
+        config.update(spatial=args.spatial, enc_channels=list(SPATIAL_ENC_CHANNELS))
+    if args.task_weight:
+        config.update(task_size=TASK_SIZE)
+    return config
+
+
+def shown_losses(means):
+    """The progress bar's losses: the epoch's means so far."""
+    shown = {"loss": f"{means['loss']:.1f}", "rec": f"{means['rec']:.1f}"}
+    shown["kl"] = f"{means['kl']:.2f}"
+    if "task" in means:
+        shown["task"] = f"{means['task']:.3f}"
+    return shown
+
+
+def held_out_row(vae, test, args):
+    """The log's held-out columns (`test_<loss>`), on --test-frames frames with the same
+    noise every epoch; none without held-out frames."""
+    if test is None:
+        return {}
+    held = held_out_loss(
+        vae, test, args.kl_tolerance, args.test_frames, derive_seed(args.seed, "vae/test"),
+        task_weight=args.task_weight,
+    )  # fmt: skip
+    return {f"test_{k}": v for k, v in held.items()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    vae_root = os.path.join(args.data_dir, "vae_data")
+    models = os.path.join(args.data_dir, "models")
+    model_path = os.path.join(models, "vae.npz")
+    log_path = os.path.join(models, "vae_log.csv")
+    progress_dir = os.path.join(args.data_dir, "results", "vae_training")
+    print(
+        f"03: VAE z={args.z_size or ('a map' if args.spatial else PAPER_CONFIG['z_size'])}, batch {args.batch_size}, lr {args.lr}, KL tolerance "
+        f"{args.kl_tolerance}, {args.epochs} epochs, max_samples {args.max_samples}, seed {args.seed}"
+    )
+
+    # CHECKS: inputs exist and fit; nothing is written before this passes.
+    train_dir = os.path.join(vae_root, "train")
+    if not os.path.isdir(train_dir):
+        cli.fail(f"{train_dir} not found — run 01_generate_vae_data.py first")
+    try:
+        run = Checkpointer.from_args(os.path.join(models, "vae_snapshot.npz"), args)
+        device = devices.select_device(args.gpu)
+    except (training.RunConflict, devices.DeviceUnavailable) as e:
+        cli.fail(str(e))
+    cli.ensure_writable_dir(models)
+    data_manifest = manifest.read_json(os.path.join(vae_root, "manifest.json")) or {}
+    image_size = data_manifest.get("identity", {}).get("env", {}).get("image_size", 64)
+    config = vae_config(args, image_size, data_manifest, vae_root)
 
     # INPUTS: frame caches (built once, memory-mapped).
     train, test = load_frames(vae_root, args.max_samples, args.test_frames, image_size)
@@ -328,13 +366,6 @@ def main(argv=None):
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "vae/init") % 2**32)  # Chainer's initializers
-    config = dict(PAPER_CONFIG, z_size=z_size, image_size=image_size)
-    if args.keypoints:
-        config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
-    if args.spatial:
-        config.update(spatial=args.spatial, enc_channels=list(SPATIAL_ENC_CHANNELS))
-    if args.task_weight:
-        config.update(task_size=TASK_SIZE)
     vae = ConvVAE(**config)
     vae.to_device(device)
     noise_rng = np.random.default_rng(derive_seed(args.seed, "vae/noise"))
@@ -355,23 +386,21 @@ def main(argv=None):
         rngs={"noise_rng": noise_rng, "shuffle_rng": shuffle_rng},
         settings={
             "config": config,
-            "kl_tolerance": args.kl_tolerance,
-            "object_weight": args.object_weight,
-            "goal_weight": args.goal_weight,
+            **{k: getattr(args, k) for k in ("kl_tolerance", "object_weight", "goal_weight")},
             "task_weight": args.task_weight,
             "data": {"vae_data": vae_root, "identity": data_manifest.get("identity")},
             "args": vars(args),
         },
     )
     perm = resume(run, config, len(train)) if args.resume else None
-    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=run.epoch if args.resume else None)
+    n_batches = -(-len(train) // args.batch_size)
+    events = run.event_log(tensorboard_log.run_dir(args.data_dir, "vae"), n_batches)
+    log = training.CsvLog(log_path, LOG_FIELDS, run.epoch if args.resume else None, events)
     sample = (test or train).batch(np.linspace(0, len(test or train) - 1, 8).astype(int))
 
     # TRAINING LOOP
     reporter = chainer.Reporter()
     reporter.add_observer("v", loss_fn)
-    n_batches = -(-len(train) // args.batch_size)
-    test_seed = derive_seed(args.seed, "vae/test")
     losses = ("loss", "rec", "kl", "task") if args.task_weight else ("loss", "rec", "kl")
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
@@ -397,36 +426,25 @@ def main(argv=None):
                         optimizer.update()
                         means.add(obs, len(x), prefix="v/")
                         session_frames += len(x)
-                        m = means.means()
-                        bar.set_postfix(
-                            loss=f"{m['loss']:.1f}",
-                            rec=f"{m['rec']:.1f}",
-                            kl=f"{m['kl']:.2f}",
-                            **({"task": f"{m['task']:.3f}"} if "task" in m else {}),
-                        )
+                        bar.set_postfix(shown_losses(means.means()))
+                        events.batch(means.means(), epoch * n_batches + it + 1)
                         run.batch_done(means.state(), extra={"perm": perm})
                 seconds = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}
                 row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
-                if test is not None:
-                    held = held_out_loss(
-                        vae,
-                        test,
-                        args.kl_tolerance,
-                        args.test_frames,
-                        test_seed,
-                        task_weight=args.task_weight,
-                    )
-                    row.update({f"test_{k}": v for k, v in held.items()})
+                row.update(held_out_row(vae, test, args))
                 log.append(row)
                 training.plot_curves(log, os.path.join(models, "vae_loss.png"), *CURVES)
-                save_reconstructions(vae, sample, progress_dir, epoch + 1)
+                picture = save_reconstructions(vae, sample, progress_dir, epoch + 1)
+                events.image("reconstructions", picture, epoch + 1)
                 training.save_model(model_path, vae, run.sidecar(epochs=epoch + 1, last=row))
                 print(epoch_line(row, seconds, session_frames))
     except training.NonFiniteLoss as e:
         cli.fail(str(e), code=1)
     except training.Stopped as stop:
         cli.stopped(stop)
+    finally:
+        events.close()
 
     # OUTPUTS
     print(

@@ -43,16 +43,19 @@ never reads the head.
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
+import math
 import os
 import time
 
 import chainer
 import numpy as np
 
-from lib import cli, devices, manifest, progress, training
+from lib import cli, devices, manifest, progress, tensorboard_log, training
 from lib.checkpointer import Checkpointer
 from lib.data import latents, rnn_data
+from lib.diagnostics.open_loop_strip import open_loop_picture
 from lib.env import socnavenv as sn
+from lib.env.rollouts import load_episode
 from lib.fileio import file_hash
 from lib.kernels.fast_adam import FastAdam
 from lib.models import checkpoints
@@ -264,6 +267,26 @@ def batches_for_epoch(mode, data, z, args, rng):
     ]
 
 
+def batches_per_epoch(mode, data, args):
+    """How many batches `batches_for_epoch` makes (the same every epoch)."""
+    if mode == "window":
+        return max(1, math.ceil(int(data.lengths.sum()) / (args.batch_size * args.window)))
+    return math.ceil(len(data) / args.batch_size)
+
+
+def dream_picture(model, vae, test, root):
+    """M's open loop on the first held-out episode, as 06 draws it
+    (lib/diagnostics/open_loop_strip.py), for TensorBoard; None without a test split."""
+    if test is None:
+        return None
+    ep = test.episode(0)
+    frames = load_episode(os.path.join(root, "test", test.files[0]), image_size=None)["obs"]
+    rng = np.random.default_rng(0)  # unused at temperature 0; apart from training's
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        picture, _, _ = open_loop_picture(model, vae, ep["mu"], ep["action"], frames, 5, 12, rng)
+    return picture
+
+
 def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
     """Held-out NLL per latent dim, reward MSE and done accuracy / recall, and with a
     task head (and labelled data) its loss per step and R² (1 - its squared error
@@ -467,6 +490,67 @@ def epoch_line(row, baselines, heads, seconds):
     return text + f", {seconds:.1f} s"
 
 
+def headline(args, heads):
+    """The run's first line: which M, its size, and the training's settings."""
+    size = f"{args.map_channels} channels a cell" if args.arch == "map" else f"hidden {args.hidden}"
+    return (
+        f"04: M ({args.arch}) in mode {args.mode} (reward/done heads: {heads}), {size}, "
+        f"{args.mixtures} mixtures, batch {args.batch_size}, lr {args.lr}, {args.epochs} "
+        f"epochs, seed {args.seed}"
+    )
+
+
+def loss_keys(args, heads):
+    """The losses an epoch averages and logs (`train_<key>` columns)."""
+    keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
+    keys += ["task_loss"] if args.task_weight else []
+    if args.rollout_steps:
+        keys += ["rollout_loss", "rollout_z_loss"]
+        keys += ["rollout_end_loss"] if args.outcome_head else []
+    return keys
+
+
+def train_chunk(model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, args, run):
+    """One update on one chunk of a batch's sequences (truncated backpropagation through
+    time): M's inputs (the real z, or with scheduled sampling / --open-loop some of its
+    own), the one-step loss, with --rollout-steps the rollout loss, the NaN guard, and
+    Adam's step. Returns what the loss reported and the LSTM state to carry on from."""
+    xp = model.xp
+    heads = args.mode in ("reward", "dream")
+    if args.open_loop:
+        z_in = model.open_loop_inputs(
+            ch["z"], ch["a"], ss_prob, args.open_loop, args.temperature, rng, state
+        )
+    else:
+        z_in = model.scheduled_inputs(ch["z"], ch["a"], ss_prob, args.temperature, rng, state)
+    obs = {}
+    state_in = state
+    with reporter.scope(obs):
+        loss, state = loss_fn(
+            xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
+            xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
+            xp.asarray(ch["outcome"]) if args.outcome_head else None,
+            ch["teacher"] if args.task_weight else None, ch["z"],
+        )  # fmt: skip
+        if args.rollout_steps:
+            z_loss, end_loss = rollout_loss(
+                model, loss_fn.last_output, ch["z"], ch["a"], ch["z_next"], ch["mask"],
+                ch["outcome"] if args.outcome_head else None, state_in,
+                args.rollout_steps, args.rollout_starts, rng,
+            )  # fmt: skip
+            parts = {"rollout_z_loss": z_loss}
+            if end_loss is not None:
+                parts["rollout_end_loss"] = end_loss
+            extra = sum(parts.values())
+            loss = loss + args.rollout_weight * extra
+            chainer.reporter.report({"rollout_loss": extra, **parts}, loss_fn)
+    run.check_loss(float(loss.array), "the M loss")
+    model.cleargrads()
+    loss.backward()
+    optimizer.update()
+    return obs, (state[0].array, state[1].array)  # truncate BPTT here
+
+
 def main(argv=None):
     args = parse_args(argv)
     heads = args.mode in ("reward", "dream")
@@ -476,11 +560,7 @@ def main(argv=None):
     name = f"rnn_{args.mode}"
     model_path = os.path.join(models, f"{name}.npz")
     vae_path = os.path.join(models, "vae.npz")
-    size = f"{args.map_channels} channels a cell" if args.arch == "map" else f"hidden {args.hidden}"
-    print(
-        f"04: M ({args.arch}) in mode {args.mode} (reward/done heads: {heads}), {size}, "
-        f"{args.mixtures} mixtures, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, seed {args.seed}"
-    )
+    print(headline(args, heads))
 
     # CHECKS: V exists and fits the data; nothing is written before this passes.
     try:
@@ -529,18 +609,14 @@ def main(argv=None):
     if args.resume:
         resume(run, config)
     log_path = os.path.join(models, f"{name}_log.csv")
-    log = training.CsvLog(log_path, LOG_FIELDS, resume_epoch=run.epoch if args.resume else None)
+    n_batches = batches_per_epoch(args.mode, train, args)
+    events = run.event_log(tensorboard_log.run_dir(args.data_dir, name), n_batches)
+    log = training.CsvLog(log_path, LOG_FIELDS, run.epoch if args.resume else None, events)
 
     # TRAINING LOOP
     reporter = chainer.Reporter()
     reporter.add_observer("m", loss_fn)
-    xp = model.xp
-    keys = ["loss", "nll"] + (["reward_loss", "done_loss"] if heads else [])
-    keys += ["task_loss"] if args.task_weight else []
-    if args.rollout_steps:
-        keys += ["rollout_loss", "rollout_z_loss"] + (
-            ["rollout_end_loss"] if args.outcome_head else []
-        )
+    keys = loss_keys(args, heads)
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
     try:
@@ -561,64 +637,32 @@ def main(argv=None):
                         rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
                         state = None
                         for ch in plan[it]:
-                            if args.open_loop:
-                                z_in = model.open_loop_inputs(
-                                    ch["z"], ch["a"], ss_prob, args.open_loop, args.temperature, rng, state
-                                )  # fmt: skip
-                            else:
-                                z_in = model.scheduled_inputs(
-                                    ch["z"], ch["a"], ss_prob, args.temperature, rng, state
-                                )
-                            obs = {}
-                            state_in = state
-                            with reporter.scope(obs):
-                                loss, state = loss_fn(
-                                    xp.asarray(z_in), xp.asarray(ch["a"]), xp.asarray(ch["z_next"]), xp.asarray(ch["mask"]),
-                                    xp.asarray(ch["reward"]) if heads else None, xp.asarray(ch["done"]) if heads else None, state,
-                                    xp.asarray(ch["outcome"]) if args.outcome_head else None,
-                                    ch["teacher"] if args.task_weight else None, ch["z"],
-                                )  # fmt: skip
-                                if args.rollout_steps:
-                                    z_loss, end_loss = rollout_loss(
-                                        model, loss_fn.last_output, ch["z"], ch["a"], ch["z_next"], ch["mask"],
-                                        ch["outcome"] if args.outcome_head else None, state_in,
-                                        args.rollout_steps, args.rollout_starts, rng,
-                                    )  # fmt: skip
-                                    parts = {"rollout_z_loss": z_loss}
-                                    if end_loss is not None:
-                                        parts["rollout_end_loss"] = end_loss
-                                    extra = sum(parts.values())
-                                    loss = loss + args.rollout_weight * extra
-                                    chainer.reporter.report(
-                                        {"rollout_loss": extra, **parts}, loss_fn
-                                    )
-                            run.check_loss(float(loss.array), "the M loss")
-                            model.cleargrads()
-                            loss.backward()
-                            optimizer.update()
-                            state = (state[0].array, state[1].array)  # truncate BPTT here
+                            obs, state = train_chunk(
+                                model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, args, run
+                            )  # fmt: skip
                             means.add(obs, float(ch["mask"].sum()), prefix="m/")
                         bar.set_postfix(nll=f"{means.mean('nll'):.3f}")
+                        events.batch(means.means(), epoch * n_batches + it + 1)
                         run.batch_done(means.state())
                 seconds = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "ss_prob": round(ss_prob, 4)}
                 row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
                 if test is not None:
                     held = evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight)
-                    row.update(held)
-                    row["constant_z_nll"] = baselines["constant_z"]
+                    row.update(held, constant_z_nll=baselines["constant_z"])
                     row["copy_z_nll"] = baselines["copy_z"]
+                    events.image("open_loop", dream_picture(model, vae, test, root), epoch + 1)
                 log.append(row)
                 title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
-                training.plot_curves(
-                    log, os.path.join(models, f"{name}_loss.png"), CURVES, title, "nats"
-                )
+                training.plot_curves(log, f"{models}/{name}_loss.png", CURVES, title, "nats")
                 training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
                 print(epoch_line(row, baselines, heads, seconds))
     except training.NonFiniteLoss as e:
         cli.fail(str(e), code=1)
     except training.Stopped as stop:
         cli.stopped(stop)
+    finally:
+        events.close()
 
     # OUTPUTS
     print(

@@ -27,6 +27,7 @@ import numpy as np
 
 from lib import cli, devices, drawing
 from lib.data import latents
+from lib.diagnostics.open_loop_strip import open_loop_picture, strip
 from lib.env.rollouts import load_episode
 from lib.models import checkpoints
 from lib.models.mdn_rnn import DONE_THRESHOLD, MODES, calibrated_done_logit, sample
@@ -53,10 +54,6 @@ def parse_args(argv=None):
     cli.add_common_args(p)
     args = p.parse_args(argv)
     return args
-
-
-def strip(top, bottom, text):
-    return drawing.caption(drawing.upscale(drawing.grid([list(top), list(bottom)]), 3), text)
 
 
 def main(argv=None):
@@ -110,28 +107,11 @@ def main(argv=None):
     onestep_err = float(((pred[1:] - ep["mu"][1:]) ** 2).sum(axis=1).mean())
 
     # OPEN LOOP: M feeds on its own samples after a real warm-up.
-    warm = min(args.warmup, max(t_len - 1, 0))
-    state = None
-    for t in range(warm):
-        state = model.step(ep["mu"][t][None], ep["action"][t][None], state).state
-    z = ep["mu"][warm][None]
-    horizon = min(args.steps, t_len - warm)
-    opened = []
-    for t in range(warm, warm + horizon):
-        out = model.step(z, ep["action"][t][None], state)
-        state = out.state
-        z = devices.to_host(sample(out.mixture, 0.0, rng))
-        opened.append(z[0])
-    opened = np.array(opened)
-    real_idx = np.arange(warm + 1, warm + 1 + horizon)
-    drawing.save_png(
-        os.path.join(out_dir, f"{name}_openloop.png"),
-        strip(
-            real[real_idx],
-            decode_latents(vae, opened),
-            f"open loop from step {warm}: real (top) vs M on its own predictions with the real actions (bottom)",
-        ),
+    picture, opened, real_idx = open_loop_picture(
+        model, vae, ep["mu"], ep["action"], real, args.warmup, args.steps, rng
     )
+    drawing.save_png(os.path.join(out_dir, f"{name}_openloop.png"), picture)
+    horizon = len(opened)
     openloop_err = float(((opened - ep["mu"][real_idx]) ** 2).sum(axis=1).mean())
 
     # DREAM: a smooth random policy inside M, from the episode's first frame.

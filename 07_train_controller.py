@@ -40,7 +40,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, devices, drawing, manifest, parallel, training
+from lib import cli, devices, drawing, manifest, parallel, tensorboard_log, training
 from lib.control.agent import WorldModelsAgent
 from lib.control.es import CMAES, CannotResume
 from lib.control.fitness import Evaluator, Spec, WorkerDied
@@ -51,6 +51,7 @@ from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.models import checkpoints
 from lib.models.controller import Controller, n_params
 from lib.seeding import derive_seed
+from lib.tensorboard_log import EventLog
 
 RNN_PREFERENCE = ("dream", "reward", "window", "normal")
 EVAL_LOCKSTEP = 64  # evaluation episodes the agent steps in lockstep
@@ -306,6 +307,62 @@ def imitate(args, vae, rnn, config, models, interrupt):
     return params
 
 
+def headline(args, rnn_mode):
+    """The run's first line: the search, where candidates are scored, the workers."""
+    where = (
+        f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
+        if args.dream
+        else f"in the real env through V and rnn_{rnn_mode}"
+    )
+    gpu = f", GPU {args.gpu}" if args.gpu >= 0 else ""
+    return (
+        f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} "
+        f"trials, sigma {args.sigma}{' (diagonal)' if args.diagonal else ''}, {where}, "
+        f"{args.workers} workers ({args.backend}{gpu}), seed {args.seed}"
+    )
+
+
+def one_generation(es, evaluator, evaluate_mean, args):
+    """One generation: CMA-ES asks for candidates, the workers score them (`Evaluator`),
+    CMA-ES is told their fitness, and when due its mean is evaluated in the real env
+    (`evaluate_mean`). Returns the log's row and the line to print."""
+    start = time.perf_counter()
+    gen = es.generation
+    xs = es.ask()
+    returns, lengths = evaluator(xs, gen)
+    fitness = returns.mean(axis=1)
+    es.tell(xs, fitness)
+    row = {"generation": gen + 1, "best": float(fitness.max())}
+    row.update(mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma)
+    row["mean_length"] = float(lengths.mean())
+    text = (
+        f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} "
+        f"worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
+    )
+    if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
+        columns, said = evaluate_mean(es.mean.astype(np.float32), gen + 1)
+        row.update(columns)
+        text += said
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row, text
+
+
+def write_outputs(args, models, results, generations, record):
+    """The run's manifest (`<name>_es.json`) and the closing line."""
+    manifest.write_json(
+        os.path.join(models, f"{args.name}_es.json"),
+        manifest.make("07_train_controller.py", vars(args), generations=generations, record=record),
+    )
+    if not os.path.exists(os.path.join(models, f"{args.name}.npz")):
+        print(f"no evaluation ran yet, so no {args.name}.npz: raise --epochs or lower --eval-every")
+    else:
+        print(
+            f"best real-env return {record['best_eval']:+.3f}: {models}/{args.name}.npz; log "
+            f"{models}/{args.name}_log.csv, {args.name}_progress.png; GIF "
+            f"{results}/{args.name}_best.gif"
+        )
+
+
 def main(argv=None):
     args = parse_args(argv)
     models = os.path.join(args.data_dir, "models")
@@ -320,15 +377,7 @@ def main(argv=None):
         cli.fail(str(e))
     config = dataclasses.replace(config, **checkpoints.observation_settings(vae_sidecar))
     rnn_mode = pick_rnn_mode(models, args.rnn_mode)
-    where = (
-        f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
-        if args.dream
-        else f"in the real env through V and rnn_{rnn_mode}"
-    )
-    print(
-        f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} trials, "
-        f"sigma {args.sigma}{' (diagonal)' if args.diagonal else ''}, {where}, {args.workers} workers ({args.backend}{f', GPU {args.gpu}' if args.gpu >= 0 else ''}), seed {args.seed}"
-    )
+    print(headline(args, rnn_mode))
     rnn = load_m(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"], device, args.dream)
     try:
         training.check_run(es_path, args.resume, args.overwrite, start="to start")
@@ -353,6 +402,7 @@ def main(argv=None):
             f"resumed after generation {es.generation} (best evaluation so far {record['best_eval']:.3f})"
         )
     log_path = os.path.join(models, f"{args.name}_log.csv")
+    events_dir = tensorboard_log.run_dir(args.data_dir, args.name)  # TensorBoard's curves
     eval_seed = derive_seed(args.seed, "controller-eval") % 2**31
     eval_seeds = evaluation_seeds(eval_seed, args.eval_episodes)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -375,7 +425,7 @@ def main(argv=None):
     with training.DeferredInterrupt() as interrupt:
         if not args.resume:
             x0 = None
-            log = training.CsvLog(log_path, LOG_FIELDS)
+            log = training.CsvLog(log_path, LOG_FIELDS, events=EventLog(events_dir))
             if args.imitate:
                 # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
                 # like any later CMA-ES mean, as generation 0.
@@ -391,7 +441,8 @@ def main(argv=None):
                 print(f"generation 0 (imitated C){said}")
             es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
         else:
-            log = training.CsvLog(log_path, LOG_FIELDS, es.generation)
+            events = EventLog(events_dir, resume_step=es.generation + 1)
+            log = training.CsvLog(log_path, LOG_FIELDS, es.generation, events)
         spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
         spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
 
@@ -405,23 +456,7 @@ def main(argv=None):
         ) as evaluator:
             try:
                 while es.generation < args.epochs:
-                    start = time.perf_counter()
-                    gen = es.generation
-                    xs = es.ask()
-                    returns, lengths = evaluator(xs, gen)
-                    fitness = returns.mean(axis=1)
-                    es.tell(xs, fitness)
-                    row = {"generation": gen + 1, "best": float(fitness.max())}
-                    row.update(
-                        mean=float(fitness.mean()), worst=float(fitness.min()), sigma=es.sigma
-                    )
-                    row["mean_length"] = float(lengths.mean())
-                    text = f"generation {gen + 1}: fitness best {row['best']:+.3f} mean {row['mean']:+.3f} worst {row['worst']:+.3f}, sigma {es.sigma:.4f}, {lengths.mean():.0f} steps"
-                    if (gen + 1) % args.eval_every == 0 or gen + 1 == args.epochs:
-                        columns, said = evaluate_mean(es.mean.astype(np.float32), gen + 1)
-                        row.update(columns)
-                        text += said
-                    row["seconds"] = round(time.perf_counter() - start, 2)
+                    row, text = one_generation(es, evaluator, evaluate_mean, args)
                     log.append(row)
                     es.save(es_path, record)
                     training.plot_curves(log, progress_png, CURVES, title, "mean return")
@@ -444,18 +479,8 @@ def main(argv=None):
                 )
 
     # OUTPUTS
-    manifest.write_json(
-        os.path.join(models, f"{args.name}_es.json"),
-        manifest.make(
-            "07_train_controller.py", vars(args), generations=es.generation, record=record
-        ),
-    )
-    if not os.path.exists(os.path.join(models, f"{args.name}.npz")):
-        print(f"no evaluation ran yet, so no {args.name}.npz: raise --epochs or lower --eval-every")
-    else:
-        print(
-            f"best real-env return {record['best_eval']:+.3f}: {models}/{args.name}.npz; log {models}/{args.name}_log.csv, {args.name}_progress.png; GIF {results}/{args.name}_best.gif"
-        )
+    log.events.close()
+    write_outputs(args, models, results, es.generation, record)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,70 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def agent_policies(args, config, linear):
+    """The agent's policies (V + the M C was trained with + C; with --planner, the
+    planner too), by row name, each built for n slots; the environment settings V was
+    trained with; and the planner's settings (None without --planner)."""
+    policies, settings = {}, None
+    try:
+        device = devices.select_device(args.gpu)
+        controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar = checkpoints.load_agent(
+            args.data_dir, args.controller, device
+        )
+        config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
+    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        cli.fail(f"{e} (or pass --baselines-only)")
+    params = controller.get_flat()[None]
+    policies[linear] = lambda n: WorldModelsAgent(n, vae, rnn, params, temperature=args.temperature)
+    if args.planner and args.plan_with == "lookahead":
+        try:
+            head, h_sidecar = checkpoints.load_lookahead(args.data_dir, rnn, device)
+        except checkpoints.CheckpointError as e:
+            cli.fail(f"{e} (or pass --plan-with return)")
+        if h_sidecar.get("identity", {}).get("controller_sha1") != file_hash(
+            os.path.join(args.data_dir, "models", f"{args.controller}.npz")
+        ):
+            print(
+                f"note: lookahead.npz was trained on another C's states than {args.controller}.npz "
+                "(re-run train_lookahead.py for this C)"
+            )
+        try:
+            settings = lookahead.LookaheadSettings(
+                args.plan_grid, args.plan_threshold, args.plan_cost, args.horizon
+            )
+            head.horizon_index(args.horizon)
+        except ValueError as e:
+            cli.fail(
+                f"argument --horizon: {e} (pass one of those, or retrain it with train_lookahead.py)"
+            )
+        policies[linear + "_planner"] = lambda n: lookahead.LookaheadPlanner(
+            n, vae, rnn, params, head, settings, temperature=args.temperature
+        )
+    elif args.planner:
+        if not rnn.can_dream:
+            cli.fail(
+                f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
+            )
+        settings = planner.PlanSettings(
+            horizon=args.horizon,
+            candidates=args.candidates,
+            cem_iters=args.cem_iters,
+            sigma=args.plan_sigma,
+            tau=args.plan_tau,
+            gamma=args.plan_gamma,
+            margin=args.plan_margin,
+            elites=args.plan_elites,
+            done_pos_weight=checkpoints.done_pos_weight(r_sidecar),
+        )
+        policies[linear + "_planner"] = lambda n: planner.PlannerAgent(
+            n, vae, rnn, params, settings, temperature=args.temperature
+        )
+    print(
+        f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
+    )
+    return policies, config, settings
+
+
 def main(argv=None):
     args = parse_args(argv)
     results_dir = os.path.join(args.data_dir, "results")
@@ -232,67 +296,10 @@ def main(argv=None):
         f"08: {args.episodes} held-out episodes per policy, seed {args.seed}, {config.n_humans} people -> {out}"
     )
 
-    # INPUTS: the agent (V + the M it was trained with + C).
-    policies = {}
+    # INPUTS: the agent (V + the M it was trained with + C), and the baselines.
+    policies, settings = {}, None
     if not args.baselines_only:
-        try:
-            device = devices.select_device(args.gpu)
-            controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar = checkpoints.load_agent(
-                args.data_dir, args.controller, device
-            )
-            config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
-        except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
-            cli.fail(f"{e} (or pass --baselines-only)")
-        params = controller.get_flat()[None]
-        policies[linear] = lambda n: WorldModelsAgent(
-            n, vae, rnn, params, temperature=args.temperature
-        )
-        if args.planner and args.plan_with == "lookahead":
-            try:
-                head, h_sidecar = checkpoints.load_lookahead(args.data_dir, rnn, device)
-            except checkpoints.CheckpointError as e:
-                cli.fail(f"{e} (or pass --plan-with return)")
-            if h_sidecar.get("identity", {}).get("controller_sha1") != file_hash(
-                os.path.join(args.data_dir, "models", f"{args.controller}.npz")
-            ):
-                print(
-                    f"note: lookahead.npz was trained on another C's states than {args.controller}.npz "
-                    "(re-run train_lookahead.py for this C)"
-                )
-            try:
-                settings = lookahead.LookaheadSettings(
-                    args.plan_grid, args.plan_threshold, args.plan_cost, args.horizon
-                )
-                head.horizon_index(args.horizon)
-            except ValueError as e:
-                cli.fail(
-                    f"argument --horizon: {e} (pass one of those, or retrain it with train_lookahead.py)"
-                )
-            policies[linear + "_planner"] = lambda n: lookahead.LookaheadPlanner(
-                n, vae, rnn, params, head, settings, temperature=args.temperature
-            )
-        elif args.planner:
-            if not rnn.can_dream:
-                cli.fail(
-                    f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
-                )
-            settings = planner.PlanSettings(
-                horizon=args.horizon,
-                candidates=args.candidates,
-                cem_iters=args.cem_iters,
-                sigma=args.plan_sigma,
-                tau=args.plan_tau,
-                gamma=args.plan_gamma,
-                margin=args.plan_margin,
-                elites=args.plan_elites,
-                done_pos_weight=checkpoints.done_pos_weight(r_sidecar),
-            )
-            policies[linear + "_planner"] = lambda n: planner.PlannerAgent(
-                n, vae, rnn, params, settings, temperature=args.temperature
-            )
-        print(
-            f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
-        )
+        policies, config, settings = agent_policies(args, config, linear)
     for name in () if args.agent_only else BASELINES:
         policies[name] = lambda n, name=name: make_policy(name, n)
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
@@ -340,7 +347,7 @@ def main(argv=None):
         "env": config.to_dict(),
         "temperature": args.temperature,
     }
-    if args.planner:
+    if settings is not None:
         report["meta"]["planner"] = {"plan_with": args.plan_with, **settings.to_dict()}
     manifest.write_json(out, report)
     md = table(results)

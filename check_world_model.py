@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, manifest
+from lib import cli, drawing, manifest
 from lib.control import lookahead
 from lib.control.agent import ENDINGS, WorldModelsAgent, dream_rollouts
 from lib.control.fitness import dream_starts
@@ -247,9 +247,7 @@ def figure(path: str, r: dict) -> None:
         f"M as a simulator, held-out episodes (NLL {r['nll']:.2f}, copy {r['copy_baseline_nll']:.2f})"
     )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    drawing.save_figure(fig, path, dpi=80)
 
 
 def load_episodes(args, vae):

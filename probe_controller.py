@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, manifest
+from lib import cli, drawing, manifest
 from lib.control.imitation import TEACHERS
 from lib.diagnostics import controller_probe as cp
 from lib.env import socnavenv as sn
@@ -131,9 +131,7 @@ def figure(path: str, results: dict, teacher: str, episodes: int, pool: int) -> 
     ax.set_ylabel(f"rate on {episodes} held-out episodes")
     ax.set_title(f"A linear C fitted to the {teacher} by DAgger, on each input (95 % intervals)")
     ax.legend(fontsize=8, loc="upper left")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
-    plt.close(fig)
+    drawing.save_figure(fig, path, tight=True)
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, manifest
+from lib import cli, drawing, manifest
 from lib.diagnostics import probe
 from lib.env import socnavenv as sn
 from lib.env.policies import POLICY_NAMES, make_policy
@@ -105,9 +105,7 @@ def figure(path: str, scores: dict) -> None:
         if k == 0:
             sub.set_ylabel("predicted sin(goal bearing)", fontsize=8)
         sub.tick_params(labelsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
-    plt.close(fig)
+    drawing.save_figure(fig, path, tight=True)
 
 
 def main(argv=None):

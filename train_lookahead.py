@@ -59,7 +59,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from lib import cli, devices, manifest, training
+from lib import cli, devices, drawing, manifest, tensorboard_log, training
 from lib.checkpointer import Checkpointer
 from lib.control import lookahead as la
 from lib.env import socnavenv as sn
@@ -265,9 +265,7 @@ def draw(path, head, part, grid_size):
         f"Look-ahead head on held-out states: holding each action for {max(head.horizons)} steps",
         fontsize=10,
     )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    drawing.save_figure(fig, path)
     return True
 
 
@@ -323,9 +321,9 @@ def main(argv=None):
         except ValueError as e:
             cli.fail(str(e))
         print(f"resumed from {run.path}: epoch {run.epoch + 1}, batch {run.iteration}")
-    log = training.CsvLog(
-        os.path.join(models, "lookahead_log.csv"), LOG_FIELDS, run.epoch if args.resume else None
-    )
+    events = run.event_log(tensorboard_log.run_dir(args.data_dir, "lookahead"))
+    log_path = os.path.join(models, "lookahead_log.csv")
+    log = training.CsvLog(log_path, LOG_FIELDS, run.epoch if args.resume else None, events)
     player = Player(args, vae, rnn, controller.get_flat()[None], head, config, folder, identity)
     total = args.rounds * args.epochs
     if run.epoch >= total:
@@ -359,6 +357,7 @@ def main(argv=None):
     except training.NonFiniteLoss as e:
         cli.fail(str(e), code=1)
     except (training.Stopped, KeyboardInterrupt) as stop:
+        events.close()
         if not os.path.exists(run.path):
             cli.fail(
                 "interrupted before the first epoch ended: nothing to resume — rerun "
@@ -373,6 +372,7 @@ def main(argv=None):
         cli.stopped(stop)
 
     # OUTPUTS
+    events.close()
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
     cli.ensure_writable_dir(os.path.dirname(picture))
     with np.load(round_path(folder, args.rounds), allow_pickle=False) as f:

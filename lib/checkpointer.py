@@ -75,6 +75,7 @@ class Checkpointer:
         self.settings: dict = {}
         self._interrupt: training.DeferredInterrupt | None = None
         self._batches = 0
+        self.restored = False
 
     @classmethod
     def from_args(cls, path: str, args) -> Checkpointer:
@@ -104,7 +105,18 @@ class Checkpointer:
         self.partial = state.get("partial")
         for name, rng in self.rngs.items():
             training.set_rng_state(rng, state[name])
+        self.restored = True
         return extra
+
+    def event_log(self, logdir: str, batches_per_epoch: int = 0):
+        """The run's TensorBoard event files (`lib.tensorboard_log.EventLog`): a new
+        run's replace the folder's old ones; a restored run's continue them, and the
+        points an interrupted session wrote after the snapshot are dropped."""
+        from lib.tensorboard_log import EventLog  # tensorboardX: only when a run logs
+
+        if not self.restored:
+            return EventLog(logdir)
+        return EventLog(logdir, self.epoch + 1, self.epoch * batches_per_epoch + self.iteration + 1)
 
     def sidecar(self, **fields) -> dict:
         """The run's settings with `fields` added (for the model's own sidecar)."""

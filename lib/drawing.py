@@ -126,3 +126,13 @@ def comparison_gif(path: str, episodes: list, titles: list[str], fps: float = 10
     if frames:
         frames += [frames[-1]] * int(fps)  # hold the last frame for a second
     save_gif(path, frames, fps)
+
+
+def save_figure(fig, path: str, dpi: int = 90, tight: bool = False) -> None:
+    """Writes a Matplotlib figure as a PNG atomically (a reader never sees half a file)
+    and closes it; `tight` trims the margins (bbox_inches="tight")."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", **({"bbox_inches": "tight"} if tight else {}))
+    plt.close(fig)

@@ -185,11 +185,13 @@ class CsvLog:
         fields: column names; the first is the counter (epoch, generation).
         resume_epoch: on resume, rows whose counter is > this are dropped (they came
             after the snapshot being resumed); None starts a new file.
+        events: a `lib.tensorboard_log.EventLog` that mirrors every row, or None.
     """
 
-    def __init__(self, path: str, fields: list[str], resume_epoch: int | None = None):
+    def __init__(self, path: str, fields: list[str], resume_epoch: int | None = None, events=None):
         self.path = path
         self.fields = fields
+        self.events = events
         rows = []
         if resume_epoch is not None and os.path.exists(path):
             with open(path, newline="") as f:
@@ -200,10 +202,15 @@ class CsvLog:
             w.writerows({k: r.get(k, "") for k in fields} for r in rows)
 
     def append(self, row: dict) -> None:
+        """Writes `row` (and, with `events`, its numbers as TensorBoard points at the
+        row's counter)."""
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
             )
+        if self.events is not None:
+            counter = self.fields[0]
+            self.events.scalars(row, row[counter], skip=(counter,))
 
     def read(self) -> list[dict]:
         with open(self.path, newline="") as f:

@@ -107,3 +107,42 @@ def one_line_error(proc):
     lines = [ln for ln in lines if ln and not _PROGRESS.search(ln)]
     assert len(lines) == 1 and ": error: " in lines[0], proc.stderr
     return lines[0]
+
+
+def assert_events_match_log(logdir, csv_path, images=()):
+    """The run's TensorBoard events (`lib.tensorboard_log`) hold every numeric column of
+    its CSV log, at the log's counter, to float32 precision, and no other point; the
+    `images` tags have one picture per row; the `batch/` series (in `batches/`) climb
+    one point per step. Returns the events read."""
+    import csv
+
+    import numpy as np
+
+    from lib.tensorboard_log import BATCHES, read_events
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    counter = next(iter(rows[0]))
+    events = read_events(logdir)
+    expected = {}
+    for row in rows:
+        for key, text in row.items():
+            if key != counter and text not in ("", None):
+                with contextlib.suppress(ValueError):
+                    expected.setdefault(key, []).append((int(row[counter]), float(text)))
+    expected = {k: v for k, v in expected.items() if all(np.isfinite(x) for _, x in v)}
+    assert sorted(events["scalars"]) == sorted(expected), (events["scalars"].keys(), expected)
+    for tag, points in expected.items():
+        got = events["scalars"][tag]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in points], rtol=2e-5,
+                                   atol=1e-6, err_msg=tag)  # fmt: skip
+    steps = [int(r[counter]) for r in rows]
+    for tag in images:
+        assert events["images"][tag] == steps, tag
+    batches = read_events(os.path.join(logdir, BATCHES))["scalars"]
+    for tag, points in batches.items():
+        assert tag.startswith("batch/")
+        at = [s for s, _ in points]
+        assert at == sorted(set(at)), tag  # each step once, in order: no stale points
+    return events, batches

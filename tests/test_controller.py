@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import assert_same_arrays, one_line_error, run, run_here
+from cli_helpers import assert_events_match_log, assert_same_arrays, one_line_error, run, run_here
 
 from lib.control import fitness
 from lib.control.agent import WorldModelsAgent, dream_rollouts
@@ -292,6 +292,13 @@ def test_07_same_controller_for_1_and_2_workers(models, tmp_path):
     assert side["config"] == {"z_size": 8, "hidden_size": 16, "action_size": 2}
     assert (a / "models" / "controller_progress.png").exists()
     assert (a / "results" / "controller_best.gif").exists()
+    # TensorBoard: fitness, sigma and the evaluations, as the log has them (2 workers:
+    # the pool's processes fork beside the event writer's thread, and leave it be)
+    for d in (a, b):
+        events, _ = assert_events_match_log(
+            d / "runs" / "controller", d / "models" / "controller_log.csv"
+        )
+        assert {"best", "mean", "sigma", "eval_return"} <= events["scalars"].keys()
 
 
 def test_07_resume_is_exact_in_the_dream(models, tmp_path):
@@ -306,6 +313,8 @@ def test_07_resume_is_exact_in_the_dream(models, tmp_path):
     # CMA-ES's whole state and the saved C, bit for bit.
     for name in ("controller_es.npz", "controller.npz"):
         assert_same_arrays(a / "models" / name, b / "models" / name)
+    # and the two sittings' TensorBoard curves are the log's
+    assert_events_match_log(b / "runs" / "controller", b / "models" / "controller_log.csv")
 
 
 def test_07_diagonal_is_saved_and_resumed(models, tmp_path):

@@ -13,7 +13,7 @@ import chainer.functions as F
 import numpy as np
 import pytest
 from chainer import serializers
-from cli_helpers import one_line_error, run, run_here
+from cli_helpers import assert_events_match_log, one_line_error, run, run_here
 
 from lib import manifest, training
 from lib.control import lookahead as la
@@ -542,6 +542,10 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     assert log[0].startswith("epochs,round,epoch,rows,train_loss,auc_3") and len(log) == 5
     assert (data_dir / "lookahead_data" / "round_2.npz").exists()
     assert "round 2 epoch 2" in proc.stdout
+    events, batches = assert_events_match_log(
+        data_dir / "runs" / "lookahead", models / "lookahead_log.csv"
+    )
+    assert "auc_10" in events["scalars"] and not batches
     rnn, _ = checkpoints.load_rnn(str(data_dir), "dream", Z)
     head, _ = checkpoints.load_lookahead(str(data_dir), rnn)
     assert isinstance(head, head_lib.LookaheadEnsemble) and len(head) == 3
@@ -567,6 +571,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     untimed = [line.rsplit(",", 1)[0] for line in log]  # the last column is seconds
     resumed = (other / "models" / "lookahead_log.csv").read_text().splitlines()
     assert [line.rsplit(",", 1)[0] for line in resumed] == untimed
+    assert_events_match_log(other / "runs" / "lookahead", other / "models" / "lookahead_log.csv")
     # Resuming with another number of epochs per round is refused: the run's epochs
     # would map to other rounds.
     line = one_line_error(run_here("train_lookahead.py", *SMALL[:2], "--epochs", 3, *SMALL[4:],

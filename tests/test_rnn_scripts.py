@@ -8,7 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import assert_same_arrays, one_line_error, run, run_here, script_module
+from cli_helpers import (
+    assert_events_match_log,
+    assert_same_arrays,
+    one_line_error,
+    run,
+    run_here,
+    script_module,
+)
 
 from lib.data import latents, rnn_data
 
@@ -94,6 +101,10 @@ def test_each_mode_trains_and_logs(trained_v, tmp_path, mode):
     if mode == "dream":
         assert float(rows[0]["ss_prob"]) == 0 and float(rows[1]["ss_prob"]) == pytest.approx(0.5)
     assert (d / "models" / f"rnn_{mode}_loss.png").exists()
+    # TensorBoard: the log's curves, and M's open loop drawn after every epoch
+    logdir, csv_path = d / "runs" / f"rnn_{mode}", d / "models" / f"rnn_{mode}_log.csv"
+    _, batches = assert_events_match_log(logdir, csv_path, images=("open_loop",))
+    assert "batch/nll" in batches
 
 
 def test_resume_is_exact(trained_v, tmp_path):
@@ -107,6 +118,12 @@ def test_resume_is_exact(trained_v, tmp_path):
     for name in ("rnn_dream.npz", "rnn_dream_snapshot.npz"):
         assert_same_arrays(a / "models" / name, b / "models" / name)
     assert len(log_rows(b, "dream")) == 2
+    # and TensorBoard's curves: the stopped session's points after its snapshot dropped
+    runs = [assert_events_match_log(d / "runs" / "rnn_dream", d / "models" / "rnn_dream_log.csv")
+            for d in (a, b)]  # fmt: skip
+    assert {t: [s for s, _ in p] for t, p in runs[0][1].items()} == {
+        t: [s for s, _ in p] for t, p in runs[1][1].items()
+    }
 
 
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):

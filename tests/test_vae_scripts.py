@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from cli_helpers import assert_same_arrays, one_line_error, run, run_here
+from cli_helpers import assert_events_match_log, assert_same_arrays, one_line_error, run, run_here
 
 from lib.data import frames
 from lib.env import socnavenv as sn
@@ -61,6 +61,10 @@ def test_train_writes_model_sidecar_log_and_images(vae_data, tmp_path):
     assert all(np.isfinite(float(r["test_loss"])) for r in rows)
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert (d / "results" / "vae_training" / "epoch_0002.png").exists()
+    # TensorBoard's curves are the log's, and V's reconstructions every epoch
+    _, batches = assert_events_match_log(d / "runs" / "vae", models / "vae_log.csv",
+                                         images=("reconstructions",))  # fmt: skip
+    assert "batch/loss" in batches
 
 
 def test_resume_continues_exactly(vae_data, tmp_path):
@@ -86,6 +90,13 @@ def test_resume_continues_exactly(vae_data, tmp_path):
         assert [r[key] for r in a] == [r[key] for r in b], key
     for name in ("vae.npz", "vae_snapshot.npz"):  # weights and Adam's moments
         assert_same_arrays(full / "models" / name, part / "models" / name)
+    # The resumed run's TensorBoard curves are the log's too: what the first session
+    # wrote after its snapshot is dropped (a purge step), none is doubled
+    _, a_batches = assert_events_match_log(full / "runs" / "vae", full / "models" / "vae_log.csv")
+    _, b_batches = assert_events_match_log(part / "runs" / "vae", part / "models" / "vae_log.csv")
+    assert a_batches.keys() == b_batches.keys()
+    for tag in a_batches:
+        assert [s for s, _ in a_batches[tag]] == [s for s, _ in b_batches[tag]], tag
 
 
 def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):

@@ -46,6 +46,7 @@ from lib.models.mdn_rnn import (
     OUTCOME_CLASSES,
     SequenceOutput,
     StepOutput,
+    checked_heads,
 )
 
 ARCHS = ("lstm", "map")  # 04 --arch: the paper's dense MDN-LSTM, or this one
@@ -124,14 +125,7 @@ class MapRNN(chainer.Chain):
         self.kernel = int(kernel)
         self.log_sigma_min, self.log_sigma_max = float(log_sigma_min), float(log_sigma_max)
         self.outcome_head = bool(outcome_head)
-        if not shaping_bound > 0:
-            raise ValueError(f"shaping_bound must be > 0, got {shaping_bound}")
-        self.shaping_bound = float(shaping_bound)
-        weights = np.ones(len(OUTCOME_CLASSES)) if outcome_weights is None else outcome_weights
-        weights = np.asarray(weights, np.float64)
-        if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
-            raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
-        self.outcome_weights = [float(w) for w in weights]
+        self.shaping_bound, self.outcome_weights = checked_heads(shaping_bound, outcome_weights)
         # The cells' coordinates, in units of the view's half side: where the robot is.
         o = np.asarray(self.offsets, np.float32) / max(abs(self.offsets[0]), 1e-6)
         self._coords = np.stack(np.meshgrid(o, o, indexing="ij"), axis=-1)  # (S, S, 2)

@@ -214,6 +214,23 @@ def mask_through_done(done):
     return (ended_before == 0).astype(np.float32)
 
 
+def checked_heads(shaping_bound, outcome_weights):
+    """The reward and ending heads' settings, checked (`MDNRNN`, `MapRNN`): the shaping
+    reward's bound (> 0) and the outcome loss's class weights (4 positive numbers; None:
+    all 1). Returns (bound, weights as a list of floats).
+
+    Raises:
+        ValueError: either is out of range.
+    """
+    if not shaping_bound > 0:
+        raise ValueError(f"shaping_bound must be > 0, got {shaping_bound}")
+    weights = np.ones(len(OUTCOME_CLASSES)) if outcome_weights is None else outcome_weights
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
+        raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
+    return float(shaping_bound), [float(w) for w in weights]
+
+
 class MDNRNN(chainer.Chain):
     """MDN-LSTM: `[z_t, a_t]` -> LSTM -> mixture over `z_{t+1}` (and heads).
 
@@ -292,14 +309,7 @@ class MDNRNN(chainer.Chain):
         self.outcome_head = bool(outcome_head)
         if self.outcome_head and (self.reward_head or self.done_head):
             raise ValueError("the outcome head replaces the reward and done heads: not both")
-        if not shaping_bound > 0:
-            raise ValueError(f"shaping_bound must be > 0, got {shaping_bound}")
-        self.shaping_bound = float(shaping_bound)
-        weights = np.ones(len(OUTCOME_CLASSES)) if outcome_weights is None else outcome_weights
-        weights = np.asarray(weights, np.float64)
-        if weights.shape != (len(OUTCOME_CLASSES),) or not (weights > 0).all():
-            raise ValueError(f"outcome_weights must be 4 positive numbers, got {outcome_weights}")
-        self.outcome_weights = [float(w) for w in weights]
+        self.shaping_bound, self.outcome_weights = checked_heads(shaping_bound, outcome_weights)
         if int(task_size) < 0:
             raise ValueError(f"task_size must be >= 0, got {task_size}")
         self.task_size = int(task_size)
