@@ -77,6 +77,7 @@ demo: venv
 	@echo "  models/controller_progress.png                C: CMA-ES fitness per generation"
 	@echo "  results/controller_best.gif, results/test_*.gif  agents in the real environment"
 	@echo "  results/test_controller.json (.md)            agent vs baselines on 100 held-out episodes"
+	@echo "  runs/vae, runs/rnn_dream, runs/controller      TensorBoard curves: tensorboard --logdir $(DEMO_DIR)/runs"
 
 # The trained agent (README "Results"): the recipe behind the README's results table, in
 # data/ (the scripts' default), so a plain `08_test_controller.py` tests it. Each step
