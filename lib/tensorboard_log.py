@@ -1,11 +1,12 @@
 """Live training curves: TensorBoard event files written as a run trains, and read back.
 
 03, 04, 07 and the look-ahead trainer write, under `<data-dir>/runs/<run name>/`:
-- every numeric column of their CSV log, one point per epoch or generation, under the
-  column's name (`train_loss`, `test_nll`, `best`, `sigma`, ...), with the log's counter
-  (epoch, generation) as the step (`training.CsvLog` mirrors its rows here);
-- the running training losses after every batch (`batch/<loss>`, step = batches so far,
-  in the sub-folder `batches/`), so a long epoch shows progress before it ends;
+- every numeric column of their CSV log, one point per epoch or generation, tagged
+  `<run>/<column>` (`vae/train_loss`, `rnn_dream/test_nll`, `controller/sigma`, ...),
+  with the log's counter (epoch, generation) as the step (`training.CsvLog` mirrors its
+  rows here), so TensorBoard shows each model's curves in a section of their own;
+- the running training losses after every batch (`<run>/batch/<loss>`, step = batches
+  so far, in the sub-folder `batches/`), so a long epoch shows progress before it ends;
 - pictures: V's reconstructions every epoch (03), M's open-loop dream beside the real
   frames every epoch (04).
 
@@ -25,6 +26,7 @@ old event files first.
 from __future__ import annotations
 
 import glob
+import itertools
 import numbers
 import os
 import struct
@@ -32,6 +34,7 @@ import struct
 import numpy as np
 
 RUNS = "runs"  # <data-dir>/runs/<run name>/: one folder of event files a run
+_WRITERS = itertools.count()  # this process's event logs, for unique file names
 BATCHES = "batches"  # the run's sub-folder of `batch/<loss>` series
 
 
@@ -55,6 +58,7 @@ class EventLog:
         from tensorboardX import SummaryWriter  # only runs that log need it
 
         self.logdir = logdir
+        self.prefix = os.path.basename(os.path.normpath(logdir))  # the run's name
         batches = os.path.join(logdir, BATCHES)
         os.makedirs(logdir, exist_ok=True)
         for folder in (logdir, batches):
@@ -63,10 +67,10 @@ class EventLog:
                     os.remove(old)
         # purge_step: TensorBoard discards the points at or after it that an interrupted
         # session wrote. The batch series count batches, not epochs, so they live in a
-        # folder (a TensorBoard run) of their own, with their own purge step. The pid in
-        # the name keeps two sessions in one second from writing one file.
+        # folder (a TensorBoard run) of their own, with their own purge step. The pid and
+        # a count in the name keep two sessions in one second from writing one file.
         resumed = resume_step is not None
-        self._suffix = f".{os.getpid()}"
+        self._suffix = f".{os.getpid()}.{next(_WRITERS)}"
         self._writer = SummaryWriter(
             logdir, purge_step=int(resume_step) if resumed else None, flush_secs=10,
             filename_suffix=self._suffix,
@@ -82,11 +86,11 @@ class EventLog:
             if key in skip or isinstance(value, bool) or not isinstance(value, numbers.Real):
                 continue
             if np.isfinite(value):
-                self._writer.add_scalar(key, float(value), int(step))
+                self._writer.add_scalar(f"{self.prefix}/{key}", float(value), int(step))
         self._writer.flush()
 
     def batch(self, losses: dict, batches_done: int) -> None:
-        """The running losses at `batches_done`, under `batch/<name>` (a point costs
+        """The running losses at `batches_done`, as `<run>/batch/<name>` (a point costs
         microseconds; TensorBoard thins long series for display)."""
         if self._batches is None:
             from tensorboardX import SummaryWriter
@@ -96,11 +100,13 @@ class EventLog:
                 filename_suffix=self._suffix,
             )  # fmt: skip
         for key, value in losses.items():
-            self._batches.add_scalar(f"batch/{key}", float(value), int(batches_done))
+            self._batches.add_scalar(f"{self.prefix}/batch/{key}", float(value), int(batches_done))
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """An (H, W, 3) uint8 picture at `step`."""
-        self._writer.add_image(tag, np.asarray(image, np.uint8), int(step), dataformats="HWC")
+        """An (H, W, 3) uint8 picture at `step`, as `<run>/<tag>`."""
+        self._writer.add_image(
+            f"{self.prefix}/{tag}", np.asarray(image, np.uint8), int(step), dataformats="HWC"
+        )
         self._writer.flush()
 
     def close(self) -> None:

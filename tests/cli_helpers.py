@@ -111,9 +111,10 @@ def one_line_error(proc):
 
 def assert_events_match_log(logdir, csv_path, images=()):
     """The run's TensorBoard events (`lib.tensorboard_log`) hold every numeric column of
-    its CSV log, at the log's counter, to float32 precision, and no other point; the
-    `images` tags have one picture per row; the `batch/` series (in `batches/`) climb
-    one point per step. Returns the events read."""
+    its CSV log, tagged `<run>/<column>`, at the log's counter, to float32 precision,
+    and no other point; the `images` tags have one picture per row; the `batch/` series
+    (in `batches/`) climb one point per step. Returns the events read, by column (and
+    for the batch series by loss), without the run's prefix."""
     import csv
 
     import numpy as np
@@ -123,7 +124,11 @@ def assert_events_match_log(logdir, csv_path, images=()):
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     counter = next(iter(rows[0]))
+    prefix = f"{os.path.basename(os.path.normpath(str(logdir)))}/"
     events = read_events(logdir)
+    for kind in ("scalars", "images"):
+        assert all(tag.startswith(prefix) for tag in events[kind]), events[kind].keys()
+        events[kind] = {tag[len(prefix) :]: v for tag, v in events[kind].items()}
     expected = {}
     for row in rows:
         for key, text in row.items():
@@ -141,8 +146,9 @@ def assert_events_match_log(logdir, csv_path, images=()):
     for tag in images:
         assert events["images"][tag] == steps, tag
     batches = read_events(os.path.join(logdir, BATCHES))["scalars"]
+    assert all(tag.startswith(prefix + "batch/") for tag in batches), batches.keys()
+    batches = {tag[len(prefix) :]: v for tag, v in batches.items()}
     for tag, points in batches.items():
-        assert tag.startswith("batch/")
         at = [s for s, _ in points]
         assert at == sorted(set(at)), tag  # each step once, in order: no stale points
     return events, batches
