@@ -58,7 +58,7 @@ from lib.env import socnavenv as sn
 from lib.env.rollouts import load_episode
 from lib.fileio import file_hash
 from lib.kernels.fast_adam import FastAdam
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.map_rnn import ARCHS, build_rnn
 from lib.models.mdn_rnn import (
     MODES,
@@ -435,7 +435,7 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
     with --arch map the map M's, its grid read from V (fails unless V is spatial)."""
     z_size = vae_sidecar["config"]["z_size"]
     if args.arch == "map":
-        view = checkpoints.observation_settings(vae_sidecar)["view_size"]
+        view = saved_models.observation_settings(vae_sidecar)["view_size"]
         offsets = vae.map_offsets(view)
         if offsets is None:
             cli.fail(
@@ -565,8 +565,8 @@ def main(argv=None):
     # CHECKS: V exists and fits the data; nothing is written before this passes.
     try:
         device = devices.select_device(args.gpu)
-        vae, vae_sidecar = checkpoints.load_vae(args.data_dir)
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        vae, vae_sidecar = saved_models.load_vae(args.data_dir)
+    except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(str(e))
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):

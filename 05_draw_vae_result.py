@@ -23,7 +23,7 @@ import numpy as np
 
 from lib import cli, devices, drawing
 from lib.env.rollouts import BadRolloutError, list_rollouts, load_episode
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.vae import decode_latents, encode_frames
 
 
@@ -49,8 +49,8 @@ def main(argv=None):
     # INPUTS
     try:
         device = devices.select_device(args.gpu)
-        vae, sidecar = checkpoints.load_vae(args.data_dir, device)
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        vae, sidecar = saved_models.load_vae(args.data_dir, device)
+    except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(str(e))
     files = list_rollouts(split_dir)
     if not files:

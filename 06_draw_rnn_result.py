@@ -29,7 +29,7 @@ from lib import cli, devices, drawing
 from lib.data import latents
 from lib.diagnostics.open_loop_strip import open_loop_picture, strip
 from lib.env.rollouts import load_episode
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.mdn_rnn import DONE_THRESHOLD, MODES, calibrated_done_logit, sample
 from lib.models.vae import decode_latents
 
@@ -65,11 +65,11 @@ def main(argv=None):
     # INPUTS
     try:
         device = devices.select_device(args.gpu)
-        vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
-        model, rnn_sidecar = checkpoints.load_rnn(
+        vae, vae_sidecar = saved_models.load_vae(args.data_dir, device)
+        model, rnn_sidecar = saved_models.load_rnn(
             args.data_dir, args.mode, vae_sidecar["config"]["z_size"], device
         )
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+    except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(str(e))
     test_dir = os.path.join(args.data_dir, "rnn_data", "test")
     try:
@@ -128,7 +128,7 @@ def main(argv=None):
         text = f"t={t + 1} dream, tau {args.temperature}"
         if out.reward is not None:
             logit = calibrated_done_logit(
-                float(devices.to_host(out.done_logit)[0]), checkpoints.done_pos_weight(rnn_sidecar)
+                float(devices.to_host(out.done_logit)[0]), saved_models.done_pos_weight(rnn_sidecar)
             )
             p_done = float(1.0 / (1.0 + np.exp(-logit)))
             text = f"t={t + 1} r={float(devices.to_host(out.reward)[0]):+.3f} p(done)={p_done:.2f}"

@@ -48,7 +48,7 @@ from lib.control.imitation import TEACHERS, dagger
 from lib.data import latents
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import Controller, n_params
 from lib.seeding import derive_seed
 from lib.tensorboard_log import EventLog
@@ -215,8 +215,8 @@ def load_m(data_dir, rnn_mode, z_size, device, dream):
     """M (`rnn_<mode>.npz`) on `device`; fails in one line if it is missing, does not fit
     V, or lacks the reward and done heads that `dream` needs."""
     try:
-        rnn, _ = checkpoints.load_rnn(data_dir, rnn_mode, z_size, device)
-    except checkpoints.CheckpointError as e:
+        rnn, _ = saved_models.load_rnn(data_dir, rnn_mode, z_size, device)
+    except saved_models.CheckpointError as e:
         cli.fail(str(e))
     if dream and not (rnn.can_dream):
         rnn_path = os.path.join(data_dir, "models", f"rnn_{rnn_mode}.npz")
@@ -254,8 +254,8 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     results = os.path.join(args.data_dir, "results")
     controller.set_flat(params)
     sidecar = {"config": controller.config(), "rnn_mode": rnn_mode, "dream": args.dream}
-    # Which V and M it reads: a C is meaningless on another M's h (checkpoints.load_agent).
-    sidecar["trained_with"] = checkpoints.model_hashes(args.data_dir, rnn_mode)
+    # Which V and M it reads: a C is meaningless on another M's h (saved_models.load_agent).
+    sidecar["trained_with"] = saved_models.model_hashes(args.data_dir, rnn_mode)
     sidecar.update(temperature=args.temperature, generation=generation, evaluation=summary)
     training.save_model(
         os.path.join(models, f"{args.name}.npz"), controller, {**sidecar, "args": vars(args)}
@@ -372,10 +372,10 @@ def main(argv=None):
     # CHECKS AND INPUTS: V and M exist and fit; nothing is written before this passes.
     try:
         device = devices.select_device(args.gpu)
-        vae, vae_sidecar = checkpoints.load_vae(args.data_dir, device)
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        vae, vae_sidecar = saved_models.load_vae(args.data_dir, device)
+    except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(str(e))
-    config = dataclasses.replace(config, **checkpoints.observation_settings(vae_sidecar))
+    config = dataclasses.replace(config, **saved_models.observation_settings(vae_sidecar))
     rnn_mode = pick_rnn_mode(models, args.rnn_mode)
     print(headline(args, rnn_mode))
     rnn = load_m(args.data_dir, rnn_mode, vae_sidecar["config"]["z_size"], device, args.dream)

@@ -22,7 +22,7 @@ Writes:
 Every policy plays the same --episodes held-out episodes (seeds from --seed),
 so differences between rows are differences between policies.
 
---planner adds the agent that plans in M at every step (`lib.control.planner`):
+--planner adds the agent that plans in M at every step (`lib.control.dream_planner`):
 --candidates action sequences of --horizon steps around C's own, refined by
 --cem-iters iterations of the cross-entropy method, scored by M's predicted
 return; the meta object records its settings.
@@ -39,14 +39,14 @@ import time
 from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest
-from lib.control import lookahead, planner
+from lib.control import dream_planner, lookahead_planner
 from lib.control.agent import WorldModelsAgent
 from lib.env import evaluation
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
 from lib.fileio import file_hash
-from lib.models import checkpoints
-from lib.models.lookahead import HORIZONS as HEAD_HORIZONS
+from lib.models import saved_models
+from lib.models.lookahead_heads import HORIZONS as HEAD_HORIZONS
 
 BASELINES = ("random", "greedy", "greedy_avoid", "oracle")
 
@@ -106,7 +106,7 @@ PLAN_WITH_HELP = (
     "cross-entropy method over action sequences imagined in M, scored by M's predicted return"
 )
 
-HORIZON_DEFAULT = f"{lookahead.HORIZON} with lookahead, {planner.HORIZON} with return"
+HORIZON_DEFAULT = f"{lookahead_planner.HORIZON} with lookahead, {dream_planner.HORIZON} with return"
 
 # The planner's flags: (flag, type, default, help, the --plan-with values they belong to).
 # Their defaults are filled in by `check_planner_args`, so that a flag given without
@@ -115,27 +115,27 @@ PLANNER_FLAGS = (
     ("--horizon", cli.positive_int, None,
      f"steps looked ahead (0.1 s each); with lookahead one of the head's horizons {HEAD_HORIZONS}",
      PLANNERS),
-    ("--plan-threshold", cli.non_negative_float, lookahead.THRESHOLD,
+    ("--plan-threshold", cli.non_negative_float, lookahead_planner.THRESHOLD,
      "C's action is replaced when the head's forecast risk of holding it exceeds this, in [0, 1]",
      ("lookahead",)),
-    ("--plan-grid", cli.positive_int, lookahead.GRID,
+    ("--plan-grid", cli.positive_int, lookahead_planner.GRID,
      "candidate actions per axis: a G x G grid of constant actions over [-1, 1]^2 beside C's (>= 2)",
      ("lookahead",)),
-    ("--plan-cost", cli.non_negative_float, lookahead.COST,
+    ("--plan-cost", cli.non_negative_float, lookahead_planner.COST,
      "the replacement minimises risk + this x squared distance from C's action",
      ("lookahead",)),
-    ("--candidates", cli.positive_int, planner.CANDIDATES,
+    ("--candidates", cli.positive_int, dream_planner.CANDIDATES,
      "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent", ("return",)),
-    ("--cem-iters", cli.positive_int, planner.CEM_ITERS,
+    ("--cem-iters", cli.positive_int, dream_planner.CEM_ITERS,
      "cross-entropy-method iterations per plan (1: random shooting around C)", ("return",)),
-    ("--plan-sigma", cli.non_negative_float, planner.SIGMA,
+    ("--plan-sigma", cli.non_negative_float, dream_planner.SIGMA,
      "initial std of the candidates' action offsets from C's actions (actions are in [-1, 1])",
      ("return",)),
-    ("--plan-tau", cli.non_negative_float, planner.TAU,
+    ("--plan-tau", cli.non_negative_float, dream_planner.TAU,
      "M's temperature in the plan: 0 follows the mean of its likeliest component", ("return",)),
-    ("--plan-gamma", cli.positive_float, planner.GAMMA, "discount per imagined step, in (0, 1]",
+    ("--plan-gamma", cli.positive_float, dream_planner.GAMMA, "discount per imagined step, in (0, 1]",
      ("return",)),
-    ("--plan-margin", cli.non_negative_float, planner.MARGIN,
+    ("--plan-margin", cli.non_negative_float, dream_planner.MARGIN,
      "a plan replaces C's action only if its predicted return beats C's by more than this",
      ("return",)),
     ("--plan-elites", cli.positive_int, None,
@@ -177,7 +177,9 @@ def check_planner_args(p, args):
         elif args.plan_with not in kinds:
             p.error(f"{flag} is a flag of --plan-with {kinds[0]}, not of {args.plan_with}")
     if args.horizon is None:
-        args.horizon = lookahead.HORIZON if args.plan_with == "lookahead" else planner.HORIZON
+        args.horizon = (
+            lookahead_planner.HORIZON if args.plan_with == "lookahead" else dream_planner.HORIZON
+        )
     if args.planner and args.baselines_only:
         p.error("--planner and --baselines-only exclude each other")
     if args.plan_gamma > 1:
@@ -229,18 +231,18 @@ def agent_policies(args, config, linear):
     policies, settings = {}, None
     try:
         device = devices.select_device(args.gpu)
-        controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar = checkpoints.load_agent(
+        controller, c_sidecar, vae, v_sidecar, rnn, r_sidecar = saved_models.load_agent(
             args.data_dir, args.controller, device
         )
-        config = dataclasses.replace(config, **checkpoints.observation_settings(v_sidecar))
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError) as e:
+        config = dataclasses.replace(config, **saved_models.observation_settings(v_sidecar))
+    except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(f"{e} (or pass --baselines-only)")
     params = controller.get_flat()[None]
     policies[linear] = lambda n: WorldModelsAgent(n, vae, rnn, params, temperature=args.temperature)
     if args.planner and args.plan_with == "lookahead":
         try:
-            head, h_sidecar = checkpoints.load_lookahead(args.data_dir, rnn, device)
-        except checkpoints.CheckpointError as e:
+            head, h_sidecar = saved_models.load_lookahead(args.data_dir, rnn, device)
+        except saved_models.CheckpointError as e:
             cli.fail(f"{e} (or pass --plan-with return)")
         if h_sidecar.get("identity", {}).get("controller_sha1") != file_hash(
             os.path.join(args.data_dir, "models", f"{args.controller}.npz")
@@ -250,7 +252,7 @@ def agent_policies(args, config, linear):
                 "(re-run train_lookahead.py for this C)"
             )
         try:
-            settings = lookahead.LookaheadSettings(
+            settings = lookahead_planner.LookaheadSettings(
                 args.plan_grid, args.plan_threshold, args.plan_cost, args.horizon
             )
             head.horizon_index(args.horizon)
@@ -258,7 +260,7 @@ def agent_policies(args, config, linear):
             cli.fail(
                 f"argument --horizon: {e} (pass one of those, or retrain it with train_lookahead.py)"
             )
-        policies[linear + "_planner"] = lambda n: lookahead.LookaheadPlanner(
+        policies[linear + "_planner"] = lambda n: lookahead_planner.LookaheadPlanner(
             n, vae, rnn, params, head, settings, temperature=args.temperature
         )
     elif args.planner:
@@ -266,7 +268,7 @@ def agent_policies(args, config, linear):
             cli.fail(
                 f"--planner needs an M with reward and done heads, and rnn_{c_sidecar['rnn_mode']}.npz has none — train one with 04_train_rnn.py --mode dream"
             )
-        settings = planner.PlanSettings(
+        settings = dream_planner.PlanSettings(
             horizon=args.horizon,
             candidates=args.candidates,
             cem_iters=args.cem_iters,
@@ -275,9 +277,9 @@ def agent_policies(args, config, linear):
             gamma=args.plan_gamma,
             margin=args.plan_margin,
             elites=args.plan_elites,
-            done_pos_weight=checkpoints.done_pos_weight(r_sidecar),
+            done_pos_weight=saved_models.done_pos_weight(r_sidecar),
         )
-        policies[linear + "_planner"] = lambda n: planner.PlannerAgent(
+        policies[linear + "_planner"] = lambda n: dream_planner.PlannerAgent(
             n, vae, rnn, params, settings, temperature=args.temperature
         )
     print(
@@ -323,7 +325,7 @@ def main(argv=None):
                 progress=bar,
             )
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        if isinstance(policy, (planner.PlannerAgent, lookahead.LookaheadPlanner)):
+        if isinstance(policy, (dream_planner.PlannerAgent, lookahead_planner.LookaheadPlanner)):
             summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
             summary["env_steps"] = policy.steps
         results[name] = summary

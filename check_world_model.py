@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, drawing, manifest
-from lib.control import lookahead
+from lib.control import lookahead_planner
 from lib.control.agent import ENDINGS, WorldModelsAgent, dream_rollouts
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
@@ -56,7 +56,7 @@ from lib.diagnostics.probe import ProbeError, auc
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
 from lib.fileio import atomic_path
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.seeding import derive_seeds
 
 
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--risk-threshold",
         type=nonneg,
-        default=lookahead.THRESHOLD,
+        default=lookahead_planner.THRESHOLD,
         help="collision risk above which a forecast counts as a collision (precision, recall); "
         "the look-ahead planner's threshold by default",
     )
@@ -286,20 +286,20 @@ def main(argv=None):
 
     # INPUTS: V and M on the CPU, and 02's episodes through V's latent cache.
     try:
-        vae, v_sidecar = checkpoints.load_vae(args.data_dir)
-        rnn, r_sidecar = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
-    except checkpoints.CheckpointError as e:
+        vae, v_sidecar = saved_models.load_vae(args.data_dir)
+        rnn, r_sidecar = saved_models.load_rnn(args.data_dir, args.mode, vae.z_size)
+    except saved_models.CheckpointError as e:
         cli.fail(str(e))
     if not rnn.can_dream:
         cli.fail(f"rnn_{args.mode}.npz has no reward and done heads — train M with --mode dream")
     train, test, env_config = load_episodes(args, vae)
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
-    weight = checkpoints.done_pos_weight(r_sidecar)
+    weight = saved_models.done_pos_weight(r_sidecar)
     rng = np.random.default_rng([args.seed, 0x3C])
 
     # M ON REAL EPISODES: its NLL on the z it was trained on (V's posterior draws or
     # means), as 04 scores it; its heads and states on V's means, as the agent runs it.
-    source = checkpoints.z_source(r_sidecar)
+    source = saved_models.z_source(r_sidecar)
     z_train, z_test = (
         rnn_data.latents_for(d, source, np.random.default_rng([args.seed, k]))
         for k, d in enumerate((train, test))
@@ -351,7 +351,7 @@ def main(argv=None):
         )  # fmt: skip
         seeds = derive_seeds(args.seed, "world-model-check", args.episodes)
         with tqdm(total=len(params) * args.episodes, desc="real", unit="ep", leave=False) as bar:
-            config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
+            config = sn.EnvConfig(**saved_models.observation_settings(v_sidecar))
             real, real_ends = real_returns(vae, rnn, params, seeds, config, args.n_envs, bar)
         dream = dream.reshape(len(params), args.episodes).mean(axis=1)
         dream_ends = dream_ends.reshape(len(params), args.episodes, len(ENDINGS)).mean(axis=1)

@@ -36,7 +36,7 @@ from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.fileio import atomic_path
 from lib.kernels.fast_encoder import make_encoder
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.mdn_rnn import MODES
 
 LABELS = {
@@ -150,13 +150,13 @@ def main(argv=None):
     needs_v = any(name in ("z", "zh") for name in args.inputs)
     try:
         if needs_v or os.path.exists(os.path.join(args.data_dir, "models", "vae.npz")):
-            vae, v_sidecar = checkpoints.load_vae(args.data_dir)
+            vae, v_sidecar = saved_models.load_vae(args.data_dir)
             config = sn.EnvConfig(
-                n_humans=args.n_humans, **checkpoints.observation_settings(v_sidecar)
+                n_humans=args.n_humans, **saved_models.observation_settings(v_sidecar)
             )
         if "zh" in args.inputs:
-            rnn, _ = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
-    except checkpoints.CheckpointError as e:
+            rnn, _ = saved_models.load_rnn(args.data_dir, args.mode, vae.z_size)
+    except saved_models.CheckpointError as e:
         cli.fail(f"{e} (inputs pixels and state need no models)")
     if "pixels" in args.inputs and config.image_size % args.pool:
         cli.fail(f"--pool must divide the frame's {config.image_size} pixels, got {args.pool}")

@@ -36,7 +36,7 @@ from lib.env.policies import POLICY_NAMES, make_policy
 from lib.env.rollouts import run_episodes
 from lib.fileio import atomic_path
 from lib.kernels.fast_encoder import make_encoder
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.mdn_rnn import MODES
 from lib.seeding import derive_seeds
 
@@ -119,16 +119,16 @@ def main(argv=None):
 
     # INPUTS: V, M (both on the CPU), and the episodes' seeds (a stream no other step uses).
     try:
-        vae, v_sidecar = checkpoints.load_vae(args.data_dir)
-    except checkpoints.CheckpointError as e:
+        vae, v_sidecar = saved_models.load_vae(args.data_dir)
+    except saved_models.CheckpointError as e:
         cli.fail(str(e))
     rnn = None
     if not args.no_rnn:
         try:
-            rnn, _ = checkpoints.load_rnn(args.data_dir, args.mode, vae.z_size)
-        except checkpoints.CheckpointError as e:
+            rnn, _ = saved_models.load_rnn(args.data_dir, args.mode, vae.z_size)
+        except saved_models.CheckpointError as e:
             cli.fail(f"{e} (or pass --no-rnn to probe V alone)")
-    config = sn.EnvConfig(n_humans=args.n_humans, **checkpoints.observation_settings(v_sidecar))
+    config = sn.EnvConfig(n_humans=args.n_humans, **saved_models.observation_settings(v_sidecar))
     cli.ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
     cli.ensure_writable_dir(results_dir)
     seeds = derive_seeds(args.seed, "probe", args.episodes)

@@ -2,10 +2,10 @@
 
 The planner (`08_test_controller.py --planner`) replaces C's action when the head
 forecasts that holding it for the next second (10 steps) ends in a collision or
-outside the room (lib/control/lookahead.py). The head reads what the agent reads:
+outside the room (lib/control/lookahead_planner.py). The head reads what the agent reads:
 V's z of the last three frames and M's h, and with --pixels (the default) the
 centre of the same frames, the 5 m around the robot at 0.25 m a pixel
-(lib/models/lookahead.py): finer than z's 1.3 m cells, where collisions are decided.
+(lib/models/lookahead_heads.py): finer than z's 1.3 m cells, where collisions are decided.
 With --trunk conv (the default with pixels) a small convolutional net reads those
 crops; --trunk dense reads them with one dense layer, as it reads z and h.
 
@@ -61,13 +61,13 @@ from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest, tensorboard_log, training
 from lib.checkpointer import Checkpointer
-from lib.control import lookahead as la
+from lib.control import lookahead_planner as la
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate
 from lib.fileio import atomic_path, file_hash
 from lib.kernels.fast_encoder import make_encoder
-from lib.models import checkpoints
-from lib.models import lookahead as head_lib
+from lib.models import lookahead_heads as head_lib
+from lib.models import saved_models
 from lib.seeding import derive_seed, derive_seeds
 
 # "epochs" counts all rounds' epochs (the run's position); "epoch" is within the round
@@ -219,7 +219,7 @@ def split(parts):
 def draw(path, head, part, grid_size):
     """Six held-out states of a round where some action fails: frame, forecast, truth.
 
-    `part` holds the round's `picture_*` arrays (`lib.control.lookahead.Recorder.data`)."""
+    `part` holds the round's `picture_*` arrays (`lib.control.lookahead_planner.Recorder.data`)."""
     n = len(part["picture_images"])
     if n == 0:
         return False
@@ -284,11 +284,11 @@ def main(argv=None):
     # is written before they pass.
     try:
         device = devices.select_device(args.gpu)
-        controller, c_sidecar, vae, v_sidecar, rnn, _ = checkpoints.load_agent(
+        controller, c_sidecar, vae, v_sidecar, rnn, _ = saved_models.load_agent(
             args.data_dir, args.controller, device
         )
         run = Checkpointer.from_args(os.path.join(models, "lookahead_snapshot.npz"), args)
-    except (devices.DeviceUnavailable, checkpoints.CheckpointError, training.RunConflict) as e:
+    except (devices.DeviceUnavailable, saved_models.CheckpointError, training.RunConflict) as e:
         cli.fail(str(e))
     identity = run_identity(args, models, f"rnn_{c_sidecar['rnn_mode']}.npz")
     if args.resume:
@@ -303,7 +303,7 @@ def main(argv=None):
     # MODEL AND OPTIMIZER: the snapshot (model, Adam, epoch and batch reached) is the
     # run machinery 03 and 04 share (lib/checkpointer.py); epochs run over all rounds,
     # round k holding epochs (k - 1) * --epochs + 1 .. k * --epochs.
-    config = sn.EnvConfig(**checkpoints.observation_settings(v_sidecar))
+    config = sn.EnvConfig(**saved_models.observation_settings(v_sidecar))
     np.random.seed(derive_seed(args.seed, "lookahead/init") % 2**32)  # Chainer's initializers
     head = head_lib.make_head(
         args.heads, z_size=rnn.z_size, hidden_size=rnn.hidden_size,
@@ -402,7 +402,7 @@ def check_resume(saved, identity, snapshot_path):
 
 
 class Player:
-    """Plays and labels the rounds' episodes (`lib.control.lookahead.Recorder`) and
+    """Plays and labels the rounds' episodes (`lib.control.lookahead_planner.Recorder`) and
     reads their saved rows back: C in round 1; from round 2 on, the planner with the
     head trained so far."""
 

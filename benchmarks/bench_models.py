@@ -14,10 +14,10 @@ side by side:
   mixtures, hidden 256, forward + backward + Adam(1e-3) + gradient clip 1.0.
 - `ctrl_b1`, `ctrl_b64`: agent-steps/s of one real-env control step (V encode
   of a uint8 64x64 frame, one M step, one C product) for 1 and 64 agents.
-- `plan_step`: real env-steps/s of the planning agent (`lib.control.planner`) at its
+- `plan_step`: real env-steps/s of the planning agent (`lib.control.dream_planner`) at its
   default K, H and CEM iterations, 64 agents in lockstep: V encode, a plan of
   64 x K rollouts of H steps through M (with reward and done heads), one M step.
-- `plan_lookahead`: real env-steps/s of the look-ahead planner (`lib.control.lookahead`,
+- `plan_lookahead`: real env-steps/s of the look-ahead planner (`lib.control.lookahead_planner`,
   the default of `08 --planner`) at `make agent`'s sizes (V's spatial z 6 x 6 x 8, h 256),
   64 agents in lockstep: V encode, C, the head's risk of C's action and a 9 x 9 grid,
   one M step.
@@ -53,11 +53,11 @@ import numpy as np
 
 from lib import devices
 from lib.control.agent import WorldModelsAgent
-from lib.control.lookahead import LookaheadPlanner
-from lib.control.planner import PlannerAgent, PlanSettings
+from lib.control.dream_planner import PlannerAgent, PlanSettings
+from lib.control.lookahead_planner import LookaheadPlanner
 from lib.kernels.fast_adam import FastAdam
 from lib.models.controller import n_params
-from lib.models.lookahead import MEMBERS, make_head, pixel_size
+from lib.models.lookahead_heads import MEMBERS, make_head, pixel_size
 from lib.models.map_rnn import MapRNN
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss

@@ -15,7 +15,7 @@ from chainer import serializers
 from cli_helpers import assert_same_arrays
 
 from lib import manifest
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import Controller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,13 +88,13 @@ TRAINERS = {
 
 def with_random_controller(d):
     """A C for `d`'s V and M (random weights), as 07 would save it."""
-    rnn, _ = checkpoints.load_rnn(str(d), "dream")
+    rnn, _ = saved_models.load_rnn(str(d), "dream")
     c = Controller(rnn.z_size, rnn.hidden_size)
     c.set_flat(np.random.default_rng(0).normal(0, 0.1, c.size).astype(np.float32))
     serializers.save_npz(d / "models" / "controller.npz", c)
     manifest.write_json(d / "models" / "controller.json", {
         "config": c.config(), "rnn_mode": "dream",
-        "trained_with": checkpoints.model_hashes(str(d), "dream"),
+        "trained_with": saved_models.model_hashes(str(d), "dream"),
     })  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from lib.control.agent import WorldModelsAgent, dream_rollouts
 from lib.control.es import CMAES, ReplayMismatch
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import Controller, act_batch, n_params, unflatten
 
 
@@ -167,8 +167,8 @@ def test_cma_keeps_numpy_global_rng_untouched():
 # Agents and fitness.
 # ---------------------------------------------------------------------------
 def test_lockstep_equals_one_at_a_time(models):
-    vae, _ = checkpoints.load_vae(str(models))
-    rnn, _ = checkpoints.load_rnn(str(models), "dream", 8)
+    vae, _ = saved_models.load_vae(str(models))
+    rnn, _ = saved_models.load_rnn(str(models), "dream", 8)
     params = np.random.default_rng(0).normal(0, 0.5, (1, n_params(8, 16))).astype(np.float32)
     seeds = evaluation_seeds(5, 6)
     config = sn.EnvConfig(max_steps=60)
@@ -185,7 +185,7 @@ def test_lockstep_equals_one_at_a_time(models):
 
 
 def test_dream_rollouts_need_heads_and_count_steps(models):
-    rnn, _ = checkpoints.load_rnn(str(models), "dream", 8)
+    rnn, _ = saved_models.load_rnn(str(models), "dream", 8)
     params = np.zeros((2, n_params(8, 16)), np.float32)
     z0 = np.zeros((4, 8), np.float32)
     returns, lengths = dream_rollouts(
@@ -380,7 +380,7 @@ def test_a_c_is_used_only_with_the_v_and_m_it_was_trained_with(models, tmp_path)
     d = copy_data(models, tmp_path)
     train_c(d, "--epochs", 1, "--dream")
     side = json.loads((d / "models" / "controller.json").read_text())
-    assert side["trained_with"] == checkpoints.model_hashes(str(d), "dream")
+    assert side["trained_with"] == saved_models.model_hashes(str(d), "dream")
     _, labels, trained = controller_set(str(d), "dream", 4, 8, 16, np.random.default_rng(0))
     assert trained == 1 and labels[0] == "07's controller"
     run("04_train_rnn.py", "--mode", "dream", "--epochs", 1, "--batch-size", 4, "--hidden", 16,
@@ -440,9 +440,9 @@ def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
 
 def test_the_agent_sees_frames_drawn_as_vs_were():
     sidecar = {"data": {"identity": {"env": {"view_size": 12.0, "image_size": 64}}}}
-    assert checkpoints.observation_settings(sidecar) == {"image_size": 64, "view_size": 12.0}
+    assert saved_models.observation_settings(sidecar) == {"image_size": 64, "view_size": 12.0}
     # A V from before the data's identity was recorded: today's defaults.
-    assert checkpoints.observation_settings({}) == {
+    assert saved_models.observation_settings({}) == {
         "image_size": sn.EnvConfig.image_size,
         "view_size": sn.EnvConfig.view_size,
     }

@@ -100,13 +100,13 @@ def test_05_and_06_draw_on_the_gpu_as_on_the_cpu(cpu_dir, gpu_dir):
 
 def _both_devices(cpu_dir):
     """(name, V, M, M's sidecar) on the CPU and on GPU 0, from the CPU's models."""
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
     out = []
     for name, gpu in (("cpu", -1), ("gpu", 0)):
         dev = devices.select_device(gpu)
-        vae, side = checkpoints.load_vae(str(cpu_dir), dev)
-        rnn, rside = checkpoints.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
+        vae, side = saved_models.load_vae(str(cpu_dir), dev)
+        rnn, rside = saved_models.load_rnn(str(cpu_dir), "dream", side["config"]["z_size"], dev)
         out.append((name, vae, rnn, rside))
     return out
 
@@ -142,12 +142,12 @@ def test_the_agent_acts_on_the_gpu_as_on_the_cpu(cpu_dir):
 
 def test_dreams_on_the_gpu_match_the_cpu(cpu_dir):
     from lib.control.agent import dream_rollouts
-    from lib.models import checkpoints
+    from lib.models import saved_models
     from lib.models.controller import n_params
 
     out = {}
     for name, gpu in (("cpu", -1), ("gpu", 0)):
-        rnn, side = checkpoints.load_rnn(str(cpu_dir), "dream", 8, devices.select_device(gpu))
+        rnn, side = saved_models.load_rnn(str(cpu_dir), "dream", 8, devices.select_device(gpu))
         params = np.random.default_rng(1).normal(0, 0.5, (2, n_params(8, 16))).astype(np.float32)
         z0 = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
         which = np.arange(8) % 2
@@ -207,7 +207,7 @@ def test_bench_models_runs_on_the_gpu():
 def test_the_planner_plans_on_the_gpu_as_on_the_cpu(cpu_dir):
     """PlannerAgent (K candidates rolled through M with CEM) on both devices: the same
     frames give the same actions (its noise is drawn on the host and sent)."""
-    from lib.control.planner import PlannerAgent, PlanSettings
+    from lib.control.dream_planner import PlannerAgent, PlanSettings
     from lib.env import socnavenv as sn
     from lib.models.controller import n_params
 
@@ -284,10 +284,10 @@ def test_the_task_heads_train_on_the_gpu_with_the_cpus_losses(labelled_dir, tmp_
 def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_path):
     """LookaheadPlanner (an ensemble's risk over C's action and a grid) on both devices:
     the same frames give the same actions; train_lookahead.py trains heads with --gpu."""
-    from lib.control.lookahead import LookaheadPlanner, LookaheadSettings
+    from lib.control.lookahead_planner import LookaheadPlanner, LookaheadSettings
     from lib.env import socnavenv as sn
     from lib.models.controller import n_params
-    from lib.models.lookahead import make_head, pixel_size
+    from lib.models.lookahead_heads import make_head, pixel_size
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(4)]

@@ -17,7 +17,7 @@ from lib.control.imitation import ACTION_CLIP, LinearFit, TeacherLabels, dagger
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.env.policies import make_policy
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import n_params, unflatten
 from lib.seeding import derive_seeds
 
@@ -32,8 +32,8 @@ def models(tiny_models):
 
 @pytest.fixture(scope="module")
 def v_and_m(models):
-    vae, _ = checkpoints.load_vae(str(models))
-    rnn, _ = checkpoints.load_rnn(str(models), "dream", vae.z_size)
+    vae, _ = saved_models.load_vae(str(models))
+    rnn, _ = saved_models.load_rnn(str(models), "dream", vae.z_size)
     return vae, rnn
 
 

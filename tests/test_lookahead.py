@@ -1,5 +1,5 @@
-"""M's look-ahead head (lib/models/lookahead.py), the planner that reads it
-(lib/control/lookahead.py), train_lookahead.py and 08 --planner --plan-with lookahead."""
+"""M's look-ahead head (lib/models/lookahead_heads.py), the planner that reads it
+(lib/control/lookahead_planner.py), train_lookahead.py and 08 --planner --plan-with lookahead."""
 
 import json
 import os
@@ -16,13 +16,13 @@ from chainer import serializers
 from cli_helpers import assert_events_match_log, one_line_error, run, run_here
 
 from lib import manifest, training
-from lib.control import lookahead as la
+from lib.control import lookahead_planner as la
 from lib.control.agent import WorldModelsAgent
-from lib.control.planner import PlannerAgent
+from lib.control.dream_planner import PlannerAgent
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
-from lib.models import checkpoints
-from lib.models import lookahead as head_lib
+from lib.models import lookahead_heads as head_lib
+from lib.models import saved_models
 from lib.models.controller import Controller, n_params
 from lib.models.mdn_rnn import MDNRNN
 from lib.models.vae import ConvVAE
@@ -151,7 +151,7 @@ def test_an_ensemble_forecasts_its_members_mean_and_saves_as_one_head(tmp_path):
     path = tmp_path / "models" / "lookahead.npz"
     training.save_model(str(path), ens, {"config": ens.config()})
     rnn = MDNRNN(z_size=Z, hidden_size=HIDDEN, reward_head=True, done_head=True)
-    again, _ = checkpoints.load_lookahead(str(tmp_path), rnn)
+    again, _ = saved_models.load_lookahead(str(tmp_path), rnn)
     np.testing.assert_array_equal(again.risk(x, a, 2), ens.risk(x, a, 2))
     with pytest.raises(ValueError, match="2 or more"):
         head_lib.LookaheadEnsemble(1, z_size=Z, hidden_size=HIDDEN)
@@ -546,8 +546,8 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
         data_dir / "runs" / "lookahead", models / "lookahead_log.csv"
     )
     assert "auc_10" in events["scalars"] and not batches
-    rnn, _ = checkpoints.load_rnn(str(data_dir), "dream", Z)
-    head, _ = checkpoints.load_lookahead(str(data_dir), rnn)
+    rnn, _ = saved_models.load_rnn(str(data_dir), "dream", Z)
+    head, _ = saved_models.load_lookahead(str(data_dir), rnn)
     assert isinstance(head, head_lib.LookaheadEnsemble) and len(head) == 3
     # The same run in two sittings (as after an interruption) gives the same head.
     other = tmp_path / "other"
@@ -565,7 +565,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     stopped = run("train_lookahead.py", *SMALL, *budget)
     assert "stopped after 1 batches" in stopped.stdout and "epoch 3, batch 1" in stopped.stdout
     run("train_lookahead.py", *SMALL, "--rounds", 2, "--resume", "--data-dir", other)
-    again, _ = checkpoints.load_lookahead(str(other), rnn)
+    again, _ = saved_models.load_lookahead(str(other), rnn)
     for (name, p), (_, q) in zip(sorted(head.namedparams()), sorted(again.namedparams())):
         np.testing.assert_array_equal(p.array, q.array, err_msg=name)
     untimed = [line.rsplit(",", 1)[0] for line in log]  # the last column is seconds

@@ -14,7 +14,7 @@ from cli_helpers import one_line_error, run, run_here
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
-from lib.models import checkpoints, ego_warp
+from lib.models import ego_warp, saved_models
 from lib.models.map_rnn import MapRNN, build_rnn
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.rollout_loss import rollout_loss, rollout_starts
@@ -301,7 +301,7 @@ def copy_data(src, dst):
 
 
 def _v(d):
-    vae, _ = checkpoints.load_vae(str(d))
+    vae, _ = saved_models.load_vae(str(d))
     return vae, str(d / "models" / "vae.npz")
 
 
@@ -325,7 +325,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     want = rnn_data.baseline_nll(train_split, train_split.mu, test, test.mu)["copy_z"]
     assert copy_nll == pytest.approx(want, rel=1e-4)
     np.testing.assert_allclose(config["offsets"], [2.625, 1.625, 0.625, -0.375, -1.375, -2.375])
-    rnn, _ = checkpoints.load_rnn(str(a), "dream", 72)
+    rnn, _ = saved_models.load_rnn(str(a), "dream", 72)
     assert isinstance(rnn, MapRNN) and rnn.hidden_size == 3 * 36 and rnn.can_dream
     # Interrupted after one batch, then resumed: the same weights, bit for bit.
     b = copy_data(spatial_v, tmp_path / "b")

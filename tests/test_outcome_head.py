@@ -210,9 +210,9 @@ def test_04_outcome_head_trains_and_records_its_settings(trained_v, tmp_path):  
 
 
 def _vae(d):
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
-    vae, _ = checkpoints.load_vae(str(d))
+    vae, _ = saved_models.load_vae(str(d))
     return vae, str(d / "models" / "vae.npz")
 
 

@@ -1,4 +1,4 @@
-"""The planner in M (lib/control/planner.py) and 08's --planner."""
+"""The planner in M (lib/control/dream_planner.py) and 08's --planner."""
 
 import json
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from lib import manifest
 from lib.control.agent import WorldModelsAgent
-from lib.control.planner import PlannerAgent, PlanSettings, plan
+from lib.control.dream_planner import PlannerAgent, PlanSettings, plan
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.models.controller import Controller, n_params, unflatten

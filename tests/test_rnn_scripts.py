@@ -59,12 +59,12 @@ def log_rows(d, mode):
 def held_out_by_hand(d, mode):
     """The last epoch's held-out reward MSE and done accuracy of the saved M, worked out
     here by stepping it through each held-out episode (not 04's chunked `evaluate`)."""
-    from lib.models import checkpoints
+    from lib.models import saved_models
     from lib.models.mdn_rnn import calibrated_done_logit, done_logit_threshold
 
     script = script_module("04_train_rnn.py")
-    vae, _ = checkpoints.load_vae(str(d))
-    rnn, sidecar = checkpoints.load_rnn(str(d), mode, vae.z_size)
+    vae, _ = saved_models.load_vae(str(d))
+    rnn, sidecar = saved_models.load_rnn(str(d), mode, vae.z_size)
     vae_path = str(d / "models" / "vae.npz")
     train_split = latents.encode_split(str(d / "rnn_data" / "train"), vae, vae_path)[0]
     test = latents.encode_split(str(d / "rnn_data" / "test"), vae, vae_path)[0]
@@ -128,9 +128,9 @@ def test_resume_is_exact(trained_v, tmp_path):
 
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
     d = copy_data(trained_v, tmp_path)
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
-    vae, _ = checkpoints.load_vae(str(d))
+    vae, _ = saved_models.load_vae(str(d))
     vae_path = str(d / "models" / "vae.npz")
     split = str(d / "rnn_data" / "train")
     data, info = latents.encode_split(split, vae, vae_path)
@@ -150,9 +150,9 @@ def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
 
 
 def test_batches_mask_padding_and_windows(trained_v):
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
-    vae, _ = checkpoints.load_vae(str(trained_v))
+    vae, _ = saved_models.load_vae(str(trained_v))
     data, _ = latents.encode_split(
         str(trained_v / "rnn_data" / "train"), vae, str(trained_v / "models" / "vae.npz")
     )
@@ -287,9 +287,9 @@ def test_task_weight_trains_ms_head_on_02s_labels_and_refuses_without(trained_v,
     )
     assert float(rows[-1]["train_task_loss"]) < float(rows[0]["train_task_loss"])
     from lib.env.rollouts import list_rollouts, load_episode
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
-    vae, _ = checkpoints.load_vae(str(d))
+    vae, _ = saved_models.load_vae(str(d))
     data, info = latents.encode_split(
         str(d / "rnn_data" / "train"), vae, str(d / "models" / "vae.npz")
     )
@@ -300,4 +300,4 @@ def test_task_weight_trains_ms_head_on_02s_labels_and_refuses_without(trained_v,
     batch = rnn_data.episode_batch(data, data.mu, np.array([1]))
     n = int(data.lengths[1])
     np.testing.assert_array_equal(batch["teacher"][0, :n], data.episode(1)["teacher"])
-    assert checkpoints.load_rnn(str(d), "dream", 8)[0].task_size == 2  # rebuilt with its head
+    assert saved_models.load_rnn(str(d), "dream", 8)[0].task_size == 2  # rebuilt with its head

@@ -368,7 +368,7 @@ def test_task_weight_flag(labelled_data, vae_data, tmp_path):
     assert float(rows[1]["train_task"]) < float(rows[0]["train_task"])
     # The agent's loader rebuilds the V with its head; the head's own prediction on the
     # held-out frames is what the log's R² scored.
-    from lib.models import checkpoints
+    from lib.models import saved_models
 
-    vae, _ = checkpoints.load_vae(str(d))
+    vae, _ = saved_models.load_vae(str(d))
     assert vae.task_size == 2

@@ -14,7 +14,7 @@ from lib import manifest
 from lib.control.agent import ENDINGS, ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.diagnostics import world_model as wm
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import Controller
 from lib.models.mdn_rnn import MDNRNN
 
@@ -198,12 +198,12 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
 def test_the_script_reports_the_trained_cs_endings_in_the_dream_and_the_room(models, tmp_path):
     d = tmp_path / "d"
     shutil.copytree(models, d)
-    rnn, _ = checkpoints.load_rnn(str(d), "dream")
+    rnn, _ = saved_models.load_rnn(str(d), "dream")
     c = Controller(rnn.z_size, rnn.hidden_size)
     serializers.save_npz(d / "models" / "controller.npz", c)
     manifest.write_json(d / "models" / "controller.json", {
         "config": c.config(), "rnn_mode": "dream",
-        "trained_with": checkpoints.model_hashes(str(d), "dream"),
+        "trained_with": saved_models.model_hashes(str(d), "dream"),
     })  # fmt: skip
     run("check_world_model.py", "--controllers", 3, "--episodes", 4, "--samples", 1,
         "--probe-episodes", 20, "--data-dir", d)  # fmt: skip

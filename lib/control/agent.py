@@ -132,7 +132,7 @@ class WorldModelsAgent(Policy):
 
 class PlanningAgent(WorldModelsAgent):
     """A World Models agent with one C whose action a planner may replace
-    (`lib.control.planner`, `lib.control.lookahead`): it checks that there is one C and
+    (`lib.control.dream_planner`, `lib.control.lookahead_planner`): it checks that there is one C and
     counts the steps planned and those whose action is not C's.
 
     Args: as `WorldModelsAgent`, with `params` (n_params,) or (1, n_params).

@@ -28,7 +28,7 @@ from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
 from lib.kernels import runtime
 from lib.kernels.fast_encoder import make_encoder
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.seeding import derive_seed
 
 
@@ -59,15 +59,15 @@ def init_worker(spec: Spec) -> None:
     _WORKER.clear()
     _WORKER["spec"] = spec
     device = select_device(spec.gpu)
-    rnn, sidecar = checkpoints.load_rnn(spec.data_dir, spec.rnn_mode, device=device)
+    rnn, sidecar = saved_models.load_rnn(spec.data_dir, spec.rnn_mode, device=device)
     _WORKER["rnn"] = rnn
-    _WORKER["done_pos_weight"] = checkpoints.done_pos_weight(sidecar)
-    _WORKER["z_source"] = checkpoints.z_source(sidecar)
+    _WORKER["done_pos_weight"] = saved_models.done_pos_weight(sidecar)
+    _WORKER["z_source"] = saved_models.z_source(sidecar)
     if spec.dream:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
     else:
-        _WORKER["vae"], _ = checkpoints.load_vae(spec.data_dir, device)
+        _WORKER["vae"], _ = saved_models.load_vae(spec.data_dir, device)
         _WORKER["encoder"] = make_encoder(_WORKER["vae"])
 
 

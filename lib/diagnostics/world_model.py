@@ -26,7 +26,7 @@ from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
 from lib.diagnostics.open_loop import baseline_z, step_frames
 from lib.env import socnavenv as sn
-from lib.models import checkpoints
+from lib.models import saved_models
 from lib.models.controller import n_params
 from lib.models.mdn_rnn import (
     DONE_THRESHOLD,
@@ -340,13 +340,13 @@ def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_siz
     trained, labels = [], []
     for name in TRAINED_CONTROLLERS:
         try:
-            c, sidecar = checkpoints.load_controller(data_dir, name)
-        except checkpoints.CheckpointError:
+            c, sidecar = saved_models.load_controller(data_dir, name)
+        except saved_models.CheckpointError:
             continue
         if (
             sidecar.get("rnn_mode") == mode
             and c.size == size
-            and not checkpoints.trained_with_these(data_dir, sidecar)
+            and not saved_models.trained_with_these(data_dir, sidecar)
         ):
             trained.append(c.get_flat().astype(np.float32))
             labels.append(f"07's {name}")

@@ -16,7 +16,7 @@ import chainer
 from lib.env.socnavenv import EnvConfig
 from lib.fileio import file_hash
 from lib.models.controller import Controller
-from lib.models.lookahead import make_head
+from lib.models.lookahead_heads import make_head
 from lib.models.map_rnn import build_rnn
 from lib.models.vae import ConvVAE
 

@@ -3,7 +3,7 @@
 For the agent's present state and any candidate action a, the head gives the
 probability that holding a for the next k steps (k in `HORIZONS`, 0.1 s each)
 ends the episode in a collision or outside the room. It is the planner's look-ahead
-(`lib.control.lookahead`): a direct multi-step forecast from M's state, where
+(`lib.control.lookahead_planner`): a direct multi-step forecast from M's state, where
 iterating M's one-step z prediction ten times foresees few collisions (its
 recall within 10 steps is 0.27; docs/experiments.md).
 

@@ -1,7 +1,7 @@
 """Planning with M's look-ahead head (beyond the paper), and the data the head learns from.
 
 The agent (`LookaheadPlanner`): at every real step, C proposes its action; the
-head (`lib.models.lookahead.LookaheadHead`) forecasts, from M's state and V's
+head (`lib.models.lookahead_heads.LookaheadHead`) forecasts, from M's state and V's
 last three z, the probability that holding each candidate action for the next
 H steps ends the episode in a collision or outside the room (a head with pixels also
 reads the frame's centre of the same frames). The candidates are
@@ -34,7 +34,7 @@ from chainer.backend import CpuDevice
 from lib.control.agent import PlanningAgent
 from lib.devices import to_host
 from lib.env import socnavenv as sn
-from lib.models.lookahead import HORIZONS, crops, features, pixel_features, pixel_size
+from lib.models.lookahead_heads import HORIZONS, crops, features, pixel_features, pixel_size
 
 # The planner's defaults, chosen on validation episodes (docs/experiments.md,
 # "A look-ahead head for the planner").
@@ -101,7 +101,7 @@ def choose_actions(risk, candidates, threshold, cost):
 
 class MotionMemory:
     """Each slot's vector (V's z, or a frame's `crops`) at its two previous frames, for
-    `lib.models.lookahead.features` and `pixel_features`.
+    `lib.models.lookahead_heads.features` and `pixel_features`.
 
     At an episode's first step both are the present one, at its second the older
     one is the previous (nothing before the episode is made up).
