@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: venv venv-gpu test lint demo bench agent
+.PHONY: venv venv-gpu test lint demo bench agent docs-results
 
 # The quick preset: every step at a size that runs in minutes on 2 cores.
 DEMO_DIR ?= data/demo
@@ -68,7 +68,7 @@ demo: venv
 	$(PY) 06_draw_rnn_result.py --mode dream --data-dir $(DEMO_DIR) --gpu $(GPU)
 	$(PY) 07_train_controller.py --epochs 40 --popsize 32 --trials 8 --eval-every 10 --data-dir $(DEMO_DIR) --overwrite --gpu $(GPU)
 	$(PY) 08_test_controller.py --episodes 100 --data-dir $(DEMO_DIR) --gpu $(GPU)
-	$(PY) docs/make_env_figures.py --out $(DEMO_DIR)/results
+	$(PY) tools/make_env_figures.py --out $(DEMO_DIR)/results
 	@echo
 	@echo "demo outputs (in $(DEMO_DIR)):"
 	@echo "  vae_data/preview.png, rnn_data/preview.png   the rollouts V and M learn from"
@@ -151,3 +151,9 @@ $(A)/08.done: $(A)/lookahead.done
 	$(call step,08,$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))
+
+# The README's and docs' results tables are the files `make agent` wrote: this copies
+# them from $(AGENT_DIR)/results into docs/results/ and between each page's
+# `<!-- results: NAME -->` markers (tools/sync_results.py; the tests check they match).
+docs-results: venv
+	$(PY) tools/sync_results.py --run-dir $(AGENT_DIR)

@@ -200,10 +200,10 @@ def _first_import_lines(path):
 
 
 def entry_points():
-    """Every file Python runs first: scripts, benchmarks, docs scripts, conftest (not
-    benchmarks/torch_*.py, PyTorch twins run from the reference venv, without lib)."""
-    out = [f for f in os.listdir(ROOT) if f[:2].isdigit() and f.endswith(".py")]
-    for folder in ("benchmarks", "docs"):
+    """Every file Python runs first: the top level's scripts, benchmarks, tools, conftest
+    (not benchmarks/torch_*.py, PyTorch twins run from the reference venv, without lib)."""
+    out = [f for f in os.listdir(ROOT) if f.endswith(".py")]
+    for folder in ("benchmarks", "tools"):
         out += [
             os.path.join(folder, f)
             for f in os.listdir(os.path.join(ROOT, folder))
