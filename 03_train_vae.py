@@ -427,7 +427,7 @@ def main(argv=None):
                         means.add(obs, len(x), prefix="v/")
                         session_frames += len(x)
                         bar.set_postfix(shown_losses(means.means()))
-                        events.batch(means.means(), epoch * n_batches + it + 1)
+                        events.batch(means.since_last(), epoch * n_batches + it + 1)
                         run.batch_done(means.state(), extra={"perm": perm})
                 seconds = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}

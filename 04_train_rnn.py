@@ -642,7 +642,7 @@ def main(argv=None):
                             )  # fmt: skip
                             means.add(obs, float(ch["mask"].sum()), prefix="m/")
                         bar.set_postfix(nll=f"{means.mean('nll'):.3f}")
-                        events.batch(means.means(), epoch * n_batches + it + 1)
+                        events.batch(means.since_last(), epoch * n_batches + it + 1)
                         run.batch_done(means.state())
                 seconds = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "ss_prob": round(ss_prob, 4)}

@@ -5,8 +5,8 @@
   `<run>/<column>` (`vae/train_loss`, `rnn_dream/test_nll`, `controller/sigma`, ...),
   with the log's counter (epoch, generation) as the step (`training.CsvLog` mirrors its
   rows here), so TensorBoard shows each model's curves in a section of their own;
-- the running training losses after every batch (`<run>/batch/<loss>`, step = batches
-  so far, in the sub-folder `batches/`), so a long epoch shows progress before it ends;
+- every batch's training losses (`<run>/batch/<loss>`, step = batches so far, in the
+  sub-folder `batches/`), so a long epoch shows progress before it ends;
 - pictures: V's reconstructions every epoch (03), M's open-loop dream beside the real
   frames every epoch (04).
 
@@ -90,7 +90,7 @@ class EventLog:
         self._writer.flush()
 
     def batch(self, losses: dict, batches_done: int) -> None:
-        """The running losses at `batches_done`, as `<run>/batch/<name>` (a point costs
+        """One batch's losses at `batches_done`, as `<run>/batch/<name>` (a point costs
         microseconds; TensorBoard thins long series for display)."""
         if self._batches is None:
             from tensorboardX import SummaryWriter

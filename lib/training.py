@@ -157,6 +157,7 @@ class EpochMeans:
     def __init__(self, keys, partial: dict | None = None):
         self.sums = dict(partial["sums"]) if partial else dict.fromkeys(keys, 0.0)
         self.count = partial["count"] if partial else 0
+        self._mark = (dict(self.sums), self.count)  # where `since_last` starts
 
     def add(self, reported: dict, n, prefix: str = "") -> None:
         """Adds a batch of weight `n` (frames, steps): `reported[prefix + key]` for each
@@ -175,6 +176,15 @@ class EpochMeans:
 
     def state(self) -> dict:
         return {"sums": self.sums, "count": self.count}
+
+    def since_last(self) -> dict:
+        """The means of what was added since the last call (or the start): one batch's
+        losses, for its point in TensorBoard."""
+        sums, count = self._mark
+        n = self.count - count
+        out = {k: (self.sums[k] - sums[k]) / n if n else 0.0 for k in self.sums}
+        self._mark = (dict(self.sums), self.count)
+        return out
 
 
 class CsvLog:
