@@ -65,3 +65,17 @@ def test_a_checking_progress_bar_stops_after_the_unit_under_way():
     assert bar.n == 2 and e.value.code == 130  # counted, then stopped
     with pytest.raises(training.Stopped):
         stop.raise_if_interrupted()
+
+
+def test_epoch_means_since_last_is_each_batchs_mean_from_a_resumed_epoch_too():
+    means = training.EpochMeans(["loss"])
+    means.add({"loss": 2.0}, 3)  # one batch in two chunks: 3 steps at 2, 1 step at 6
+    means.add({"loss": 6.0}, 1)
+    assert means.since_last() == {"loss": 3.0}
+    means.add({"loss": 1.0}, 2)
+    assert means.since_last() == {"loss": 1.0}
+    assert means.mean("loss") == pytest.approx(14 / 6)
+    resumed = training.EpochMeans(["loss"], means.state())  # a snapshot taken mid-epoch
+    resumed.add({"loss": 4.0}, 2)
+    assert resumed.since_last() == {"loss": 4.0}
+    assert resumed.since_last() == {"loss": 0.0}  # nothing added since
