@@ -1,5 +1,6 @@
-"""The run object of a training script (03, 04): what a run may start from, its
-exact-resume snapshots, when it saves them and how it stops.
+"""The run object of a training script (03, 04, train_lookahead.py): what a run may
+start from, its exact-resume snapshots, when it saves them, how it stops, and its
+TensorBoard events (`event_log`).
 
 - Start: a new run refuses to replace a snapshot without `--overwrite`, and
   `--resume` needs one (`RunConflict`, raised on construction, before anything is
