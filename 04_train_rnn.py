@@ -274,17 +274,24 @@ def batches_per_epoch(mode, data, args):
     return math.ceil(len(data) / args.batch_size)
 
 
-def dream_picture(model, vae, test, root):
-    """M's open loop on the first held-out episode, as 06 draws it
-    (lib/diagnostics/open_loop_strip.py), for TensorBoard; None without a test split."""
+def open_loop_drawer(test, root):
+    """A function (model, vae) -> M's open loop on the first held-out episode, as 06
+    draws it (lib/diagnostics/open_loop_strip.py), for TensorBoard after every epoch;
+    the episode's frames are read once, here. None without a test split."""
     if test is None:
         return None
     ep = test.episode(0)
     frames = load_episode(os.path.join(root, "test", test.files[0]), image_size=None)["obs"]
-    rng = np.random.default_rng(0)  # unused at temperature 0; apart from training's
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        picture, _, _ = open_loop_picture(model, vae, ep["mu"], ep["action"], frames, 5, 12, rng)
-    return picture
+
+    def draw(model, vae):
+        rng = np.random.default_rng(0)  # unused at temperature 0; apart from training's
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            picture, _, _ = open_loop_picture(
+                model, vae, ep["mu"], ep["action"], frames, 5, 12, rng
+            )
+        return picture
+
+    return draw
 
 
 def evaluate(model, data, z, batch_size, seq_len, done_pos_weight=1.0):
@@ -611,6 +618,7 @@ def main(argv=None):
     log_path = os.path.join(models, f"{name}_log.csv")
     n_batches = batches_per_epoch(args.mode, train, args)
     events = run.event_log(tensorboard_log.run_dir(args.data_dir, name), n_batches)
+    draw_open_loop = open_loop_drawer(test, root)
     log = training.CsvLog(log_path, LOG_FIELDS, run.epoch if args.resume else None, events)
 
     # TRAINING LOOP
@@ -651,7 +659,7 @@ def main(argv=None):
                     held = evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight)
                     row.update(held, constant_z_nll=baselines["constant_z"])
                     row["copy_z_nll"] = baselines["copy_z"]
-                    events.image("open_loop", dream_picture(model, vae, test, root), epoch + 1)
+                    events.image("open_loop", draw_open_loop(model, vae), epoch + 1)
                 log.append(row)
                 title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
                 training.plot_curves(log, f"{models}/{name}_loss.png", CURVES, title, "nats")

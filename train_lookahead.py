@@ -357,22 +357,22 @@ def main(argv=None):
     except training.NonFiniteLoss as e:
         cli.fail(str(e), code=1)
     except (training.Stopped, KeyboardInterrupt) as stop:
-        events.close()
         if not os.path.exists(run.path):
             cli.fail(
                 "interrupted before the first epoch ended: nothing to resume — rerun "
                 f"without --resume (the rounds played so far, in {folder}, are kept)",
                 code=130,
             )
-        if isinstance(stop, KeyboardInterrupt) or str(stop) == "interrupted":
+        if isinstance(stop, KeyboardInterrupt):  # the second Ctrl-C: no batch finished
             stop = training.Stopped(
                 f"interrupted: {run.path} holds the run up to its last snapshot (the work "
                 "under way is redone) — continue with --resume", 130,
             )  # fmt: skip
         cli.stopped(stop)
+    finally:
+        events.close()
 
     # OUTPUTS
-    events.close()
     picture = os.path.join(args.data_dir, "results", "lookahead.png")
     cli.ensure_writable_dir(os.path.dirname(picture))
     with np.load(round_path(folder, args.rounds), allow_pickle=False) as f:

@@ -150,8 +150,14 @@ class Checkpointer:
     def checking(self, bar):
         """`bar` (a tqdm-like progress bar) whose `update` raises `training.Stopped` once
         Ctrl-C was pressed: for work with nothing to snapshot mid-way (episodes played
-        between epochs), which then stops after the item in hand."""
-        return self._interrupt.checking(bar)
+        between epochs), which then stops after the item in hand, saying that the last
+        snapshot holds the run."""
+        where = f"{self.epoch} epochs done" if self.epoch else "no epoch done"
+        message = (
+            f"interrupted: {self.path} holds the run up to its last snapshot ({where}; the "
+            "work under way is redone) — continue with --resume"
+        )
+        return self._interrupt.checking(bar, message)
 
     def batches(self, n: int, desc: str):
         """A progress bar over the epoch's batches still to run, out of `n`."""

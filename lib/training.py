@@ -313,16 +313,18 @@ class DeferredInterrupt:
         if self.requested_now:
             self.stop(snapshot_path, where)
 
-    def raise_if_interrupted(self) -> None:
-        """Raises `Stopped` (code 130) if Ctrl-C was pressed: for a loop with nothing to
-        save mid-way, whose caller says what is kept (the iteration budget aside)."""
+    def raise_if_interrupted(self, message: str = "interrupted") -> None:
+        """Raises `Stopped` (code 130) with `message` if Ctrl-C was pressed: for a loop
+        with nothing to save mid-way (the iteration budget aside); `message` says what
+        is kept, or the caller does."""
         if self.requested:
-            raise Stopped("interrupted", 130)
+            raise Stopped(message, 130)
 
-    def checking(self, bar) -> _CheckingProgress:
+    def checking(self, bar, message: str = "interrupted") -> _CheckingProgress:
         """`bar` (a tqdm-like progress bar) whose `update` also calls
-        `raise_if_interrupted`: a run of episodes then stops after the one under way."""
-        return _CheckingProgress(bar, self)
+        `raise_if_interrupted(message)`: a run of episodes then stops after the one under
+        way."""
+        return _CheckingProgress(bar, self, message)
 
     def stop(self, snapshot_path: str, where: str):
         """Raises `Stopped` saying what was saved: code 130 after Ctrl-C, 0 after the budget."""
@@ -355,9 +357,9 @@ class DeferredInterrupt:
 class _CheckingProgress:
     """See `DeferredInterrupt.checking`."""
 
-    def __init__(self, bar, interrupt: DeferredInterrupt):
-        self.bar, self.interrupt = bar, interrupt
+    def __init__(self, bar, interrupt: DeferredInterrupt, message: str):
+        self.bar, self.interrupt, self.message = bar, interrupt, message
 
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
-        self.interrupt.raise_if_interrupted()
+        self.interrupt.raise_if_interrupted(self.message)

@@ -65,6 +65,9 @@ def test_a_checking_progress_bar_stops_after_the_unit_under_way():
     assert bar.n == 2 and e.value.code == 130  # counted, then stopped
     with pytest.raises(training.Stopped):
         stop.raise_if_interrupted()
+    # A caller's message says what is kept (the look-ahead trainer's play: its snapshot)
+    with pytest.raises(training.Stopped, match="^kept: the last snapshot$"):
+        stop.checking(bar, "kept: the last snapshot").update(1)
 
 
 def test_epoch_means_since_last_is_each_batchs_mean_from_a_resumed_epoch_too():
