@@ -101,7 +101,7 @@ def parse_args(argv=None):
 PLANNERS = ("lookahead", "return")
 PLAN_WITH_HELP = (
     "with --planner, how candidate actions are judged: lookahead (default) vetoes C's action "
-    "when M's look-ahead head (train_lookahead.py) forecasts a collision or exit within "
+    "when M's look-ahead head (07b_train_lookahead.py) forecasts a collision or exit within "
     "--horizon steps of holding it, and takes the safest action near C's; return runs the "
     "cross-entropy method over action sequences imagined in M, scored by M's predicted return"
 )
@@ -249,7 +249,7 @@ def agent_policies(args, config, linear):
         ):
             print(
                 f"note: lookahead.npz was trained on another C's states than {args.controller}.npz "
-                "(re-run train_lookahead.py for this C)"
+                "(re-run 07b_train_lookahead.py for this C)"
             )
         try:
             settings = lookahead_planner.LookaheadSettings(
@@ -258,7 +258,7 @@ def agent_policies(args, config, linear):
             head.horizon_index(args.horizon)
         except ValueError as e:
             cli.fail(
-                f"argument --horizon: {e} (pass one of those, or retrain it with train_lookahead.py)"
+                f"argument --horizon: {e} (pass one of those, or retrain it with 07b_train_lookahead.py)"
             )
         policies[linear + "_planner"] = lambda n: lookahead_planner.LookaheadPlanner(
             n, vae, rnn, params, head, settings, temperature=args.temperature

@@ -96,7 +96,11 @@ AGENT_Z_SIZE ?= 128
 # K > 0: a spatial z, 6 x 6 x K (03 --spatial K; docs/experiments.md); 0: V's dense z of AGENT_Z_SIZE
 AGENT_SPATIAL ?= 8
 AGENT_GOAL_WEIGHT ?= 1
-AGENT_M_EPOCHS ?= 20
+# M's architecture (04's flags): the map M that moves with the robot, trained on V's means
+# and on its own 40-step open loop, which gave the dream-trained C 63 % against the dense
+# M's 8 % (docs/experiments.md); the paper's dense M: AGENT_M_FLAGS=--residual AGENT_M_EPOCHS=20
+AGENT_M_FLAGS ?= --arch map --z-source mean --map-head-kernel 3 --ss-max 0 --rollout-steps 40 --rollout-starts 2 --rollout-weight 3
+AGENT_M_EPOCHS ?= 8
 # > 0: M's episodes are labelled with the oracle's action (02 --labels oracle) and M learns
 # to predict it linearly from [z, h], C's input (04 --task-weight); 0: the paper's M
 AGENT_M_TASK_WEIGHT ?= 0
@@ -107,7 +111,7 @@ AGENT_C_IMITATION_ITERATIONS ?= 10
 # wider clearance from people, which a linear C imitates with fewer collisions
 AGENT_C_TEACHER ?= cautious_oracle
 AGENT_DREAM_GENERATIONS ?= 100
-# The planner's look-ahead heads (train_lookahead.py, which by default lets them read
+# The planner's look-ahead heads (07b_train_lookahead.py, which by default lets them read
 # the frames' centre beside z and h, through a small convolutional trunk): episodes per
 # round of play and labelling, rounds (a second would play the planner with the first
 # round's heads; one did as well as two), and heads in the ensemble. On the same rows,
@@ -134,19 +138,19 @@ $(A)/02.done: $(A)/01.done
 $(A)/03.done: $(A)/02.done
 	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --task-weight $(AGENT_TASK_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
-	$(call step,04,$(PY) 04_train_rnn.py --mode dream --residual --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --task-weight $(AGENT_M_TASK_WEIGHT) --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
+	$(call step,04,$(PY) 04_train_rnn.py --mode dream $(AGENT_M_FLAGS) --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --task-weight $(AGENT_M_TASK_WEIGHT) --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done
-	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
+	$(call step,diagnostics,$(PY) 05_draw_vae_result.py --data-dir $(AGENT_DIR) && $(PY) 06_draw_rnn_result.py --mode dream --data-dir $(AGENT_DIR) && $(PY) diagnostics/probe_features.py --episodes 300 --pixels --data-dir $(AGENT_DIR))
 $(A)/inputs.done: $(A)/diagnostics.done
-	$(call step,inputs,$(PY) probe_controller.py --teacher $(AGENT_C_TEACHER) --iterations $(AGENT_C_IMITATION_ITERATIONS) --data-dir $(AGENT_DIR))
+	$(call step,inputs,$(PY) diagnostics/probe_controller.py --teacher $(AGENT_C_TEACHER) --iterations $(AGENT_C_IMITATION_ITERATIONS) --data-dir $(AGENT_DIR))
 $(A)/07.done: $(A)/inputs.done
 	$(call step,07,$(PY) 07_train_controller.py --imitate $(AGENT_C_TEACHER) --imitate-iterations $(AGENT_C_IMITATION_ITERATIONS) --epochs $(AGENT_C_GENERATIONS) --sigma 0.02 --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_es.npz))
 $(A)/07dream.done: $(A)/07.done
 	$(call step,07dream,$(PY) 07_train_controller.py --dream --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(AGENT_DIR) $(call continue_or_start,controller_dream_es.npz))
 $(A)/check.done: $(A)/07dream.done
-	$(call step,check,$(PY) check_world_model.py --data-dir $(AGENT_DIR))
+	$(call step,check,$(PY) diagnostics/check_world_model.py --data-dir $(AGENT_DIR))
 $(A)/lookahead.done: $(A)/check.done
-	$(call step,lookahead,$(PY) train_lookahead.py --episodes $(AGENT_LOOKAHEAD_EPISODES) --rounds $(AGENT_LOOKAHEAD_ROUNDS) --heads $(AGENT_LOOKAHEAD_HEADS) --data-dir $(AGENT_DIR) $(call continue_or_start,lookahead_snapshot.npz))
+	$(call step,lookahead,$(PY) 07b_train_lookahead.py --episodes $(AGENT_LOOKAHEAD_EPISODES) --rounds $(AGENT_LOOKAHEAD_ROUNDS) --heads $(AGENT_LOOKAHEAD_HEADS) --data-dir $(AGENT_DIR) $(call continue_or_start,lookahead_snapshot.npz))
 $(A)/08.done: $(A)/lookahead.done
 	$(call step,08,$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \

@@ -297,7 +297,7 @@ def _agent_models(rng):
 
 
 def plan_lookahead():
-    """Env-steps/s of the look-ahead planner at its defaults (train_lookahead.py's
+    """Env-steps/s of the look-ahead planner at its defaults (07b_train_lookahead.py's
     ensemble of MEMBERS heads, reading the frames' centre through their conv trunks), 64
     agents in lockstep."""
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The run object of a training script (03, 04, train_lookahead.py): what a run may
+"""The run object of a training script (03, 04, 07b_train_lookahead.py): what a run may
 start from, its exact-resume snapshots, when it saves them, how it stops, and its
 TensorBoard events (`event_log`).
 

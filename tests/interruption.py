@@ -64,7 +64,7 @@ TRAINERS = {
         ["controller_es.npz", "controller.npz"],
     ),
     "lookahead": (  # needs a C: fresh_copy gives it a random one
-        "train_lookahead.py",
+        "07b_train_lookahead.py",
         [
             "--rounds",
             "2",

@@ -200,10 +200,11 @@ def _first_import_lines(path):
 
 
 def entry_points():
-    """Every file Python runs first: the top level's scripts, benchmarks, tools, conftest
-    (not benchmarks/torch_*.py, PyTorch twins run from the reference venv, without lib)."""
+    """Every file Python runs first: the top level's scripts, diagnostics, benchmarks, tools,
+    conftest (not benchmarks/torch_*.py, PyTorch twins run from the reference venv, without
+    lib)."""
     out = [f for f in os.listdir(ROOT) if f.endswith(".py")]
-    for folder in ("benchmarks", "tools"):
+    for folder in ("diagnostics", "benchmarks", "tools"):
         out += [
             os.path.join(folder, f)
             for f in os.listdir(os.path.join(ROOT, folder))

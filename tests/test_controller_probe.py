@@ -1,5 +1,5 @@
 """How far a linear C gets on each input (lib/diagnostics/controller_probe.py and
-probe_controller.py): the state features, DAgger on any input, and the script."""
+diagnostics/probe_controller.py): the state features, DAgger on any input, and the script."""
 
 import json
 import math
@@ -107,7 +107,7 @@ def test_the_controller_plays_its_weights_and_checks_its_input():
 
 def test_the_script_fits_every_input_on_tiny_models(tiny_models, tmp_path):
     out = tmp_path / "pc.json"
-    run("probe_controller.py", "--iterations", 2, "--episodes", 3, "--test-episodes", 4,
+    run("diagnostics/probe_controller.py", "--iterations", 2, "--episodes", 3, "--test-episodes", 4,
         "--pool", 4, "--out", out, "--data-dir", tiny_models)  # fmt: skip
     with open(out) as f:
         report = json.load(f)
@@ -131,9 +131,9 @@ def test_the_script_fits_every_input_on_tiny_models(tiny_models, tmp_path):
 
 
 def test_the_script_needs_models_only_for_z_and_zh(tmp_path):
-    err = one_line_error(run_here("probe_controller.py", "--data-dir", tmp_path))
+    err = one_line_error(run_here("diagnostics/probe_controller.py", "--data-dir", tmp_path))
     assert "vae" in err and "pixels and state need no models" in err
-    run("probe_controller.py", "--inputs", "state", "--iterations", 1, "--episodes", 2,
+    run("diagnostics/probe_controller.py", "--inputs", "state", "--iterations", 1, "--episodes", 2,
         "--test-episodes", 2, "--data-dir", tmp_path)  # fmt: skip
     with open(tmp_path / "results" / "probe_controller.json") as f:
         assert list(json.load(f)["results"]) == ["state"]
@@ -150,9 +150,11 @@ def test_the_script_refuses_bad_flags_and_writes_nothing(tmp_path, tiny_models):
         (["--teacher", "random"], "--teacher"),
         (["--test-episodes", "0"], "--test-episodes"),
     ):
-        err = one_line_error(run_here("probe_controller.py", *flags, "--data-dir", d))
+        err = one_line_error(run_here("diagnostics/probe_controller.py", *flags, "--data-dir", d))
         assert word in err, (flags, err)
     os.remove(d / "models" / "rnn_dream.npz")
-    err = one_line_error(run_here("probe_controller.py", "--inputs", "zh", "--data-dir", d))
+    err = one_line_error(
+        run_here("diagnostics/probe_controller.py", "--inputs", "zh", "--data-dir", d)
+    )
     assert "rnn_dream" in err
     assert not os.path.exists(d / "results" / "probe_controller.json")

@@ -283,7 +283,7 @@ def test_the_task_heads_train_on_the_gpu_with_the_cpus_losses(labelled_dir, tmp_
 
 def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_path):
     """LookaheadPlanner (an ensemble's risk over C's action and a grid) on both devices:
-    the same frames give the same actions; train_lookahead.py trains heads with --gpu."""
+    the same frames give the same actions; 07b_train_lookahead.py trains heads with --gpu."""
     from lib.control.lookahead_planner import LookaheadPlanner, LookaheadSettings
     from lib.env import socnavenv as sn
     from lib.models.controller import n_params
@@ -316,7 +316,7 @@ def test_the_lookahead_planner_and_train_lookahead_run_on_the_gpu(cpu_dir, tmp_p
     if not (data / "models" / "controller.npz").exists():  # cpu_dir has V and M only
         run("07_train_controller.py", "--epochs", 1, "--popsize", 4, "--trials", 1,
             "--max-steps", 20, "--workers", 1, "--data-dir", data)  # fmt: skip
-    run("train_lookahead.py", "--episodes", 8, "--rounds", 2, "--epochs", 1, "--width", 8,
+    run("07b_train_lookahead.py", "--episodes", 8, "--rounds", 2, "--epochs", 1, "--width", 8,
         "--n-envs", 4, "--gpu", 0, "--overwrite", "--data-dir", data)  # fmt: skip
     assert (data / "models" / "lookahead.npz").exists()
 

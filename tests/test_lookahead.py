@@ -1,5 +1,5 @@
 """M's look-ahead head (lib/models/lookahead_heads.py), the planner that reads it
-(lib/control/lookahead_planner.py), train_lookahead.py and 08 --planner --plan-with lookahead."""
+(lib/control/lookahead_planner.py), 07b_train_lookahead.py and 08 --planner --plan-with lookahead."""
 
 import json
 import os
@@ -146,7 +146,7 @@ def test_an_ensemble_forecasts_its_members_mean_and_saves_as_one_head(tmp_path):
     )
     ens.set_normalization(np.ones(ens.feature_size), np.full(ens.feature_size, 2.0))
     assert all((m.std == 2).all() for m in ens)
-    # Saved and loaded as train_lookahead.py and 08 do: the same forecasts.
+    # Saved and loaded as 07b_train_lookahead.py and 08 do: the same forecasts.
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "lookahead.npz"
     training.save_model(str(path), ens, {"config": ens.config()})
@@ -507,7 +507,7 @@ def test_recorder_keeps_the_frames_crops_in_order():
 
 
 # ---------------------------------------------------------------------------
-# train_lookahead.py and 08 --planner on random models saved as 03, 04 and 07 would
+# 07b_train_lookahead.py and 08 --planner on random models saved as 03, 04 and 07 would
 # ---------------------------------------------------------------------------
 @pytest.fixture()
 def data_dir(tmp_path):
@@ -531,7 +531,7 @@ SMALL = ("--episodes", 8, "--epochs", 2, "--batch-size", 64, "--width", 16, "--n
 
 
 def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_dir, tmp_path):
-    proc = run("train_lookahead.py", *SMALL, "--rounds", 2, "--data-dir", data_dir)
+    proc = run("07b_train_lookahead.py", *SMALL, "--rounds", 2, "--data-dir", data_dir)
     models = data_dir / "models"
     sidecar = json.loads((models / "lookahead.json").read_text())
     assert sidecar["rounds"] == 2 and sidecar["epochs"] == 2
@@ -560,11 +560,11 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
             )
     # Three sittings: round 1; then round 2 stopped after one batch by --max-iterations
     # (a snapshot mid-epoch, with the epoch's partial loss); then the rest.
-    run("train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", other)
+    run("07b_train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", other)
     budget = ("--rounds", 2, "--resume", "--max-iterations", 1, "--data-dir", other)
-    stopped = run("train_lookahead.py", *SMALL, *budget)
+    stopped = run("07b_train_lookahead.py", *SMALL, *budget)
     assert "stopped after 1 batches" in stopped.stdout and "epoch 3, batch 1" in stopped.stdout
-    run("train_lookahead.py", *SMALL, "--rounds", 2, "--resume", "--data-dir", other)
+    run("07b_train_lookahead.py", *SMALL, "--rounds", 2, "--resume", "--data-dir", other)
     again, _ = saved_models.load_lookahead(str(other), rnn)
     for (name, p), (_, q) in zip(sorted(head.namedparams()), sorted(again.namedparams())):
         np.testing.assert_array_equal(p.array, q.array, err_msg=name)
@@ -574,7 +574,7 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
     assert_events_match_log(other / "runs" / "lookahead", other / "models" / "lookahead_log.csv")
     # Resuming with another number of epochs per round is refused: the run's epochs
     # would map to other rounds.
-    line = one_line_error(run_here("train_lookahead.py", *SMALL[:2], "--epochs", 3, *SMALL[4:],
+    line = one_line_error(run_here("07b_train_lookahead.py", *SMALL[:2], "--epochs", 3, *SMALL[4:],
                                    "--rounds", 2, "--resume", "--data-dir", other))  # fmt: skip
     assert "other epochs" in line
     # A saved round played for another C is not reused by a new run.
@@ -582,29 +582,29 @@ def test_train_lookahead_writes_the_head_its_log_and_picture_and_resumes(data_di
         (other / "models" / name).unlink()
     c = other / "models" / "controller.npz"
     serializers.save_npz(c, Controller(Z, HIDDEN))  # another C: its own random weights
-    line = one_line_error(run_here("train_lookahead.py", *SMALL, "--data-dir", other))
+    line = one_line_error(run_here("07b_train_lookahead.py", *SMALL, "--data-dir", other))
     assert "round_1.npz was played with other controller_sha1" in line and "--overwrite" in line
     assert not (other / "models" / "lookahead.npz").exists()
     # A trained head is not replaced without --overwrite.
     before = (models / "lookahead.npz").read_bytes()
-    line = one_line_error(run_here("train_lookahead.py", *SMALL, "--data-dir", data_dir))
+    line = one_line_error(run_here("07b_train_lookahead.py", *SMALL, "--data-dir", data_dir))
     assert "--overwrite" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # Resuming with another number of heads is refused, in one line, before any work.
     other_heads = ("--resume", "--heads", 2, "--data-dir", data_dir)
-    line = one_line_error(run_here("train_lookahead.py", *SMALL, *other_heads))
+    line = one_line_error(run_here("07b_train_lookahead.py", *SMALL, *other_heads))
     assert "--heads 3" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # So is resuming with another trunk.
     other_trunk = ("--resume", "--trunk", "dense", "--data-dir", data_dir)
-    line = one_line_error(run_here("train_lookahead.py", *SMALL, *other_trunk))
+    line = one_line_error(run_here("07b_train_lookahead.py", *SMALL, *other_trunk))
     assert "--trunk conv" in line
     assert (models / "lookahead.npz").read_bytes() == before
 
 
 def test_train_lookahead_ctrl_c_before_the_first_epoch_says_nothing_is_saved(data_dir):
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train_lookahead.py"), "--episodes", "400",
+        [sys.executable, os.path.join(ROOT, "07b_train_lookahead.py"), "--episodes", "400",
          "--n-envs", "4", "--width", "8", "--no-pixels", "--data-dir", str(data_dir)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -622,7 +622,7 @@ def test_train_lookahead_ctrl_c_before_the_first_epoch_says_nothing_is_saved(dat
 
 def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
     tiny = (*SMALL, "--rounds", 1, "--heads", 1, "--epochs", 1, "--data-dir", data_dir)
-    run("train_lookahead.py", *tiny, "--no-pixels")
+    run("07b_train_lookahead.py", *tiny, "--no-pixels")
     models = data_dir / "models"
     config = json.loads((models / "lookahead.json").read_text())["config"]
     assert config["pixels"] == 0 and config["trunk"] == "dense"
@@ -630,13 +630,13 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
         assert "crops" not in f.files
     before = (models / "lookahead.npz").read_bytes()
     # Resuming a head without pixels as one with them is refused, in one line.
-    line = one_line_error(run_here("train_lookahead.py", *tiny, "--resume"))
+    line = one_line_error(run_here("07b_train_lookahead.py", *tiny, "--resume"))
     assert "--no-pixels" in line
     assert (models / "lookahead.npz").read_bytes() == before
     # So is training a head with pixels on saved rows that have no crops.
     for name in ("lookahead.npz", "lookahead.json", "lookahead_snapshot.npz"):
         (models / name).unlink()
-    line = one_line_error(run_here("train_lookahead.py", *tiny))
+    line = one_line_error(run_here("07b_train_lookahead.py", *tiny))
     assert "no frames' crops" in line and "--overwrite" in line
     assert not (models / "lookahead.npz").exists()
 
@@ -654,12 +654,12 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
     ],
 )
 def test_train_lookahead_refuses_bad_flags(args, words, tmp_path):
-    line = one_line_error(run_here("train_lookahead.py", *args, "--data-dir", tmp_path))
+    line = one_line_error(run_here("07b_train_lookahead.py", *args, "--data-dir", tmp_path))
     assert words in line
 
 
 def test_train_lookahead_needs_the_agent(tmp_path):
-    line = one_line_error(run_here("train_lookahead.py", "--data-dir", tmp_path))
+    line = one_line_error(run_here("07b_train_lookahead.py", "--data-dir", tmp_path))
     assert "07_train_controller.py" in line
     assert not (tmp_path / "lookahead_data").exists()
 
@@ -676,8 +676,8 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
             data_dir,
         )
     )
-    assert "train_lookahead.py" in line and "--plan-with return" in line
-    run("train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", data_dir)
+    assert "07b_train_lookahead.py" in line and "--plan-with return" in line
+    run("07b_train_lookahead.py", *SMALL, "--rounds", 1, "--data-dir", data_dir)
     out = tmp_path / "r.json"
     proc = run(
         "08_test_controller.py", "--planner", "--plan-threshold", 0.2, "--plan-grid", 5,
@@ -714,4 +714,4 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
             data_dir,
         )
     )
-    assert "not 4" in line and "train_lookahead.py" in line
+    assert "not 4" in line and "07b_train_lookahead.py" in line

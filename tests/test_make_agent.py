@@ -34,12 +34,16 @@ SCRIPTS = {
     "02": ["02_generate_rnn_data.py"],
     "03": ["03_train_vae.py"],
     "04": ["04_train_rnn.py"],
-    "diagnostics": ["05_draw_vae_result.py", "06_draw_rnn_result.py", "probe_features.py"],
-    "inputs": ["probe_controller.py"],
+    "diagnostics": [
+        "05_draw_vae_result.py",
+        "06_draw_rnn_result.py",
+        "diagnostics/probe_features.py",
+    ],
+    "inputs": ["diagnostics/probe_controller.py"],
     "07": ["07_train_controller.py"],
     "07dream": ["07_train_controller.py"],
-    "check": ["check_world_model.py"],
-    "lookahead": ["train_lookahead.py"],
+    "check": ["diagnostics/check_world_model.py"],
+    "lookahead": ["07b_train_lookahead.py"],
     "08": ["08_test_controller.py"] * 3,
 }
 
@@ -131,3 +135,30 @@ def test_an_interrupted_step_resumes_and_finished_steps_are_skipped(tmp_path):
     assert "--overwrite" in script_lines(lines, "04")[0]
     (tmp_path / "models" / "lookahead_snapshot.npz").touch()  # so was the look-ahead head
     assert "--resume" in script_lines(plan(tmp_path), "lookahead")[0]
+
+
+def test_m_is_the_map_m_unless_the_flags_ask_for_the_papers_dense_m(tmp_path):
+    """AGENT_M_FLAGS picks M's architecture: by default the map M on V's means, trained on
+    its own open loop; `AGENT_M_FLAGS=--residual` the paper's dense M (a residual MDN-LSTM)."""
+    parse = script_module("04_train_rnn.py").parse_args
+
+    def m_args(*overrides):
+        proc = subprocess.run(
+            ["make", "-n", "agent", f"AGENT_DIR={tmp_path}", "PY=python3", *overrides],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        (line,) = [ln for ln in proc.stdout.splitlines() if "agent step 04:" in ln]
+        ((_, argv),) = commands(line)
+        return parse(argv)
+
+    default = m_args()
+    assert (default.arch, default.z_source, default.residual) == ("map", "mean", False)
+    assert default.rollout_steps > 0 and default.outcome_head
+    dense = m_args("AGENT_M_FLAGS=--residual", "AGENT_M_EPOCHS=20")
+    assert (dense.arch, dense.z_source, dense.residual, dense.epochs) == (
+        "lstm",
+        "sample",
+        True,
+        20,
+    )
+    assert dense.rollout_steps == 0 and dense.outcome_head

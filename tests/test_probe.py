@@ -1,4 +1,4 @@
-"""The linear probe (lib/diagnostics/probe.py and probe_features.py): scores, the true
+"""The linear probe (lib/diagnostics/probe.py and diagnostics/probe_features.py): scores, the true
 quantities it reads from the simulator, and the script on tiny models."""
 
 import json
@@ -144,7 +144,7 @@ def models(tiny_models):
 
 def test_the_script_probes_z_and_z_h_against_the_vector_observation(models):
     out = os.path.join(models, "results", "probe.json")
-    run("probe_features.py", "--episodes", 6, "--n-envs", 3, "--random-features", 16,
+    run("diagnostics/probe_features.py", "--episodes", 6, "--n-envs", 3, "--random-features", 16,
         "--pixels", "--data-dir", models)  # fmt: skip
     with open(out) as f:
         rows = json.load(f)["results"]
@@ -167,15 +167,19 @@ def test_the_script_probes_v_alone_without_m(tmp_path, models):
     d = tmp_path / "data"
     shutil.copytree(os.path.join(models, "models"), d / "models")
     os.remove(d / "models" / "rnn_dream.npz")
-    err = one_line_error(run_here("probe_features.py", "--episodes", 4, "--data-dir", d))
+    err = one_line_error(
+        run_here("diagnostics/probe_features.py", "--episodes", 4, "--data-dir", d)
+    )
     assert "rnn_dream" in err and "--no-rnn" in err
-    run("probe_features.py", "--episodes", 4, "--n-envs", 2, "--no-rnn", "--data-dir", d)
+    run(
+        "diagnostics/probe_features.py", "--episodes", 4, "--n-envs", 2, "--no-rnn", "--data-dir", d
+    )
     with open(d / "results" / "probe.json") as f:
         assert set(json.load(f)["results"]) == {"vector (reference)", "z"}
 
 
 def test_the_script_needs_v(tmp_path):
-    err = one_line_error(run_here("probe_features.py", "--data-dir", tmp_path))
+    err = one_line_error(run_here("diagnostics/probe_features.py", "--data-dir", tmp_path))
     assert "vae" in err and "03_train_vae.py" in err
-    err = one_line_error(run_here("probe_features.py", "--episodes", "0"))
+    err = one_line_error(run_here("diagnostics/probe_features.py", "--episodes", "0"))
     assert "--episodes" in err

@@ -1,5 +1,5 @@
 """M's trustworthiness as a simulator (lib/diagnostics/world_model.py and
-check_world_model.py): the scores by hand, on a rigged M, and the script on tiny models."""
+diagnostics/check_world_model.py): the scores by hand, on a rigged M, and the script on tiny models."""
 
 import json
 import os
@@ -167,7 +167,7 @@ def models(tiny_models):
 
 
 def test_the_script_scores_m_and_compares_dream_with_real(models):
-    run("check_world_model.py", "--controllers", 5, "--episodes", 2, "--samples", 2,
+    run("diagnostics/check_world_model.py", "--controllers", 5, "--episodes", 2, "--samples", 2,
         "--probe-episodes", 20, "--data-dir", models)  # fmt: skip
     out = os.path.join(models, "results", "world_model_dream.json")
     with open(out) as f:
@@ -205,7 +205,7 @@ def test_the_script_reports_the_trained_cs_endings_in_the_dream_and_the_room(mod
         "config": c.config(), "rnn_mode": "dream",
         "trained_with": saved_models.model_hashes(str(d), "dream"),
     })  # fmt: skip
-    run("check_world_model.py", "--controllers", 3, "--episodes", 4, "--samples", 1,
+    run("diagnostics/check_world_model.py", "--controllers", 3, "--episodes", 4, "--samples", 1,
         "--probe-episodes", 20, "--data-dir", d)  # fmt: skip
     with open(d / "results" / "world_model_dream.json") as f:
         (row,) = json.load(f)["results"]["dream_vs_real"]["trained"]
@@ -222,13 +222,15 @@ def test_the_script_reports_the_trained_cs_endings_in_the_dream_and_the_room(mod
 
 
 def test_the_script_needs_an_m_with_heads(models, tmp_path):
-    err = one_line_error(run_here("check_world_model.py", "--mode", "reward", "--data-dir", models))
+    err = one_line_error(
+        run_here("diagnostics/check_world_model.py", "--mode", "reward", "--data-dir", models)
+    )
     assert "rnn_reward" in err
-    err = one_line_error(run_here("check_world_model.py", "--controllers", "-1"))
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--controllers", "-1"))
     assert "--controllers" in err
-    err = one_line_error(run_here("check_world_model.py", "--risk-threshold", "1.5"))
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--risk-threshold", "1.5"))
     assert "--risk-threshold" in err
-    err = one_line_error(run_here("check_world_model.py", "--samples", "0"))
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--samples", "0"))
     assert "--samples" in err
 
 

@@ -45,7 +45,7 @@ from lib.kernels.fastconv import ConvolutionNHWC
 
 # Steps ahead the head forecasts; the planner reads one of them (its horizon).
 HORIZONS = (3, 5, 10)
-# Heads trained apart whose mean the planner reads (train_lookahead.py --heads).
+# Heads trained apart whose mean the planner reads (07b_train_lookahead.py --heads).
 MEMBERS = 3
 # The frame's centre a head with pixels reads: this fraction of the view's side
 # (5 m of 8), average-pooled by POOL x POOL.
@@ -278,7 +278,7 @@ class LookaheadHead(chainer.Chain):
 
 class LookaheadEnsemble(chainer.ChainList):
     """`members` look-ahead heads of one config, trained apart (each its own initial
-    weights and batch order: `train_lookahead.py --heads`); the forecast is their mean
+    weights and batch order: `07b_train_lookahead.py --heads`); the forecast is their mean
     probability. It answers what the planner and the trainer ask of a `LookaheadHead`
     (sizes, `horizons`, `horizon_index`, `risk`, `config`, `set_normalization`).
     """

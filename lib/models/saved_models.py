@@ -162,7 +162,7 @@ def trained_with_these(data_dir: str, c_sidecar: dict) -> str | None:
 
 def load_agent(data_dir: str, controller_name: str = "controller", device=None):
     """C (`models/<controller_name>.npz`), V and the M that C was trained with, checked
-    to fit together: what 08 tests and train_lookahead.py plays.
+    to fit together: what 08 tests and 07b_train_lookahead.py plays.
 
     Returns:
         (controller, its sidecar, V, V's sidecar, M, M's sidecar); V and M on `device`.
@@ -196,7 +196,7 @@ def load_lookahead(data_dir: str, rnn, device=None):
     Returns:
         (LookaheadHead, or LookaheadEnsemble, on `device`; sidecar dict).
     """
-    maker = "train_lookahead.py"
+    maker = "07b_train_lookahead.py"
     path = os.path.join(data_dir, "models", "lookahead.npz")
     sidecar = read_sidecar(path, maker)
     try:

@@ -33,6 +33,10 @@ Writes:
         and dream against real fitness, one dot per controller.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for lib
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
@@ -362,7 +366,9 @@ def main(argv=None):
     # REPORT
     text = table(result)
     print(text)
-    manifest.write_json(out, manifest.make("check_world_model.py", vars(args), results=result))
+    manifest.write_json(
+        out, manifest.make("diagnostics/check_world_model.py", vars(args), results=result)
+    )
     with atomic_path(os.path.splitext(out)[0] + ".md") as tmp, open(tmp, "w") as f:
         f.write(text + "\n")
     figure(os.path.splitext(out)[0] + ".png", result)

@@ -17,6 +17,10 @@ Writes:
     data/results/probe_controller.png: success and collision rate per input.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for lib
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
@@ -211,7 +215,9 @@ def main(argv=None):
     # REPORT
     text = table(results, args.teacher)
     print(text)
-    report = manifest.make(script="probe_controller.py", args=vars(args), results=results)
+    report = manifest.make(
+        script="diagnostics/probe_controller.py", args=vars(args), results=results
+    )
     manifest.write_json(out, report)
     with atomic_path(os.path.splitext(out)[0] + ".md") as tmp, open(tmp, "w") as f:
         f.write(text + "\n")

@@ -17,6 +17,10 @@ Writes:
         against the truth on the test episodes for each feature set.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for lib
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
 
 # isort: split
@@ -170,7 +174,7 @@ def main(argv=None):
     text = table(scores)
     print(text)
     report = manifest.make(
-        script="probe_features.py",
+        script="diagnostics/probe_features.py",
         args=vars(args),
         results={
             row: {
