@@ -19,33 +19,23 @@ import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must 
 # isort: split
 import os
 
-from lib import cli
 from lib.data import datagen
 
 SCRIPT = "01_generate_vae_data.py"
 
 
 def parse_args(argv=None):
-    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rollouts", type=cli.non_negative_int, default=2000, help="training rollouts")
-    p.add_argument("--testrollouts", type=cli.non_negative_int, default=100, help="test rollouts")
-    datagen.add_labels_arg(p, "03 --task-weight")
-    cli.add_common_args(p)
-    datagen.add_generation_args(p)
-    return p.parse_args(argv)
+    return datagen.parse_args(
+        argv, __doc__, "rollouts", ("--rollouts", "--testrollouts"), "03 --task-weight"
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    root = os.path.join(args.data_dir, "vae_data")
     splits = {"train": args.rollouts, "test": args.testrollouts}
-    print(
-        f"01: rollouts {splits}, policy {args.policy}, seed {args.seed}, "
-        f"{args.workers} workers ({args.backend})"
-        + (f", frames labelled by {args.labels}" if args.labels else "")
-        + f" -> {root}"
+    datagen.generate(
+        os.path.join(args.data_dir, "vae_data"), splits, args, "vae", SCRIPT, "rollouts"
     )
-    datagen.generate(root, splits, args, "vae", SCRIPT, "rollouts")
 
 
 if __name__ == "__main__":

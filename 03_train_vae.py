@@ -404,47 +404,40 @@ def main(argv=None):
     losses = ("loss", "rec", "kl", "task") if args.task_weight else ("loss", "rec", "kl")
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
-    try:
-        with run:
-            for epoch in run.epochs(args.epochs):
-                if perm is None or run.iteration == 0:
-                    perm = shuffle_rng.permutation(len(train))
-                # A resumed epoch carries the sums of its batches before the interruption.
-                means = training.EpochMeans(losses, run.partial)
-                start, session_frames = time.perf_counter(), 0
-                with run.batches(n_batches, f"epoch {epoch + 1}/{args.epochs}") as bar:
-                    for it in bar:
-                        batch = perm[it * args.batch_size : (it + 1) * args.batch_size]
-                        x = train.batch(batch)
-                        labels = train.labels(batch) if args.task_weight else None
-                        obs = {}
-                        with reporter.scope(obs):
-                            loss = loss_fn(x, labels)
-                        run.check_loss(float(loss.array), "the VAE loss")
-                        vae.cleargrads()
-                        loss.backward()
-                        optimizer.update()
-                        means.add(obs, len(x), prefix="v/")
-                        session_frames += len(x)
-                        bar.set_postfix(shown_losses(means.means()))
-                        events.batch(means.since_last(), epoch * n_batches + it + 1)
-                        run.batch_done(means.state(), extra={"perm": perm})
-                seconds = time.perf_counter() - start
-                row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}
-                row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
-                row.update(held_out_row(vae, test, args))
-                log.append(row)
-                training.plot_curves(log, os.path.join(models, "vae_loss.png"), *CURVES)
-                picture = save_reconstructions(vae, sample, progress_dir, epoch + 1)
-                events.image("reconstructions", picture, epoch + 1)
-                training.save_model(model_path, vae, run.sidecar(epochs=epoch + 1, last=row))
-                print(epoch_line(row, seconds, session_frames))
-    except training.NonFiniteLoss as e:
-        cli.fail(str(e), code=1)
-    except training.Stopped as stop:
-        cli.stopped(stop)
-    finally:
-        events.close()
+    with run.ending(events), run:
+        for epoch in run.epochs(args.epochs):
+            if perm is None or run.iteration == 0:
+                perm = shuffle_rng.permutation(len(train))
+            # A resumed epoch carries the sums of its batches before the interruption.
+            means = training.EpochMeans(losses, run.partial)
+            start, session_frames = time.perf_counter(), 0
+            with run.batches(n_batches, f"epoch {epoch + 1}/{args.epochs}") as bar:
+                for it in bar:
+                    batch = perm[it * args.batch_size : (it + 1) * args.batch_size]
+                    x = train.batch(batch)
+                    labels = train.labels(batch) if args.task_weight else None
+                    obs = {}
+                    with reporter.scope(obs):
+                        loss = loss_fn(x, labels)
+                    run.check_loss(float(loss.array), "the VAE loss")
+                    vae.cleargrads()
+                    loss.backward()
+                    optimizer.update()
+                    means.add(obs, len(x), prefix="v/")
+                    session_frames += len(x)
+                    bar.set_postfix(shown_losses(means.means()))
+                    events.batch(means.since_last(), epoch * n_batches + it + 1)
+                    run.batch_done(means.state(), extra={"perm": perm})
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch + 1, "iterations": (epoch + 1) * n_batches}
+            row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
+            row.update(held_out_row(vae, test, args))
+            log.append(row)
+            training.plot_curves(log, os.path.join(models, "vae_loss.png"), *CURVES)
+            picture = save_reconstructions(vae, sample, progress_dir, epoch + 1)
+            events.image("reconstructions", picture, epoch + 1)
+            training.save_model(model_path, vae, run.sidecar(epochs=epoch + 1, last=row))
+            print(epoch_line(row, seconds, session_frames))
 
     # OUTPUTS
     print(

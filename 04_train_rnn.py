@@ -627,50 +627,41 @@ def main(argv=None):
     keys = loss_keys(args, heads)
     if run.epoch >= args.epochs:
         print(f"already trained for {run.epoch} epochs (--epochs {args.epochs}): nothing to do")
-    try:
-        with run:
-            for epoch in run.epochs(args.epochs):
-                # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch,
-                # batch), so a resumed run repeats it exactly.
-                epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
-                z = rnn_data.latents_for(train, args.z_source, epoch_rng)
-                plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
-                ss_prob = (
-                    args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0
-                )
-                means = training.EpochMeans(keys, run.partial)
-                start = time.perf_counter()
-                with run.batches(len(plan), f"epoch {epoch + 1}/{args.epochs}") as bar:
-                    for it in bar:
-                        rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
-                        state = None
-                        for ch in plan[it]:
-                            obs, state = train_chunk(
-                                model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, args, run
-                            )  # fmt: skip
-                            means.add(obs, float(ch["mask"].sum()), prefix="m/")
-                        bar.set_postfix(nll=f"{means.mean('nll'):.3f}")
-                        events.batch(means.since_last(), epoch * n_batches + it + 1)
-                        run.batch_done(means.state())
-                seconds = time.perf_counter() - start
-                row = {"epoch": epoch + 1, "ss_prob": round(ss_prob, 4)}
-                row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
-                if test is not None:
-                    held = evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight)
-                    row.update(held, constant_z_nll=baselines["constant_z"])
-                    row["copy_z_nll"] = baselines["copy_z"]
-                    events.image("open_loop", draw_open_loop(model, vae), epoch + 1)
-                log.append(row)
-                title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
-                training.plot_curves(log, f"{models}/{name}_loss.png", CURVES, title, "nats")
-                training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
-                print(epoch_line(row, baselines, heads, seconds))
-    except training.NonFiniteLoss as e:
-        cli.fail(str(e), code=1)
-    except training.Stopped as stop:
-        cli.stopped(stop)
-    finally:
-        events.close()
+    with run.ending(events), run:
+        for epoch in run.epochs(args.epochs):
+            # All of an epoch's randomness comes from (seed, epoch) and (seed, epoch,
+            # batch), so a resumed run repeats it exactly.
+            epoch_rng = np.random.default_rng(derive_seed(args.seed, "rnn/epoch", epoch))
+            z = rnn_data.latents_for(train, args.z_source, epoch_rng)
+            plan = batches_for_epoch(args.mode, train, z, args, epoch_rng)
+            ss_prob = args.ss_max * epoch / max(args.epochs - 1, 1) if args.mode == "dream" else 0.0
+            means = training.EpochMeans(keys, run.partial)
+            start = time.perf_counter()
+            with run.batches(len(plan), f"epoch {epoch + 1}/{args.epochs}") as bar:
+                for it in bar:
+                    rng = np.random.default_rng(derive_seed(args.seed, "rnn/batch", epoch, it))
+                    state = None
+                    for ch in plan[it]:
+                        obs, state = train_chunk(
+                            model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, args, run
+                        )  # fmt: skip
+                        means.add(obs, float(ch["mask"].sum()), prefix="m/")
+                    bar.set_postfix(nll=f"{means.mean('nll'):.3f}")
+                    events.batch(means.since_last(), epoch * n_batches + it + 1)
+                    run.batch_done(means.state())
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch + 1, "ss_prob": round(ss_prob, 4)}
+            row.update(seconds=round(seconds, 2), **means.means(prefix="train_"))
+            if test is not None:
+                held = evaluate(model, test, z_test, args.batch_size, args.seq_len, pos_weight)
+                row.update(held, constant_z_nll=baselines["constant_z"])
+                row["copy_z_nll"] = baselines["copy_z"]
+                events.image("open_loop", draw_open_loop(model, vae), epoch + 1)
+            log.append(row)
+            title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
+            training.plot_curves(log, f"{models}/{name}_loss.png", CURVES, title, "nats")
+            training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
+            print(epoch_line(row, baselines, heads, seconds))
 
     # OUTPUTS
     print(

@@ -137,26 +137,16 @@ def parse_args(argv=None):
         default=None,
         help="stop once an evaluation reaches this mean return",
     )
-    p.add_argument(
-        "--workers",
-        type=cli.positive_int,
-        default=None,
-        help="worker processes (default: one per core on the CPU; 1 with --gpu, where one "
+    parallel.add_worker_args(
+        p,
+        None,
+        "worker processes (default: one per core on the CPU; 1 with --gpu, where one "
         "process keeps the device busy and each extra one costs its own CUDA context)",
     )
     p.add_argument(
-        "--backend", choices=parallel.BACKENDS, default="local", help="where workers run"
-    )
-    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
-    p.add_argument(
         "--group-size", type=cli.positive_int, default=4, help="candidates per lockstep batch"
     )
-    p.add_argument(
-        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
-    )
-    p.add_argument(
-        "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
-    )
+    cli.add_room_args(p, sn.N_HUMANS, sn.MAX_STEPS)
     p.add_argument("--imitate", choices=TEACHERS, default=None, help=IMITATE_HELP)
     p.add_argument(
         "--imitate-iterations",

@@ -329,48 +329,32 @@ def main(argv=None):
     if run.epoch >= total:
         print(f"already trained for {run.epoch} epochs ({args.rounds} rounds): nothing to do")
 
-    try:
-        with run:  # Ctrl-C finishes the batch or episode in hand
-            rows = None
-            for step in run.epochs(total):
-                k, epoch = step // args.epochs + 1, step % args.epochs
-                if epoch == 0 or rows is None:
-                    # PLAY AND LABEL round k (unless its rows are saved), then read all
-                    # rounds' rows so far: the head trains on them all
-                    player.play_if_missing(k, run)
-                    rows = player.rows(k)
-                    if step == 0 and run.iteration == 0:
-                        head.set_normalization(*head_lib.moments(
-                            rows["x"], ~rows["held"], crops_rows=rows["crops"]
-                        ))  # fmt: skip
-                # TRAIN one epoch
-                row = train_epoch(head, optimizer, rows, k, epoch, args, run)
-                row["epochs"] = step + 1
-                log.append(row)
-                sidecar = run.sidecar(rounds=k, epochs=epoch + 1, last=row)
-                training.save_model(head_path, head, sidecar)
-                print(
-                    f"round {k} epoch {epoch + 1}: loss {row['train_loss']:.4f}, held-out AUC "
-                    + ", ".join(f"{h} steps {row[f'auc_{h}']:.3f}" for h in head.horizons)
-                    + f"; safe pick {row['safe_pick']:.1%} of {row['mixed_rows']} mixed rows"
-                )
-    except training.NonFiniteLoss as e:
-        cli.fail(str(e), code=1)
-    except (training.Stopped, KeyboardInterrupt) as stop:
-        if not os.path.exists(run.path):
-            cli.fail(
-                "interrupted before the first epoch ended: nothing to resume — rerun "
-                f"without --resume (the rounds played so far, in {folder}, are kept)",
-                code=130,
+    kept = f"nothing to resume — rerun without --resume (the rounds played, in {folder}, are kept)"
+    # Ctrl-C finishes the batch or episode in hand
+    with run.ending(events, nothing_saved=kept), run:
+        rows = None
+        for step in run.epochs(total):
+            k, epoch = step // args.epochs + 1, step % args.epochs
+            if epoch == 0 or rows is None:
+                # PLAY AND LABEL round k (unless its rows are saved), then read all
+                # rounds' rows so far: the head trains on them all
+                player.play_if_missing(k, run)
+                rows = player.rows(k)
+                if step == 0 and run.iteration == 0:
+                    head.set_normalization(*head_lib.moments(
+                        rows["x"], ~rows["held"], crops_rows=rows["crops"]
+                    ))  # fmt: skip
+            # TRAIN one epoch
+            row = train_epoch(head, optimizer, rows, k, epoch, args, run)
+            row["epochs"] = step + 1
+            log.append(row)
+            sidecar = run.sidecar(rounds=k, epochs=epoch + 1, last=row)
+            training.save_model(head_path, head, sidecar)
+            print(
+                f"round {k} epoch {epoch + 1}: loss {row['train_loss']:.4f}, held-out AUC "
+                + ", ".join(f"{h} steps {row[f'auc_{h}']:.3f}" for h in head.horizons)
+                + f"; safe pick {row['safe_pick']:.1%} of {row['mixed_rows']} mixed rows"
             )
-        if isinstance(stop, KeyboardInterrupt):  # the second Ctrl-C: no batch finished
-            stop = training.Stopped(
-                f"interrupted: {run.path} holds the run up to its last snapshot (the work "
-                "under way is redone) — continue with --resume", 130,
-            )  # fmt: skip
-        cli.stopped(stop)
-    finally:
-        events.close()
 
     # OUTPUTS
     picture = os.path.join(args.data_dir, "results", "lookahead.png")

@@ -62,12 +62,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--episodes", type=cli.positive_int, default=100, help="held-out episodes per policy"
     )
-    p.add_argument(
-        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
-    )
-    p.add_argument(
-        "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
-    )
+    cli.add_room_args(p, sn.N_HUMANS, sn.MAX_STEPS)
     p.add_argument(
         "--temperature",
         type=cli.non_negative_float,
@@ -351,10 +346,8 @@ def main(argv=None):
     }
     if settings is not None:
         report["meta"]["planner"] = {"plan_with": args.plan_with, **settings.to_dict()}
-    manifest.write_json(out, report)
     md = table(results)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(md + "\n")
+    manifest.write_report(out, report, md)
     print()
     print(md)
     print(

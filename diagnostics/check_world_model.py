@@ -59,7 +59,6 @@ from lib.diagnostics import world_model as wm
 from lib.diagnostics.probe import ProbeError, auc
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
-from lib.fileio import atomic_path
 from lib.models import saved_models
 from lib.seeding import derive_seeds
 
@@ -366,12 +365,10 @@ def main(argv=None):
     # REPORT
     text = table(result)
     print(text)
-    manifest.write_json(
-        out, manifest.make("diagnostics/check_world_model.py", vars(args), results=result)
+    stem = manifest.write_report(
+        out, manifest.make("diagnostics/check_world_model.py", vars(args), results=result), text
     )
-    with atomic_path(os.path.splitext(out)[0] + ".md") as tmp, open(tmp, "w") as f:
-        f.write(text + "\n")
-    figure(os.path.splitext(out)[0] + ".png", result)
+    figure(stem + ".png", result)
     print(f"wrote {out}, .md and .png")
 
 

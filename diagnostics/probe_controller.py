@@ -38,7 +38,6 @@ from lib.control.imitation import TEACHERS
 from lib.diagnostics import controller_probe as cp
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
-from lib.fileio import atomic_path
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import saved_models
 from lib.models.mdn_rnn import MODES
@@ -218,10 +217,8 @@ def main(argv=None):
     report = manifest.make(
         script="diagnostics/probe_controller.py", args=vars(args), results=results
     )
-    manifest.write_json(out, report)
-    with atomic_path(os.path.splitext(out)[0] + ".md") as tmp, open(tmp, "w") as f:
-        f.write(text + "\n")
-    figure(os.path.splitext(out)[0] + ".png", results, args.teacher, args.test_episodes, args.pool)
+    stem = manifest.write_report(out, report, text)
+    figure(stem + ".png", results, args.teacher, args.test_episodes, args.pool)
     print(f"wrote {out}, .md and .png")
 
 

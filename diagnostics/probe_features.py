@@ -38,7 +38,6 @@ from lib.diagnostics import probe
 from lib.env import socnavenv as sn
 from lib.env.policies import POLICY_NAMES, make_policy
 from lib.env.rollouts import run_episodes
-from lib.fileio import atomic_path
 from lib.kernels.fast_encoder import make_encoder
 from lib.models import saved_models
 from lib.models.mdn_rnn import MODES
@@ -185,10 +184,8 @@ def main(argv=None):
         steps=len(data["episode"]),
         test_fraction=probe.TEST_FRACTION,
     )
-    manifest.write_json(out, report)
-    with atomic_path(os.path.splitext(out)[0] + ".md") as tmp, open(tmp, "w") as f:
-        f.write(text + "\n")
-    figure(os.path.splitext(out)[0] + ".png", scores)
+    stem = manifest.write_report(out, report, text)
+    figure(stem + ".png", scores)
     print(f"wrote {out}, .md and .png")
 
 

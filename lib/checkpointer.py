@@ -20,7 +20,7 @@ Use::
     run.track(model, optimizer, rngs={"shuffle_rng": rng}, settings={"config": ...})
     if args.resume:
         extra = run.restore()
-    with run:  # Ctrl-C now finishes the batch in hand
+    with run.ending(events), run:  # Ctrl-C now finishes the batch in hand
         for epoch in run.epochs(args.epochs):  # 0-based, from where the snapshot stopped
             with run.batches(n_batches, f"epoch {epoch + 1}") as bar:
                 for it in bar:
@@ -31,16 +31,20 @@ Use::
             training.save_model(path, model, run.sidecar(epochs=epoch + 1))
         # leaving each epoch: the snapshot if one is due, then Stopped if asked
 
-The script catches `training.NonFiniteLoss` and `training.Stopped`, prints and exits.
+Around the loop, `with run.ending(events):` turns `training.NonFiniteLoss` and
+`training.Stopped` (or a second Ctrl-C) into the script's one-line exit, and closes
+the event log either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
-from lib import manifest, progress, training
+from lib import cli, manifest, progress, training
 
 
 class Checkpointer:
@@ -136,6 +140,30 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         return self._interrupt.__exit__(*exc)
+
+    @contextlib.contextmanager
+    def ending(self, events, nothing_saved: str = "nothing to resume — rerun without --resume"):
+        """How a training loop ends, around it: a non-finite loss exits 1 with its one
+        line; a stop on purpose (Ctrl-C, --max-iterations) exits with `cli.stopped`'s
+        message, and a second Ctrl-C, which left no batch to finish, with the same
+        words; Ctrl-C before any snapshot exists exits 130 saying `nothing_saved`.
+        `events` (the run's event log) is closed in every case."""
+        try:
+            yield
+        except training.NonFiniteLoss as e:
+            cli.fail(str(e), code=1)
+        except (training.Stopped, KeyboardInterrupt) as stop:
+            if not os.path.exists(self.path):
+                cli.fail(f"interrupted before the first snapshot: {nothing_saved}", code=130)
+            if isinstance(stop, KeyboardInterrupt):
+                stop = training.Stopped(
+                    f"interrupted: {self.path} holds the run up to its last snapshot (the "
+                    "work under way is redone) — continue with --resume",
+                    130,
+                )
+            cli.stopped(stop)
+        finally:
+            events.close()
 
     def epochs(self, total: int) -> Iterator[int]:
         """Yields the 0-based epochs still to train, up to `total`. After each: the

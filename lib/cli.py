@@ -111,6 +111,17 @@ def add_n_envs_arg(parser: argparse.ArgumentParser, what: str = "episodes") -> N
     )
 
 
+def add_room_args(parser: argparse.ArgumentParser, n_humans: int, max_steps: int) -> None:
+    """--n-humans and --max-steps: the room's people and its episodes' step limit
+    (defaults: the environment's, which the caller passes)."""
+    parser.add_argument(
+        "--n-humans", type=non_negative_int, default=n_humans, help="people in the room"
+    )
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=max_steps, help="steps before timeout"
+    )
+
+
 def add_out_arg(parser: argparse.ArgumentParser, default_name: str) -> None:
     """--out: the results JSON, by default <data-dir>/results/`default_name`."""
     parser.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 
 import gymnasium
@@ -53,6 +54,17 @@ def write_json(path: str, data: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def write_report(path: str, data: dict, table: str) -> str:
+    """A results report: `data` as JSON at `path` and the Markdown `table` beside it
+    (same name, `.md`), each written atomically. Returns the path without its ending,
+    for the script's picture beside them."""
+    write_json(path, data)
+    stem = os.path.splitext(path)[0]
+    with atomic_path(stem + ".md") as tmp, open(tmp, "w") as f:
+        f.write(table + "\n")
+    return stem
 
 
 def read_json(path: str) -> dict | None:

@@ -34,6 +34,8 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 
+from lib import cli
+
 BACKENDS = ("local", "ray")
 # Modules the forkserver imports once, before it forks workers ("__main__" is its default).
 _PRELOAD = ["__main__", "lib", "lib.env.rollouts", "lib.env.policies"]
@@ -166,3 +168,11 @@ def worker_processes(pool: futures.ProcessPoolExecutor) -> dict:
     `_processes` (an empty dict if a Python version drops it).
     """
     return dict(getattr(pool, "_processes", None) or {})
+
+
+def add_worker_args(parser, default: int | None, help: str) -> None:
+    """--workers (`default` processes, described by `help`), --backend and --address:
+    where a script's parallel work runs."""
+    parser.add_argument("--workers", type=cli.positive_int, default=default, help=help)
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="where workers run")
+    parser.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")

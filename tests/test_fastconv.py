@@ -145,17 +145,25 @@ def _grads(link, x, gy):
     return y.array, xv.grad, link.W.grad.copy(), link.b.grad.copy()
 
 
+def _layer_and_data(kind, rng, small, large, batch, side):
+    """A stride-2 layer (`kind` "conv": 4 x 4, relu, `small` -> `large` channels;
+    "deconv": `large` x `large`, sigmoid, `large` -> `small`), a batch of `side` x `side`
+    inputs and an output gradient."""
+    if kind == "conv":
+        link = fc.ConvolutionNHWC(small, large, 4, 2, "relu")
+        x = rng.random((batch, side, side, small), dtype=np.float32)
+    else:
+        link = fc.DeconvolutionNHWC(large, small, large, 2, "sigmoid")
+        x = rng.standard_normal((batch, side, side, large), dtype=np.float32)
+    return link, x, rng.standard_normal(link(x).shape, dtype=np.float32)
+
+
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
 def test_chunked_equals_unchunked(kind, monkeypatch):
     """Batches split into cache-sized chunks (and over threads) give the same result."""
     rng = np.random.default_rng(4)
-    if kind == "conv":
-        link = fc.ConvolutionNHWC(4, 6, 4, 2, "relu")
-        x = rng.random((7, 14, 14, 4), dtype=np.float32)
-    else:
-        link = fc.DeconvolutionNHWC(6, 4, 6, 2, "sigmoid")
-        x = rng.standard_normal((7, 5, 5, 6), dtype=np.float32)
-    gy = rng.standard_normal(link(x).shape, dtype=np.float32)
+    side = 14 if kind == "conv" else 5
+    link, x, gy = _layer_and_data(kind, rng, small=4, large=6, batch=7, side=side)
     whole = _grads(link, x, gy)
     monkeypatch.setattr(fc, "_CHUNK_BYTES", 1)  # one frame per chunk
     chunked = _grads(link, x, gy)
@@ -170,13 +178,8 @@ def test_chunked_equals_unchunked(kind, monkeypatch):
 def test_fallback_matches_fast_path(kind):
     """`fastconv = False` (the GPU path) computes the same function."""
     rng = np.random.default_rng(5)
-    if kind == "conv":
-        link = fc.ConvolutionNHWC(3, 5, 4, 2, "relu")
-        x = rng.random((2, 10, 10, 3), dtype=np.float32)
-    else:
-        link = fc.DeconvolutionNHWC(5, 3, 5, 2, "sigmoid")
-        x = rng.standard_normal((2, 3, 3, 5), dtype=np.float32)
-    gy = rng.standard_normal(link(x).shape, dtype=np.float32)
+    side = 10 if kind == "conv" else 3
+    link, x, gy = _layer_and_data(kind, rng, small=3, large=5, batch=2, side=side)
     fast = _grads(link, x, gy)
     with chainer.using_config("fastconv", False):
         slow = _grads(link, x, gy)

@@ -616,7 +616,7 @@ def test_train_lookahead_ctrl_c_before_the_first_epoch_says_nothing_is_saved(dat
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     line = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
-    assert "before the first epoch" in line and "without --resume" in line
+    assert "before the first snapshot" in line and "without --resume" in line
     assert not (data_dir / "models" / "lookahead_snapshot.npz").exists()
 
 

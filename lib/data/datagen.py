@@ -213,6 +213,18 @@ def add_labels_arg(p, used_by: str) -> None:
     )
 
 
+def parse_args(argv, doc: str, noun: str, count_flags: tuple, used_by: str):
+    """01's and 02's arguments: `count_flags` ("--rollouts", "--testrollouts") count the
+    training and test `noun` (2,000 and 100 by default); `used_by` reads --labels."""
+    p = cli.ArgumentParser(description=doc.splitlines()[0])
+    for flag, default, split in zip(count_flags, (2000, 100), ("training", "test")):
+        p.add_argument(flag, type=cli.non_negative_int, default=default, help=f"{split} {noun}")
+    add_labels_arg(p, used_by)
+    cli.add_common_args(p)
+    add_generation_args(p)
+    return p.parse_args(argv)
+
+
 def add_generation_args(p) -> None:
     """The flags 01 and 02 share: policy, workers, env settings, backend."""
     p.add_argument(
@@ -223,19 +235,8 @@ def add_generation_args(p) -> None:
         "marker on the frame's edge. 03-08 read it from the data's manifest",
     )
     p.add_argument("--policy", choices=POLICY_NAMES, default="mixed", help="behaviour policy")
-    p.add_argument(
-        "--workers", type=cli.positive_int, default=cli.default_workers(), help="processes"
-    )
-    p.add_argument(
-        "--n-humans", type=cli.non_negative_int, default=sn.N_HUMANS, help="people in the room"
-    )
-    p.add_argument(
-        "--max-steps", type=cli.positive_int, default=sn.MAX_STEPS, help="steps before timeout"
-    )
-    p.add_argument(
-        "--backend", choices=parallel.BACKENDS, default="local", help="where workers run"
-    )
-    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    parallel.add_worker_args(p, cli.default_workers(), "processes")
+    cli.add_room_args(p, sn.N_HUMANS, sn.MAX_STEPS)
     p.add_argument(
         "--overwrite", action="store_true", help="replace a dataset made with other settings"
     )
@@ -365,12 +366,18 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
         kind: "vae" or "rnn", the dataset's identity stream; script: its file name;
         noun: what the script calls a rollout ("rollouts" or "episodes").
     """
+    labels = getattr(args, "labels", None)
+    print(
+        f"{script[:2]}: {noun} {splits}, policy {args.policy}, seed {args.seed}, "
+        f"{args.workers} workers ({args.backend})"
+        + (f", each frame labelled by {labels}" if labels else "")
+        + f" -> {root}"
+    )
     config = env_config(args)
     # CHECKS AND PLAN
     cli.ensure_writable_dir(root)
     try:
         parallel.check_backend(args.backend)
-        labels = getattr(args, "labels", None)
         plan = plan_dataset(
             root, splits, args.seed, args.policy, config, kind, args.overwrite, labels
         )

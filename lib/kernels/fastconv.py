@@ -268,8 +268,11 @@ def _act_code(activation):
 # ---------------------------------------------------------------------------
 
 
-class Conv2DNHWC(chainer.function_node.FunctionNode):
-    """Valid strided 2-D convolution on NHWC arrays with a fused activation."""
+class _StridedNHWC(chainer.function_node.FunctionNode):
+    """What the convolution and its transpose share: stride, fused activation, and the
+    type check of (x NHWC, w, b), where w's axis `IN_AXIS` holds x's channels."""
+
+    IN_AXIS = 2
 
     def __init__(self, stride, activation):
         self.stride = stride
@@ -284,9 +287,35 @@ class Conv2DNHWC(chainer.function_node.FunctionNode):
             x_type.ndim == 4,
             w_type.ndim == 4,
             b_type.ndim == 1,
-            x_type.shape[3] == w_type.shape[2],
+            x_type.shape[3] == w_type.shape[self.IN_AXIS],
             b_type.shape[0] == w_type.shape[3],
         )
+
+    def _pre_activation_grad(self, gy, n_o):
+        """(gz, gb): the gradient through the fused activation, (rows, n_o), and the
+        bias's, from the output gradient `gy` (rows, n_o)."""
+        if self.activation is None:
+            y2 = gy  # unused by the kernel
+        else:
+            y2 = self.get_retained_outputs()[0].array.reshape(-1, n_o)
+        return _act_backward_parallel(gy, y2, _act_code(self.activation))
+
+    @staticmethod
+    def _variables(indexes, gx, x_shape, gw, w_shape, gb):
+        """backward's result: the gradients asked for in `indexes`, as Variables."""
+        ret = [None, None, None]
+        if gx is not None:
+            ret[0] = chainer.Variable(gx.reshape(x_shape))
+        if gw is not None:
+            ret[1] = chainer.Variable(gw.reshape(w_shape))
+        if 2 in indexes:
+            ret[2] = chainer.Variable(gb)
+        return ret
+
+
+class Conv2DNHWC(_StridedNHWC):
+    """Valid strided 2-D convolution on NHWC arrays with a fused activation
+    (w: kh, kw, in, out)."""
 
     def forward_cpu(self, inputs):
         x, w, b = inputs
@@ -323,11 +352,7 @@ class Conv2DNHWC(chainer.function_node.FunctionNode):
         w = w.array
         kh, kw, n_c, n_o = w.shape
         gy = np.ascontiguousarray(grad_outputs[0].array).reshape(-1, n_o)
-        if self.activation is None:
-            y2 = gy  # unused by the kernel
-        else:
-            y2 = self.get_retained_outputs()[0].array.reshape(-1, n_o)
-        gz, gb = _act_backward_parallel(gy, y2, _act_code(self.activation))
+        gz, gb = self._pre_activation_grad(gy, n_o)
         w2 = w.reshape(kh * kw * n_c, n_o)
         n_b, n_h, n_w, _ = self._x_shape
         n_oh, n_ow = _out_size(n_h, kh, self.stride), _out_size(n_w, kw, self.stride)
@@ -350,35 +375,14 @@ class Conv2DNHWC(chainer.function_node.FunctionNode):
                     lambda a, z: _col2im(gcol[a:z], self.stride, n_c, gxc[a:z]),  # noqa: B023
                     hi - lo,
                 )
-        ret = [None, None, None]
-        if gx is not None:
-            ret[0] = chainer.Variable(gx.reshape(self._x_shape))
-        if gw is not None:
-            ret[1] = chainer.Variable(gw.reshape(w.shape))
-        if 2 in indexes:
-            ret[2] = chainer.Variable(gb)
-        return ret
+        return self._variables(indexes, gx, self._x_shape, gw, w.shape, gb)
 
 
-class Deconv2DNHWC(chainer.function_node.FunctionNode):
-    """Strided 2-D transposed convolution on NHWC arrays with a fused activation."""
+class Deconv2DNHWC(_StridedNHWC):
+    """Strided 2-D transposed convolution on NHWC arrays with a fused activation
+    (w: in, kh, kw, out)."""
 
-    def __init__(self, stride, activation):
-        self.stride = stride
-        self.activation = activation
-
-    def check_type_forward(self, in_types):
-        x_type, w_type, b_type = in_types
-        chainer.utils.type_check.expect(
-            x_type.dtype.kind == "f",
-            w_type.dtype == x_type.dtype,
-            b_type.dtype == x_type.dtype,
-            x_type.ndim == 4,
-            w_type.ndim == 4,
-            b_type.ndim == 1,
-            x_type.shape[3] == w_type.shape[0],
-            b_type.shape[0] == w_type.shape[3],
-        )
+    IN_AXIS = 0
 
     def forward_cpu(self, inputs):
         x, w, b = inputs
@@ -413,12 +417,7 @@ class Deconv2DNHWC(chainer.function_node.FunctionNode):
         n_c, kh, kw, n_o = w.shape
         gy = np.ascontiguousarray(grad_outputs[0].array)
         y_shape = gy.shape
-        gy = gy.reshape(-1, n_o)
-        if self.activation is None:
-            y2 = gy  # unused by the kernel
-        else:
-            y2 = self.get_retained_outputs()[0].array.reshape(-1, n_o)
-        gz, gb = _act_backward_parallel(gy, y2, _act_code(self.activation))
+        gz, gb = self._pre_activation_grad(gy.reshape(-1, n_o), n_o)
         gz = gz.reshape(y_shape)
         w2 = w.reshape(n_c, kh * kw * n_o)
         x2 = x.reshape(-1, n_c)
@@ -435,14 +434,7 @@ class Deconv2DNHWC(chainer.function_node.FunctionNode):
             if gw is not None:
                 x2c = x2[lo * rows : hi * rows]
                 blas.gemm(x2c, gcol, gw, trans_a=True, accumulate=True, threads=_threads())
-        ret = [None, None, None]
-        if gx is not None:
-            ret[0] = chainer.Variable(gx.reshape(x.shape))
-        if gw is not None:
-            ret[1] = chainer.Variable(gw.reshape(w.shape))
-        if 2 in indexes:
-            ret[2] = chainer.Variable(gb)
-        return ret
+        return self._variables(indexes, gx, x.shape, gw, w.shape, gb)
 
 
 # ---------------------------------------------------------------------------

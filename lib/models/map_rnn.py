@@ -47,6 +47,7 @@ from lib.models.mdn_rnn import (
     SequenceOutput,
     StepOutput,
     checked_heads,
+    step_inputs,
 )
 
 ARCHS = ("lstm", "map")  # 04 --arch: the paper's dense MDN-LSTM, or this one
@@ -322,12 +323,7 @@ class MapRNN(chainer.Chain):
         Returns:
             `StepOutput` of arrays.
         """
-        xp = self.xp
-        z = xp.asarray(z, np.float32)
-        a = xp.asarray(a, np.float32)
-        if state is None:
-            state = self.initial_state(z.shape[0])
-        h, c = (s.array if isinstance(s, chainer.Variable) else s for s in state)
+        z, a, h, c = step_inputs(self, z, a, state)
         matrix = ego_warp.warp_matrix(a, self.offsets)
         x = self._inputs(z, a)
         w, b = self.gates.W.array, self.gates.b.array

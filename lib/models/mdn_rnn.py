@@ -231,6 +231,18 @@ def checked_heads(shaping_bound, outcome_weights):
     return float(shaping_bound), [float(w) for w in weights]
 
 
+def step_inputs(model, z, a, state):
+    """(z, a, h, c) for one step of `model` (MDNRNN or MapRNN): z and a as float32 arrays
+    on its device, and the state's arrays (`model.initial_state` when `state` is None)."""
+    xp = model.xp
+    z = xp.asarray(z, np.float32)
+    a = xp.asarray(a, np.float32)
+    if state is None:
+        state = model.initial_state(z.shape[0])
+    h, c = (s.array if isinstance(s, chainer.Variable) else s for s in state)
+    return z, a, h, c
+
+
 class MDNRNN(chainer.Chain):
     """MDN-LSTM: `[z_t, a_t]` -> LSTM -> mixture over `z_{t+1}` (and heads).
 
@@ -471,11 +483,7 @@ class MDNRNN(chainer.Chain):
             `StepOutput` of arrays (NumPy on the CPU, CuPy on a GPU).
         """
         xp = self.xp
-        z = xp.asarray(z, np.float32)
-        a = xp.asarray(a, np.float32)
-        if state is None:
-            state = self.initial_state(z.shape[0])
-        h, c = (s.array if isinstance(s, chainer.Variable) else s for s in state)
+        z, a, h, c = step_inputs(self, z, a, state)
         x = xp.concatenate([z, a], axis=1)
         w_x, w_h, b = self.w_x.array, self.w_h.array, self.b.array
         if xp is np:
