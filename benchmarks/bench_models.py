@@ -63,7 +63,7 @@ from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
 from lib.models.vae import ConvVAE, VAELoss
 
 # Where the workloads run: set by `main` from --gpu (the CPU by default).
-RUN = {"device": chainer.get_device("@numpy")}
+RUN = {"device": chainer.get_device("@numpy"), "forever": False}
 GPU_DEFAULT = ("vae_train", "vae_train_b1000", "vae_encode", "rnn_train", "dream_b1024")
 
 
@@ -84,10 +84,18 @@ def _send(x):
 
 
 def bench(fn, n, warmup=2, repeats=3):
-    """Median seconds per call of `fn` over `repeats` rounds of `n` calls."""
+    """Median seconds per call of `fn` over `repeats` rounds of `n` calls. With
+    `--forever`, rounds never end: each prints its seconds per call as a JSON line
+    (`{"sec_per_call": ...}`), a steady load for bench_contention.py."""
     for _ in range(warmup):
         fn()
     _sync()
+    while RUN["forever"]:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync()
+        print(json.dumps({"sec_per_call": (time.perf_counter() - start) / n}), flush=True)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -363,6 +371,12 @@ def parse_args(argv=None):
         action="store_true",
         help="use Chainer's own convolution on the CPU instead of lib.kernels.fastconv (for comparison)",
     )
+    parser.add_argument(
+        "--forever",
+        action="store_true",
+        help="repeat the first workload until killed, printing each round's seconds per "
+        "call (the second job of bench_contention.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -384,6 +398,7 @@ def main(argv=None):
         print(f"bench_models.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     RUN["device"].use()
+    RUN["forever"] = args.forever
     context = {"fw": "chainer", "device": "cpu" if not on_gpu else f"cuda:{args.gpu}"}
     if not on_gpu:  # which convolution runs matters only on the CPU, and only for V
         context["conv"] = "chainer" if args.chainer_conv else "fastconv"

@@ -21,6 +21,19 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         fail(f"{message} (see {self.prog} --help)", prog=self.prog)
 
+    def parse_args(self, args=None, namespace=None):
+        """Parsed arguments; a `--threads` (`add_common_args`) takes effect now, for this
+        process and those it starts (`THREADS_VARIABLE`, read by lib/kernels/runtime.py)."""
+        parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "threads", None) is not None:
+            os.environ[THREADS_VARIABLE] = str(parsed.threads)
+        return parsed
+
+
+# The environment variable that fixes the kernels' and BLAS's thread count ("auto", the
+# default, follows the machine's load): `--threads` sets it; lib/kernels/runtime.py reads it.
+THREADS_VARIABLE = "LIB_THREADS"
+
 
 def fail(message: str, prog: str | None = None, code: int = 2):
     """Prints `prog: error: message` as one line on stderr and exits."""
@@ -74,6 +87,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def threads_value(text: str) -> str:
+    """argparse type of --threads: "auto" or a whole number >= 1 (as text)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return str(positive_int(text))
+
+
 def file_stem(text: str) -> str:
     """argparse type: a plain file-name stem (letters, digits, '_', '-', '.'; no folders)."""
     if not text or not all(c.isalnum() or c in "_-." for c in text) or text.startswith("."):
@@ -97,11 +117,20 @@ def ensure_writable_dir(path: str) -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser, seed: int = 0) -> None:
-    """--data-dir and --seed, which every script has."""
+    """--data-dir, --seed and --threads, which every script has."""
     parser.add_argument(
         "--data-dir", default="data", help="root folder for all data, models and results"
     )
     parser.add_argument("--seed", type=non_negative_int, default=seed, help="random seed")
+    parser.add_argument(
+        "--threads",
+        type=threads_value,
+        default=argparse.SUPPRESS,
+        help="threads for the CPU kernels and BLAS: a number fixes it (the same bits on "
+        "every run); auto follows the machine's load, using every core when it is idle "
+        f"and fewer beside other jobs (default: ${THREADS_VARIABLE} if set, else auto; "
+        "docs/performance.md, Two jobs at once)",
+    )
 
 
 def add_n_envs_arg(parser: argparse.ArgumentParser, what: str = "episodes") -> None:

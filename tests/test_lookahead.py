@@ -611,7 +611,13 @@ def test_train_lookahead_ctrl_c_before_the_first_epoch_says_nothing_is_saved(dat
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )  # fmt: skip
     assert proc.stdout.readline().startswith("train_lookahead:")
-    time.sleep(2.0)  # round 1 is playing its 400 episodes
+    # Round 1 is playing its 400 episodes once its bar shows (however loaded the machine).
+    seen = b""
+    while b"play and label" not in seen:
+        chunk = os.read(proc.stderr.fileno(), 256)
+        assert chunk, seen  # the script ended before it began to play
+        seen += chunk
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

@@ -422,7 +422,7 @@ class FastEncoder:
     Args:
         vae: `ConvVAE`; its weights are copied now.
         threads: threads the chunks are dealt to; default
-            `runtime.kernel_threads()` (the cores, or 1 in a worker process
+            `runtime.kernel_threads()` at each call (the cores, or 1 in a worker process
             given one BLAS thread).
         chunk: frames per chunk (`CHUNK`).
     """
@@ -452,7 +452,7 @@ class FastEncoder:
             np.concatenate([cpu.send(vae.mu.W.array), cpu.send(vae.logvar.W.array)]).T, np.float32
         )
         self.b_head = np.concatenate([cpu.send(vae.mu.b.array), cpu.send(vae.logvar.b.array)])
-        self.threads = runtime.kernel_threads() if threads is None else max(1, int(threads))
+        self.threads = None if threads is None else max(1, int(threads))  # None: follow
         self.chunk = max(1, int(chunk))
 
     def _encode_part(self, frames):
@@ -516,8 +516,9 @@ class FastEncoder:
         # give on GEMMs this small. `lib.kernels.blas`
         # runs its GEMMs on the caller's thread; this also covers NumPy's
         # (single rows, or when SciPy's OpenBLAS is missing).
+        threads = runtime.follow_load() if self.threads is None else self.threads
         with runtime.single_blas_thread():
-            runtime.parallel_ranges(run, len(starts), self.threads)
+            runtime.parallel_ranges(run, len(starts), threads)
         return out[:, : self.z_size], out[:, self.z_size :]
 
 

@@ -34,6 +34,8 @@ from chainer.utils import type_check
 from numba import types
 from numba.extending import overload
 
+from lib.kernels import runtime
+
 # error_model="numpy" drops numba's division-by-zero check, whose branch would
 # stop LLVM from vectorising the loops; the fastmath flags allow contraction and
 # approximate reciprocals but keep NaN/inf semantics, so a diverging run still
@@ -228,6 +230,7 @@ class FastLSTM(function_node.FunctionNode):
         )
 
     def forward_cpu(self, inputs):
+        runtime.follow_load()  # a safe point: NumPy's BLAS takes the current thread count
         x, w_x, w_h, b, h0, c0 = inputs
         batch, steps, _ = x.shape
         hidden = w_h.shape[1]

@@ -38,7 +38,7 @@ import numpy as np
 from chainer import backend, initializers
 
 from lib.env import socnavenv as sn
-from lib.kernels import fast_lstm, mdn
+from lib.kernels import fast_lstm, mdn, runtime
 from lib.models.task_head import task_loss
 
 # The outcome head's classes (beyond the paper): how a step ends, as `socnavenv`'s
@@ -235,6 +235,8 @@ def step_inputs(model, z, a, state):
     """(z, a, h, c) for one step of `model` (MDNRNN or MapRNN): z and a as float32 arrays
     on its device, and the state's arrays (`model.initial_state` when `state` is None)."""
     xp = model.xp
+    if xp is np:
+        runtime.follow_load()  # a safe point: NumPy's BLAS takes the current thread count
     z = xp.asarray(z, np.float32)
     a = xp.asarray(a, np.float32)
     if state is None:
