@@ -23,7 +23,6 @@ Usage: `python benchmarks/bench_contention.py [--rounds 2] [--partner P] [W ...]
 Reads: nothing. Writes: stdout only.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -32,6 +31,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from rounds import _Parser  # argparse with the project's one-line errors
+
 BENCH = os.path.join(HERE, "bench_models.py")
 # The workloads issue 32 names: V train, V encode, M train, the dream, the control step.
 DEFAULT = ["vae_train", "vae_encode", "rnn_train", "dream_b1024", "ctrl_b64"]
@@ -42,7 +44,7 @@ DEFAULT_PARTNER = "vae_train"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument(
         "names",
         nargs="*",
@@ -65,11 +67,27 @@ def parse_args(argv=None):
     p.add_argument(
         "--warmup", type=float, default=8.0, help="seconds the partner runs before W starts"
     )
+    p.add_argument(
+        "--partner-seconds",
+        type=float,
+        default=20.0,
+        help="seconds the partner's solo speed is measured over (after --warmup)",
+    )
+    p.add_argument(
+        "--bench",
+        default=BENCH,
+        help="the benchmark script: `SCRIPT NAME` prints W's JSON line, `SCRIPT --forever "
+        "NAME` loops it printing seconds per call",
+    )
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.warmup < 0 or args.partner_seconds <= 0:
+        p.error("--warmup must be >= 0 and --partner-seconds > 0")
+    if not os.path.isfile(args.bench):
+        p.error(f"--bench: no such file: {args.bench}")
     return args
 
 
@@ -80,10 +98,10 @@ def _env(threads):
     return env
 
 
-def measure(name, env):
+def measure(bench, name, env):
     """W's rate from one `bench_models.py W` process."""
     out = subprocess.run(
-        [sys.executable, BENCH, name], capture_output=True, text=True, env=env, check=True
+        [sys.executable, bench, name], capture_output=True, text=True, env=env, check=True
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["per_sec"]
 
@@ -92,9 +110,9 @@ class Partner:
     """`bench_models.py --forever P` in the background: P's steps in a loop, each round's
     seconds per call read from its stdout when it is stopped."""
 
-    def __init__(self, name, env, warmup):
+    def __init__(self, bench, name, env, warmup):
         self.proc = subprocess.Popen(
-            [sys.executable, BENCH, "--forever", name],
+            [sys.executable, bench, "--forever", name],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -111,9 +129,9 @@ class Partner:
         return statistics.median(times[1:]) if len(times) > 1 else None
 
 
-def partner_alone(name, env, seconds):
+def partner_alone(bench, name, env, seconds):
     """P's seconds per call with nothing beside it, over `seconds` of its loop."""
-    job = Partner(name, env, seconds)
+    job = Partner(bench, name, env, seconds)
     return job.stop()
 
 
@@ -123,12 +141,12 @@ def main(argv=None):
     for name in args.names or DEFAULT:
         partner = args.partner or PARTNERS.get(name, DEFAULT_PARTNER)
         solo, beside, partner_beside = [], [], []
-        partner_solo = partner_alone(partner, env, args.warmup + 20)
+        partner_solo = partner_alone(args.bench, partner, env, args.warmup + args.partner_seconds)
         for _ in range(args.rounds):
-            solo.append(measure(name, env))
-            job = Partner(partner, env, args.warmup)
+            solo.append(measure(args.bench, name, env))
+            job = Partner(args.bench, partner, env, args.warmup)
             try:
-                beside.append(measure(name, env))
+                beside.append(measure(args.bench, name, env))
             finally:
                 rate = job.stop()
             if rate is not None:
