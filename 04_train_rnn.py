@@ -178,12 +178,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--ss-max", type=float, default=0.5, help="final scheduled-sampling probability (dream)"
     )
-    p.add_argument(
-        "--temperature",
-        type=cli.non_negative_float,
-        default=1.0,
-        help="tau of scheduled samples (dream)",
-    )
+    cli.add_temperature_arg(p, "scheduled samples (dream)")
     p.add_argument(
         "--open-loop",
         type=cli.non_negative_int,

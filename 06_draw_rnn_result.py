@@ -44,12 +44,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--steps", type=cli.positive_int, default=12, help="open-loop steps")
     p.add_argument("--dream-steps", type=cli.positive_int, default=100, help="longest dream")
-    p.add_argument(
-        "--temperature",
-        type=cli.non_negative_float,
-        default=1.0,
-        help="tau of M's samples in the dream",
-    )
+    cli.add_temperature_arg(p)
     cli.add_gpu_arg(p)
     cli.add_common_args(p)
     args = p.parse_args(argv)

@@ -113,12 +113,7 @@ def parse_args(argv=None):
         default=None,
         help="which M (default: the first present of dream, reward, window, normal)",
     )
-    p.add_argument(
-        "--temperature",
-        type=cli.non_negative_float,
-        default=1.0,
-        help="tau of M's samples in dreams",
-    )
+    cli.add_temperature_arg(p, "M's samples in dreams")
     p.add_argument(
         "--eval-every",
         type=cli.positive_int,

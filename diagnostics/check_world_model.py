@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--mode", choices=("dream", "reward"), default="dream", help="which M (rnn_<mode>)"
     )
-    p.add_argument("--temperature", type=nonneg, default=1.0, help="tau of M's samples")
+    cli.add_temperature_arg(p, "M's samples")
     p.add_argument("--horizon", type=pos, default=wm.COLLISION_HORIZON, help="collision forecast")
     p.add_argument(
         "--samples", type=pos, default=4, help="M's open-loop samples per step (collision risk)"

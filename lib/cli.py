@@ -151,6 +151,15 @@ def add_room_args(parser: argparse.ArgumentParser, n_humans: int, max_steps: int
     )
 
 
+def add_temperature_arg(
+    parser: argparse.ArgumentParser, samples: str = "M's samples in the dream"
+) -> None:
+    """--temperature: tau of `samples` (1: as M learnt them, 0: their means)."""
+    parser.add_argument(
+        "--temperature", type=non_negative_float, default=1.0, help=f"tau of {samples}"
+    )
+
+
 def add_out_arg(parser: argparse.ArgumentParser, default_name: str) -> None:
     """--out: the results JSON, by default <data-dir>/results/`default_name`."""
     parser.add_argument(
