@@ -114,8 +114,9 @@ def available_cores() -> int:
 
 
 def fixed_threads() -> int | None:
-    """The thread count fixed by `LIB_THREADS` (`THREADS_VARIABLE`, set by `--threads`) or, failing that, by
-    `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` (capped by the cores); None: "auto"."""
+    """The thread count fixed by `LIB_THREADS` (`THREADS_VARIABLE`, set by `--threads`)
+    or, failing that, by `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` (capped by the
+    cores); None: "auto", follow the load."""
     mine = os.environ.get(THREADS_VARIABLE, "auto").strip()
     if mine.isdigit() and int(mine) >= 1:
         return int(mine)
