@@ -156,11 +156,7 @@ class Checkpointer:
             if not os.path.exists(self.path):
                 cli.fail(f"interrupted before the first snapshot: {nothing_saved}", code=130)
             if isinstance(stop, KeyboardInterrupt):
-                stop = training.Stopped(
-                    f"interrupted: {self.path} holds the run up to its last snapshot (the "
-                    "work under way is redone) — continue with --resume",
-                    130,
-                )
+                stop = training.Stopped(self._interrupted_message(), 130)
             cli.stopped(stop)
         finally:
             events.close()
@@ -180,12 +176,15 @@ class Checkpointer:
         Ctrl-C was pressed: for work with nothing to snapshot mid-way (episodes played
         between epochs), which then stops after the item in hand, saying that the last
         snapshot holds the run."""
+        return self._interrupt.checking(bar, self._interrupted_message())
+
+    def _interrupted_message(self) -> str:
+        """What a Ctrl-C with no batch to finish says: the snapshot holds the run."""
         where = f"{self.epoch} epochs done" if self.epoch else "no epoch done"
-        message = (
+        return (
             f"interrupted: {self.path} holds the run up to its last snapshot ({where}; the "
             "work under way is redone) — continue with --resume"
         )
-        return self._interrupt.checking(bar, message)
 
     def batches(self, n: int, desc: str):
         """A progress bar over the epoch's batches still to run, out of `n`."""
