@@ -1,6 +1,7 @@
 """Checks M as a simulator: does its dream stay true, foresee collisions, rank controllers?
 
-On 02's held-out episodes (data/rnn_data/test), each figure beside its baselines:
+On 02's held-out episodes (data/rnn_data/test, or --held-out's), each figure beside its
+baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
 - next z: M's NLL per latent dimension, against the copy baseline z_{t+1} ~ N(z_t, σ)
   (z drawn from V's posterior, or V's means for an M trained with 04 --z-source mean, as
   04 trains and scores it);
@@ -94,6 +95,21 @@ def parse_args(argv=None):
         help="controllers played in the dream and the real room; 0: skip",
     )
     p.add_argument("--episodes", type=pos, default=32, help="real episodes and dreams each")
+    p.add_argument(
+        "--held-out",
+        metavar="DIR",
+        help="score the test episodes of this 02 data folder (DIR/rnn_data/test) instead of "
+        "<data-dir>'s own: a larger held-out set gives tighter intervals, e.g. DIR made by "
+        "02_generate_rnn_data.py --episodes 1 --testepisodes 500 --seed 7 --data-dir DIR "
+        "(its room and view must be the training data's)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=cli.non_negative_int,
+        default=1000,
+        help="bootstrap draws for the 90%% intervals of the collision AUC (episodes "
+        "resampled) and of Spearman (controllers resampled); 0: no intervals",
+    )
     cli.add_n_envs_arg(p, "real episodes")
     cli.add_out_arg(p, "world_model_<mode>.json")
     cli.add_common_args(p)
@@ -132,6 +148,11 @@ def _f(x, fmt=".2f"):
     return "–" if x is None else format(x, fmt)
 
 
+def _interval(interval, fmt=".3f") -> str:
+    """ " [low, high]" (the 90 % bootstrap interval), or nothing when there is none."""
+    return "" if not interval else f" [{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
+
+
 def table(r: dict) -> str:
     def pr(x):
         return (
@@ -144,6 +165,8 @@ def table(r: dict) -> str:
         "|---|---|---|",
         f"| next-z NLL per dim (nats) | {r['nll']:.3f} | copy baseline {r['copy_baseline_nll']:.3f} |",
     ]
+    if "test_episodes" in r:
+        lines.insert(2, f"| held-out episodes | {r['test_episodes']} | {r['held_out']}/test |")
     for k, row in r.get("open_loop", {}).items():
         for group, name in (("goal_bearing", "goal bearing"), ("person_position", "person position"),
                             ("goal_distance", "goal distance")):  # fmt: skip
@@ -159,7 +182,8 @@ def table(r: dict) -> str:
         f"| collision (this step) | {pr(r['collision_step'])} | |",
         (
             f"| collision within {r['horizon']} steps: AUC ({r['samples']} samples) | "
-            f"{_f(c['dream'], '.3f')} | heads on copied z {_f(c['copy'], '.3f')}, on "
+            f"{_f(c['dream'], '.3f')}{_interval(r.get('collision_soon_auc_interval'))} | "
+            f"heads on copied z {_f(c['copy'], '.3f')}, on "
             f"const.-velocity z {_f(c['velocity'], '.3f')} |"
         ),
         (
@@ -183,7 +207,7 @@ def table(r: dict) -> str:
         d = r["dream_vs_real"]
         lines.append(
             f"| dream vs real fitness ({len(d['dream'])} controllers) | Spearman "
-            f"{d['spearman']:+.2f} | dream mean {np.mean(d['dream']):+.2f}, real mean "
+            f"{d['spearman']:+.2f}{_interval(d.get('spearman_interval'), '+.2f')} | dream mean {np.mean(d['dream']):+.2f}, real mean "
             f"{np.mean(d['real']):+.2f} |"
         )
         for t in d["trained"]:
@@ -256,23 +280,38 @@ def figure(path: str, r: dict) -> None:
 def load_episodes(args, vae):
     """02's train and test episodes through V's latent cache, and the env they came from."""
     vae_path = os.path.join(args.data_dir, "models", "vae.npz")
-    root = os.path.join(args.data_dir, "rnn_data")
+    root, test_root = rnn_roots(args)
+    env = (manifest.read_json(os.path.join(root, "manifest.json")) or {}).get("identity", {})
+    if test_root != root:
+        other = manifest.read_json(os.path.join(test_root, "manifest.json"))
+        if other is None:
+            cli.fail(f"--held-out: no 02 data in {test_root} — run 02_generate_rnn_data.py there")
+        if other.get("identity", {}) != env:
+            cli.fail(
+                f"--held-out: {test_root}'s room or view differs from {root}'s — make it with "
+                "the training data's 02 settings"
+            )
     try:
         train, _ = latents.encode_split(os.path.join(root, "train"), vae, vae_path)
-        test, _ = latents.encode_split(os.path.join(root, "test"), vae, vae_path)
+        test, _ = latents.encode_split(os.path.join(test_root, "test"), vae, vae_path)
     except latents.NoEpisodesError as e:
         cli.fail(f"{e} — run 02_generate_rnn_data.py first")
-    env = (manifest.read_json(os.path.join(root, "manifest.json")) or {}).get("identity", {})
     return train, test, sn.EnvConfig(**env.get("env", {}))
+
+
+def rnn_roots(args):
+    """The 02 folders of the training episodes and of the scored held-out episodes."""
+    root = os.path.join(args.data_dir, "rnn_data")
+    return root, os.path.join(args.held_out, "rnn_data") if args.held_out else root
 
 
 def probe_fidelity(args, rnn, train, test, forced, config, rng):
     """Open-loop fidelity (lib/diagnostics/open_loop.py), the probe fitted on real z."""
-    root = os.path.join(args.data_dir, "rnn_data")
+    root, test_root = rnn_roots(args)
     fit = train.first(args.probe_episodes)
     try:
         truth_fit = ol.replay_quantities(fit, ol.episode_seeds(f"{root}/train", fit), config)
-        truth = ol.replay_quantities(test, ol.episode_seeds(f"{root}/test", test), config)
+        truth = ol.replay_quantities(test, ol.episode_seeds(f"{test_root}/test", test), config)
         frames = np.repeat(np.arange(len(fit)), fit.lengths + 1)
         probe = ol.Probe(fit.mu, truth_fit, frames)
     except (ol.ReplayError, ProbeError) as e:
@@ -329,6 +368,11 @@ def main(argv=None):
         aucs[source] = auc(risk, soon) if both else None
         if source == "dream":
             result["collision_soon"] = wm.rates(risk > args.risk_threshold, soon)
+            if both and args.bootstrap and len(test) > 1:
+                result["collision_soon_auc_interval"] = wm.episode_auc_interval(
+                    risk, soon, test.lengths, np.random.default_rng([args.seed, 0xB0]),
+                    rounds=args.bootstrap,
+                )  # fmt: skip
     result["collision_soon_auc"] = aucs
 
     # WHOLE EPISODES: does the dream, under the real actions, end as each episode did?
@@ -336,7 +380,8 @@ def main(argv=None):
     result["episode_endings"] = wm.episode_ending_scores(endings)
     result.update(
         horizon=args.horizon, temperature=args.temperature, samples=args.samples,
-        risk_threshold=args.risk_threshold, test_steps=len(soon),
+        risk_threshold=args.risk_threshold, test_steps=len(soon), test_episodes=len(test),
+        held_out=rnn_roots(args)[1],
     )  # fmt: skip
 
     # THE SAME CONTROLLERS IN THE DREAM AND IN THE REAL ENVIRONMENT
@@ -361,6 +406,10 @@ def main(argv=None):
         result["dream_vs_real"] = wm.dream_vs_real(
             dream, real, labels, trained, dream_ends, real_ends
         )
+        if args.bootstrap and len(params) > 1:
+            result["dream_vs_real"]["spearman_interval"] = wm.spearman_interval(
+                dream, real, np.random.default_rng([args.seed, 0xB1]), rounds=args.bootstrap
+            )
 
     # REPORT
     text = table(result)

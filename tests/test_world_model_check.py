@@ -16,7 +16,7 @@ from lib.data.latents import LatentEpisodes
 from lib.diagnostics import world_model as wm
 from lib.models import saved_models
 from lib.models.controller import Controller
-from lib.models.mdn_rnn import MDNRNN
+from lib.models.mdn_rnn import MDNRNN, mixture_log_prob
 
 
 def episodes(lengths, outcomes, z_size=3, seed=0):
@@ -153,6 +153,27 @@ def test_an_m_that_always_predicts_collisions():
     assert r["recall"] == 1.0 and r["precision"] == pytest.approx(10 / 26)
 
 
+def test_teacher_forcing_in_lockstep_is_each_episode_on_its_own():
+    """All episodes stepped as one batch give what each gives stepped alone."""
+    data = episodes([7, 3, 11, 1], ["collision", "success", "out_of_map", "success"], z_size=6)
+    m = MDNRNN(z_size=6, hidden_size=5, n_mixtures=3, outcome_head=True)
+    forced = wm.teacher_forced(m, data, done_pos_weight=4.0)
+    for e in range(len(data)):
+        ep, f0, s0 = data.episode(e), data.frame_offsets[e], data.step_offsets[e]
+        state = m.initial_state(1)
+        for t in range(len(ep["action"])):
+            np.testing.assert_allclose(forced["h"][s0 + t], state[0][0], atol=1e-6)
+            step = m.step(data.mu[f0 + t][None], ep["action"][t][None], state)
+            state = step.state
+            p = 1.0 / (1.0 + np.exp(-(float(step.done_logit[0]) - np.log(4.0))))
+            assert forced["done_prob"][s0 + t] == pytest.approx(p, abs=1e-6)
+            assert forced["reward"][s0 + t] == pytest.approx(float(step.reward[0]), abs=1e-6)
+            assert forced["collision"][s0 + t] == wm.predicts_collision(step)[0]
+            nll = -float(mixture_log_prob(step.mixture, data.mu[f0 + t + 1][None]).array.mean())
+            assert forced["nll"][s0 + t] == pytest.approx(nll, abs=1e-5)
+    assert forced["nll"].shape == (22,)
+
+
 def test_an_m_that_never_ends_forecasts_nothing():
     data = episodes([12], ["collision"])
     m = rigged_m(-1.0, -20.0)
@@ -219,6 +240,60 @@ def test_the_script_reports_the_trained_cs_endings_in_the_dream_and_the_room(mod
     assert (
         "| 07's controller: endings (success / collision / out of map / timeout) | dream " in table
     )
+
+
+def test_the_script_scores_another_held_out_set(models, tmp_path):
+    """--held-out DIR scores DIR's test episodes (here the first of the tiny set's two),
+    with the training data's probe; a folder of another room, or none, is refused."""
+    ho = tmp_path / "ho" / "rnn_data"
+    ho.mkdir(parents=True)
+    shutil.copy(os.path.join(models, "rnn_data", "manifest.json"), ho / "manifest.json")
+    first = min(os.listdir(os.path.join(models, "rnn_data", "test")))
+    (ho / "test").mkdir()
+    shutil.copy(os.path.join(models, "rnn_data", "test", first), ho / "test" / first)
+    out = tmp_path / "wm.json"
+    proc = run_here("diagnostics/check_world_model.py", "--controllers", 0, "--samples", 1,
+                    "--probe-episodes", 20, "--held-out", ho.parent, "--out", out,
+                    "--data-dir", models)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())["results"]
+    assert r["test_episodes"] == 1 and r["held_out"] == str(ho)
+    assert "collision_soon_auc_interval" not in r  # one episode: nothing to resample
+    assert f"| held-out episodes | 1 | {ho}/test |" in out.with_suffix(".md").read_text()
+    mf = json.loads((ho / "manifest.json").read_text())
+    mf["identity"]["env"]["n_humans"] += 1
+    (ho / "manifest.json").write_text(json.dumps(mf))
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--held-out", ho.parent,
+                                  "--out", tmp_path / "x.json", "--data-dir", models))  # fmt: skip
+    assert "room or view differs" in err and not (tmp_path / "x.json").exists()
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--held-out",
+                                  tmp_path / "none", "--data-dir", models))  # fmt: skip
+    assert "no 02 data" in err
+
+
+def test_bootstrap_intervals_resample_the_units():
+    rng = np.random.default_rng(0)
+    # A constant statistic has a point interval; a mean's interval holds the mean.
+    assert wm.bootstrap_interval(lambda pick: 3.0, 5, rng, rounds=50) == (3.0, 3.0)
+    x = rng.normal(size=400)
+    low, high = wm.bootstrap_interval(lambda pick: x[pick].mean(), 400, rng, rounds=400)
+    assert low < x.mean() < high and high - low == pytest.approx(
+        2 * 1.645 * x.std() / 20, rel=0.25
+    )  # the normal interval's width, sigma / sqrt(400) each side
+    # Episodes are the units: a risk that separates every episode perfectly gives [1, 1];
+    # draws with no positive episode are drawn again.
+    lengths = np.array([3, 4, 2, 5])
+    soon = np.concatenate([[0, 1, 1], [0, 0, 0, 0], [1, 1], [0, 0, 0, 0, 0]]).astype(bool)
+    assert wm.episode_auc_interval(soon * 0.9 + 0.05, soon, lengths, rng, rounds=100) == (1, 1)
+    # Ranks that agree exactly, whatever controllers are drawn twice: Spearman [1, 1].
+    a = np.arange(10.0)
+    assert wm.spearman_interval(a, 2 * a + 1, rng, rounds=100) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        wm.bootstrap_interval(lambda pick: 0.0, 1, rng)
+    with pytest.raises(ValueError, match="level"):
+        wm.bootstrap_interval(lambda pick: 0.0, 3, rng, level=1.0)
+    # A statistic that can never be scored gives no interval.
+    assert wm.bootstrap_interval(lambda pick: float("nan"), 3, rng, rounds=10) is None
 
 
 def test_the_script_needs_an_m_with_heads(models, tmp_path):

@@ -25,6 +25,7 @@ from lib.control.agent import ENDINGS, ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
 from lib.diagnostics.open_loop import baseline_z, step_frames
+from lib.diagnostics.probe import auc
 from lib.env import socnavenv as sn
 from lib.models import saved_models
 from lib.models.controller import n_params
@@ -97,23 +98,35 @@ def teacher_forced(
         over all steps of all episodes, episode by episode.
     """
     z = data.mu if z is None else z
-    out = {"nll": [], "reward": [], "done_prob": [], "collision": [], "h": [], "c": []}
-    for e in range(len(data)):
-        ep, f0 = data.episode(e), data.frame_offsets[e]
-        state = rnn.initial_state(1)
-        for t in range(len(ep["action"])):
-            out["h"].append(to_host(state[0])[0])
-            out["c"].append(to_host(state[1])[0])
-            step = rnn.step(z[f0 + t][None], ep["action"][t][None], state)
-            state = step.state
-            log_p = mixture_log_prob(step.mixture, rnn.xp.asarray(z[f0 + t + 1][None]))
-            out["nll"].append(-float(log_p.array.mean()))
-            out["reward"].append(float(to_host(step.reward)[0]))
-            out["collision"].append(bool(predicts_collision(step)[0]))
-            logit = calibrated_done_logit(float(to_host(step.done_logit)[0]), done_pos_weight)
-            out["done_prob"].append(1.0 / (1.0 + np.exp(-logit)))
-    types = {"h": np.float32, "c": np.float32, "collision": bool}
-    return {k: np.asarray(v, types.get(k, np.float64)) for k, v in out.items()}
+    xp = rnn.xp
+    steps = int(data.step_offsets[-1])
+    h, c = (to_host(v) for v in rnn.initial_state(len(data)))
+    out = {
+        "nll": np.zeros(steps),
+        "reward": np.zeros(steps),
+        "done_prob": np.zeros(steps),
+        "collision": np.zeros(steps, bool),
+        "h": np.zeros((steps, h.shape[1]), np.float32),
+        "c": np.zeros((steps, c.shape[1]), np.float32),
+    }
+    # All episodes in lockstep, the ones still running at step t as one batch (M's
+    # rows are independent, so this is each episode's own pass).
+    lengths = np.asarray(data.lengths)
+    for t in range(int(lengths.max(initial=0))):
+        live = np.flatnonzero(lengths > t)
+        rows = data.step_offsets[live] + t  # this step's row in the flat outputs
+        frames = data.frame_offsets[live] + t
+        out["h"][rows], out["c"][rows] = h[live], c[live]
+        state = (xp.asarray(h[live]), xp.asarray(c[live]))
+        step = rnn.step(z[frames], data.action[rows], state)
+        h[live], c[live] = to_host(step.state[0]), to_host(step.state[1])
+        log_p = mixture_log_prob(step.mixture, xp.asarray(z[frames + 1]))
+        out["nll"][rows] = -to_host(log_p.array).astype(np.float64).mean(axis=1)
+        out["reward"][rows] = to_host(step.reward)
+        out["collision"][rows] = predicts_collision(step)
+        logit = calibrated_done_logit(to_host(step.done_logit).astype(np.float64), done_pos_weight)
+        out["done_prob"][rows] = 1.0 / (1.0 + np.exp(-logit))
+    return out
 
 
 def head_scores(data: LatentEpisodes, forced: dict, done_threshold: float = DONE_THRESHOLD) -> dict:
@@ -318,6 +331,63 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def bootstrap_interval(statistic, groups: int, rng, rounds: int = 1000, level: float = 0.9):
+    """Percentile bootstrap interval of a statistic over `groups` resampled units.
+
+    The units are what is independent: episodes for a forecast scored on their steps
+    (steps of one episode are not independent draws), controllers for a ranking.
+
+    Args:
+        statistic: callable taking (groups,) int indices, drawn with replacement, and
+            returning a float; it may raise ValueError for a draw it cannot score (an
+            AUC without positives), which is then drawn again, up to `rounds` times.
+        groups: number of units (>= 2).
+        rng: np.random.Generator.
+        rounds: bootstrap draws.
+        level: coverage of the interval, in (0, 1).
+
+    Returns:
+        (low, high) floats, or None when fewer than half the draws could be scored.
+    """
+    if groups < 2:
+        raise ValueError(f"a bootstrap needs at least 2 units, got {groups}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    values = []
+    for _ in range(2 * rounds):
+        try:
+            value = statistic(rng.integers(0, groups, groups))
+        except ValueError:
+            continue
+        if np.isfinite(value):
+            values.append(value)
+        if len(values) == rounds:
+            break
+    if len(values) < rounds // 2:
+        return None
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def episode_auc_interval(risk: np.ndarray, soon: np.ndarray, lengths: np.ndarray, rng, **kw):
+    """`bootstrap_interval` of the AUC of `risk` for `soon` (both (S,), episode after
+    episode, `lengths` steps each), the episodes resampled."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+    def statistic(pick):
+        rows = np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in pick])
+        return auc(risk[rows], soon[rows])
+
+    return bootstrap_interval(statistic, len(lengths), rng, **kw)
+
+
+def spearman_interval(dream: np.ndarray, real: np.ndarray, rng, **kw):
+    """`bootstrap_interval` of `spearman(dream, real)`, the controllers resampled."""
+    dream, real = np.asarray(dream), np.asarray(real)
+    return bootstrap_interval(lambda pick: spearman(dream[pick], real[pick]), len(dream), rng, **kw)
 
 
 # The controllers 07 trains (its --name) that `controller_set` looks for.
