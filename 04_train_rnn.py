@@ -205,6 +205,16 @@ def parse_args(argv=None):
         help="dreams per sequence and chunk for the rollout loss",
     )
     p.add_argument(
+        "--rollout-endings",
+        type=cli.non_negative_float,
+        default=0.0,
+        help="0: the rollout loss's dreams start anywhere in the chunk. F in (0, 1]: they "
+        "start inside the episode, and with probability F a sequence whose chunk holds its "
+        "episode's ending (a collision, the goal, leaving the room) starts its dream within "
+        "--rollout-steps of it, so the dream is trained on the states that end episodes "
+        "(beyond the paper; lib/models/rollout_loss.py)",
+    )
+    p.add_argument(
         "--rollout-weight",
         type=cli.non_negative_float,
         default=1.0,
@@ -243,6 +253,10 @@ def parse_args(argv=None):
         p.error(f"--map-head-kernel must be odd, got {args.map_head_kernel}")
     if args.rollout_steps and args.arch != "map":
         p.error("--rollout-steps needs --arch map (the dense M has no differentiable rollout)")
+    if args.rollout_endings > 1:
+        p.error(f"--rollout-endings must be in [0, 1], got {args.rollout_endings}")
+    if args.rollout_endings and not args.rollout_steps:
+        p.error("--rollout-endings places the rollout loss's dreams: add --rollout-steps")
     if args.arch == "map" and args.task_weight:
         p.error("--task-weight needs --arch lstm (the map M has no task head)")
     cli.check_run_args(p, args)
@@ -538,7 +552,7 @@ def train_chunk(model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, ar
             z_loss, end_loss = rollout_loss(
                 model, loss_fn.last_output, ch["z"], ch["a"], ch["z_next"], ch["mask"],
                 ch["outcome"] if args.outcome_head else None, state_in,
-                args.rollout_steps, args.rollout_starts, rng,
+                args.rollout_steps, args.rollout_starts, rng, args.rollout_endings,
             )  # fmt: skip
             parts = {"rollout_z_loss": z_loss}
             if end_loss is not None:

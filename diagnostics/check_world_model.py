@@ -286,7 +286,7 @@ def load_episodes(args, vae):
         other = manifest.read_json(os.path.join(test_root, "manifest.json"))
         if other is None:
             cli.fail(f"--held-out: no 02 data in {test_root} — run 02_generate_rnn_data.py there")
-        if other.get("identity", {}) != env:
+        if other.get("identity", {}).get("env") != env.get("env"):
             cli.fail(
                 f"--held-out: {test_root}'s room or view differs from {root}'s — make it with "
                 "the training data's 02 settings"

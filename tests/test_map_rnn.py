@@ -218,6 +218,35 @@ def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states():
         np.testing.assert_allclose(zs.array[:, k], dream, atol=1e-5)
 
 
+def test_rollout_starts_inside_the_episode_and_near_its_ending():
+    rng = np.random.default_rng(0)
+    valid = np.array([100, 30, 30, 5, 1])
+    ends = np.array([False, True, False, True, True])
+    # endings 0: the old draw, uniform over the chunk whatever the episode
+    assert np.array_equal(
+        rollout_starts(5, 100, 40, 200, np.random.default_rng(1)),
+        np.random.default_rng(1).integers(0, 61, size=(5, 200)).reshape(-1),
+    )
+    for endings in (0.5, 1.0):
+        t0 = rollout_starts(5, 100, 40, 2000, rng, valid, ends, endings).reshape(5, -1)
+        assert t0.dtype == np.int64
+        assert t0[0].min() == 0 and t0[0].max() == 60  # a full chunk: the old range
+        assert t0[2].min() == 0 and t0[2].max() == 29  # inside its 30 steps, no ending
+        assert t0[3].min() == 0 and t0[3].max() == 4 and (t0[4] == 0).all()
+        near = t0[1] >= 0  # an ending at step 29: dreams of 40 steps from anywhere meet it
+        assert near.all() and t0[1].max() == 29
+    # A long episode's chunk that ends it: the fraction `endings` starts in its last K steps.
+    valid, ends = np.array([100]), np.array([True])
+    # (The last K steps of a 100-step chunk leave one start, 60; the others draw 0..60.)
+    for endings, at_60 in ((1.0, 1.0), (0.3, 0.3 + 0.7 / 61)):
+        t0 = rollout_starts(1, 100, 40, 20000, rng, valid, ends, endings)
+        assert t0.max() == 60 and t0.min() == (60 if endings == 1 else 0)
+        assert np.mean(t0 == 60) == pytest.approx(at_60, abs=0.02)
+    # K = 10 in a 30-step episode that ends: with endings 1, starts in [20, 29]
+    t0 = rollout_starts(1, 100, 10, 5000, rng, np.array([30]), np.array([True]), 1.0)
+    assert t0.min() == 20 and t0.max() == 29
+
+
 def test_the_rollout_loss_by_hand_and_its_gradient():
     """rollout_loss: from the training pass's state before t0, the dreamt z's squared
     error and the dreamt endings' weighted cross-entropy, masked; its gradient along a
@@ -354,6 +383,8 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         (["--rollout-steps", "5", "--mode", "window"], "--arch map"),
         (["--rollout-starts", "0"], "--rollout-starts"),
         (["--map-head-kernel", "2"], "--map-head-kernel"),
+        (["--arch", "map", "--rollout-steps", "5", "--rollout-endings", "1.5"], "[0, 1]"),
+        (["--arch", "map", "--rollout-endings", "0.5"], "add --rollout-steps"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):

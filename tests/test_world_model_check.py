@@ -261,6 +261,12 @@ def test_the_script_scores_another_held_out_set(models, tmp_path):
     assert "collision_soon_auc_interval" not in r  # one episode: nothing to resample
     assert f"| held-out episodes | 1 | {ho}/test |" in out.with_suffix(".md").read_text()
     mf = json.loads((ho / "manifest.json").read_text())
+    mf["identity"]["seed"] += 1  # another seed or policy is fine: the room is what counts
+    (ho / "manifest.json").write_text(json.dumps(mf))
+    proc = run_here("diagnostics/check_world_model.py", "--controllers", 0, "--samples", 1,
+                    "--probe-episodes", 20, "--held-out", ho.parent, "--out", out,
+                    "--data-dir", models)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     mf["identity"]["env"]["n_humans"] += 1
     (ho / "manifest.json").write_text(json.dumps(mf))
     err = one_line_error(run_here("diagnostics/check_world_model.py", "--held-out", ho.parent,

@@ -33,14 +33,38 @@ import numpy as np
 from lib.env import socnavenv as sn
 
 
-def rollout_starts(batch: int, chunk: int, steps: int, starts: int, rng) -> np.ndarray:
-    """(batch * starts,) start steps t0 in [0, chunk - K], K = min(steps, chunk): `starts`
-    per sequence, uniform, row-major (sequence 0's first)."""
+def rollout_starts(
+    batch: int, chunk: int, steps: int, starts: int, rng, valid=None, ends=None, endings=0.0
+) -> np.ndarray:
+    """(batch * starts,) start steps t0, row-major (sequence 0's first).
+
+    With `endings` 0, uniform in [0, chunk - K], K = min(steps, chunk), wherever the
+    episode ends in the chunk (a dream that starts past the end weighs nothing). With
+    `endings` > 0, inside each sequence's `valid` counted steps, in [0, min(valid - 1,
+    chunk - K)]; and where the chunk holds its episode's ending (`ends`), with
+    probability `endings` from the K steps before it, [max(0, valid - K), ...], so the
+    dream meets the real ending: the states that collisions and arrivals come from.
+
+    Args:
+        valid: (batch,) ints, each sequence's counted steps (its mask's sum), >= 1.
+        ends: (batch,) bools, the chunk's last counted step ends the episode.
+        endings: the fraction described above, in [0, 1].
+    """
     k = min(int(steps), int(chunk))
-    return rng.integers(0, chunk - k + 1, size=(batch, int(starts))).reshape(-1)
+    if not endings:
+        return rng.integers(0, chunk - k + 1, size=(batch, int(starts))).reshape(-1)
+    valid = np.maximum(np.asarray(valid, np.int64), 1)
+    high = np.minimum(valid - 1, chunk - k)[:, None]
+    near = np.asarray(ends, bool)[:, None] & (rng.random((batch, int(starts))) < endings)
+    low = np.where(near, np.minimum(np.maximum(valid - k, 0)[:, None], high), 0)
+    return (
+        (low + np.floor(rng.random((batch, int(starts))) * (high - low + 1)))
+        .astype(np.int64)
+        .reshape(-1)
+    )
 
 
-def rollout_loss(model, out, z, a, z_next, mask, outcome, state0, steps, starts, rng):
+def rollout_loss(model, out, z, a, z_next, mask, outcome, state0, steps, starts, rng, endings=0.0):
     """The rollout loss of one training chunk (see the module docstring).
 
     Args:
@@ -53,17 +77,28 @@ def rollout_loss(model, out, z, a, z_next, mask, outcome, state0, steps, starts,
         steps: K, the dream's length (cut to the chunk's).
         starts: rollouts per sequence.
         rng: numpy Generator of the start steps (`rollout_starts`, drawn first).
+        endings: `rollout_starts`' fraction of dreams that start within K steps of
+            their episode's ending (0: starts anywhere in the chunk).
 
     Returns:
         (z_loss, ending_loss): scalar Variables; ending_loss is None without the
         outcome head or `outcome`.
     """
     xp = model.xp
+    valid = ends = None
+    if endings:
+        host_mask = np.asarray(mask.get() if hasattr(mask, "get") else mask) > 0
+        valid = host_mask.sum(axis=1)
+        ends = np.zeros(len(valid), bool)
+        if outcome is not None:
+            codes = np.asarray(outcome.get() if hasattr(outcome, "get") else outcome)
+            last = np.maximum(valid - 1, 0)
+            ends = (valid > 0) & (codes[np.arange(len(valid)), last] != sn.RUNNING)
     z, a, z_next = (xp.asarray(v, np.float32) for v in (z, a, z_next))
     mask = xp.asarray(mask, np.float32)
     batch, chunk = mask.shape
     k = min(int(steps), chunk)
-    t0 = rollout_starts(batch, chunk, k, starts, rng)
+    t0 = rollout_starts(batch, chunk, k, starts, rng, valid, ends, endings)
     rows = np.repeat(np.arange(batch), int(starts))
     if state0 is None:
         state0 = model.initial_state(batch)
