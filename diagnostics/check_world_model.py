@@ -186,6 +186,16 @@ def table(r: dict) -> str:
             f"heads on copied z {_f(c['copy'], '.3f')}, on "
             f"const.-velocity z {_f(c['velocity'], '.3f')} |"
         ),
+        *(
+            [
+                f"| … AUC of the steps 1 / 5 / {r['horizon']} before their collision "
+                f"(against the steps with none within {r['horizon']}) | "
+                + " / ".join(_f(lead[k - 1], ".3f") for k in (1, 5, r["horizon"]) if k <= len(lead))
+                + " | |"
+            ]
+            if (lead := r.get("collision_soon_auc_by_lead"))
+            else []
+        ),
         (
             f"| collision within {r['horizon']} steps: risk > {r['risk_threshold']:g} | "
             f"{pr(r['collision_soon'])} | |"
@@ -244,12 +254,20 @@ def figure(path: str, r: dict) -> None:
         ax.legend(fontsize=8)
     ax = axes[2]
     c = r["collision_soon_auc"]
-    names = ["dream", "copy", "velocity"]
-    ax.bar(range(3), [c[n] or 0.0 for n in names], color=["tab:red", "tab:gray", "tab:blue"])
-    ax.set_xticks(range(3), ["M's samples", "M's heads,\ncopied z", "M's heads,\nconst. vel. z"])
+    lead = r.get("collision_soon_auc_by_lead") or []
+    leads = [k + 1 for k, v in enumerate(lead) if v is not None]
+    ax.plot(leads, [lead[k - 1] for k in leads], "o-", color="tab:red",
+            label="M's samples, by steps to the collision")  # fmt: skip
+    for name, color, text in (("dream", "tab:red", "M's samples, all"),
+                              ("copy", "tab:gray", "M's heads, copied z"),
+                              ("velocity", "tab:blue", "M's heads, const. vel. z")):  # fmt: skip
+        if c[name] is not None:
+            ax.axhline(c[name], color=color, lw=1, ls="--", label=f"{text}: {c[name]:.3f}")
+    ax.axhline(0.97, color="k", lw=0.8, ls=":", label="0.97")
     ax.set_ylim(0.5, 1.0)
-    ax.axhline(0.97, color="k", lw=0.8, ls="--")
-    ax.set_ylabel("AUC")
+    ax.set_xlabel("steps before the collision")
+    ax.set_ylabel("AUC against steps with no collision")
+    ax.legend(fontsize=7, loc="lower left")
     p, q = r["collision_soon"]["precision"], r["collision_soon"]["recall"]
     ax.set_title(
         f"collision within {r['horizon']} steps\nrisk > {r['risk_threshold']:g}: precision "
@@ -368,6 +386,9 @@ def main(argv=None):
         aucs[source] = auc(risk, soon) if both else None
         if source == "dream":
             result["collision_soon"] = wm.rates(risk > args.risk_threshold, soon)
+            result["collision_soon_auc_by_lead"] = wm.auc_by_lead(
+                risk, soon, test.lengths, args.horizon
+            )
             if both and args.bootstrap and len(test) > 1:
                 result["collision_soon_auc_interval"] = wm.episode_auc_interval(
                     risk, soon, test.lengths, np.random.default_rng([args.seed, 0xB0]),

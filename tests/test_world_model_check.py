@@ -302,6 +302,22 @@ def test_bootstrap_intervals_resample_the_units():
     assert wm.bootstrap_interval(lambda pick: float("nan"), 3, rng, rounds=10) is None
 
 
+def test_auc_by_lead_scores_each_distance_to_the_collision():
+    # Two episodes of 4 steps ending in collision, one of 5 ending elsewhere; horizon 3.
+    lengths = np.array([4, 4, 5])
+    soon = np.array([0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+    # risk: at leads 1 and 2 every positive outscores every negative; at lead 3, 0.1
+    # beats none and ties one, 0.4 beats six of seven.
+    risk = np.array([0.2, 0.1, 0.6, 0.9, 0.1, 0.4, 0.5, 0.8, 0.3, 0.45, 0.2, 0.2, 0.2])
+    by_lead = wm.auc_by_lead(risk, soon, lengths, 4)
+    # negatives: 0.2, 0.1, 0.3, 0.45, 0.2, 0.2, 0.2
+    assert by_lead[0] == 1.0  # 0.9 and 0.8
+    assert by_lead[1] == pytest.approx((1.0 + 1.0) / 2)  # 0.6 and 0.5 beat all 7
+    assert by_lead[2] == pytest.approx((0.5 / 7 + 6 / 7) / 2)
+    assert by_lead[3] is None  # no step is 4 before a collision among positives
+    assert wm.auc_by_lead(risk, np.zeros(13, bool), lengths, 2) == [None, None]
+
+
 def test_the_script_needs_an_m_with_heads(models, tmp_path):
     err = one_line_error(
         run_here("diagnostics/check_world_model.py", "--mode", "reward", "--data-dir", models)

@@ -384,6 +384,27 @@ def episode_auc_interval(risk: np.ndarray, soon: np.ndarray, lengths: np.ndarray
     return bootstrap_interval(statistic, len(lengths), rng, **kw)
 
 
+def auc_by_lead(risk: np.ndarray, soon: np.ndarray, lengths: np.ndarray, horizon: int) -> list:
+    """The collision forecast's AUC by how far ahead the collision is: for k = 1 ..
+    `horizon`, the AUC of the steps k steps before their episode's collision (k = 1: the
+    colliding step itself) against every step with no collision within the horizon.
+
+    Returns:
+        `horizon` floats, None where no step has that lead.
+    """
+    lead = np.concatenate([np.arange(n, 0, -1) for n in np.asarray(lengths)])
+    negatives = ~np.asarray(soon, bool)
+    out = []
+    for k in range(1, int(horizon) + 1):
+        rows = np.asarray(soon, bool) & (lead == k)
+        if not rows.any() or not negatives.any():
+            out.append(None)
+            continue
+        keep = rows | negatives
+        out.append(auc(risk[keep], rows[keep]))
+    return out
+
+
 def spearman_interval(dream: np.ndarray, real: np.ndarray, rng, **kw):
     """`bootstrap_interval` of `spearman(dream, real)`, the controllers resampled."""
     dream, real = np.asarray(dream), np.asarray(real)
