@@ -42,7 +42,7 @@ SCRIPTS = {
     "inputs": ["diagnostics/probe_controller.py"],
     "07": ["07_train_controller.py"],
     "07dream": ["07_train_controller.py"],
-    "check": ["diagnostics/check_world_model.py"],
+    "check": ["02_generate_rnn_data.py", "diagnostics/check_world_model.py"],
     "lookahead": ["07b_train_lookahead.py"],
     "08": ["08_test_controller.py"] * 3,
 }
@@ -72,6 +72,11 @@ def test_a_fresh_plan_runs_every_step_in_order_with_flags_its_scripts_accept(tmp
         assert [c[0] for c in cmds] == SCRIPTS[step], line
         for script, argv in cmds:
             args = script_module(script).parse_args(argv)  # exits on a bad flag
+            if step == "check" and script.startswith("02"):  # M's held-out episodes
+                assert args.data_dir == str(tmp_path / "heldout") and args.seed != 0
+                continue
+            if step == "check":
+                assert args.held_out == str(tmp_path / "heldout")
             assert args.data_dir == str(tmp_path), (step, script)
             assert not getattr(args, "resume", False), (step, script)  # a fresh plan
     trained = ["03", "04", "07", "07dream", "lookahead"]
