@@ -289,7 +289,8 @@ def figure(path: str, r: dict) -> None:
     else:
         ax.set_axis_off()
     fig.suptitle(
-        f"M as a simulator, held-out episodes (NLL {r['nll']:.2f}, copy {r['copy_baseline_nll']:.2f})"
+        f"M as a simulator, {r.get('test_episodes', '')} held-out episodes (NLL {r['nll']:.2f}, "
+        f"copy {r['copy_baseline_nll']:.2f})"
     )
     fig.tight_layout()
     drawing.save_figure(fig, path, dpi=80)
