@@ -278,10 +278,18 @@ def log_rows(d):
         return list(csv.DictReader(f))
 
 
-def test_07_same_controller_for_1_and_2_workers(models, tmp_path):
-    a = copy_data(models, tmp_path / "a")
+@pytest.fixture(scope="module")
+def trained_c(models, tmp_path_factory):
+    """The tiny models with C trained by 07 for 2 generations on 1 worker: shared,
+    read-only (tests that write copy it first)."""
+    d = copy_data(models, tmp_path_factory.mktemp("trained_c"))
+    train_c(d, "--epochs", 2, "--workers", 1)
+    return d
+
+
+def test_07_same_controller_for_1_and_2_workers(models, trained_c, tmp_path):
+    a = trained_c  # --workers 1
     b = copy_data(models, tmp_path / "b")
-    train_c(a, "--epochs", 2, "--workers", 1)
     train_c(b, "--epochs", 2, "--workers", 2)
     ca = np.load(a / "models" / "controller.npz")
     cb = np.load(b / "models" / "controller.npz")
@@ -345,9 +353,8 @@ def test_07_bad_input(models, tmp_path):
     assert not (d / "models" / "controller.npz").exists()
 
 
-def test_08_json_keys_and_table(models, tmp_path):
-    d = copy_data(models, tmp_path)
-    train_c(d, "--epochs", 2, "--workers", 1)
+def test_08_json_keys_and_table(trained_c, tmp_path):
+    d = copy_data(trained_c, tmp_path)
     out = tmp_path / "r.json"
     proc = run(
         "08_test_controller.py", "--episodes", 6, "--record", 1, "--max-steps", 40,
