@@ -186,21 +186,18 @@ def table(r: dict) -> str:
             f"heads on copied z {_f(c['copy'], '.3f')}, on "
             f"const.-velocity z {_f(c['velocity'], '.3f')} |"
         ),
-        *(
-            [
-                f"| … AUC of the steps 1 / 5 / {r['horizon']} before their collision "
-                f"(against the steps with none within {r['horizon']}) | "
-                + " / ".join(_f(lead[k - 1], ".3f") for k in (1, 5, r["horizon"]) if k <= len(lead))
-                + " | |"
-            ]
-            if (lead := r.get("collision_soon_auc_by_lead"))
-            else []
-        ),
-        (
-            f"| collision within {r['horizon']} steps: risk > {r['risk_threshold']:g} | "
-            f"{pr(r['collision_soon'])} | |"
-        ),
     ]
+    lead = r.get("collision_soon_auc_by_lead")
+    if lead:
+        at = " / ".join(_f(lead[k - 1], ".3f") for k in (1, 5, r["horizon"]) if k <= len(lead))
+        lines.append(
+            f"| … AUC of the steps 1 / 5 / {r['horizon']} before their collision (against the "
+            f"steps with none within {r['horizon']}) | {at} | |"
+        )
+    lines.append(
+        f"| collision within {r['horizon']} steps: risk > {r['risk_threshold']:g} | "
+        f"{pr(r['collision_soon'])} | |"
+    )
     if "episode_endings" in r:
         e = r["episode_endings"]
         lines.append(

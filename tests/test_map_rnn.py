@@ -247,25 +247,11 @@ def test_rollout_starts_inside_the_episode_and_near_its_ending():
     assert t0.min() == 20 and t0.max() == 29
 
 
-def test_the_rollout_loss_by_hand_and_its_gradient():
-    """rollout_loss: from the training pass's state before t0, the dreamt z's squared
-    error and the dreamt endings' weighted cross-entropy, masked; its gradient along a
-    random direction of the parameters matches central differences."""
-    m = tiny(outcome_head=True, outcome_weights=[1.0, 2.0, 3.0, 4.0])
-    loss_fn = MDNRNNLoss(m)
-    z, a, z_next = batch(t=6)
-    reward = np.full((2, 6), -0.01, np.float32)
-    outcome = np.array([[0, 0, 0, 2, 0, 0], [0, 0, 1, 0, 0, 0]], np.int8)
-    mask = np.ones((2, 6), np.float32)
-    mask[1, 3:] = 0  # sequence 1 ended at step 2
-
-    def total(steps=3):
-        loss_fn(z, a, z_next, mask, reward, None, None, outcome)
-        return rollout_loss(m, loss_fn.last_output, z, a, z_next, mask, outcome, None, steps, 2,
-                            np.random.default_rng(4))  # fmt: skip
-
-    z_loss, end_loss = total()
-    t0 = rollout_starts(2, 6, 3, 2, np.random.default_rng(4))
+def rollout_loss_by_hand(m, losses, z, a, z_next, mask, outcome, t0):
+    """Asserts the rollout loss (z, endings) of 3-step dreams from the starts `t0` (two
+    per sequence), worked out by stepping M: the dreamt z's squared error and the
+    weighted cross-entropy of the dreamt endings, over the masked steps."""
+    z_loss, end_loss = losses
     want_z = want_end = count = 0.0
     for row, start in zip(np.repeat([0, 1], 2), t0):
         state = None
@@ -284,6 +270,30 @@ def test_the_rollout_loss_by_hand_and_its_gradient():
                 want_end -= [1.0, 2.0, 3.0, 4.0][outcome[row, t]] * np.log(p[0, outcome[row, t]])
     assert float(z_loss.array) == pytest.approx(want_z / count, rel=1e-4)
     assert float(end_loss.array) == pytest.approx(want_end / count, rel=1e-4)
+
+
+def test_the_rollout_loss_by_hand_and_its_gradient():
+    """rollout_loss: from the training pass's state before t0, the dreamt z's squared
+    error and the dreamt endings' weighted cross-entropy, masked; its gradient along a
+    random direction of the parameters matches central differences."""
+    m = tiny(outcome_head=True, outcome_weights=[1.0, 2.0, 3.0, 4.0])
+    loss_fn = MDNRNNLoss(m)
+    z, a, z_next = batch(t=6)
+    reward = np.full((2, 6), -0.01, np.float32)
+    outcome = np.array([[0, 0, 0, 2, 0, 0], [0, 0, 1, 0, 0, 0]], np.int8)
+    mask = np.ones((2, 6), np.float32)
+    mask[1, 3:] = 0  # sequence 1 ended at step 2
+
+    def total(steps=3, endings=0.0):
+        loss_fn(z, a, z_next, mask, reward, None, None, outcome)
+        return rollout_loss(m, loss_fn.last_output, z, a, z_next, mask, outcome, None, steps, 2,
+                            np.random.default_rng(4), endings)  # fmt: skip
+
+    # endings 1: the starts come from the mask (6 and 3 steps counted) and the outcomes
+    # (only sequence 1's chunk holds its ending, at step 2)
+    for endings in (0.0, 1.0):
+        t0 = rollout_starts(2, 6, 3, 2, np.random.default_rng(4), [6, 3], [False, True], endings)
+        rollout_loss_by_hand(m, total(endings=endings), z, a, z_next, mask, outcome, t0)
 
     # The gradient, with one component a latent (the likeliest-component pick is a
     # step function that central differences would straddle), and dreams of the whole

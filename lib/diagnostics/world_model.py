@@ -376,9 +376,10 @@ def episode_auc_interval(risk: np.ndarray, soon: np.ndarray, lengths: np.ndarray
     """`bootstrap_interval` of the AUC of `risk` for `soon` (both (S,), episode after
     episode, `lengths` steps each), the episodes resampled."""
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    episode_rows = [np.arange(s, s + n) for s, n in zip(starts, lengths)]  # once, not per draw
 
     def statistic(pick):
-        rows = np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in pick])
+        rows = np.concatenate([episode_rows[e] for e in pick])
         return auc(risk[rows], soon[rows])
 
     return bootstrap_interval(statistic, len(lengths), rng, **kw)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import chainer.functions as F
 import numpy as np
 
+from lib.devices import to_host
 from lib.env import socnavenv as sn
 
 
@@ -87,13 +88,11 @@ def rollout_loss(model, out, z, a, z_next, mask, outcome, state0, steps, starts,
     xp = model.xp
     valid = ends = None
     if endings:
-        host_mask = np.asarray(mask.get() if hasattr(mask, "get") else mask) > 0
-        valid = host_mask.sum(axis=1)
+        valid = (to_host(mask) > 0).sum(axis=1)
         ends = np.zeros(len(valid), bool)
         if outcome is not None:
-            codes = np.asarray(outcome.get() if hasattr(outcome, "get") else outcome)
-            last = np.maximum(valid - 1, 0)
-            ends = (valid > 0) & (codes[np.arange(len(valid)), last] != sn.RUNNING)
+            last = to_host(outcome)[np.arange(len(valid)), np.maximum(valid - 1, 0)]
+            ends = (valid > 0) & (last != sn.RUNNING)
     z, a, z_next = (xp.asarray(v, np.float32) for v in (z, a, z_next))
     mask = xp.asarray(mask, np.float32)
     batch, chunk = mask.shape
