@@ -52,10 +52,6 @@ import os
 import time
 
 import chainer
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
@@ -229,6 +225,7 @@ def draw(path, head, part, grid_size):
     c = part["picture_crops"][chosen] if head.pixels else None
     side = round(np.sqrt(grid_size))
     seconds = max(head.horizons) / 10  # 0.1 s a step
+    plt = drawing.pyplot()
     fig, axes = plt.subplots(
         len(chosen), 3, figsize=(8, 2.3 * len(chosen) + 0.6), squeeze=False, layout="constrained"
     )

@@ -133,9 +133,10 @@ def load_snapshot(path: str, model, optimizer) -> tuple[dict, dict]:
 
 def save_model(path: str, model, sidecar: dict) -> None:
     """The final model: Chainer `save_npz` weights + a JSON sidecar beside them
-    (`<path without .npz>.json`) with what is needed to rebuild it."""
+    (`<path without .npz>.json`) with what is needed to rebuild it. Uncompressed, as
+    the snapshots are: zlib took 0.8 s per save of V's 16 MB to save 7 % of it."""
     with atomic_path(path) as tmp:
-        chainer.serializers.save_npz(tmp, model)
+        chainer.serializers.save_npz(tmp, model, compression=False)
     with atomic_path(sidecar_path(path)) as tmp, open(tmp, "w") as f:
         json.dump(sidecar, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -235,11 +236,9 @@ def plot_curves(
     Args:
         series: (column, label) pairs; missing or empty columns are skipped.
     """
-    import matplotlib  # here, not at the top: it adds to every script's start-up
+    from lib.drawing import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = log.read()
     if not rows:
         return

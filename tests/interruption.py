@@ -43,9 +43,9 @@ TRAINERS = {
     ),
     "07": (
         "07_train_controller.py",
-        [  # 8 generations of about a second each: a signal after the first lands mid-run
+        [  # 5 generations of about a second each: a signal after the first lands mid-run
             "--epochs",
-            8,
+            5,
             "--popsize",
             6,
             "--trials",

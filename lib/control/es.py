@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 
-import cma
 import numpy as np
 
 from lib.fileio import atomic_path
@@ -90,6 +89,8 @@ class CMAES:
             opts["CMA_diagonal"] = True
         if log_prefix is not None:
             opts["verb_filenameprefix"] = log_prefix
+        import cma  # here: its import (SciPy's stats with it) takes 1.4 s of every start
+
         outside = np.random.get_state()
         try:
             self.es = cma.CMAEvolutionStrategy(x0, float(sigma), opts)

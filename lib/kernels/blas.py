@@ -33,47 +33,58 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
+# The library's C functions as numba sees them: called by symbol name, so the
+# compiled kernels hold no address and numba can cache them like the other kernels
+# (a per-process compile of `_gemm` cost 0.3-1 s of every script's start).
+_I32 = numba.types.int32
+_SYMBOLS = {
+    "scipy_cblas_sgemm": numba.types.void(
+        *[_I32] * 6,
+        numba.types.float32,  # alpha
+        numba.types.intp,  # A (an address, passed as the C ABI passes a pointer)
+        _I32,
+        numba.types.intp,  # B
+        _I32,
+        numba.types.float32,  # beta
+        numba.types.intp,  # C
+        _I32,
+    ),
+    "scipy_openblas_get_num_threads": _I32(),
+    "scipy_openblas_set_num_threads": numba.types.void(_I32),
+}
+
+
 def _load():
-    """SciPy's OpenBLAS (`cblas_sgemm`, get and set threads), or None."""
+    """Whether SciPy's OpenBLAS is loaded, its symbols visible to numba's linker."""
     try:
         import scipy  # here: without SciPy, the NumPy fallback runs
     except ImportError:
-        return None
+        return False
+    from llvmlite import binding
+
     libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so"))):
         try:
             lib = ctypes.CDLL(path)
-            sgemm = lib.scipy_cblas_sgemm
-            get_threads = lib.scipy_openblas_get_num_threads
-            set_threads = lib.scipy_openblas_set_num_threads
-        except (OSError, AttributeError):
+            if not all(hasattr(lib, name) for name in _SYMBOLS):
+                continue
+            binding.load_library_permanently(path)
+        except (OSError, RuntimeError):
             continue
-        get_threads.argtypes, get_threads.restype = [], ctypes.c_int
-        set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
-        set_threads(1)
-        sgemm.restype = None
-        sgemm.argtypes = [ctypes.c_int] * 6 + [
-            ctypes.c_float,
-            ctypes.c_void_p,
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_int,
-            ctypes.c_float,
-            ctypes.c_void_p,
-            ctypes.c_int,
-        ]
-        return sgemm, get_threads, set_threads
-    return None
+        lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
+        lib.scipy_openblas_set_num_threads(1)
+        return True
+    return False
 
 
-_LIB = _load()
-AVAILABLE = _LIB is not None
+AVAILABLE = _load()
 
 if AVAILABLE:
-    _cblas_sgemm, _get_threads, _set_threads = _LIB
+    _cblas_sgemm, _get_threads, _set_threads = (
+        numba.types.ExternalFunction(name, sig) for name, sig in _SYMBOLS.items()
+    )
 
-    # Not cached: the library's addresses are compiled in (about 0.3 s per process).
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True, cache=True)
     def _gemm(a, b, out, trans_a, trans_b, beta, threads):
         """out = op(a) @ op(b) + beta * out, row-major, on `threads` threads."""
         if _get_threads() != threads:
@@ -97,7 +108,7 @@ if AVAILABLE:
             n_n,
         )
 
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True, cache=True)
     def _matmul_stack(a, b, out):
         for i in range(a.shape[0]):
             _gemm(a[i], b[i], out[i], False, False, 0.0, 1)
