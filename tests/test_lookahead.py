@@ -695,7 +695,9 @@ def test_08_lookahead_planner_row(data_dir, tmp_path):
     meta = report["meta"]["planner"]
     assert meta == {"plan_with": "lookahead", "grid": 5, "threshold": 0.2, "cost": la.COST,
                     "horizon": la.HORIZON}  # fmt: skip
-    assert 0 <= report["world_models_planner"]["replaced_fraction"] <= 1
+    row = report["world_models_planner"]  # replaced steps over its steps, to 4 decimals
+    replaced = row["replaced_fraction"] * row["env_steps"]
+    assert replaced == pytest.approx(round(replaced), abs=0.005) and row["env_steps"] >= 3
     assert "| world_models_planner |" in proc.stdout
     # At threshold 1 nothing is riskier than allowed: the planner is C, step for step.
     run("08_test_controller.py", "--planner", "--plan-threshold", 1, "--episodes", 3,
