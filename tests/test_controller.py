@@ -298,8 +298,23 @@ def test_07_same_controller_for_1_and_2_workers(models, trained_c, tmp_path):
     assert [r["best"] for r in log_rows(a)] == [r["best"] for r in log_rows(b)]
     side = json.loads((a / "models" / "controller.json").read_text())
     assert side["config"] == {"z_size": 8, "hidden_size": 16, "action_size": 2}
-    assert (a / "models" / "controller_progress.png").exists()
-    assert (a / "results" / "controller_best.gif").exists()
+    # The saved C is the one evaluated: replayed on 07's evaluation seeds it scores the
+    # sidecar's evaluation, and the GIF shows its first episode, a frame a step (the
+    # last one held for a second: Pillow writes the repeats as one longer frame)
+    from PIL import Image
+
+    from lib.seeding import derive_seed
+
+    vae, _ = saved_models.load_vae(str(a))
+    rnn, _ = saved_models.load_rnn(str(a), "dream", 8)
+    c, _ = saved_models.load_controller(str(a))
+    seeds = evaluation_seeds(derive_seed(0, "controller-eval") % 2**31, 4)
+    agent = WorldModelsAgent(4, vae, rnn, c.get_flat()[None])
+    summary, shown = evaluate(agent, seeds, sn.EnvConfig(max_steps=40), n_envs=4, record=1)
+    assert summary["return_mean"] == side["evaluation"]["return_mean"]
+    assert Image.open(a / "results" / "controller_best.gif").n_frames == len(shown[0].frames)
+    progress = np.asarray(Image.open(a / "models" / "controller_progress.png").convert("L"))
+    assert progress.shape[0] > 100 and progress.std() > 5  # a plot, not a blank page
     # TensorBoard: fitness, sigma and the evaluations, as the log has them (2 workers:
     # the pool's processes fork beside the event writer's thread, and leave it be)
     for d in (a, b):

@@ -105,7 +105,21 @@ def test_each_mode_trains_and_logs(trained_v, tmp_path, mode):
     rows = log_rows(d, mode)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(np.isfinite(float(r["test_nll"])) for r in rows)
-    assert float(rows[0]["constant_z_nll"]) > 0 and float(rows[0]["copy_z_nll"]) > 0
+    # the baselines are scored on the held-out episodes' z, drawn from V's posterior with
+    # the run's own stream ("rnn/test-z", the test split's first), the spread from training
+    from lib.models import saved_models
+    from lib.seeding import derive_seed
+
+    vae, _ = saved_models.load_vae(str(d))
+    split = {s: latents.encode_split(str(d / "rnn_data" / s), vae, str(d / "models" / "vae.npz"))[0]
+             for s in ("train", "test")}  # fmt: skip
+    rng = np.random.default_rng(derive_seed(0, "rnn/test-z"))
+    z_test = rnn_data.latents_for(split["test"], "sample", rng)
+    z_train = rnn_data.latents_for(split["train"], "sample", rng)
+    baselines = rnn_data.baseline_nll(split["train"], z_train, split["test"], z_test)
+    for r in rows:
+        for name in ("constant_z", "copy_z"):
+            assert float(r[f"{name}_nll"]) == pytest.approx(baselines[name], rel=1e-4), name
     if heads:  # the log reports what the saved M does on the held-out episodes
         for key, value in held_out_by_hand(d, mode).items():
             assert float(rows[-1][key]) == pytest.approx(value, rel=1e-4, abs=1e-7), key
