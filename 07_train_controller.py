@@ -407,10 +407,13 @@ def main(argv=None):
     # Ctrl-C is deferred: imitation stops after the episode under way (keeping nothing),
     # CMA-ES after the generation under way, once that is saved. A second Ctrl-C aborts
     # at once. (Local pool workers ignore SIGINT: lib/control/fitness.py.)
-    with training.DeferredInterrupt() as interrupt:
+    # The event log is closed on every way out: left open at exit, tensorboardX's own
+    # atexit close needs a thread that Python 3.12+ no longer starts at shutdown.
+    events = EventLog(events_dir, resume_step=es.generation + 1 if args.resume else None)
+    with events, training.DeferredInterrupt() as interrupt:
         if not args.resume:
             x0 = None
-            log = training.CsvLog(log_path, LOG_FIELDS, events=EventLog(events_dir))
+            log = training.CsvLog(log_path, LOG_FIELDS, events=events)
             if args.imitate:
                 # THE START: C imitating the teacher on its own [z, h] (DAgger), evaluated
                 # like any later CMA-ES mean, as generation 0.
@@ -426,7 +429,6 @@ def main(argv=None):
                 print(f"generation 0 (imitated C){said}")
             es = CMAES(size, args.popsize, args.sigma, cma_seed, x0=x0, diagonal=args.diagonal)
         else:
-            events = EventLog(events_dir, resume_step=es.generation + 1)
             log = training.CsvLog(log_path, LOG_FIELDS, es.generation, events)
         spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
         spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
@@ -464,7 +466,6 @@ def main(argv=None):
                 )
 
     # OUTPUTS
-    log.events.close()
     write_outputs(args, models, results, es.generation, record)
 
 
