@@ -132,6 +132,15 @@ def parse_args(argv=None):
         default=None,
         help="stop once an evaluation reaches this mean return",
     )
+    p.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="which evaluated C is <name>.npz: best, the one with the best real-env return "
+        "(the real room chooses among the Cs, a selection beyond the paper's dream "
+        "training); last, the last generation's mean (the paper: trained in the dream, only "
+        "tested in the room; the evaluations are logged, not used)",
+    )
     parallel.add_worker_args(
         p,
         None,
@@ -341,8 +350,10 @@ def write_outputs(args, models, results, generations, record):
     if not os.path.exists(os.path.join(models, f"{args.name}.npz")):
         print(f"no evaluation ran yet, so no {args.name}.npz: raise --epochs or lower --eval-every")
     else:
+        kept = "last" if args.keep == "last" else "best"
+        kept_return = record["evals"][-1]["return_mean"] if kept == "last" else record["best_eval"]
         print(
-            f"best real-env return {record['best_eval']:+.3f}: {models}/{args.name}.npz; log "
+            f"{kept} real-env return {kept_return:+.3f}: {models}/{args.name}.npz; log "
             f"{models}/{args.name}_log.csv, {args.name}_progress.png; GIF "
             f"{results}/{args.name}_best.gif"
         )
@@ -398,10 +409,10 @@ def main(argv=None):
         summary, shown = real_eval(params, vae, rnn, eval_seeds, config)
         record["evals"].append({"generation": generation, **{k: summary[k] for k in EVAL_KEYS}})
         said = f"; real env ({args.eval_episodes} eps): return {summary['return_mean']:+.3f}, success {summary['success_rate']:.0%}, collision {summary['collision_rate']:.0%}"
-        if summary["return_mean"] > record["best_eval"]:
-            record["best_eval"] = summary["return_mean"]
+        if args.keep == "last" or summary["return_mean"] > record["best_eval"]:
+            record["best_eval"] = max(record["best_eval"], summary["return_mean"])
             save_best(controller, params, args, rnn_mode, generation, summary, shown)
-            said += " (new best, saved)"
+            said += " (saved: --keep last)" if args.keep == "last" else " (new best, saved)"
         return {column: summary[k] for column, k in EVAL_COLUMNS.items()}, said
 
     # Ctrl-C is deferred: imitation stops after the episode under way (keeping nothing),

@@ -11,7 +11,7 @@ PY     := $(BIN)/python
 # make test's priority: nice -n 10 where `nice` exists (NICE= runs it at normal priority)
 NICE   ?= $(if $(shell command -v nice),nice -n 10)
 
-.PHONY: venv venv-gpu test lint demo bench agent docs-results
+.PHONY: venv venv-gpu test lint demo bench agent paper docs-results
 
 # The quick preset: every step at a size that runs in minutes on 2 cores.
 DEMO_DIR ?= data/demo
@@ -128,11 +128,15 @@ AGENT_TEST_EPISODES ?= 500
 # M's check scores it on this many held-out episodes of 02's policy (their own seed, 7),
 # not 02's 50: about 130 collisions, so its AUC's 90 % interval is about +-0.02
 AGENT_CHECK_EPISODES ?= 500
-# --resume when the step's snapshot exists (it was interrupted), else a fresh run.
-continue_or_start = $(if $(wildcard $(AGENT_DIR)/models/$(1)),--resume,--overwrite)
-# $(call step,NAME,COMMAND): runs COMMAND, logs its wall time, stamps NAME as done.
-step = @mkdir -p $(A); echo "== agent step $(1): $(2)"; s=$$(date +%s); $(2) && \
-	echo "$(1) $$(( $$(date +%s) - s )) s" >> $(A)/times.txt && touch $(A)/$(1).done
+# $(call resume_in,DIR,SNAPSHOT): --resume when DIR/models/SNAPSHOT exists (the step was
+# interrupted), else a fresh run.
+resume_in = $(if $(wildcard $(1)/models/$(2)),--resume,--overwrite)
+continue_or_start = $(call resume_in,$(AGENT_DIR),$(1))
+# $(call stamped,STAMPS,RECIPE,NAME,COMMAND): runs COMMAND, logs its wall time in
+# STAMPS/times.txt, stamps NAME as done there. `step` is `make agent`'s.
+stamped = @mkdir -p $(1); echo "== $(2) step $(3): $(4)"; s=$$(date +%s); $(4) && \
+	echo "$(3) $$(( $$(date +%s) - s )) s" >> $(1)/times.txt && touch $(1)/$(3).done
+step = $(call stamped,$(A),agent,$(1),$(2))
 
 agent: $(A)/08.done
 	@echo; echo "wall time per step (s):"; cat $(A)/times.txt
@@ -163,6 +167,48 @@ $(A)/08.done: $(A)/lookahead.done
 	$(call step,08,$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --planner --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(AGENT_DIR)/results/test_controller_8humans.json --data-dir $(AGENT_DIR) && \
 		$(PY) 08_test_controller.py --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(AGENT_DIR)/results/test_controller_dream.json --data-dir $(AGENT_DIR))
+
+# The paper's recipe (issue 28): V, M and C from pixels and reward alone, no label from
+# the true state. 01 and 02 collect with their default `mixed` policy (any policy may
+# collect data; it mixes random, Brownian, greedy and oracle drivers); V learns by
+# reconstruction alone (its objects' pixels weighted, as make agent's V); M is make
+# agent's map M; C is linear and learns by CMA-ES from zero, once in the real room through
+# V and M and once in M's dream, where it is never chosen by the room (--keep last). Each
+# C is tested alone and with the planner that plans in M's dream (no look-ahead heads).
+# The same sizes as make agent, in its own folder; resumable step by step as make agent.
+PAPER_DIR ?= data/paper
+P := $(PAPER_DIR)/.paper
+PAPER_C_GENERATIONS ?= 100
+# The planner in the dream: 32 candidate plans of 10 steps, one CEM iteration (at make
+# agent's sizes about 32 env-steps/s on 2 cores; docs/experiments.md)
+PAPER_PLAN ?= --planner --plan-with return --candidates 32 --cem-iters 1
+paper_step = $(call stamped,$(P),paper,$(1),$(2))
+paper_resume = $(call resume_in,$(PAPER_DIR),$(1))
+
+paper: $(P)/08.done
+	@echo; echo "wall time per step (s):"; cat $(P)/times.txt
+	@echo "results: $(PAPER_DIR)/results/test_controller.md (C from the real room), test_controller_dream.md (C from the dream), *_8humans.md"
+
+$(P)/01.done: | venv
+	$(call paper_step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 --data-dir $(PAPER_DIR))
+$(P)/02.done: $(P)/01.done
+	$(call paper_step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(PAPER_DIR))
+$(P)/03.done: $(P)/02.done
+	$(call paper_step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --spatial $(AGENT_SPATIAL) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(PAPER_DIR) $(call paper_resume,vae_snapshot.npz))
+$(P)/04.done: $(P)/03.done
+	$(call paper_step,04,$(PY) 04_train_rnn.py --mode dream $(AGENT_M_FLAGS) --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(PAPER_DIR) $(call paper_resume,rnn_dream_snapshot.npz))
+$(P)/07.done: $(P)/04.done
+	$(call paper_step,07,$(PY) 07_train_controller.py --epochs $(PAPER_C_GENERATIONS) --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(PAPER_DIR) $(call paper_resume,controller_es.npz))
+$(P)/07dream.done: $(P)/07.done
+	$(call paper_step,07dream,$(PY) 07_train_controller.py --dream --keep last --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(PAPER_DIR) $(call paper_resume,controller_dream_es.npz))
+$(P)/check.done: $(P)/07dream.done
+	$(call paper_step,check,$(PY) 02_generate_rnn_data.py --episodes 1 --testepisodes $(AGENT_CHECK_EPISODES) --seed 7 --data-dir $(PAPER_DIR)/heldout && \
+		$(PY) diagnostics/check_world_model.py --held-out $(PAPER_DIR)/heldout --data-dir $(PAPER_DIR))
+$(P)/08.done: $(P)/check.done
+	$(call paper_step,08,$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --data-dir $(PAPER_DIR) && \
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(PAPER_DIR)/results/test_controller_8humans.json --data-dir $(PAPER_DIR) && \
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream.json --data-dir $(PAPER_DIR) && \
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream_8humans.json --data-dir $(PAPER_DIR))
 
 # The README's and docs' results tables are the files `make agent` wrote: this copies
 # them from $(AGENT_DIR)/results into docs/results/ and between each page's

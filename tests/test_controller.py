@@ -431,8 +431,16 @@ def test_08_without_controller_and_baselines_only(models, tmp_path):
 
 def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
     d = copy_data(models, tmp_path)
-    train_c(d, "--epochs", 2, "--dream", "--workers", 1, "--name", "controller_dream")
+    proc = train_c(d, "--epochs", 2, "--dream", "--workers", 1, "--name", "controller_dream",
+                   "--keep", "last", "--eval-every", 1)  # fmt: skip
     m = d / "models"
+    # --keep last: every evaluation is saved whatever it scored, so the C left is the
+    # last generation's CMA-ES mean, not the room's choice
+    assert proc.stdout.count("(saved: --keep last)") == 2 and "new best" not in proc.stdout
+    es, _ = CMAES.resume(str(m / "controller_dream_es.npz"), n_params(8, 16))
+    c, side = saved_models.load_controller(str(d), "controller_dream")
+    np.testing.assert_array_equal(c.get_flat(), es.mean.astype(np.float32))
+    assert side["generation"] == 2 and side["args"]["keep"] == "last"
     for f in ("controller_dream.npz", "controller_dream_es.npz", "controller_dream_log.csv"):
         assert (m / f).exists(), f
     assert not (m / "controller.npz").exists() and not (m / "controller_es.npz").exists()
@@ -447,6 +455,7 @@ def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
     line = one_line_error(run_here("08_test_controller.py", "--data-dir", d))
     assert "controller.npz" in line and "07_train_controller.py" in line
     assert "--name" in one_line_error(train_c(d, "--name", "../x", check=False))
+    assert "--keep" in one_line_error(train_c(d, "--keep", "first", check=False))
     line = one_line_error(run_here("08_test_controller.py", "--agent-only", "--baselines-only"))
     assert "exclude each other" in line
 

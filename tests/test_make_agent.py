@@ -14,12 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def plan(data_dir):
+def plan(data_dir, recipe="agent"):
+    folder = "AGENT_DIR" if recipe == "agent" else "PAPER_DIR"
     proc = subprocess.run(
-        ["make", "-n", "agent", f"AGENT_DIR={data_dir}", "PY=python3"],
+        ["make", "-n", recipe, f"{folder}={data_dir}", "PY=python3"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return [ln for ln in proc.stdout.splitlines() if "agent step" in ln]
+    return [ln for ln in proc.stdout.splitlines() if f"{recipe} step" in ln]
 
 
 def script_lines(lines, script):
@@ -50,7 +51,7 @@ SCRIPTS = {
 
 def commands(line):
     """[(script, argv)] of a planned step's echoed command line."""
-    echoed = re.search(r'== agent step [^:]+: (.*?)"; s=', line).group(1)
+    echoed = re.search(r'== \w+ step [^:]+: (.*?)"; s=', line).group(1)
     out = []
     for part in echoed.split("&&"):
         words = shlex.split(part)
@@ -167,3 +168,41 @@ def test_m_is_the_map_m_unless_the_flags_ask_for_the_papers_dense_m(tmp_path):
         20,
     )
     assert dense.rollout_steps == 0 and dense.outcome_head
+
+
+def test_the_papers_recipe_takes_no_label_from_the_true_state(tmp_path):
+    """`make paper`: its steps in order, each accepted by its script's parser, into its
+    folder, afresh; no step reads a label from the true state: no teacher's labels for
+    V or M, no imitation, no look-ahead heads (trained on simulator copies); the dream's
+    C is the dream's last, not the room's pick; 08 plans in M's dream."""
+    lines = plan(tmp_path, "paper")
+    steps = [ln.split("paper step ")[1].split(":")[0] for ln in lines]
+    assert steps == ["01", "02", "03", "04", "07", "07dream", "check", "08"]
+    parsed = {}
+    for line, step in zip(lines, steps):
+        for script, argv in commands(line):
+            args = script_module(script).parse_args(argv)
+            parsed.setdefault(step, []).append(args)
+            assert args.data_dir in (str(tmp_path), str(tmp_path / "heldout")), (step, script)
+            assert not getattr(args, "resume", False), (step, script)
+            assert getattr(args, "labels", None) is None, (step, script)
+            assert not getattr(args, "task_weight", 0), (step, script)
+            assert not getattr(args, "imitate", None), (step, script)
+            assert "07b" not in script and "probe_controller" not in script
+    (real,), (dream,) = parsed["07"], parsed["07dream"]
+    assert not real.dream and real.keep == "best" and real.name == "controller"
+    assert dream.dream and dream.keep == "last" and dream.name == "controller_dream"
+    tests = parsed["08"]
+    assert all(t.planner and t.plan_with == "return" for t in tests)
+    assert [(t.controller, t.n_humans) for t in tests] == [
+        ("controller", 5), ("controller", 8), ("controller_dream", 5), ("controller_dream", 8)
+    ]  # fmt: skip
+    # interrupted in 04: 01 to 03 are skipped, 04 resumes
+    stamps = tmp_path / ".paper"
+    stamps.mkdir()
+    for step in ("01", "02", "03"):
+        (stamps / f"{step}.done").touch()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "rnn_dream_snapshot.npz").touch()
+    lines = plan(tmp_path, "paper")
+    assert lines[0].split("paper step ")[1].startswith("04:") and "--resume" in lines[0]
