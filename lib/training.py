@@ -22,7 +22,7 @@ import threading
 import chainer
 import numpy as np
 
-from lib import manifest
+from lib import drawing, manifest
 from lib.fileio import atomic_path
 
 
@@ -236,9 +236,7 @@ def plot_curves(
     Args:
         series: (column, label) pairs; missing or empty columns are skipped.
     """
-    from lib.drawing import pyplot
-
-    plt = pyplot()
+    plt = drawing.pyplot()
     rows = log.read()
     if not rows:
         return

@@ -1,5 +1,8 @@
 """lib.kernels.blas: single-threaded GEMM through SciPy's OpenBLAS, with NumPy's as fallback."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -37,6 +40,26 @@ def test_scipys_openblas_is_found_here():
     """The pinned SciPy wheel bundles it; without it everything still works
     (next test), only slower."""
     assert blas.AVAILABLE
+
+
+def test_the_gemm_kernels_are_cached_and_find_the_library_in_a_new_process():
+    """They call OpenBLAS by symbol name, so numba caches them (a per-process compile
+    cost every script 0.3-1 s); a fresh process runs them from that cache and still
+    finds the library's symbols (a cached kernel is linked again, by name, on load)."""
+    for kernel in (blas._gemm, blas._matmul_stack):
+        assert type(kernel._cache).__name__ == "FunctionCache"
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    blas.matmul(a, a.T.copy(), np.empty((3, 3), np.float32))  # compiles or loads, caches
+    code = (
+        "import lib, numpy as np\n"
+        "from lib.kernels import blas\n"
+        "a = np.arange(12, dtype=np.float32).reshape(3, 4)\n"
+        "out = blas.matmul(a, a.T.copy(), np.empty((3, 3), np.float32))\n"
+        "assert (out == a @ a.T).all() and blas._matmul_stack.stats.cache_hits, "
+        "blas._matmul_stack.stats\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
 
 
 def test_fallback_is_numpy(monkeypatch):
