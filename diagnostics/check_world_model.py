@@ -198,6 +198,13 @@ def table(r: dict) -> str:
         f"| collision within {r['horizon']} steps: risk > {r['risk_threshold']:g} | "
         f"{pr(r['collision_soon'])} | |"
     )
+    cal = r.get("collision_soon_calibration")
+    if cal:
+        lines.append(
+            f"| … calibration: Brier score; mean risk against the frequency; ECE (10 bins) | "
+            f"{cal['brier']:.4f}; {cal['mean_risk']:.3f} against {cal['frequency']:.3f}; "
+            f"{cal['ece']:.3f} | Brier of the base rate {cal['base_rate_brier']:.4f} |"
+        )
     if "episode_endings" in r:
         e = r["episode_endings"]
         lines.append(
@@ -387,6 +394,7 @@ def main(argv=None):
             result["collision_soon_auc_by_lead"] = wm.auc_by_lead(
                 risk, soon, test.lengths, args.horizon
             )
+            result["collision_soon_calibration"] = wm.calibration(risk, soon)
             if both and args.bootstrap and len(test) > 1:
                 result["collision_soon_auc_interval"] = wm.episode_auc_interval(
                     risk, soon, test.lengths, np.random.default_rng([args.seed, 0xB0]),

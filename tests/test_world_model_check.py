@@ -209,6 +209,12 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
     for row in ends["by_real_ending"].values():
         assert sum(row["dream"].values()) == pytest.approx(1.0)  # ends, or still runs
     assert r["samples"] == 2 and r["risk_threshold"] == 0.1
+    cal = r["collision_soon_calibration"]  # over the same steps as the rates above
+    assert sum(b["steps"] for b in cal["bins"]) == r["test_steps"]
+    assert cal["frequency"] * r["test_steps"] == pytest.approx(r["collision_soon"]["actual"])
+    with open(out[:-5] + ".md") as f:
+        table = f.read()
+    assert f"{cal['brier']:.4f}; {cal['mean_risk']:.3f} against {cal['frequency']:.3f}" in table
     d = r["dream_vs_real"]
     assert len(d["dream"]) == len(d["real"]) == len(d["labels"]) == 5
     assert all(s.startswith("random") for s in d["labels"])  # no controller.npz here
@@ -316,6 +322,23 @@ def test_auc_by_lead_scores_each_distance_to_the_collision():
     assert by_lead[2] == pytest.approx((0.5 / 7 + 6 / 7) / 2)
     assert by_lead[3] is None  # no step is 4 before a collision among positives
     assert wm.auc_by_lead(risk, np.zeros(13, bool), lengths, 2) == [None, None]
+
+
+def test_calibration_of_rigged_forecasts_by_hand():
+    soon = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], bool)  # base rate 0.2
+    perfect = wm.calibration(soon.astype(float), soon)
+    assert perfect["brier"] == 0 and perfect["ece"] == 0
+    assert perfect["base_rate_brier"] == pytest.approx(0.16)
+    assert [(b["lo"], b["steps"], b["frequency"]) for b in perfect["bins"]] == [
+        (0.0, 8, 0.0), (0.9, 2, 1.0)
+    ]  # fmt: skip
+    base = wm.calibration(np.full(10, 0.2), soon)  # calibrated but blind
+    assert base["brier"] == pytest.approx(0.16) and base["ece"] == pytest.approx(0.0)
+    timid = wm.calibration(np.where(soon, 0.3, 0.05), soon)  # ranks perfectly, too low
+    assert timid["brier"] == pytest.approx((2 * 0.7**2 + 8 * 0.05**2) / 10)
+    assert timid["ece"] == pytest.approx(0.8 * 0.05 + 0.2 * 0.7)
+    assert timid["mean_risk"] == pytest.approx(0.1) and timid["frequency"] == pytest.approx(0.2)
+    assert wm.calibration(np.array([]), np.array([], bool)) is None
 
 
 def test_the_script_needs_an_m_with_heads(models, tmp_path):

@@ -406,6 +406,42 @@ def auc_by_lead(risk: np.ndarray, soon: np.ndarray, lengths: np.ndarray, horizon
     return out
 
 
+def calibration(risk: np.ndarray, soon: np.ndarray, bins: int = 10) -> dict:
+    """How far the forecast risks are from the frequencies they stand for (the AUC only
+    ranks them): the Brier score (mean squared error of risk against the outcome),
+    beside that of forecasting the base rate everywhere; the expected calibration error
+    (ECE: over `bins` equal-width bins of risk, the mean |mean risk - frequency|,
+    weighted by the steps in each bin); and the bins themselves.
+
+    Returns:
+        {"brier", "base_rate_brier", "ece", "mean_risk", "frequency", "bins": [{"lo", "hi",
+        "steps", "mean_risk", "frequency"} for each bin that holds steps]}, or None
+        without steps.
+    """
+    risk = np.asarray(risk, np.float64)
+    soon = np.asarray(soon, bool).astype(np.float64)
+    if not len(risk):
+        return None
+    base = soon.mean()
+    which = np.minimum((risk * bins).astype(int), bins - 1)  # risk 1 falls in the last
+    table, ece = [], 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            mean_risk, frequency = float(risk[rows].mean()), float(soon[rows].mean())
+            table.append({"lo": b / bins, "hi": (b + 1) / bins, "steps": int(rows.sum()),
+                          "mean_risk": mean_risk, "frequency": frequency})  # fmt: skip
+            ece += rows.mean() * abs(mean_risk - frequency)
+    return {
+        "brier": float(((risk - soon) ** 2).mean()),
+        "base_rate_brier": float(base * (1 - base)),
+        "ece": float(ece),
+        "mean_risk": float(risk.mean()),
+        "frequency": float(base),
+        "bins": table,
+    }
+
+
 def spearman_interval(dream: np.ndarray, real: np.ndarray, rng, **kw):
     """`bootstrap_interval` of `spearman(dream, real)`, the controllers resampled."""
     dream, real = np.asarray(dream), np.asarray(real)
