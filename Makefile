@@ -170,7 +170,7 @@ $(A)/08.done: $(A)/lookahead.done
 
 # The paper's recipe (issue 28): V, M and C from pixels and reward alone, no label from
 # the true state. 01 and 02 collect with their default `mixed` policy (any policy may
-# collect data; it mixes random, Brownian, greedy and oracle drivers); V learns by
+# collect data; per episode random, Brownian, or a noisy greedy_avoid); V learns by
 # reconstruction alone (its objects' pixels weighted, as make agent's V); M is make
 # agent's map M; C is linear and learns by CMA-ES from zero, once in the real room through
 # V and M and once in M's dream, where it is never chosen by the room (--keep last). Each
