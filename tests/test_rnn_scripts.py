@@ -18,6 +18,13 @@ from cli_helpers import (
 )
 
 from lib.data import latents, rnn_data
+from lib.env.rollouts import list_rollouts, load_episode
+from lib.models import saved_models
+from lib.models.mdn_rnn import MDNRNN, calibrated_done_logit, done_logit_threshold, sample
+from lib.models.task_head import task_targets
+from lib.models.vae import ConvVAE
+from lib.seeding import derive_seed
+from lib.training import save_model
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +56,6 @@ def replace_v(d, z_size=None, nudge=0.0):
     """Writes another V over `d`'s, as 03 would save it: of another z size (with fresh
     weights), or the same V with `nudge` added to its first layer's weights. Faster
     than retraining V (03), which these tests need only for a V that differs."""
-    from lib.models import saved_models
-    from lib.models.vae import ConvVAE
-    from lib.training import save_model
-
     vae, sidecar = saved_models.load_vae(str(d))
     if z_size is not None:
         sidecar["config"]["z_size"] = sidecar["args"]["z_size"] = z_size
@@ -70,8 +73,6 @@ def log_rows(d, mode):
 def held_out_by_hand(d, mode):
     """The last epoch's held-out reward MSE and done accuracy of the saved M, worked out
     here by stepping it through each held-out episode (not 04's chunked `evaluate`)."""
-    from lib.models import saved_models
-    from lib.models.mdn_rnn import calibrated_done_logit, done_logit_threshold
 
     script = script_module("04_train_rnn.py")
     vae, _ = saved_models.load_vae(str(d))
@@ -107,8 +108,6 @@ def test_each_mode_trains_and_logs(trained_v, tmp_path, mode):
     assert all(np.isfinite(float(r["test_nll"])) for r in rows)
     # the baselines are scored on the held-out episodes' z, drawn from V's posterior with
     # the run's own stream ("rnn/test-z", the test split's first), the spread from training
-    from lib.models import saved_models
-    from lib.seeding import derive_seed
 
     vae, _ = saved_models.load_vae(str(d))
     split = {s: latents.encode_split(str(d / "rnn_data" / s), vae, str(d / "models" / "vae.npz"))[0]
@@ -153,7 +152,6 @@ def test_resume_is_exact(trained_v, tmp_path):
 
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
     d = copy_data(trained_v, tmp_path)
-    from lib.models import saved_models
 
     vae, _ = saved_models.load_vae(str(d))
     vae_path = str(d / "models" / "vae.npz")
@@ -175,7 +173,6 @@ def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
 
 
 def test_batches_mask_padding_and_windows(trained_v):
-    from lib.models import saved_models
 
     vae, _ = saved_models.load_vae(str(trained_v))
     data, _ = latents.encode_split(
@@ -233,8 +230,6 @@ def test_draw_rnn_result(trained_v, tmp_path):
     # the GIF holds the start and each dreamed step; M's one-step (teacher-forced, tau 0)
     # error, worked out again here through M's whole-sequence forward pass
     assert gif.n_frames == summary["dream_steps"] + 1 and 1 <= summary["dream_steps"] <= 5
-    from lib.models import saved_models
-    from lib.models.mdn_rnn import sample
 
     vae, _ = saved_models.load_vae(str(d))
     rnn, _ = saved_models.load_rnn(str(d), "reward", 8)
@@ -287,7 +282,6 @@ def test_vae_of_another_z_size_is_refused(trained_v, tmp_path):
 
 
 def test_residual_m_starts_from_copying_z():
-    from lib.models.mdn_rnn import MDNRNN
 
     m = MDNRNN(z_size=3, hidden_size=8, n_mixtures=2, residual=True)
     m.mdn.W.array[...] = 0.0
@@ -320,13 +314,11 @@ def test_task_weight_trains_ms_head_on_02s_labels_and_refuses_without(trained_v,
     sidecar = json.loads((d / "models" / "rnn_dream.json").read_text())
     assert sidecar["config"]["task_size"] == 2
     rows = log_rows(d, "dream")
-    from lib.env.rollouts import list_rollouts, load_episode
 
     assert all(float(r["train_task_loss"]) > 0 for r in rows)
     # The held-out R² is 1 - the head's summed squared error over the labelled targets'
     # sum of squares about their mean, both over the test split's steps (the log keeps
     # the error per step and 6 significant digits)
-    from lib.models.task_head import task_targets
 
     test_labels = np.concatenate([load_episode(f)["teacher"]
                                   for f in list_rollouts(str(d / "rnn_data" / "test"))])  # fmt: skip
@@ -337,7 +329,6 @@ def test_task_weight_trains_ms_head_on_02s_labels_and_refuses_without(trained_v,
         residual = float(r["test_task_loss"]) * len(test_labels)
         assert float(r["test_task_r2"]) == pytest.approx(1 - residual / total, rel=1e-4, abs=1e-5)
     assert float(rows[-1]["train_task_loss"]) < float(rows[0]["train_task_loss"])
-    from lib.models import saved_models
 
     vae, _ = saved_models.load_vae(str(d))
     data, info = latents.encode_split(
