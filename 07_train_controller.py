@@ -350,10 +350,11 @@ def write_outputs(args, models, results, generations, record):
     if not os.path.exists(os.path.join(models, f"{args.name}.npz")):
         print(f"no evaluation ran yet, so no {args.name}.npz: raise --epochs or lower --eval-every")
     else:
-        kept = "last" if args.keep == "last" else "best"
-        kept_return = record["evals"][-1]["return_mean"] if kept == "last" else record["best_eval"]
+        kept_return = (
+            record["evals"][-1]["return_mean"] if args.keep == "last" else record["best_eval"]
+        )
         print(
-            f"{kept} real-env return {kept_return:+.3f}: {models}/{args.name}.npz; log "
+            f"{args.keep} real-env return {kept_return:+.3f}: {models}/{args.name}.npz; log "
             f"{models}/{args.name}_log.csv, {args.name}_progress.png; GIF "
             f"{results}/{args.name}_best.gif"
         )

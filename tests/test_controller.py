@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from cli_helpers import assert_events_match_log, assert_same_arrays, one_line_error, run, run_here
+from PIL import Image
 
 from lib.control import fitness
 from lib.control.agent import WorldModelsAgent, dream_rollouts
@@ -16,6 +17,7 @@ from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.models import saved_models
 from lib.models.controller import Controller, act_batch, n_params, unflatten
+from lib.seeding import derive_seed
 
 
 @pytest.fixture(scope="module")
@@ -301,10 +303,6 @@ def test_07_same_controller_for_1_and_2_workers(models, trained_c, tmp_path):
     # The saved C is the one evaluated: replayed on 07's evaluation seeds it scores the
     # sidecar's evaluation, and the GIF shows its first episode, a frame a step (the
     # last one held for a second: Pillow writes the repeats as one longer frame)
-    from PIL import Image
-
-    from lib.seeding import derive_seed
-
     vae, _ = saved_models.load_vae(str(a))
     rnn, _ = saved_models.load_rnn(str(a), "dream", 8)
     c, _ = saved_models.load_controller(str(a))
