@@ -35,6 +35,18 @@ def _close(actual, expected, tol=1e-5):
 # ---------------------------------------------------------------------------
 
 
+def _check_backward(node_class, stride, activation, x, w, b, gy):
+    """Chainer's numerical gradient check of a fresh `node_class` per call, in float64."""
+    gradient_check.check_backward(
+        lambda x, w, b: node_class(stride, activation).apply((x, w, b)),
+        (x, w, b),
+        gy,
+        dtype=np.float64,
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", [(2, 9, 8, 3, 4, 5, 2), (3, 6, 6, 2, 3, 2, 1)])
 def test_conv_check_backward(activation, shape):
@@ -45,14 +57,7 @@ def test_conv_check_backward(activation, shape):
     b = rng.uniform(-1, 1, n_o)
     n_oh, n_ow = (n_h - k) // stride + 1, (n_w - k) // stride + 1
     gy = rng.uniform(-1, 1, (n_b, n_oh, n_ow, n_o))
-    gradient_check.check_backward(
-        lambda x, w, b: fc.Conv2DNHWC(stride, activation).apply((x, w, b)),
-        (x, w, b),
-        gy,
-        dtype=np.float64,
-        atol=1e-6,
-        rtol=1e-5,
-    )
+    _check_backward(fc.Conv2DNHWC, stride, activation, x, w, b, gy)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
@@ -66,14 +71,7 @@ def test_deconv_check_backward(activation, shape):
     w = rng.uniform(-1, 1, (n_c, k, k, n_o))
     b = rng.uniform(-1, 1, n_o)
     gy = rng.uniform(-1, 1, (n_b, (n_h - 1) * stride + k, (n_w - 1) * stride + k, n_o))
-    gradient_check.check_backward(
-        lambda x, w, b: fc.Deconv2DNHWC(stride, activation).apply((x, w, b)),
-        (x, w, b),
-        gy,
-        dtype=np.float64,
-        atol=1e-6,
-        rtol=1e-5,
-    )
+    _check_backward(fc.Deconv2DNHWC, stride, activation, x, w, b, gy)
 
 
 # ---------------------------------------------------------------------------
@@ -97,6 +95,16 @@ def _run_pair(ref, link, x_nchw, activation, rng):
     return xr, yr, xf, yf
 
 
+def _check_against_chainer(ref, link, x, activation, rng, to_chainer):
+    """The NHWC link's output and gradients equal Chainer's NCHW layer's (same bias)."""
+    link.b.array[:] = ref.b.array
+    xr, yr, xf, yf = _run_pair(ref, link, x, activation, rng)
+    _close(_nchw(yf.array), yr.array)
+    _close(_nchw(xf.grad), xr.grad)
+    _close(to_chainer(link.W.grad), ref.W.grad)
+    _close(link.b.grad, ref.b.grad)
+
+
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("n_c,n_o,size", [(3, 32, 64), (32, 64, 31), (5, 7, 12)])
 def test_conv_matches_chainer(activation, n_c, n_o, size):
@@ -105,13 +113,8 @@ def test_conv_matches_chainer(activation, n_c, n_o, size):
     ref.b.array[:] = rng.standard_normal(n_o)
     link = fc.ConvolutionNHWC(n_c, n_o, 4, 2, activation)
     link.W.array[:] = fc.from_chainer_conv(ref.W.array)
-    link.b.array[:] = ref.b.array
     x = rng.random((3, n_c, size, size), dtype=np.float32)
-    xr, yr, xf, yf = _run_pair(ref, link, x, activation, rng)
-    _close(_nchw(yf.array), yr.array)
-    _close(_nchw(xf.grad), xr.grad)
-    _close(fc.to_chainer_conv(link.W.grad), ref.W.grad)
-    _close(link.b.grad, ref.b.grad)
+    _check_against_chainer(ref, link, x, activation, rng, fc.to_chainer_conv)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
@@ -122,13 +125,8 @@ def test_deconv_matches_chainer(activation, n_c, n_o, k, size):
     ref.b.array[:] = rng.standard_normal(n_o)
     link = fc.DeconvolutionNHWC(n_c, n_o, k, 2, activation)
     link.W.array[:] = fc.from_chainer_deconv(ref.W.array)
-    link.b.array[:] = ref.b.array
     x = rng.standard_normal((3, n_c, size, size), dtype=np.float32)
-    xr, yr, xf, yf = _run_pair(ref, link, x, activation, rng)
-    _close(_nchw(yf.array), yr.array)
-    _close(_nchw(xf.grad), xr.grad)
-    _close(fc.to_chainer_deconv(link.W.grad), ref.W.grad)
-    _close(link.b.grad, ref.b.grad)
+    _check_against_chainer(ref, link, x, activation, rng, fc.to_chainer_deconv)
 
 
 # ---------------------------------------------------------------------------

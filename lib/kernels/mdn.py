@@ -68,6 +68,35 @@ def _exp_into_overload(src, dst, bits):
     return _exp_into
 
 
+@numba.njit(inline="always", **_JIT)
+def _shifted_exp_sum(vals, n_mix, peak, arg, e, total, bits):
+    """The pieces of a log-sum-exp over the K mixtures, per latent dimension.
+
+    Args:
+        vals: (K * Z,) float, mixture-major (`vals[k * Z + d]`).
+        n_mix: int, K.
+        peak: (Z,) out, `max_k vals`.
+        arg: (K * Z,) scratch.
+        e: (K * Z,) out, `exp(vals - peak)`.
+        total: (Z,) out, `sum_k e`; the log-sum-exp is `peak + log(total)`.
+        bits: (K * Z,) int32 scratch for `_exp_into`.
+    """
+    z_size = peak.shape[0]
+    peak[:] = vals[:z_size]
+    for k in range(1, n_mix):
+        vk = vals[k * z_size : (k + 1) * z_size]
+        for d in range(z_size):
+            peak[d] = max(peak[d], vk[d])
+    for k in range(n_mix):
+        for d in range(z_size):
+            arg[k * z_size + d] = vals[k * z_size + d] - peak[d]
+    _exp_into(arg, e, bits)
+    total[:] = 0
+    for k in range(n_mix):
+        for d in range(z_size):
+            total[d] += e[k * z_size + d]
+
+
 @numba.njit(**_JIT)
 def mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
     """Masked NLL sum and its gradient, fused; single-threaded.
@@ -122,19 +151,7 @@ def mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
             continue
         y = target[n]
         # log-softmax of the logits over k, per dimension.
-        m[:] = logit[:z_size]
-        for k in range(1, n_mix):
-            lk = logit[k * z_size : (k + 1) * z_size]
-            for d in range(z_size):
-                m[d] = max(m[d], lk[d])
-        for k in range(n_mix):
-            for d in range(z_size):
-                arg[k * z_size + d] = logit[k * z_size + d] - m[d]
-        _exp_into(arg, e_pi, bits)
-        se[:] = 0
-        for k in range(n_mix):
-            for d in range(z_size):
-                se[d] += e_pi[k * z_size + d]
+        _shifted_exp_sum(logit, n_mix, m, arg, e_pi, se, bits)
         for d in range(z_size):
             log_norm[d] = m[d] + math.log(se[d])
         # Component log densities; sigma clamped so the z-score stays finite.
@@ -153,18 +170,7 @@ def mdn_nll_kernel(raw, target, mask, n_mix, lo, hi, scale, grad, want_grad):
                 z2 = min(z2, big)
                 lp[i] = logit[i] - log_norm[d] - half * z2 + arg[i] - c
         # log-sum-exp over k.
-        best[:] = lp[:z_size]
-        for k in range(1, n_mix):
-            for d in range(z_size):
-                best[d] = max(best[d], lp[k * z_size + d])
-        for k in range(n_mix):
-            for d in range(z_size):
-                arg[k * z_size + d] = lp[k * z_size + d] - best[d]
-        _exp_into(arg, e_lp, bits)
-        acc[:] = 0
-        for k in range(n_mix):
-            for d in range(z_size):
-                acc[d] += e_lp[k * z_size + d]
+        _shifted_exp_sum(lp, n_mix, best, arg, e_lp, acc, bits)
         row_nll = 0.0
         for d in range(z_size):
             row_nll -= best[d] + math.log(acc[d])
