@@ -9,11 +9,13 @@ import shutil
 import chainer
 import numpy as np
 import pytest
+from chainer import gradient_check
 from cli_helpers import one_line_error, run, run_here
 
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
 from lib.env import socnavenv as sn
+from lib.kernels import sparse_warp
 from lib.models import ego_warp, saved_models
 from lib.models.map_rnn import MapRNN, build_rnn
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
@@ -34,8 +36,8 @@ def frames_and_actions(n=12, seed=0):
 
 def warp_frames(frames, actions, view_size):
     n, s = frames.shape[:2]
-    matrix = ego_warp.warp_matrix(actions, ego_warp.grid_offsets(s, view_size))
-    return ego_warp.warp_maps(frames.reshape(n, s * s, 3), matrix).reshape(frames.shape)
+    taps = ego_warp.warp_taps(actions, ego_warp.grid_offsets(s, view_size))
+    return ego_warp.warp_maps(frames.reshape(n, s * s, 3), taps).reshape(frames.shape)
 
 
 def test_the_warp_moves_an_empty_room_as_the_simulator_does():
@@ -67,6 +69,43 @@ def test_the_warp_matrix_by_hand():
     turn = ego_warp.warp_matrix(np.array([[-1.0, 1.0], [-1.0, 0.3]]), offsets)
     np.testing.assert_allclose(turn.sum(axis=2), 1.0, atol=1e-6)
     assert (turn >= 0).all()
+
+
+@pytest.mark.parametrize("side", [3, 6, 14])
+def test_the_taps_are_the_dense_warp_and_scatter_its_transpose(side):
+    """`warp_maps` (four taps a cell, gathered) gives the dense matrix's product, and
+    `sparse_warp.scatter` its transpose's, for any motion (edges, turns, standing)."""
+    rng = np.random.default_rng(side)
+    actions = np.concatenate([rng.uniform(-1, 1, (7, 2)), [[-1.0, 0.0], [1.0, 1.0]]])
+    offsets = ego_warp.grid_offsets(side, 8.0)
+    index, weight = ego_warp.warp_taps(actions, offsets)
+    assert index.dtype == np.int32 and weight.dtype == np.float32
+    assert index.shape == weight.shape == (9, side * side, 4)
+    assert ((0 <= index) & (index < side * side)).all()
+    assert (np.sort(index, axis=2)[..., 1:] > np.sort(index, axis=2)[..., :-1]).all()
+    np.testing.assert_allclose(weight.sum(axis=2), 1.0, atol=1e-6)
+    dense = ego_warp.warp_matrix(actions, offsets)
+    assert (dense != 0).sum(axis=2).max() <= 4
+    maps = rng.standard_normal((9, side * side, 5)).astype(np.float32)
+    got = ego_warp.warp_maps(maps, (index, weight))
+    np.testing.assert_allclose(got, dense @ maps, rtol=1e-6, atol=1e-6)
+    back = sparse_warp.scatter(maps, index, weight)
+    np.testing.assert_allclose(back, np.swapaxes(dense, 1, 2) @ maps, rtol=1e-5, atol=1e-6)
+
+
+def test_the_warp_node_backpropagates_the_transpose():
+    rng = np.random.default_rng(0)
+    index, weight = ego_warp.warp_taps(rng.uniform(-1, 1, (3, 2)), ego_warp.grid_offsets(4, 4.0))
+    maps = rng.standard_normal((3, 16, 2))
+    gy = rng.standard_normal((3, 16, 2))
+    gradient_check.check_backward(
+        lambda m: sparse_warp.warp(m, index, weight.astype(np.float64)),
+        maps,
+        gy,
+        dtype=np.float64,
+        atol=1e-7,
+        rtol=1e-6,
+    )
 
 
 def test_a_spatial_vs_map_is_where_its_cells_look():
@@ -153,8 +192,8 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     m.mdn.b.array[...] = 0
     z, a, _ = batch(t=1)
     step = m.step(z[:, 0], a[:, 0])
-    matrix = ego_warp.warp_matrix(a[:, 0], m.offsets)
-    want = ego_warp.warp_maps(z[:, 0].reshape(2, 9, 2), matrix).reshape(2, 18)
+    taps = ego_warp.warp_taps(a[:, 0], m.offsets)
+    want = ego_warp.warp_maps(z[:, 0].reshape(2, 9, 2), taps).reshape(2, 18)
     np.testing.assert_allclose(step.mixture.mu[:, :, 0], want, atol=1e-6)
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
 

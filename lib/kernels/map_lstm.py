@@ -1,15 +1,17 @@
 """A whole sequence of a warped convolutional LSTM as one Chainer `FunctionNode`.
 
 The map M (`lib.models.map_rnn.MapRNN`) steps a convolutional LSTM over an S x S map
-and warps its state by a per-step matrix (the robot's ego-motion). Built from Chainer
+and warps its state by each step's ego-motion (the robot's own motion). Built from Chainer
 functions, each step is about 25 graph nodes, forward and backward: at the map's
 sizes the graph, not the arithmetic, takes most of the time. Here the whole sequence
 is one node:
 
 - forward, per step: the gates' "same" convolution of [x_t, h] as one im2col (k²
   slices of the zero-padded NHWC map, concatenated) and one GEMM, the gate arithmetic
-  in array ops, and the warp of (h, c) as one batched matrix product;
-- backward through time, per step: the same in reverse (the warp's transpose, the
+  in array ops, and the warp of (h, c) as a gather of four bilinear taps per cell
+  (`lib.kernels.sparse_warp`);
+- backward through time, per step: the same in reverse (the warp's transpose, a
+  scatter-add, the
   gates' derivatives, one GEMM back to the columns and k² slice-adds back to the map),
   with the weight gradient summed over all steps in one GEMM at the end.
 
@@ -19,7 +21,8 @@ truncated-BPTT boundary is cut, as 04 does).
 
 Layouts (C-contiguous): x (B, T, S, S, Cx); W (k, k, Cx + Ch, 4 Ch) (the project's NHWC
 convolution layout, `lib.kernels.fastconv`), input channels x's first, then h's; gate
-blocks a, i, f, o of Ch each; b (4 Ch,); warps (B, T, S², S²); h0, c0 (B, S² Ch)
+blocks a, i, f, o of Ch each; b (4 Ch,); taps, index (B, T, S², 4) int32 and weight
+(B, T, S², 4) float32 (`lib.models.ego_warp.warp_taps`); h0, c0 (B, S² Ch)
 flat maps, cell-major. Array ops only, so it runs on NumPy and CuPy alike.
 """
 
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import chainer
 from chainer import backend, function_node
+
+from lib.kernels import sparse_warp
 
 
 def _sigmoid(xp, x):
@@ -53,12 +58,12 @@ def _col2im(xp, cols, b, s, c, k):
     return padded[:, p : p + s, p : p + s]
 
 
-def cell_step(x, h, c, w, b, warp):
+def cell_step(x, h, c, w, b, taps):
     """One step, no graph: the gates, the update, then the warp.
 
     Args:
         x: (B, S, S, Cx) inputs; h, c: (B, S² Ch) warped state of the last step.
-        w: (k, k, Cx + Ch, 4 Ch); b: (4 Ch,); warp: (B, S², S²).
+        w: (k, k, Cx + Ch, 4 Ch); b: (4 Ch,); taps: (index, weight), each (B, S², 4).
 
     Returns:
         (h, c, cache): the new warped state, two (B, S² Ch), and what backward needs.
@@ -75,19 +80,19 @@ def cell_step(x, h, c, w, b, warp):
     c_pre = f * c_prev + i * a
     tc = xp.tanh(c_pre)
     h_pre = o * tc
-    h_new = xp.matmul(warp, h_pre).reshape(n, -1)
-    c_new = xp.matmul(warp, c_pre).reshape(n, -1)
+    h_new = sparse_warp.gather(h_pre, *taps).reshape(n, -1)
+    c_new = sparse_warp.gather(c_pre, *taps).reshape(n, -1)
     return h_new, c_new, (cols, a, i, f, o, c_prev, tc)
 
 
 class MapLSTM(function_node.FunctionNode):
-    """apply((w, b), x=..., warps=..., h0=..., c0=...) -> (hs (B, T, S² Ch), h, c, cs).
+    """apply((w, b), x=..., taps=..., h0=..., c0=...) -> (hs (B, T, S² Ch), h, c, cs).
 
     cs, the warped cell state after every step, is for reading (the states a rollout
     starts from): it carries no gradient."""
 
-    def __init__(self, x, warps, h0, c0):
-        self.x, self.warps, self.h0, self.c0 = x, warps, h0, c0
+    def __init__(self, x, taps, h0, c0):
+        self.x, self.taps, self.h0, self.c0 = x, taps, h0, c0
 
     def forward(self, inputs):
         w, b = inputs
@@ -98,7 +103,8 @@ class MapLSTM(function_node.FunctionNode):
         self.caches = []
         keep = chainer.config.enable_backprop
         for t in range(steps):
-            h, c, cache = cell_step(self.x[:, t], h, c, w, b, self.warps[:, t])
+            taps = tuple(v[:, t] for v in self.taps)
+            h, c, cache = cell_step(self.x[:, t], h, c, w, b, taps)
             hs.append(h)
             cs.append(c)
             if keep:
@@ -124,9 +130,9 @@ class MapLSTM(function_node.FunctionNode):
             cols, a, i, f, o, c_prev, tc = self.caches[t]
             if g_hs is not None:
                 dh = dh + g_hs[:, t].reshape(n, s * s, ch)
-            warp_t = xp.swapaxes(self.warps[:, t], 1, 2)
-            dh_pre = xp.matmul(warp_t, dh)
-            dc_pre = xp.matmul(warp_t, dc) + dh_pre * o * (1 - tc * tc)
+            index, weight = (v[:, t] for v in self.taps)
+            dh_pre = sparse_warp.scatter(dh, index, weight)
+            dc_pre = sparse_warp.scatter(dc, index, weight) + dh_pre * o * (1 - tc * tc)
             dg = xp.stack(
                 [
                     dc_pre * i * (1 - a * a),
@@ -148,17 +154,18 @@ class MapLSTM(function_node.FunctionNode):
         return chainer.Variable(gw), chainer.Variable(gb)
 
 
-def map_lstm(x, w, b, warps, h0, c0):
+def map_lstm(x, w, b, taps, h0, c0):
     """The warped convolutional LSTM over whole sequences (see the module docstring).
 
     Args:
         x: (B, T, S, S, Cx) float32 array; w: (k, k, Cx + Ch, 4 Ch) and b: (4 Ch,)
-            Variables (Parameters); warps: (B, T, S², S²) float32 array; h0, c0:
-            (B, S² Ch) float32 arrays.
+            Variables (Parameters); taps: (index, weight), (B, T, S², 4) int32 and
+            float32 arrays (`lib.models.ego_warp.warp_taps`); h0, c0: (B, S² Ch)
+            float32 arrays.
 
     Returns:
         (hs, h, c, cs): Variables, hs (B, T, S² Ch) the warped h after every step, the
         last step's (h, c), each (B, S² Ch), and cs (B, T, S² Ch) the warped c after
         every step (no gradient: read `cs.array`).
     """
-    return MapLSTM(x, warps, h0, c0).apply((w, b))
+    return MapLSTM(x, taps, h0, c0).apply((w, b))

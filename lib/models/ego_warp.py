@@ -9,9 +9,12 @@ p_t = R(delta) p_{t+1} + (d, 0): what a warp of the old map does, bilinearly, fo
 map whose cells sit on a regular grid of the view (a frame's pixels, V's 6 x 6 latent
 map). Walls and the goal follow it exactly; people move on their own.
 
-`warp_matrix` gives the warp as one (S², S²) matrix per agent, so applying it is a
-batched matrix product: differentiable with Chainer's `F.matmul`, on NumPy or CuPy.
-Outside the old view, the warp repeats the nearest edge cell.
+`warp_taps` gives the warp as its four bilinear taps per new cell (the old cells it
+reads and their weights), which `warp_maps` applies as a gather
+(`lib.kernels.sparse_warp`, differentiable there as `warp`), on NumPy or CuPy;
+`warp_matrix` writes the same warp as one dense (S², S²) matrix per agent, the
+reference the taps are tested against. Outside the old view, the warp repeats the
+nearest edge cell.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from chainer import backend
 
 from lib.env import socnavenv as sn
+from lib.kernels import sparse_warp
 
 
 def ego_motion(actions, dt: float = sn.TIMESTEP):
@@ -60,14 +64,18 @@ def conv_centres(image_size: int, layers: int, kernel: int, stride: int) -> np.n
     return c
 
 
-def warp_matrix(actions, offsets) -> object:
-    """(B, S², S²) float32: row i' holds the bilinear weights of the old map's cells
-    that cell i' of the new map shows after each agent's action (cells row-major).
+def warp_taps(actions, offsets):
+    """(index, weight): the four old cells each new cell of the map shows after each
+    agent's action, and their bilinear weights (cells row-major).
 
     Args:
         actions: (B, 2) float, NumPy or CuPy (the result is on the same device).
         offsets: (S,) the grid's ego coordinates (`grid_offsets`), evenly spaced and
             decreasing (top row forward, left column left).
+
+    Returns:
+        index (B, S², 4) int32, four distinct cells per row; weight (B, S², 4) float32,
+        summing to 1 per row.
     """
     xp = backend.get_array_module(actions)
     offsets = np.asarray(offsets, np.float64)
@@ -81,25 +89,37 @@ def warp_matrix(actions, offsets) -> object:
     y = s * rows + c * cols
     fi = xp.clip((offsets[0] - x) / pitch, 0.0, side - 1.0)
     fj = xp.clip((offsets[0] - y) / pitch, 0.0, side - 1.0)
-    i0 = xp.minimum(xp.floor(fi), side - 2).astype(np.int64)
-    j0 = xp.minimum(xp.floor(fj), side - 2).astype(np.int64)
+    # i0 <= S - 2, so the four corners are distinct cells
+    i0 = xp.minimum(xp.floor(fi), side - 2).astype(np.int32)
+    j0 = xp.minimum(xp.floor(fj), side - 2).astype(np.int32)
     wi, wj = fi - i0, fj - j0
-    b = len(d)
-    out = xp.zeros((b, side * side, side * side), np.float32)
+    corner = i0 * side + j0
+    index = xp.stack([corner, corner + 1, corner + side, corner + side + 1], axis=2)
+    weight = xp.stack([(1 - wi) * (1 - wj), (1 - wi) * wj, wi * (1 - wj), wi * wj], axis=2).astype(
+        np.float32
+    )
+    return index, weight
+
+
+def warp_matrix(actions, offsets) -> object:
+    """(B, S², S²) float32: `warp_taps` as dense matrices, row i' holding the weights of
+    the old cells that cell i' of the new map shows (the reference; M uses the taps).
+
+    Args:
+        actions: (B, 2) float, NumPy or CuPy (the result is on the same device).
+        offsets: (S,) as `warp_taps`.
+    """
+    xp = backend.get_array_module(actions)
+    index, weight = warp_taps(actions, offsets)
+    b, cells, _ = index.shape
+    out = xp.zeros((b, cells, cells), np.float32)
     bi = xp.arange(b)[:, None]
-    ci = xp.arange(side * side)[None, :]
-    for di, dj, w in (
-        (0, 0, (1 - wi) * (1 - wj)),
-        (0, 1, (1 - wi) * wj),
-        (1, 0, wi * (1 - wj)),
-        (1, 1, wi * wj),
-    ):
-        # i0 <= S - 2, so the four corners are distinct cells: plain assignment adds
-        out[bi, ci, (i0 + di) * side + (j0 + dj)] = w.astype(np.float32)
+    ci = xp.arange(cells)[None, :]
+    for q in range(index.shape[2]):
+        out[bi, ci, index[..., q]] = weight[..., q]  # distinct corners: assignment adds
     return out
 
 
-def warp_maps(maps, matrix):
-    """Applies `warp_matrix` to (B, S², C) maps (NumPy, CuPy): (B, S², C) float32."""
-    xp = backend.get_array_module(maps)
-    return xp.matmul(matrix, maps)
+def warp_maps(maps, taps):
+    """Applies `warp_taps`'s taps to (B, S², C) maps (NumPy, CuPy): (B, S², C) float32."""
+    return sparse_warp.gather(maps, *taps)

@@ -38,6 +38,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 
+from lib.kernels import sparse_warp
 from lib.kernels.fastconv import ConvolutionNHWC
 from lib.kernels.map_lstm import cell_step, map_lstm
 from lib.models import ego_warp
@@ -182,11 +183,11 @@ class MapRNN(chainer.Chain):
 
     # z is (N, S*S*K) cell-major, which is an NHWC map (N, S, S, K) as it is; h and c
     # are (N, S*S*C) the same way.
-    def _warp(self, m, matrix):
-        """Warps (N, S*S*C) flat maps by (N, S², S²) matrices."""
+    def _warp(self, m, taps):
+        """Warps (N, S*S*C) flat maps by the taps (index, weight), each (N, S², 4)."""
         n = m.shape[0]
         cells = F.reshape(m, (n, self.side * self.side, -1))
-        return F.reshape(F.matmul(matrix, cells), (n, -1))
+        return F.reshape(sparse_warp.warp(cells, *taps), (n, -1))
 
     def _inputs(self, z, a):
         """(N, S, S, K + A + 2) array: the gates' non-recurrent input, [z map, a, coords]."""
@@ -221,7 +222,7 @@ class MapRNN(chainer.Chain):
         mu = mu + F.broadcast_to(F.reshape(z_warped, (n, 1, 1, self.z_size)), mu.shape)
         return F.reshape(F.concat([logit, mu, log_sigma], axis=1), (n, -1))
 
-    def _cell(self, x, matrix, h, c):
+    def _cell(self, x, taps, h, c):
         """One step in Chainer functions (the reference, and the path with
         `chainer.config.fast_lstm = False`): the warped (h, c), flat."""
         n, s, ch = x.shape[0], self.side, self.channels
@@ -231,7 +232,7 @@ class MapRNN(chainer.Chain):
         g_a, g_i, g_f, g_o = F.split_axis(F.reshape(gates, (n, s * s, 4 * ch)), 4, axis=2)
         c_new = F.sigmoid(g_f) * F.reshape(c, (n, s * s, ch)) + F.sigmoid(g_i) * F.tanh(g_a)
         h_new = F.sigmoid(g_o) * F.tanh(c_new)
-        return self._warp(h_new, matrix), self._warp(c_new, matrix)
+        return self._warp(h_new, taps), self._warp(c_new, taps)
 
     def forward(self, z, a, state=None):
         """Teacher-forced pass over whole sequences (the training graph).
@@ -249,21 +250,21 @@ class MapRNN(chainer.Chain):
                 for v in (z, a))  # fmt: skip
         batch, steps, _ = z.shape
         flat_z, flat_a = z.reshape(batch * steps, -1), a.reshape(batch * steps, -1)
-        warps = ego_warp.warp_matrix(flat_a, self.offsets)
+        taps = ego_warp.warp_taps(flat_a, self.offsets)
         cells = self.side * self.side
-        z_warped = ego_warp.warp_maps(flat_z.reshape(-1, cells, self.latents), warps)
+        z_warped = ego_warp.warp_maps(flat_z.reshape(-1, cells, self.latents), taps)
         z_warped = z_warped.reshape(batch * steps, -1)
         x = self._inputs(flat_z, flat_a).reshape(batch, steps, self.side, self.side, -1)
-        warps = warps.reshape(batch, steps, cells, cells)
+        taps = tuple(v.reshape(batch, steps, cells, -1) for v in taps)
         h, c = self.initial_state(batch) if state is None else state
         h, c = (v.array if isinstance(v, chainer.Variable) else v for v in (h, c))
         if getattr(chainer.config, "fast_lstm", True):
-            hs, h, c, cs = map_lstm(x, self.gates.W, self.gates.b, warps, h, c)
+            hs, h, c, cs = map_lstm(x, self.gates.W, self.gates.b, taps, h, c)
             cs = cs.array
         else:
             hs, cs = [], []
             for t in range(steps):
-                h, c = self._cell(x[:, t], warps[:, t], h, c)
+                h, c = self._cell(x[:, t], tuple(v[:, t] for v in taps), h, c)
                 hs.append(h)
                 cs.append(c.array)
             hs, cs = F.stack(hs, axis=1), xp.stack(cs, axis=1)
@@ -301,11 +302,11 @@ class MapRNN(chainer.Chain):
         coords = xp.broadcast_to(xp.asarray(self._coords), (n, s, s, 2))
         zs, hs = [], []
         for k in range(a.shape[1]):
-            matrix = ego_warp.warp_matrix(a[:, k], self.offsets)
+            taps = ego_warp.warp_taps(a[:, k], self.offsets)
             a_map = xp.broadcast_to(a[:, k, None, None, :], (n, s, s, a.shape[2]))
             x = F.concat([F.reshape(z, (n, s, s, self.latents)), a_map, coords], axis=3)
-            h, c = self._cell(x, matrix, h, c)
-            raw = F.reshape(self._head(h, self._warp(z, matrix)), (n, 3, self.n_mixtures, -1))
+            h, c = self._cell(x, taps, h, c)
+            raw = F.reshape(self._head(h, self._warp(z, taps)), (n, 3, self.n_mixtures, -1))
             logit, mu = raw[:, 0], raw[:, 1]
             pick = xp.argmax(logit.array, axis=1)  # (N, Z): the likeliest component
             chosen = (xp.arange(self.n_mixtures)[None, :, None] == pick[:, None, :]).astype(
@@ -324,11 +325,11 @@ class MapRNN(chainer.Chain):
             `StepOutput` of arrays.
         """
         z, a, h, c = step_inputs(self, z, a, state)
-        matrix = ego_warp.warp_matrix(a, self.offsets)
+        taps = ego_warp.warp_taps(a, self.offsets)
         x = self._inputs(z, a)
         w, b = self.gates.W.array, self.gates.b.array
-        h, c, _ = cell_step(x, h, c, w, b, matrix)
-        z_warped = ego_warp.warp_maps(z.reshape(len(z), -1, self.latents), matrix)
+        h, c, _ = cell_step(x, h, c, w, b, taps)
+        z_warped = ego_warp.warp_maps(z.reshape(len(z), -1, self.latents), taps)
         z_warped = z_warped.reshape(len(z), -1)
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             raw = self._head(h, z_warped).array
