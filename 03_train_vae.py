@@ -40,6 +40,7 @@ from lib.models.vae import (
     KEYPOINT_ENC_CHANNELS,
     PAPER_CONFIG,
     SPATIAL_ENC_CHANNELS,
+    SPATIAL_MAP_LAYERS,
     ConvVAE,
     VAELoss,
     encoder_output_size,
@@ -127,6 +128,15 @@ def parse_args(argv=None):
         "features, so a linear C reads where things are (see lib/models/vae.py)",
     )
     p.add_argument(
+        "--map-side",
+        type=int,
+        choices=sorted(SPATIAL_MAP_LAYERS),
+        default=6,
+        help="with --spatial: the side of z's map, 6 (three convs; cells 1 m apart in the "
+        "8 m view) or 14 (two convs; 0.5 m, a person's width), for a map M that tracks "
+        "people (z, M's h and C's input grow 196/36 = 5.4 times)",
+    )
+    p.add_argument(
         "--task-weight",
         type=float,
         default=0.0,
@@ -157,6 +167,8 @@ def parse_args(argv=None):
         p.error(f"--kl-tolerance must be >= 0, got {args.kl_tolerance}")
     if args.spatial and args.keypoints:
         p.error("--spatial and --keypoints are two different encoders: choose one")
+    if args.map_side != 6 and not args.spatial:
+        p.error(f"--map-side {args.map_side} sizes a spatial z's map: add --spatial K")
     cli.check_run_args(p, args)
     return args
 
@@ -278,7 +290,7 @@ def epoch_line(row, seconds, frames):
 
 def vae_config(args, image_size, data_manifest, vae_root):
     """V's configuration from the flags: the paper's, with --z-size, --spatial (z a map
-    of the encoder's output size; a --z-size that does not match it is refused in one
+    of the encoder's output size, --map-side's; a --z-size that does not match it is refused in one
     line), --keypoints and --task-weight's head (refused, in one line, when 01's frames
     have no teacher's labels)."""
     if args.task_weight and not data_manifest.get("identity", {}).get("labels"):
@@ -288,10 +300,9 @@ def vae_config(args, image_size, data_manifest, vae_root):
             "another --data-dir), or drop --task-weight"
         )
     z_size = args.z_size or PAPER_CONFIG["z_size"]
+    enc_channels = list(SPATIAL_ENC_CHANNELS[: SPATIAL_MAP_LAYERS[args.map_side]])
     if args.spatial:
-        side = encoder_output_size(
-            image_size, len(SPATIAL_ENC_CHANNELS), PAPER_CONFIG["enc_kernel"]
-        )
+        side = encoder_output_size(image_size, len(enc_channels), PAPER_CONFIG["enc_kernel"])
         if args.z_size not in (None, side * side * args.spatial):
             cli.fail(
                 f"--spatial {args.spatial} makes z a {side}x{side}x{args.spatial} map "
@@ -303,7 +314,7 @@ def vae_config(args, image_size, data_manifest, vae_root):
     if args.keypoints:
         config.update(keypoints=args.keypoints, enc_channels=list(KEYPOINT_ENC_CHANNELS))
     if args.spatial:
-        config.update(spatial=args.spatial, enc_channels=list(SPATIAL_ENC_CHANNELS))
+        config.update(spatial=args.spatial, enc_channels=enc_channels)
     if args.task_weight:
         config.update(task_size=TASK_SIZE)
     return config

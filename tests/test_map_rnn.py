@@ -419,6 +419,30 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert any(p.suffix == ".png" for p in (a / "results").iterdir())
 
 
+def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
+    """03 --map-side 14: two convs, cells 4 px (0.5 m) apart; 04 builds the map M on
+    that grid (its taps warp 196 cells) and 07 trains C in its dream on [z, h]."""
+    d = copy_data(spatial_v, tmp_path / "fine")
+    run("03_train_vae.py", "--epochs", 1, "--batch-size", 64, "--spatial", 1, "--map-side", 14,
+        "--overwrite", "--data-dir", d)  # fmt: skip
+    vae, _ = _v(d)
+    assert vae.z_size == 196 and list(vae._config["enc_channels"]) == [32, 64]
+    offsets = vae.map_offsets(8.0)
+    np.testing.assert_allclose(offsets, 3.375 - 0.5 * np.arange(14))
+    train(d, "--epochs", 1, "--overwrite")
+    config = json.loads((d / "models" / "rnn_dream.json").read_text())["config"]
+    assert config["side"] == 14
+    np.testing.assert_allclose(config["offsets"], offsets)
+    rnn, _ = saved_models.load_rnn(str(d), "dream", 196)
+    assert rnn.hidden_size == 3 * 196
+    run("07_train_controller.py", "--dream", "--epochs", 1, "--popsize", 4, "--trials", 1,
+              "--eval-every", 1, "--eval-episodes", 1, "--max-steps", 40, "--data-dir", d)  # fmt: skip
+    c = json.loads((d / "models" / "controller.json").read_text())
+    assert c["dream"] and c["config"]["z_size"] == 196 and c["config"]["hidden_size"] == 3 * 196
+    with np.load(d / "models" / "controller.npz") as w:
+        assert w["W"].shape == (2, 196 + 3 * 196)
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [

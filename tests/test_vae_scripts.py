@@ -130,6 +130,8 @@ def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
         (["--lr", "0"], "--lr"),
         (["--gpu", "0"], "CuPy"),
         (["--resume"], "not found"),
+        (["--map-side", "14"], "add --spatial"),
+        (["--spatial", "2", "--map-side", "10"], "--map-side"),
     ],
 )
 def test_bad_input_one_line(vae_data, tmp_path, args, needle):

@@ -56,6 +56,9 @@ KEYPOINT_ENC_CHANNELS = (32, 64)
 # The spatial-latent encoder (`ConvVAE(spatial=K)`): three convs to a 6x6 map of a 64x64
 # frame, each cell's K latents linear in that cell's channels.
 SPATIAL_ENC_CHANNELS = (32, 64, 128)
+# Its map's side on a 64x64 frame -> the number of those convs (03 --map-side): three give
+# 6x6 (cells 8 px apart), the first two 14x14 (4 px).
+SPATIAL_MAP_LAYERS = {6: 3, 14: 2}
 
 
 def decoder_output_size(dec_kernels, stride=_STRIDE):
