@@ -235,6 +235,15 @@ def parse_args(argv=None):
         default=None,
         help="use at most this many training episodes",
     )
+    p.add_argument(
+        "--extra-episodes",
+        nargs="+",
+        metavar="DIR",
+        default=[],
+        help="also train on DIR/rnn_data/train of these 02 folders, e.g. the episodes of a "
+        "trained C (02 --agent): the paper's iterative procedure. Held-out metrics stay on "
+        "<data-dir>'s test split",
+    )
     cli.add_gpu_arg(p, "M (and V, to encode its data)")
     cli.add_run_args(p, "data/models/rnn_<mode>_snapshot.npz")
     cli.add_common_args(p)
@@ -386,11 +395,20 @@ def check_frame_size(root, v_size):
         )
 
 
-def load_episodes(root, vae, vae_path, max_episodes):
-    """The train split's latent episodes and the test split's (None without one);
-    prints what they hold."""
+def load_episodes(root, vae, vae_path, max_episodes, extra_dirs=()):
+    """The train split's latent episodes (with those of --extra-episodes' folders after
+    them) and the test split's (None without one); prints what they hold."""
     try:
         train, info = load_latents(os.path.join(root, "train"), vae, vae_path, max_episodes)
+        parts = [train]
+        for d in extra_dirs:
+            extra_root = os.path.join(d, "rnn_data")
+            if not os.path.isdir(os.path.join(extra_root, "train")):
+                cli.fail(f"--extra-episodes {d}: {extra_root}/train not found — run 02 there")
+            check_frame_size(extra_root, vae.image_size)
+            parts.append(load_latents(os.path.join(extra_root, "train"), vae, vae_path, None)[0])
+            print(f"  + {len(parts[-1])} episodes from {extra_root}/train")
+        train = latents.concatenate(parts)
     except latents.NoEpisodesError as e:
         cli.fail(f"{e} — run 02_generate_rnn_data.py first")
     test = None
@@ -595,7 +613,7 @@ def main(argv=None):
     cli.ensure_writable_dir(models)
 
     # INPUTS: V's encoding of every frame, cached by content hash.
-    train, test = load_episodes(root, vae, vae_path, args.max_episodes)
+    train, test = load_episodes(root, vae, vae_path, args.max_episodes, args.extra_episodes)
     if args.task_weight and train.teacher is None:
         cli.fail(
             f"--task-weight needs labelled episodes, and {train_dir} has none — "

@@ -5,6 +5,10 @@ environment: at each step one V encode of all N frames, one batched controller
 product, one M step. Agent i plays with candidate `candidate_of(episode)`, so
 CMA-ES can evaluate many (candidate, trial) pairs in one batch.
 
+`ExploringAgent` is one C with Gaussian noise on its actions, whose episodes the
+paper's iterative procedure feeds back into M (02 --agent, built in its workers by
+`exploring_agent`).
+
 `dream_rollouts` plays candidates inside M instead (no V, no environment): z
 comes from M's own samples at temperature tau, rewards and episode ends from
 M's reward and done heads.
@@ -25,18 +29,23 @@ number of workers (floating-point GEMM results can depend on a batch's shape).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from lib.devices import to_host
 from lib.env import socnavenv as sn
 from lib.env.policies import Policy
 from lib.kernels.fast_encoder import make_encoder
+from lib.models import saved_models
 from lib.models.controller import act_batch, unflatten
 from lib.models.mdn_rnn import DONE_THRESHOLD, done_logit_threshold, reward_and_continue, sample
 
 # Keys the stream of an episode's seed that draws V's posterior noise (temperature > 0),
 # apart from the streams the environment draws from the same seed.
 _LATENT_NOISE = 0x7A
+# Keys the stream that draws an exploring agent's action noise (02 --agent).
+_ACTION_NOISE = 0xAC
 
 
 class WorldModelsAgent(Policy):
@@ -128,6 +137,56 @@ class WorldModelsAgent(Policy):
             on_device: their index (a slice when all are live) on M's device.
         """
         return act_batch(self.weights, self.biases, self.which[on_device], z, h)
+
+
+class ExploringAgent(WorldModelsAgent):
+    """A World Models agent whose C acts with Gaussian noise: the rollouts of a trained
+    C that the paper's iterative procedure feeds back into M's training (02 --agent).
+
+    The noise (standard deviation `noise` per action, the sum clipped to [-1, 1]) is
+    drawn from each episode's seed, so the episodes do not depend on the lockstep
+    batch or the workers, and M steps with the action played, as the environment does.
+
+    Args: as `WorldModelsAgent` with one C (`params` (n_params,) or (1, n_params)), and
+        noise: float >= 0, the actions' noise.
+    """
+
+    name = "exploring_agent"
+
+    def __init__(self, n, vae, rnn, params, noise, encoder=None):
+        super().__init__(n, vae, rnn, params, encoder=encoder)
+        if not noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.noise = float(noise)
+        self.action_rngs = [np.random.default_rng([i, _ACTION_NOISE]) for i in range(n)]
+
+    def reset(self, slots, seeds, episodes=None):
+        super().reset(slots, seeds, episodes)
+        for i, seed in zip(np.asarray(slots), seeds):
+            self.action_rngs[i] = np.random.default_rng([int(seed), _ACTION_NOISE])
+
+    def choose(self, z, h, c, live, on_device):
+        a = super().choose(z, h, c, live, on_device)
+        if self.noise == 0:
+            return a
+        eps = np.stack([self.action_rngs[i].standard_normal(2, dtype=np.float32) for i in live])
+        eps = self.device.send(eps * np.float32(self.noise))
+        return self.xp.clip(a + eps, -1.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _saved_agent(data_dir: str, name: str):
+    """C, V and M as 08 loads them, once per process (02's workers build many agents)."""
+    controller, _, vae, _, rnn, _ = saved_models.load_agent(data_dir, name)
+    return controller.get_flat()[None], vae, rnn, make_encoder(vae)
+
+
+def exploring_agent(data_dir: str, name: str, noise: float, n: int) -> ExploringAgent:
+    """An `ExploringAgent` of `n` slots playing `data_dir/models/<name>.npz` with the V
+    and M it was trained with: the policy factory 02 --agent sends to its workers
+    (bind the first three arguments with `functools.partial`; it pickles)."""
+    params, vae, rnn, encoder = _saved_agent(data_dir, name)
+    return ExploringAgent(n, vae, rnn, params, noise, encoder=encoder)
 
 
 class PlanningAgent(WorldModelsAgent):

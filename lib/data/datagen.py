@@ -9,24 +9,45 @@ number of workers, and a re-run writes only the missing files.
 from __future__ import annotations
 
 import collections
-from concurrent import futures
 import dataclasses
 import os
 import time
+from collections.abc import Callable
+from concurrent import futures
 
 import numpy as np
-
-from lib import cli, manifest, parallel
-from lib.env import socnavenv as sn
-from lib.env.policies import make_policy
-from lib.env.rollouts import episode_filename, list_rollouts, run_episodes, save_episode
-from lib.seeding import derive_seed
 from tqdm import tqdm
-from lib import drawing
-from lib.env.policies import POLICY_NAMES
-from lib.env.rollouts import BadRolloutError, load_episode
+
+from lib import cli, drawing, manifest, parallel
+from lib.env import socnavenv as sn
+from lib.env.policies import POLICY_NAMES, Policy, make_policy
+from lib.env.rollouts import (
+    BadRolloutError,
+    episode_filename,
+    list_rollouts,
+    load_episode,
+    run_episodes,
+    save_episode,
+)
+from lib.seeding import derive_seed
 
 LOCKSTEP = 16  # episodes stepped together in one worker task
+
+
+@dataclasses.dataclass
+class AgentPlay:
+    """A trained C that plays instead of --policy (02 --agent).
+
+    Attributes:
+        policy: its name in the manifest and the summary, e.g. "agent:controller_dream".
+        identity: what must match for its episodes to form one dataset (its files'
+            hashes, its noise).
+        factory: builds it for n lockstep slots (picklable: it travels to the workers).
+    """
+
+    policy: str
+    identity: dict
+    factory: Callable[[int], Policy]
 
 
 class WorkerDied(RuntimeError):
@@ -45,13 +66,16 @@ class Task:
     policy: str
     config: dict
     labels: str | None = None  # a teacher policy whose actions label each frame
+    # builds the behaviour policy for n slots instead of `policy` (02 --agent: a trained
+    # C, `lib.control.agent.exploring_agent`); picklable, since it travels to workers
+    policy_factory: Callable[[int], Policy] | None = None
 
 
 def _run_task(task: Task) -> dict:
     """Worker: runs the task's episodes in lockstep and writes one file each."""
     config = sn.EnvConfig(**task.config)
     n = len(task.indices)
-    policy = make_policy(task.policy, n)
+    policy = task.policy_factory(n) if task.policy_factory else make_policy(task.policy, n)
     stats = {"episodes": 0, "frames": 0, "outcomes": collections.Counter()}
 
     def write(ep):
@@ -67,13 +91,17 @@ def _run_task(task: Task) -> dict:
 
 
 def identity(
-    seed: int, policy: str, config: sn.EnvConfig, stream: str, labels: str | None = None
-) -> dict:
-    """What must match for files of two runs to belong to one dataset (`labels` only
-    when set, so datasets made before labels existed keep their identity)."""
+    seed: int, policy: str, config: sn.EnvConfig, stream: str, labels: str | None = None,
+    agent: dict | None = None,
+) -> dict:  # fmt: skip
+    """What must match for files of two runs to belong to one dataset (`labels` and
+    `agent`, the played C's files and noise, only when set, so datasets made before them
+    keep their identity)."""
     ident = {"seed": seed, "policy": policy, "env": config.to_dict(), "stream": stream}
     if labels:
         ident["labels"] = labels
+    if agent:
+        ident["agent"] = agent
     return ident
 
 
@@ -85,7 +113,7 @@ def check_manifest(root: str, ident: dict, overwrite: bool) -> None:
     old_ident = old.get("identity")
     if old_ident != ident:
         diffs = []
-        for key in ("seed", "policy", "stream", "labels"):
+        for key in ("seed", "policy", "stream", "labels", "agent"):
             if old_ident is None or old_ident.get(key) != ident.get(key):
                 diffs.append(
                     f"{key} {None if old_ident is None else old_ident.get(key)!r} -> "
@@ -132,12 +160,15 @@ def make_tasks(
     policy: str,
     config: sn.EnvConfig,
     labels: str | None = None,
+    policy_factory: Callable[[int], Policy] | None = None,
 ) -> list[Task]:
     tasks = []
     for start in range(0, len(todo), LOCKSTEP):
         chunk = todo[start : start + LOCKSTEP]
         indices, seeds = [i for i, _ in chunk], [s for _, s in chunk]
-        tasks.append(Task(out_dir, indices, seeds, policy, config.to_dict(), labels))
+        tasks.append(
+            Task(out_dir, indices, seeds, policy, config.to_dict(), labels, policy_factory)
+        )
     return tasks
 
 
@@ -213,15 +244,18 @@ def add_labels_arg(p, used_by: str) -> None:
     )
 
 
-def parse_args(argv, doc: str, noun: str, count_flags: tuple, used_by: str):
+def parse_args(argv, doc: str, noun: str, count_flags: tuple, used_by: str, more=None):
     """01's and 02's arguments: `count_flags` ("--rollouts", "--testrollouts") count the
-    training and test `noun` (2,000 and 100 by default); `used_by` reads --labels."""
+    training and test `noun` (2,000 and 100 by default); `used_by` reads --labels;
+    `more(parser)`, if given, adds a script's own flags."""
     p = cli.ArgumentParser(description=doc.splitlines()[0])
     for flag, default, split in zip(count_flags, (2000, 100), ("training", "test")):
         p.add_argument(flag, type=cli.non_negative_int, default=default, help=f"{split} {noun}")
     add_labels_arg(p, used_by)
     cli.add_common_args(p)
     add_generation_args(p)
+    if more is not None:
+        more(p)
     return p.parse_args(argv)
 
 
@@ -268,7 +302,7 @@ class Plan:
 
 def plan_dataset(
     root: str, splits: dict, seed: int, policy: str, config: sn.EnvConfig, stream: str,
-    overwrite: bool = False, labels: str | None = None,
+    overwrite: bool = False, labels: str | None = None, agent: dict | None = None,
 ) -> Plan:  # fmt: skip
     """Checks `root` against these settings, then plans the missing rollouts.
 
@@ -282,11 +316,12 @@ def plan_dataset(
         stream: seed stream name ("vae" or "rnn"), so 01 and 02 differ.
         overwrite: replace a dataset made with other settings.
         labels: a teacher policy whose actions label every frame (01 `--labels`), or None.
+        agent: the identity of a trained C that plays instead of `policy` (02 --agent).
 
     Raises:
         DatasetMismatch: `root` holds rollouts made with other settings.
     """
-    ident = identity(seed, policy, config, stream, labels)
+    ident = identity(seed, policy, config, stream, labels, agent)
     check_manifest(root, ident, overwrite)
     todo = {}
     for split, count in splits.items():
@@ -353,7 +388,10 @@ def write_preview(split_dir: str, path: str, episodes: int = 4, columns: int = 1
     return True
 
 
-def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -> None:
+def generate(
+    root: str, splits: dict, args, kind: str, script: str, noun: str,
+    agent: AgentPlay | None = None,
+) -> None:  # fmt: skip
     """01's and 02's run: checks, plan, rollouts over the workers, summary.
 
     Nothing is written or deleted before the checks pass, and only the rollouts not on
@@ -365,10 +403,12 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
         args: the script's arguments (`add_generation_args` and `cli.add_common_args`).
         kind: "vae" or "rnn", the dataset's identity stream; script: its file name;
         noun: what the script calls a rollout ("rollouts" or "episodes").
+        agent: a trained C that plays instead of `args.policy` (02 --agent).
     """
     labels = getattr(args, "labels", None)
+    policy = agent.policy if agent else args.policy
     print(
-        f"{script[:2]}: {noun} {splits}, policy {args.policy}, seed {args.seed}, "
+        f"{script[:2]}: {noun} {splits}, policy {policy}, seed {args.seed}, "
         f"{args.workers} workers ({args.backend})"
         + (f", each frame labelled by {labels}" if labels else "")
         + f" -> {root}"
@@ -379,8 +419,9 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
     try:
         parallel.check_backend(args.backend)
         plan = plan_dataset(
-            root, splits, args.seed, args.policy, config, kind, args.overwrite, labels
-        )
+            root, splits, args.seed, policy, config, kind, args.overwrite, labels,
+            agent.identity if agent else None,
+        )  # fmt: skip
     except (DatasetMismatch, parallel.BackendUnavailable) as e:
         cli.fail(str(e))
     write_manifest(plan, script, vars(args), complete=False)
@@ -394,7 +435,10 @@ def generate(root: str, splits: dict, args, kind: str, script: str, noun: str) -
         with tqdm(total=plan.total, unit="ep", desc=noun) as bar:
             for split, todo in plan.todo.items():
                 folder = os.path.join(root, split)
-                tasks = make_tasks(folder, todo, args.policy, config, plan.identity.get("labels"))
+                tasks = make_tasks(
+                    folder, todo, policy, config, plan.identity.get("labels"),
+                    agent.factory if agent else None,
+                )  # fmt: skip
                 stats[split] = run_tasks(tasks, args.workers, args.backend, args.address, bar)
     except KeyboardInterrupt:
         cli.fail(

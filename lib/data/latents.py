@@ -107,6 +107,30 @@ class LatentEpisodes:
         }
 
 
+def concatenate(parts: list[LatentEpisodes]) -> LatentEpisodes:
+    """The episodes of `parts`, in order, as one `LatentEpisodes` (teacher labels only
+    when every part has them).
+
+    Raises:
+        ValueError: the parts' z sizes differ.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.z_size for p in parts}) > 1:
+        raise ValueError(f"episodes of z sizes {sorted({p.z_size for p in parts})} do not mix")
+    arrays = {"files": [f for p in parts for f in p.files]}
+    for k in ("mu", "logvar", "action", "reward", "done", "outcome"):
+        arrays[k] = np.concatenate([getattr(p, k) for p in parts])
+    if all(p.teacher is not None for p in parts):
+        arrays["teacher"] = np.concatenate([p.teacher for p in parts])
+    for k in ("frame_offsets", "step_offsets"):
+        starts = np.cumsum([0] + [getattr(p, k)[-1] for p in parts[:-1]])
+        arrays[k] = np.concatenate(
+            [getattr(parts[0], k)[:1]] + [getattr(p, k)[1:] + s for p, s in zip(parts, starts)]
+        )
+    return LatentEpisodes(arrays)
+
+
 def step_outcomes(episode: dict) -> np.ndarray:
     """(T,) int8 `socnavenv` outcome codes: RUNNING on every step but an ended
     episode's last, which holds how it ended.
