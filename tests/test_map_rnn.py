@@ -198,6 +198,17 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_kernel", [1, 3])
+def test_the_step_head_on_arrays_is_the_graph_head_bit_for_bit(head_kernel):
+    m = tiny(head_kernel=head_kernel)
+    rng = np.random.default_rng(3)
+    h = rng.standard_normal((4, m.hidden_size)).astype(np.float32)
+    z_warped = rng.standard_normal((4, m.z_size)).astype(np.float32)
+    with chainer.no_backprop_mode():
+        want = m._head(h, z_warped).array
+    np.testing.assert_array_equal(m._head_array(h, z_warped), want)
+
+
 def directional_derivatives(model, value, eps=1e-3):
     """(analytic, numeric): the gradient already in `model`'s parameters (those that have
     one) along a random direction, and central differences of `value()` along it."""
