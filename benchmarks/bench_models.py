@@ -202,7 +202,8 @@ def dream_b1024():
 
 def _agent_m(arch):
     """`make agent`'s M on random weights: z 6 x 6 x 8 = 288 with the outcome head; the
-    dense MDN-LSTM (h 256) or the map M (16 channels a cell, h 576)."""
+    dense MDN-LSTM (h 256) or the map M (16 channels a cell, h 576; its mixture head per
+    cell, 1 x 1, as benchmarks/torch_map_rnn.py's twin, where `make agent` reads 3 x 3)."""
     if arch == "map":
         offsets = ConvVAE(z_size=288, spatial=8, enc_channels=[32, 64, 128]).map_offsets(8.0)
         return MapRNN(z_size=288, side=6, offsets=offsets, channels=16, outcome_head=True)
