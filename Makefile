@@ -99,6 +99,8 @@ AGENT_TASK_WEIGHT ?= 1000
 AGENT_Z_SIZE ?= 128
 # K > 0: a spatial z, 6 x 6 x K (03 --spatial K; docs/experiments.md); 0: V's dense z of AGENT_Z_SIZE
 AGENT_SPATIAL ?= 8
+# The spatial z's map, 6 x 6 (cells 1 m apart) or 14 x 14 (0.5 m; 03 --map-side)
+AGENT_MAP_SIDE ?= 6
 AGENT_GOAL_WEIGHT ?= 1
 # M's architecture (04's flags): the map M that moves with the robot, trained on V's means
 # and on its own 40-step open loop, which gave the dream-trained C 63 % against the dense
@@ -147,7 +149,7 @@ $(A)/01.done: | venv
 $(A)/02.done: $(A)/01.done
 	$(call step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 $(if $(filter-out 0,$(AGENT_M_TASK_WEIGHT)),--labels oracle) --data-dir $(AGENT_DIR))
 $(A)/03.done: $(A)/02.done
-	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --task-weight $(AGENT_TASK_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
+	$(call step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) $(if $(filter-out 0,$(AGENT_SPATIAL)),--spatial $(AGENT_SPATIAL) --map-side $(AGENT_MAP_SIDE),--z-size $(AGENT_Z_SIZE)) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --task-weight $(AGENT_TASK_WEIGHT) --test-frames 1000 --data-dir $(AGENT_DIR) $(call continue_or_start,vae_snapshot.npz))
 $(A)/04.done: $(A)/03.done
 	$(call step,04,$(PY) 04_train_rnn.py --mode dream $(AGENT_M_FLAGS) --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --task-weight $(AGENT_M_TASK_WEIGHT) --data-dir $(AGENT_DIR) $(call continue_or_start,rnn_dream_snapshot.npz))
 $(A)/diagnostics.done: $(A)/04.done
@@ -194,7 +196,7 @@ $(P)/01.done: | venv
 $(P)/02.done: $(P)/01.done
 	$(call paper_step,02,$(PY) 02_generate_rnn_data.py --episodes $(AGENT_EPISODES) --testepisodes 50 --data-dir $(PAPER_DIR))
 $(P)/03.done: $(P)/02.done
-	$(call paper_step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --spatial $(AGENT_SPATIAL) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(PAPER_DIR) $(call paper_resume,vae_snapshot.npz))
+	$(call paper_step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --spatial $(AGENT_SPATIAL) --map-side $(AGENT_MAP_SIDE) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(PAPER_DIR) $(call paper_resume,vae_snapshot.npz))
 $(P)/04.done: $(P)/03.done
 	$(call paper_step,04,$(PY) 04_train_rnn.py --mode dream $(AGENT_M_FLAGS) --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(PAPER_DIR) $(call paper_resume,rnn_dream_snapshot.npz))
 $(P)/07.done: $(P)/04.done

@@ -109,6 +109,20 @@ def test_spatial_0_gives_the_dense_z_of_agent_z_size(tmp_path):
     assert "--z-size 128" in v and "--spatial" not in v
 
 
+@pytest.mark.parametrize("recipe", ["agent", "paper"])
+def test_agent_map_side_sizes_vs_map(tmp_path, recipe):
+    folder = "AGENT_DIR" if recipe == "agent" else "PAPER_DIR"
+    for side in (6, 14):
+        proc = subprocess.run(
+            ["make", "-n", recipe, f"{folder}={tmp_path}", "PY=python3", f"AGENT_MAP_SIDE={side}"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        (v,) = [ln for ln in proc.stdout.splitlines() if f"{recipe} step 03:" in ln]
+        ((_, argv),) = commands(v)
+        args = script_module("03_train_vae.py").parse_args(argv)
+        assert args.spatial == 8 and args.map_side == side
+
+
 @pytest.mark.parametrize(
     "step, data_step, weight, labels",
     [("03", "01", "AGENT_TASK_WEIGHT=0", None), ("04", "02", "AGENT_M_TASK_WEIGHT=1", "oracle")],
