@@ -247,3 +247,27 @@ def test_the_first_episodes(world):
     np.testing.assert_array_equal(two.step_offsets, data.step_offsets[:3])
     assert two.teacher is None
     assert data.first(len(data)) is data and data.first(99) is data
+
+
+def test_chunked_lockstep_gives_what_one_batch_gives(world, monkeypatch):
+    """The diagnostics step M over the starts in chunks of LOCKSTEP_ROWS (memory): with
+    chunks of 5 rows the forecasts and dreams are those of one batch, row for row."""
+    data = world[0]
+    m = RiggedM(data, "replay")
+    forced = wm.teacher_forced(m, data)
+
+    def run():
+        rng = np.random.default_rng(0)
+        hit, risk = wm.forecast_collisions(m, data, forced, rng, samples=3)
+        return hit, risk, ol.open_loop(m, data, forced, rng, 0.0)  # tau 0: no draws
+
+    whole = run()
+    assert len(ol.step_frames(data)) * 3 < ol.LOCKSTEP_ROWS  # one chunk by default
+    monkeypatch.setattr(ol, "LOCKSTEP_ROWS", 5)
+    assert len(ol.lockstep_chunks(12)) == 3 and ol.lockstep_chunks(12)[-1] == slice(10, 12)
+    chunked = run()
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    for k in ol.HORIZONS:
+        for key in ("start", "target", "dream"):
+            np.testing.assert_array_equal(chunked[2][k][key], whole[2][k][key], err_msg=key)

@@ -135,6 +135,20 @@ def baseline_z(data: LatentEpisodes, frames: np.ndarray, k: int, source: str) ->
     return (z + k * (z - prev)).astype(np.float32)
 
 
+# Rows a diagnostic steps M on at once. Memory grows with the rows times M's state and
+# its gates' im2col columns: 72,000 rows (300 episodes x 4 samples) of a 14 x 14 map M
+# took 23 GB and were killed; 8,192 rows of it take about 1.4 GB.
+LOCKSTEP_ROWS = 8192
+
+
+def lockstep_chunks(n: int, rows: int | None = None):
+    """Slices covering range(n) in order, `rows` (LOCKSTEP_ROWS) at a time. M's samples
+    are drawn chunk by chunk, so at tau > 0 a run whose rows exceed one chunk draws
+    other (equally likely) samples than one unchunked run would."""
+    rows = rows or LOCKSTEP_ROWS
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
 def open_loop(rnn, data: LatentEpisodes, forced: dict, rng, tau: float, horizons=HORIZONS):
     """M's dreamed z at each horizon, from every step, under the real actions.
 
@@ -151,27 +165,31 @@ def open_loop(rnn, data: LatentEpisodes, forced: dict, rng, tau: float, horizons
         {k: {"start": (N,) start frame t, "target": (N,) frame t + k, "dream": (N, Z)
         float32}}, for the starts whose episode has frame t + k.
     """
-    starts = step_frames(data)
-    steps = np.arange(len(starts))
+    all_starts = step_frames(data)
     episode = np.repeat(np.arange(len(data)), data.lengths)
-    last_frame = data.frame_offsets[1:][episode] - 1
-    last_step = data.step_offsets[1:][episode] - 1
+    all_last_frame = data.frame_offsets[1:][episode] - 1
+    all_last_step = data.step_offsets[1:][episode] - 1
     xp = rnn.xp
-    state = (xp.asarray(forced["h"]), xp.asarray(forced["c"]))
-    z = xp.asarray(data.mu[starts])
+    dreams = {k: np.zeros((len(all_starts), data.z_size), np.float32) for k in horizons}
+    for rows in lockstep_chunks(len(all_starts)):
+        steps = np.arange(len(all_starts))[rows]
+        state = (xp.asarray(forced["h"][rows]), xp.asarray(forced["c"][rows]))
+        z = xp.asarray(data.mu[all_starts[rows]])
+        for k in range(1, max(horizons) + 1):
+            a = data.action[np.minimum(steps + k - 1, all_last_step[rows])]
+            step = rnn.step(z, a, state)
+            state = step.state
+            z = rnn.sample(step.mixture, tau, rng)
+            if k in horizons:
+                dreams[k][rows] = to_host(z)
     out = {}
-    for k in range(1, max(horizons) + 1):
-        a = data.action[np.minimum(steps + k - 1, last_step)]
-        step = rnn.step(z, a, state)
-        state = step.state
-        z = rnn.sample(step.mixture, tau, rng)
-        if k in horizons:
-            keep = starts + k <= last_frame
-            out[k] = {
-                "start": starts[keep],
-                "target": starts[keep] + k,
-                "dream": to_host(z)[keep].astype(np.float32),
-            }
+    for k in horizons:
+        keep = all_starts + k <= all_last_frame
+        out[k] = {
+            "start": all_starts[keep],
+            "target": all_starts[keep] + k,
+            "dream": dreams[k][keep],
+        }
     return out
 
 

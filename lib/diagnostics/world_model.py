@@ -24,7 +24,7 @@ import numpy as np
 from lib.control.agent import ENDINGS, ending_kind
 from lib.data.latents import LatentEpisodes
 from lib.devices import to_host
-from lib.diagnostics.open_loop import baseline_z, step_frames
+from lib.diagnostics.open_loop import baseline_z, lockstep_chunks, step_frames
 from lib.diagnostics.probe import auc
 from lib.env import socnavenv as sn
 from lib.models import saved_models
@@ -196,33 +196,35 @@ def forecast_collisions(
         raise ValueError(f"unknown source {source!r}: dream, copy or velocity")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    frames = np.tile(step_frames(data), samples)
-    n = len(frames) // samples
-    starts = np.tile(np.arange(n), samples)
-    ends = np.tile(np.repeat(data.step_offsets[1:], data.lengths), samples)
+    all_frames = np.tile(step_frames(data), samples)
+    n = len(all_frames) // samples
+    all_starts = np.tile(np.arange(n), samples)
+    all_ends = np.tile(np.repeat(data.step_offsets[1:], data.lengths), samples)
     xp = rnn.xp
-    state = tuple(xp.asarray(np.tile(forced[k], (samples, 1))) for k in ("h", "c"))
-    z = xp.asarray(data.mu[frames])
-    alive = np.ones(len(starts), bool)
-    hit = np.zeros(len(starts), bool)
-    running = np.ones(len(starts))
-    risk = np.zeros(len(starts))
+    hit = np.zeros(len(all_starts), bool)
+    risk = np.zeros(len(all_starts))
     threshold = done_logit_threshold(done_pos_weight, done_threshold)
-    for k in range(horizon):
-        a = data.action[np.minimum(starts + k, ends - 1)]
-        out = rnn.step(z, a, state)
-        state = out.state
-        logit = to_host(out.done_logit).astype(np.float64)
-        done = logit > threshold
-        hit |= alive & done & predicts_collision(out)
-        p_end = 1.0 / (1.0 + np.exp(-calibrated_done_logit(logit, done_pos_weight)))
-        risk += running * p_end * collision_given_end(out)
-        running *= 1.0 - p_end
-        alive &= ~done
-        if source == "dream":
-            z = rnn.sample(out.mixture, tau, rng)
-        else:
-            z = xp.asarray(baseline_z(data, frames, k + 1, source))
+    for rows in lockstep_chunks(len(all_starts)):
+        frames, starts, ends = all_frames[rows], all_starts[rows], all_ends[rows]
+        state = tuple(xp.asarray(forced[k][starts]) for k in ("h", "c"))
+        z = xp.asarray(data.mu[frames])
+        alive = np.ones(len(starts), bool)
+        running = np.ones(len(starts))
+        for k in range(horizon):
+            a = data.action[np.minimum(starts + k, ends - 1)]
+            out = rnn.step(z, a, state)
+            state = out.state
+            logit = to_host(out.done_logit).astype(np.float64)
+            done = logit > threshold
+            hit[rows] |= alive & done & predicts_collision(out)
+            p_end = 1.0 / (1.0 + np.exp(-calibrated_done_logit(logit, done_pos_weight)))
+            risk[rows] += running * p_end * collision_given_end(out)
+            running *= 1.0 - p_end
+            alive &= ~done
+            if source == "dream":
+                z = rnn.sample(out.mixture, tau, rng)
+            else:
+                z = xp.asarray(baseline_z(data, frames, k + 1, source))
     return hit[:n], risk.reshape(samples, n).mean(axis=0)
 
 
