@@ -11,7 +11,7 @@ PY     := $(BIN)/python
 # make test's priority: nice -n 10 where `nice` exists (NICE= runs it at normal priority)
 NICE   ?= $(if $(shell command -v nice),nice -n 10)
 
-.PHONY: venv venv-gpu test lint demo bench agent paper docs-results
+.PHONY: venv venv-gpu test lint demo bench agent paper docs-results docs-results-paper
 
 # The quick preset: every step at a size that runs in minutes on 2 cores.
 DEMO_DIR ?= data/demo
@@ -217,3 +217,6 @@ $(P)/08.done: $(P)/check.done
 # `<!-- results: NAME -->` markers (tools/sync_results.py; the tests check they match).
 docs-results: venv
 	$(PY) tools/sync_results.py --run-dir $(AGENT_DIR)
+
+docs-results-paper: venv
+	$(PY) tools/sync_results.py --run-dir $(PAPER_DIR) --prefix paper

@@ -49,3 +49,25 @@ def test_a_table_the_run_lacks_writes_nothing(tmp_path):
         root / "README.md"
     ).read_text() == "<!-- results: missing.md -->\nx\n<!-- /results -->\n"
     assert not (root / "docs" / "results").exists()
+
+
+def test_a_prefixed_block_comes_from_its_own_run_only(tmp_path):
+    root, agent, paper = tmp_path / "repo", tmp_path / "agent", tmp_path / "paper"
+    for run, figure in ((agent, "1"), (paper, "2")):
+        (run / "results").mkdir(parents=True)
+        (run / "results" / "t.md").write_text(f"| x |\n|---|\n| {figure} |\n")
+    (paper / ".paper").mkdir()
+    (paper / ".paper" / "times.txt").write_text("07 793 s\n")
+    text = "<!-- results: t.md -->\n<!-- /results -->\n<!-- results: paper/t.md -->\n<!-- /results -->\n"
+    page(root, text)
+    assert sync_results.sync(str(agent), str(root)) == ["t.md"]
+    assert "| 1 |" in (root / "README.md").read_text()
+    assert "| 2 |" not in (root / "README.md").read_text()
+    assert sync_results.check(str(root)) == ["README.md: paper/t.md (no docs/results/paper/t.md)"]
+    assert sync_results.sync(str(paper), str(root), prefix="paper") == ["paper/t.md"]
+    filled = (root / "README.md").read_text()
+    assert filled.index("| 1 |") < filled.index("| 2 |")
+    assert (root / "docs" / "results" / "paper" / "t.md").read_text() == "| x |\n|---|\n| 2 |\n"
+    source = (root / "docs" / "results" / "paper" / "SOURCE.md").read_text()
+    assert "--prefix paper" in source and "07 793 s" in source
+    assert sync_results.check(str(root)) == []

@@ -17,6 +17,11 @@ page's table differs from its copy in docs/results/ (the test suite runs it).
 
 Files not named by any marker are not copied; a marker naming a file the run lacks is an
 error (one line, nothing written).
+
+A second recipe's tables carry a prefix, `<!-- results: paper/test_controller.md -->`:
+`--run-dir data/paper --prefix paper` (make docs-results-paper) fills only the blocks
+named `paper/...`, from `data/paper/results/`, into `docs/results/paper/` (its own
+SOURCE.md beside them), and a plain run leaves them alone.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPIES = os.path.join(ROOT, "docs", "results")
 BLOCK = re.compile(
-    r"(<!-- results: (?P<name>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL
+    r"(<!-- results: (?P<name>[\w.\-/]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL
 )
 
 
@@ -50,9 +55,11 @@ def blocks(text: str) -> list[tuple[str, str]]:
 
 
 def filled(text: str, tables: dict) -> str:
-    """`text` with each block's body replaced by its file's text."""
+    """`text` with each block named in `tables` given its file's text (others unchanged)."""
 
     def put(m):
+        if m["name"] not in tables:
+            return m.group(0)
         body = tables[m["name"]].rstrip("\n") + "\n"
         return m.group(1) + body + m.group(4)
 
@@ -76,26 +83,32 @@ def check(root: str = ROOT) -> list[str]:
     return wrong
 
 
-def sync(run_dir: str, root: str = ROOT) -> list[str]:
+def sync(run_dir: str, root: str = ROOT, prefix: str = "") -> list[str]:
     """Copies the named tables from `run_dir` and fills the pages' blocks; returns the
-    names copied. Raises FileNotFoundError (nothing written) if the run lacks one."""
+    names copied. With `prefix`, only the blocks named `<prefix>/...`. Raises
+    FileNotFoundError (nothing written) if the run lacks one."""
     texts = {}
     for page in pages(root):
         with open(page) as f:
             texts[page] = f.read()
-    names = sorted({name for text in texts.values() for name, _ in blocks(text)})
+    lead = f"{prefix}/" if prefix else ""
+    names = sorted(
+        name
+        for name in {name for text in texts.values() for name, _ in blocks(text)}
+        if (name.startswith(lead) if prefix else "/" not in name)
+    )
     results = os.path.join(run_dir, "results")
-    missing = [n for n in names if not os.path.exists(os.path.join(results, n))]
+    missing = [n for n in names if not os.path.exists(os.path.join(results, n[len(lead) :]))]
     if missing:
-        raise FileNotFoundError(f"{results} has no {', '.join(missing)}")
+        raise FileNotFoundError(f"{results} has no {', '.join(n[len(lead) :] for n in missing)}")
     tables = {}
-    copies = os.path.join(root, "docs", "results")
+    copies = os.path.join(root, "docs", "results", prefix)
     os.makedirs(copies, exist_ok=True)
     for name in names:
-        src = os.path.join(results, name)
+        src = os.path.join(results, name[len(lead) :])
         with open(src) as f:
             tables[name] = f.read()
-        shutil.copyfile(src, os.path.join(copies, name))
+        shutil.copyfile(src, os.path.join(copies, os.path.basename(src)))
         stem = os.path.splitext(src)[0] + ".json"
         if os.path.exists(stem):
             shutil.copyfile(stem, os.path.join(copies, os.path.basename(stem)))
@@ -104,12 +117,12 @@ def sync(run_dir: str, root: str = ROOT) -> list[str]:
         if new != text:
             with open(page, "w") as f:
                 f.write(new)
-    write_source(run_dir, names, copies)
+    write_source(run_dir, names, copies, prefix)
     return names
 
 
-def write_source(run_dir: str, names: list[str], copies: str) -> None:
-    """docs/results/SOURCE.md: where the copies came from."""
+def write_source(run_dir: str, names: list[str], copies: str, prefix: str = "") -> None:
+    """SOURCE.md beside the copies: where they came from."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -121,16 +134,20 @@ def write_source(run_dir: str, names: list[str], copies: str) -> None:
         "# Where these tables come from",
         "",
         (
-            f"Copied by `python tools/sync_results.py --run-dir {run_dir}` on "
+            f"Copied by `python tools/sync_results.py --run-dir {run_dir}"
+            + (f" --prefix {prefix}" if prefix else "")
+            + "` on "
             f"{datetime.date.today().isoformat()}, with commit {commit} checked out, from "
             f"`{run_dir}/results/`: {', '.join(f'`{n}`' for n in names)}."
         ),
     ]
-    times = os.path.join(run_dir, ".agent", "times.txt")
+    stamps = ".paper" if prefix == "paper" else ".agent"
+    times = os.path.join(run_dir, stamps, "times.txt")
     if os.path.exists(times):
         with open(times) as f:
             steps = [line.strip() for line in f if line.strip()]
-        lines += ["", "The run's wall time per `make agent` step (`.agent/times.txt`):", ""]
+        recipe = "paper" if prefix == "paper" else "agent"
+        lines += ["", f"The run's wall time per `make {recipe}` step (`{stamps}/times.txt`):", ""]
         lines += [f"- {step}" for step in steps]
     with open(os.path.join(copies, "SOURCE.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -139,6 +156,12 @@ def write_source(run_dir: str, names: list[str], copies: str) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="data", help="the run's data folder (make agent's)")
+    p.add_argument(
+        "--prefix",
+        default="",
+        help="fill only the blocks named <prefix>/FILE, from this run (e.g. paper, with "
+        "--run-dir data/paper); default: the blocks without a prefix",
+    )
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page differs")
     args = p.parse_args(argv)
     if args.check:
@@ -149,7 +172,7 @@ def main(argv=None):
         print("every results table matches docs/results/")
         return
     try:
-        names = sync(args.run_dir)
+        names = sync(args.run_dir, prefix=args.prefix)
     except FileNotFoundError as e:
         p.exit(2, f"{p.prog}: error: {e} — run make agent (or pass its --run-dir)\n")
     print(f"copied {', '.join(names)} from {args.run_dir}/results into docs/results/ and the pages")
