@@ -34,9 +34,13 @@ def gather(maps, index, weight):
     """
     xp = backend.get_array_module(maps)
     if xp is np:
-        out = np.empty(maps.shape, maps.dtype)
-        _gather_kernel(
-            np.ascontiguousarray(maps), np.ascontiguousarray(index), weight.astype(maps.dtype), out
+        out = np.zeros(maps.shape, maps.dtype)
+        _taps_kernel(
+            np.ascontiguousarray(maps),
+            np.ascontiguousarray(index),
+            weight.astype(maps.dtype),
+            out,
+            False,
         )
         return out
     rows = xp.arange(maps.shape[0])[:, None, None]
@@ -48,35 +52,18 @@ def gather(maps, index, weight):
 
 
 @numba.njit(cache=True)
-def _gather_kernel(maps, index, weight, out):
+def _taps_kernel(src, index, weight, out, transpose):
+    """out (zeroed) += the gather of src (transpose False) or its scatter (True)."""
     n_b, n_cells, n_taps = index.shape
-    n_c = maps.shape[2]
-    for b in range(n_b):
-        for i in range(n_cells):
-            dst = out[b, i]
-            w = weight[b, i, 0]
-            src = maps[b, index[b, i, 0]]
-            for ch in range(n_c):
-                dst[ch] = w * src[ch]
-            for q in range(1, n_taps):
-                w = weight[b, i, q]
-                src = maps[b, index[b, i, q]]
-                for ch in range(n_c):
-                    dst[ch] += w * src[ch]
-
-
-@numba.njit(cache=True)
-def _scatter_kernel(grads, index, weight, out):
-    n_b, n_cells, n_taps = index.shape
-    n_c = grads.shape[2]
+    n_c = src.shape[2]
     for b in range(n_b):
         for i in range(n_cells):
             for q in range(n_taps):
                 w = weight[b, i, q]
-                dst = out[b, index[b, i, q]]
-                src = grads[b, i]
+                j = index[b, i, q]
+                dst, row = (out[b, j], src[b, i]) if transpose else (out[b, i], src[b, j])
                 for ch in range(n_c):
-                    dst[ch] += w * src[ch]
+                    dst[ch] += w * row[ch]
 
 
 def scatter(grads, index, weight):
@@ -84,11 +71,12 @@ def scatter(grads, index, weight):
     xp = backend.get_array_module(grads)
     out = xp.zeros(grads.shape, grads.dtype)
     if xp is np:
-        _scatter_kernel(
+        _taps_kernel(
             np.ascontiguousarray(grads),
             np.ascontiguousarray(index),
             weight.astype(grads.dtype),
             out,
+            True,
         )
         return out
     import cupyx  # only where CuPy runs
