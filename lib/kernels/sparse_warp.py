@@ -34,15 +34,7 @@ def gather(maps, index, weight):
     """
     xp = backend.get_array_module(maps)
     if xp is np:
-        out = np.zeros(maps.shape, maps.dtype)
-        _taps_kernel(
-            np.ascontiguousarray(maps),
-            np.ascontiguousarray(index),
-            weight.astype(maps.dtype),
-            out,
-            False,
-        )
-        return out
+        return _on_cpu(maps, index, weight, transpose=False)
     rows = xp.arange(maps.shape[0])[:, None, None]
     taps = maps[rows, index]  # (B, S², 4, C)
     out = weight[..., 0, None] * taps[:, :, 0]
@@ -66,19 +58,19 @@ def _taps_kernel(src, index, weight, out, transpose):
                     dst[ch] += w * row[ch]
 
 
+def _on_cpu(src, index, weight, transpose):
+    out = np.zeros(src.shape, src.dtype)
+    src, index = np.ascontiguousarray(src), np.ascontiguousarray(index)
+    _taps_kernel(src, index, weight.astype(src.dtype), out, transpose)
+    return out
+
+
 def scatter(grads, index, weight):
     """(B, S², C) float32: the transpose of `gather` applied to `grads` (B, S², C)."""
     xp = backend.get_array_module(grads)
-    out = xp.zeros(grads.shape, grads.dtype)
     if xp is np:
-        _taps_kernel(
-            np.ascontiguousarray(grads),
-            np.ascontiguousarray(index),
-            weight.astype(grads.dtype),
-            out,
-            True,
-        )
-        return out
+        return _on_cpu(grads, index, weight, transpose=True)
+    out = xp.zeros(grads.shape, grads.dtype)
     import cupyx  # only where CuPy runs
 
     rows = xp.broadcast_to(xp.arange(grads.shape[0])[:, None, None], index.shape)
