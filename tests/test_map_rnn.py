@@ -91,6 +91,16 @@ def test_the_taps_are_the_dense_warp_and_scatter_its_transpose(side):
     np.testing.assert_allclose(got, dense @ maps, rtol=1e-6, atol=1e-6)
     back = sparse_warp.scatter(maps, index, weight)
     np.testing.assert_allclose(back, np.swapaxes(dense, 1, 2) @ maps, rtol=1e-5, atol=1e-6)
+    # the GPU's array-operation paths, run here on NumPy (np.add.at for cupyx.scatter_add)
+    np.testing.assert_allclose(
+        sparse_warp.gather_array_ops(np, maps, index, weight), got, rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        sparse_warp.scatter_array_ops(np, np.add.at, maps, index, weight),
+        back,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_the_warp_node_backpropagates_the_transpose():

@@ -35,11 +35,25 @@ def gather(maps, index, weight):
     xp = backend.get_array_module(maps)
     if xp is np:
         return _on_cpu(maps, index, weight, transpose=False)
+    return gather_array_ops(xp, maps, index, weight)
+
+
+def gather_array_ops(xp, maps, index, weight):
+    """`gather` in array operations of `xp` (the CuPy path; tested with NumPy)."""
     rows = xp.arange(maps.shape[0])[:, None, None]
     taps = maps[rows, index]  # (B, S², 4, C)
     out = weight[..., 0, None] * taps[:, :, 0]
     for q in range(1, index.shape[2]):
         out += weight[..., q, None] * taps[:, :, q]
+    return out
+
+
+def scatter_array_ops(xp, add_at, grads, index, weight):
+    """`scatter` in array operations of `xp`, `add_at(out, indices, values)` being
+    `cupyx.scatter_add` (the CuPy path) or `np.add.at` (its test)."""
+    out = xp.zeros(grads.shape, grads.dtype)
+    rows = xp.broadcast_to(xp.arange(grads.shape[0])[:, None, None], index.shape)
+    add_at(out, (rows, index), weight[..., None] * grads[:, :, None, :])
     return out
 
 
@@ -70,12 +84,9 @@ def scatter(grads, index, weight):
     xp = backend.get_array_module(grads)
     if xp is np:
         return _on_cpu(grads, index, weight, transpose=True)
-    out = xp.zeros(grads.shape, grads.dtype)
     import cupyx  # only where CuPy runs
 
-    rows = xp.broadcast_to(xp.arange(grads.shape[0])[:, None, None], index.shape)
-    cupyx.scatter_add(out, (rows, index), weight[..., None] * grads[:, :, None, :])
-    return out
+    return scatter_array_ops(xp, cupyx.scatter_add, grads, index, weight)
 
 
 class Warp(function_node.FunctionNode):
