@@ -139,6 +139,24 @@ class WorldModelsAgent(Policy):
         return act_batch(self.weights, self.biases, self.which[on_device], z, h)
 
 
+class EpisodeStreams:
+    """One NumPy generator per lockstep slot, reseeded from each episode's seed and a
+    stream `key`, so what a slot draws follows its episode, never the slot, the batch or
+    the worker (the planner's candidates, an exploring agent's action noise)."""
+
+    def __init__(self, n: int, key: int):
+        self.key = key
+        self.rngs = [np.random.default_rng([i, key]) for i in range(n)]
+
+    def reset(self, slots, seeds) -> None:
+        for i, seed in zip(np.asarray(slots), seeds):
+            self.rngs[i] = np.random.default_rng([int(seed), self.key])
+
+    def of(self, slots) -> list:
+        """The generators of `slots` (host indices), in order."""
+        return [self.rngs[i] for i in slots]
+
+
 class ExploringAgent(WorldModelsAgent):
     """A World Models agent whose C acts with Gaussian noise: the rollouts of a trained
     C that the paper's iterative procedure feeds back into M's training (02 --agent).
@@ -158,18 +176,17 @@ class ExploringAgent(WorldModelsAgent):
         if not noise >= 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.noise = float(noise)
-        self.action_rngs = [np.random.default_rng([i, _ACTION_NOISE]) for i in range(n)]
+        self.action_noise = EpisodeStreams(n, _ACTION_NOISE)
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
-        for i, seed in zip(np.asarray(slots), seeds):
-            self.action_rngs[i] = np.random.default_rng([int(seed), _ACTION_NOISE])
+        self.action_noise.reset(slots, seeds)
 
     def choose(self, z, h, c, live, on_device):
         a = super().choose(z, h, c, live, on_device)
         if self.noise == 0:
             return a
-        eps = np.stack([self.action_rngs[i].standard_normal(2, dtype=np.float32) for i in live])
+        eps = np.stack([r.standard_normal(2, dtype=np.float32) for r in self.action_noise.of(live)])
         eps = self.device.send(eps * np.float32(self.noise))
         return self.xp.clip(a + eps, -1.0, 1.0).astype(np.float32)
 

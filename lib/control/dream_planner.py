@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from chainer import backend
 
-from lib.control.agent import PlanningAgent
+from lib.control.agent import EpisodeStreams, PlanningAgent
 from lib.devices import to_host
 from lib.kernels import mdn
 from lib.models.controller import act_batch
@@ -302,15 +302,14 @@ class PlannerAgent(PlanningAgent):
             )
         super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
         self.settings = settings or PlanSettings()
-        self.plan_rngs = [np.random.default_rng([i, _PLAN_NOISE]) for i in range(n)]
+        self.plan_streams = EpisodeStreams(n, _PLAN_NOISE)
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
-        for i, seed in zip(np.asarray(slots), seeds):
-            self.plan_rngs[i] = np.random.default_rng([int(seed), _PLAN_NOISE])
+        self.plan_streams.reset(slots, seeds)
 
     def choose(self, z, h, c, live, on_device):
-        rngs = [self.plan_rngs[i] for i in live]
+        rngs = self.plan_streams.of(live)
         a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings)
         # C's own action is returned bit for bit unless a plan replaced it.
         linear = act_batch(self.weights, self.biases, None, z, h)
