@@ -172,7 +172,7 @@ def open_loop(rnn, data: LatentEpisodes, forced: dict, rng, tau: float, horizons
     xp = rnn.xp
     dreams = {k: np.zeros((len(all_starts), data.z_size), np.float32) for k in horizons}
     for rows in lockstep_chunks(len(all_starts)):
-        steps = np.arange(len(all_starts))[rows]
+        steps = np.arange(rows.start, rows.stop)
         state = (xp.asarray(forced["h"][rows]), xp.asarray(forced["c"][rows]))
         z = xp.asarray(data.mu[all_starts[rows]])
         for k in range(1, max(horizons) + 1):

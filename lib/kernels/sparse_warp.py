@@ -75,7 +75,7 @@ def _taps_kernel(src, index, weight, out, transpose):
 def _on_cpu(src, index, weight, transpose):
     out = np.zeros(src.shape, src.dtype)
     src, index = np.ascontiguousarray(src), np.ascontiguousarray(index)
-    _taps_kernel(src, index, weight.astype(src.dtype), out, transpose)
+    _taps_kernel(src, index, weight.astype(src.dtype, copy=False), out, transpose)
     return out
 
 
