@@ -246,11 +246,10 @@ def load_frames(vae_root, max_samples, test_frames, image_size):
         except frames.NoFramesError:
             test = None
     skipped = len(train_index["skipped"])
-    print(
-        f"train: {train_index['frames']} frames from {train_index['rollouts']} rollouts"
-        + (f" ({skipped} bad files skipped, see {train_npy[:-4]}.json)" if skipped else "")
-        + (f"; test: {len(test)} frames" if test else "; no test split: no held-out loss")
-    )
+    bad = f" ({skipped} bad files skipped, see {train_npy[:-4]}.json)" if skipped else ""
+    train_text = f"{train_index['frames']} frames from {train_index['rollouts']} rollouts"
+    test_text = f"{len(test)} frames" if test else None
+    print(training.data_line(train_text + bad, test_text, "no held-out loss"))
     return train, test
 
 

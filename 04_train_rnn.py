@@ -419,11 +419,10 @@ def load_episodes(root, vae, vae_path, max_episodes, extra_dirs=()):
             test = None
     note = " (cache rebuilt)" if info["rebuilt"] else " (cached)"
     skipped = len(info["skipped"])
-    print(
-        f"train: {len(train)} episodes, {int(train.lengths.sum())} steps{note}"
-        + (f", {skipped} bad files skipped" if skipped else "")
-        + (f"; test: {len(test)} episodes" if test else "; no test split: no held-out metrics")
-    )
+    train_text = f"{len(train)} episodes, {int(train.lengths.sum())} steps{note}"
+    bad = f", {skipped} bad files skipped" if skipped else ""
+    test_text = f"{len(test)} episodes" if test else None
+    print(training.data_line(train_text + bad, test_text, "no held-out metrics"))
     return train, test
 
 

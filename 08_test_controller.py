@@ -285,8 +285,7 @@ def agent_policies(args, config, linear):
 
 def main(argv=None):
     args = parse_args(argv)
-    results_dir = os.path.join(args.data_dir, "results")
-    out = args.out or os.path.join(results_dir, "test_controller.json")
+    results_dir, out = cli.results_paths(args, "test_controller.json")
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
     linear = agent_row(args.controller)  # the linear agent's row; the planner's adds "_planner"
     print(

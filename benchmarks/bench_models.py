@@ -29,8 +29,8 @@ side by side:
   04 --arch lstm) and the map M (16 channels a cell, 04 --arch map).
 - `dream_b1024_agent`, `map_dream_b1024`: `dream_b1024` with those two Ms.
 
-Workloads live in `WORKLOADS` (name -> function returning a rate); add new
-ones there. Timing: warm up, then the median of a few timed rounds of several
+Workloads live in `WORKLOADS` (name -> function returning a rate; the variants of one
+workload are `partial`s of it); add new ones there. Timing: warm up, then the median of a few timed rounds of several
 iterations each; on a GPU each round ends by synchronising the device. The
 machine is shared: run under `flock /tmp/bench.lock`.
 
@@ -42,6 +42,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -125,16 +126,6 @@ def _vae_train(batch):
 
     on_gpu = not devices.on_cpu(RUN["device"])
     return batch / bench(step, 20 if on_gpu else max(1, 500 // batch))
-
-
-def vae_train():
-    """Frames/s of VAE training steps, batch 100 (the paper's)."""
-    return _vae_train(100)
-
-
-def vae_train_b1000():
-    """Frames/s of VAE training steps, batch 1000."""
-    return _vae_train(1000)
 
 
 def vae_encode():
@@ -241,26 +232,6 @@ def _m_dream(arch):
     return _dream_rate(_on_device(_agent_m(arch)), 288, 0.05, 5, 2)
 
 
-def rnn_train_agent():
-    """`make agent`'s dense M (04 --arch lstm): training sequence-steps/s."""
-    return _m_train("lstm")
-
-
-def map_rnn_train():
-    """`make agent`'s map M (04 --arch map): training sequence-steps/s."""
-    return _m_train("map")
-
-
-def dream_b1024_agent():
-    """`make agent`'s dense M: dream agent-steps/s, 1024 agents."""
-    return _m_dream("lstm")
-
-
-def map_dream_b1024():
-    """`make agent`'s map M: dream agent-steps/s, 1024 agents."""
-    return _m_dream("map")
-
-
 def _ctrl(n_agents):
     """Agent-steps/s of one real-env control step for `n_agents` in lockstep:
     V encode of uint8 64x64 frames, one M step, one batched C product."""
@@ -272,16 +243,6 @@ def _ctrl(n_agents):
     frames = _frames(rng, n_agents)
     iters = max(4, 256 // n_agents)
     return n_agents / bench(lambda: agent.act(None, frames), iters)
-
-
-def ctrl_b1():
-    """Agent-steps/s of the real-env control step for one agent."""
-    return _ctrl(1)
-
-
-def ctrl_b64():
-    """Agent-steps/s of the real-env control step for 64 agents in lockstep."""
-    return _ctrl(64)
 
 
 def plan_step():
@@ -332,20 +293,20 @@ def ctrl_b64_agent():
 
 
 WORKLOADS = {
-    "vae_train": vae_train,
-    "vae_train_b1000": vae_train_b1000,
+    "vae_train": partial(_vae_train, 100),
+    "vae_train_b1000": partial(_vae_train, 1000),
     "vae_encode": vae_encode,
     "rnn_train": rnn_train,
     "dream_b1024": dream_b1024,
-    "ctrl_b1": ctrl_b1,
-    "ctrl_b64": ctrl_b64,
+    "ctrl_b1": partial(_ctrl, 1),
+    "ctrl_b64": partial(_ctrl, 64),
     "plan_step": plan_step,
     "plan_lookahead": plan_lookahead,
     "ctrl_b64_agent": ctrl_b64_agent,
-    "rnn_train_agent": rnn_train_agent,
-    "map_rnn_train": map_rnn_train,
-    "dream_b1024_agent": dream_b1024_agent,
-    "map_dream_b1024": map_dream_b1024,
+    "rnn_train_agent": partial(_m_train, "lstm"),
+    "map_rnn_train": partial(_m_train, "map"),
+    "dream_b1024_agent": partial(_m_dream, "lstm"),
+    "map_dream_b1024": partial(_m_dream, "map"),
 }
 
 

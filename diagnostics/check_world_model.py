@@ -345,8 +345,7 @@ def probe_fidelity(args, rnn, train, test, forced, config, rng):
 
 def main(argv=None):
     args = parse_args(argv)
-    results_dir = os.path.join(args.data_dir, "results")
-    out = args.out or os.path.join(results_dir, f"world_model_{args.mode}.json")
+    _, out = cli.results_paths(args, f"world_model_{args.mode}.json")
     print(f"check: M ({args.mode}) in {args.data_dir}/models on held-out episodes -> {out}")
 
     # INPUTS: V and M on the CPU, and 02's episodes through V's latent cache.

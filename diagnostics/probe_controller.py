@@ -139,8 +139,7 @@ def figure(path: str, results: dict, teacher: str, episodes: int, pool: int) -> 
 
 def main(argv=None):
     args = parse_args(argv)
-    results_dir = os.path.join(args.data_dir, "results")
-    out = args.out or os.path.join(results_dir, "probe_controller.json")
+    results_dir, out = cli.results_paths(args, "probe_controller.json")
     print(
         f"probe_controller: inputs {', '.join(args.inputs)}; DAgger onto {args.teacher}, "
         f"{args.iterations} x {args.episodes} episodes (seed {args.seed}); "

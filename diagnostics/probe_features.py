@@ -113,8 +113,7 @@ def figure(path: str, scores: dict) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    results_dir = os.path.join(args.data_dir, "results")
-    out = args.out or os.path.join(results_dir, "probe.json")
+    results_dir, out = cli.results_paths(args, "probe.json")
     print(
         f"probe: {args.episodes} episodes of {args.policy}, seed {args.seed}, "
         f"{args.n_humans} people, V and M from {args.data_dir}/models -> {out}"

@@ -2,7 +2,7 @@
 
 Packages by layer, each importing only those before it (docs/layout.md): the top-level
 utilities (`compat`, `devices`, `cli`, `fileio`, `manifest`, `seeding`, `parallel`,
-`training`, `checkpointer`, `tensorboard_log`, `progress`, `drawing`), then `kernels`,
+`training`, `checkpointer`, `tensorboard_log`, `progress`, `drawing`, `validate`), then `kernels`,
 `env`, `models`, `data`, `control`, `diagnostics`.
 
 Importing `lib` applies the process-wide speed settings in `lib.kernels.runtime` first (they

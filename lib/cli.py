@@ -167,6 +167,13 @@ def add_out_arg(parser: argparse.ArgumentParser, default_name: str) -> None:
     )
 
 
+def results_paths(args, default_name: str) -> tuple[str, str]:
+    """<data-dir>/results, and the results JSON: `--out` (`add_out_arg`), by default
+    `default_name` in that folder."""
+    results_dir = os.path.join(args.data_dir, "results")
+    return results_dir, args.out or os.path.join(results_dir, default_name)
+
+
 def add_gpu_arg(parser: argparse.ArgumentParser, what: str = "V and M") -> None:
     """--gpu, which every script that runs V or M has."""
     parser.add_argument(

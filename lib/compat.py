@@ -157,12 +157,8 @@ def _pkg_resources() -> None:
         return
     module = types.ModuleType("pkg_resources")
     module.__doc__ = "Stand-in from lib/compat.py: setuptools' pkg_resources is not installed."
-    vars(module).update(
-        ResolutionError=ResolutionError,
-        DistributionNotFound=DistributionNotFound,
-        VersionConflict=VersionConflict,
-        require=_require,
-        get_distribution=_get_distribution,
-        WorkingSet=_WorkingSet,
-    )
+    for name in ("ResolutionError", "DistributionNotFound", "VersionConflict"):
+        setattr(module, name, globals()[name])
+    module.require, module.get_distribution = _require, _get_distribution
+    module.WorkingSet = _WorkingSet
     sys.modules["pkg_resources"] = module

@@ -146,6 +146,12 @@ def sidecar_path(model_path: str) -> str:
     return os.path.splitext(model_path)[0] + ".json"
 
 
+def data_line(train: str, test: str | None, without_test: str) -> str:
+    """The line a trainer prints about its data: `train`, then `test`, or, when there is
+    no test split, what the run goes without (`without_test`)."""
+    return f"train: {train}; " + (f"test: {test}" if test else f"no test split: {without_test}")
+
+
 class EpochMeans:
     """An epoch's running means of reported losses, weighted by batch size, whose
     state (`{"sums", "count"}`, JSON) a mid-epoch snapshot carries to the resumed run.

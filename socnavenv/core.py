@@ -845,26 +845,16 @@ class SocNavVectorEnv(VectorEnv):
         "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
 
-    def __init__(
-        self,
-        num_envs: int,
-        n_humans: int = N_HUMANS,
-        obs_type: str = "image",
-        render_mode: str | None = None,
-        max_steps: int = MAX_STEPS,
-        view_size: float = 8.0,
-        image_size: int = 64,
-        render_size: int = 256,
-    ):
-        self.config = _env_config(
-            obs_type, render_mode, n_humans, max_steps, view_size, image_size, render_size
-        )
+    def __init__(self, num_envs: int, **env_kwargs):
+        """`env_kwargs`: SocNavEnv's keyword arguments, checked by building one."""
+        single = SocNavEnv(**env_kwargs)
+        self.config = single.config
         self.num_envs = num_envs
-        self.obs_type = obs_type
-        self.render_mode = render_mode
+        self.obs_type = single.obs_type
+        self.render_mode = single.render_mode
         self.sim = SocNavSim(num_envs, self.config)
-        self.single_observation_space = _observation_space(self.config, obs_type)
-        self.single_action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.single_observation_space = single.observation_space
+        self.single_action_space = single.action_space
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, num_envs
         )

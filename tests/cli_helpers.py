@@ -5,10 +5,39 @@ import importlib.util
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bad_flags(script):
+    """`script`'s table in tests/bad_flags.toml: a list of (flags, a piece of the error
+    line), the flags split as a shell would split them."""
+    with open(os.path.join(ROOT, "tests", "bad_flags.toml"), "rb") as f:
+        table = tomllib.load(f)[script]
+    return [(shlex.split(flags), needle) for flags, needle in table.items()]
+
+
+def _tree(root):
+    """Every file below `root`, with its size and modification time."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            st = os.stat(os.path.join(folder, f))
+            out[os.path.relpath(os.path.join(folder, f), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def assert_refused(script, flags, needle, data_dir):
+    """`script --data-dir data_dir` with `flags` fails with one error line holding
+    `needle`, and writes, changes and removes nothing below `data_dir`."""
+    before = _tree(data_dir)
+    line = one_line_error(run_here(script, *flags, "--data-dir", data_dir))
+    assert needle in line, (flags, line)
+    assert _tree(data_dir) == before, flags
 
 
 def run(script, *args, check=True, timeout=600):

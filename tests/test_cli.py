@@ -1,6 +1,7 @@
 """lib/cli.py's argument types, and the one-line error a script gives for them."""
 
 import argparse
+import os
 
 import pytest
 from cli_helpers import one_line_error, run_here
@@ -47,3 +48,13 @@ def test_run_flags_shared_by_the_training_scripts(script, tmp_path):
     line = one_line_error(run_here(script, "--resume", "--overwrite", "--data-dir", tmp_path))
     assert "--resume and --overwrite exclude each other" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_results_paths():
+    args = argparse.Namespace(data_dir="d", out=None)
+    assert cli.results_paths(args, "x.json") == (
+        os.path.join("d", "results"),
+        os.path.join("d", "results", "x.json"),
+    )
+    args.out = "elsewhere/y.json"
+    assert cli.results_paths(args, "x.json") == (os.path.join("d", "results"), "elsewhere/y.json")

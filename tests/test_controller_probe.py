@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run, run_here
+from cli_helpers import assert_refused, bad_flags, one_line_error, run, run_here
 
 from lib.diagnostics import controller_probe as cp
 from lib.diagnostics.probe import pool_pixels
@@ -142,16 +142,8 @@ def test_the_script_needs_models_only_for_z_and_zh(tmp_path):
 def test_the_script_refuses_bad_flags_and_writes_nothing(tmp_path, tiny_models):
     d = tmp_path / "data"
     shutil.copytree(os.path.join(tiny_models, "models"), d / "models")
-    for flags, word in (
-        (["--inputs", "z,foo"], "--inputs"),
-        (["--inputs", ""], "--inputs"),
-        (["--pool", "3"], "--pool"),
-        (["--pool", "0"], "--pool"),
-        (["--teacher", "random"], "--teacher"),
-        (["--test-episodes", "0"], "--test-episodes"),
-    ):
-        err = one_line_error(run_here("diagnostics/probe_controller.py", *flags, "--data-dir", d))
-        assert word in err, (flags, err)
+    for flags, word in bad_flags("diagnostics/probe_controller.py"):
+        assert_refused("diagnostics/probe_controller.py", flags, word, d)
     os.remove(d / "models" / "rnn_dream.npz")
     err = one_line_error(
         run_here("diagnostics/probe_controller.py", "--inputs", "zh", "--data-dir", d)

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import run_here
+from cli_helpers import bad_flags, run_here
 
 from lib.data import datagen
 from lib.env import socnavenv as sn
@@ -286,20 +286,8 @@ def test_scripts_do_no_work_at_import(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-BAD_INPUTS = [
-    (["--rollouts", "-3"], "must be >= 0"),
-    (["--testrollouts", "ten"], "whole number"),
-    (["--policy", "teleport"], "invalid choice"),
-    (["--workers", "0"], "must be >= 1"),
-    (["--seed", "-1"], "must be >= 0"),
-    (["--max-steps", "0"], "must be >= 1"),
-    (["--view-size", "0"], "must be > 0"),
-    (["--frobnicate"], "unrecognized"),
-]
-
-
 @pytest.mark.parametrize("name", [VAE, RNN])
-@pytest.mark.parametrize("bad, message", BAD_INPUTS)
+@pytest.mark.parametrize("bad, message", bad_flags("01_generate_vae_data.py"))
 def test_bad_input_fails_in_one_line(name, bad, message, tmp_path):
     """In this process (the exit code's contract is the subprocess tests' below)."""
     if name == RNN:

@@ -47,31 +47,32 @@ def _check_backward(node_class, stride, activation, x, w, b, gy):
     )
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
-@pytest.mark.parametrize("shape", [(2, 9, 8, 3, 4, 5, 2), (3, 6, 6, 2, 3, 2, 1)])
-def test_conv_check_backward(activation, shape):
-    n_b, n_h, n_w, n_c, k, n_o, stride = shape
-    rng = np.random.RandomState(0)
-    x = rng.uniform(-1, 1, (n_b, n_h, n_w, n_c))
-    w = rng.uniform(-1, 1, (k, k, n_c, n_o))
-    b = rng.uniform(-1, 1, n_o)
-    n_oh, n_ow = (n_h - k) // stride + 1, (n_w - k) // stride + 1
-    gy = rng.uniform(-1, 1, (n_b, n_oh, n_ow, n_o))
-    _check_backward(fc.Conv2DNHWC, stride, activation, x, w, b, gy)
+# (B, H, W, C, k, O, stride) of each node's gradient check; conv draws from seed 0,
+# deconv from seed 1
+CHECK_CASES = [
+    (fc.Conv2DNHWC, (2, 9, 8, 3, 4, 5, 2)),
+    (fc.Conv2DNHWC, (3, 6, 6, 2, 3, 2, 1)),
+    (fc.Deconv2DNHWC, (2, 3, 4, 3, 4, 2, 2)),
+    (fc.Deconv2DNHWC, (2, 1, 1, 5, 5, 3, 2)),
+    (fc.Deconv2DNHWC, (1, 3, 2, 2, 3, 2, 1)),
+]
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
-@pytest.mark.parametrize(
-    "shape", [(2, 3, 4, 3, 4, 2, 2), (2, 1, 1, 5, 5, 3, 2), (1, 3, 2, 2, 3, 2, 1)]
-)
-def test_deconv_check_backward(activation, shape):
+@pytest.mark.parametrize("node_class, shape", CHECK_CASES)
+def test_check_backward(activation, node_class, shape):
     n_b, n_h, n_w, n_c, k, n_o, stride = shape
-    rng = np.random.RandomState(1)
+    conv = node_class is fc.Conv2DNHWC
+    rng = np.random.RandomState(0 if conv else 1)
     x = rng.uniform(-1, 1, (n_b, n_h, n_w, n_c))
-    w = rng.uniform(-1, 1, (n_c, k, k, n_o))
+    w = rng.uniform(-1, 1, (k, k, n_c, n_o) if conv else (n_c, k, k, n_o))
     b = rng.uniform(-1, 1, n_o)
-    gy = rng.uniform(-1, 1, (n_b, (n_h - 1) * stride + k, (n_w - 1) * stride + k, n_o))
-    _check_backward(fc.Deconv2DNHWC, stride, activation, x, w, b, gy)
+    if conv:
+        out = ((n_h - k) // stride + 1, (n_w - k) // stride + 1)
+    else:
+        out = ((n_h - 1) * stride + k, (n_w - 1) * stride + k)
+    gy = rng.uniform(-1, 1, (n_b, *out, n_o))
+    _check_backward(node_class, stride, activation, x, w, b, gy)
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,14 @@ import chainer.functions as F
 import numpy as np
 import pytest
 from chainer import serializers
-from cli_helpers import assert_events_match_log, one_line_error, run, run_here
+from cli_helpers import (
+    assert_events_match_log,
+    assert_refused,
+    bad_flags,
+    one_line_error,
+    run,
+    run_here,
+)
 
 from lib import manifest, training
 from lib.control import lookahead_planner as la
@@ -647,21 +654,9 @@ def test_train_lookahead_no_pixels_and_its_refusals(data_dir):
     assert not (models / "lookahead.npz").exists()
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--explore", "1.5"], "--explore"),
-        (["--keep-safe", "-0.1"], "--keep-safe"),
-        (["--rounds", "0"], "--rounds"),
-        (["--heads", "0"], "--heads"),
-        (["--resume", "--overwrite"], "exclude each other"),
-        (["--trunk", "conv", "--no-pixels"], "--trunk dense"),
-        (["--trunk", "lstm"], "--trunk"),
-    ],
-)
+@pytest.mark.parametrize("args, words", bad_flags("07b_train_lookahead.py"))
 def test_train_lookahead_refuses_bad_flags(args, words, tmp_path):
-    line = one_line_error(run_here("07b_train_lookahead.py", *args, "--data-dir", tmp_path))
-    assert words in line
+    assert_refused("07b_train_lookahead.py", args, words, tmp_path)
 
 
 def test_train_lookahead_needs_the_agent(tmp_path):

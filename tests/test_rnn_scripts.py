@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import cli_helpers
 import numpy as np
 import pytest
 from cli_helpers import (
@@ -243,21 +244,9 @@ def test_draw_rnn_result(trained_v, tmp_path):
     assert "rnn_reward_dream.gif" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--mode", "bogus"], "--mode"),
-        (["--epochs", "0"], "--epochs"),
-        (["--ss-max", "2"], "--ss-max"),
-        (["--task-weight", "-1"], "--task-weight"),
-        (["--gpu", "0"], "CuPy"),
-    ],
-)
+@pytest.mark.parametrize("args, needle", cli_helpers.bad_flags("04_train_rnn.py"))
 def test_bad_flags(trained_v, tmp_path, args, needle):
-    d = copy_data(trained_v, tmp_path)
-    line = one_line_error(run_here("04_train_rnn.py", *args, "--data-dir", d))
-    assert needle in line
-    assert not (d / "models" / "rnn_window.npz").exists()
+    cli_helpers.assert_refused("04_train_rnn.py", args, needle, copy_data(trained_v, tmp_path))
 
 
 def test_no_vae_and_empty_data(tmp_path, trained_v):

@@ -82,3 +82,12 @@ def test_epoch_means_since_last_is_each_batchs_mean_from_a_resumed_epoch_too():
     resumed.add({"loss": 4.0}, 2)
     assert resumed.since_last() == {"loss": 4.0}
     assert resumed.since_last() == {"loss": 0.0}  # nothing added since
+
+
+def test_data_line():
+    assert (
+        training.data_line("9 frames", "3 frames", "no loss") == "train: 9 frames; test: 3 frames"
+    )
+    assert (
+        training.data_line("9 frames", None, "no loss") == "train: 9 frames; no test split: no loss"
+    )

@@ -7,6 +7,7 @@ import os
 import shutil
 import zipfile
 
+import cli_helpers
 import numpy as np
 import pytest
 from cli_helpers import assert_events_match_log, assert_same_arrays, one_line_error, run, run_here
@@ -121,24 +122,9 @@ def test_refuses_to_overwrite_and_mismatched_resume(vae_data, tmp_path):
     assert (d / "models" / "vae.npz").read_bytes() == before
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--epochs", "-1"], "--epochs"),
-        (["--epochs", "x"], "--epochs"),
-        (["--max_samples", "0"], "--max_samples"),
-        (["--lr", "0"], "--lr"),
-        (["--gpu", "0"], "CuPy"),
-        (["--resume"], "not found"),
-        (["--map-side", "14"], "add --spatial"),
-        (["--spatial", "2", "--map-side", "10"], "--map-side"),
-    ],
-)
+@pytest.mark.parametrize("args, needle", cli_helpers.bad_flags("03_train_vae.py"))
 def test_bad_input_one_line(vae_data, tmp_path, args, needle):
-    d = copy_data(vae_data, tmp_path)
-    line = one_line_error(run_here("03_train_vae.py", *args, "--data-dir", d))
-    assert needle in line
-    assert not (d / "models" / "vae.npz").exists()
+    cli_helpers.assert_refused("03_train_vae.py", args, needle, copy_data(vae_data, tmp_path))
 
 
 def test_missing_data_says_what_to_run(tmp_path):

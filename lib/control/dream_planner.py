@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 from chainer import backend
 
+from lib import validate
 from lib.control.agent import EpisodeStreams, PlanningAgent
 from lib.devices import to_host
 from lib.kernels import mdn
@@ -94,30 +95,20 @@ class PlanSettings:
         margin=MARGIN,
         done_pos_weight=1.0,
     ):
-        for name, value in (
-            ("horizon", horizon),
-            ("candidates", candidates),
-            ("cem_iters", cem_iters),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value}")
-        for name, value in (("sigma", sigma), ("tau", tau), ("margin", margin)):
-            if not 0 <= value < float("inf"):
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        horizon, candidates, cem_iters = validate.counts(
+            horizon=horizon, candidates=candidates, cem_iters=cem_iters
+        )
+        sigma, tau, margin = validate.non_negatives(sigma=sigma, tau=tau, margin=margin)
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if not done_pos_weight > 0:
             raise ValueError(f"done_pos_weight must be > 0, got {done_pos_weight}")
-        self.horizon = int(horizon)
-        self.candidates = int(candidates)
-        self.cem_iters = int(cem_iters)
-        self.sigma = float(sigma)
-        self.tau = float(tau)
-        self.gamma = float(gamma)
+        self.horizon, self.candidates, self.cem_iters = horizon, candidates, cem_iters
+        self.sigma, self.tau, self.gamma = sigma, tau, float(gamma)
         self.elites = max(1, self.candidates // 8) if elites is None else int(elites)
         if not 1 <= self.elites <= self.candidates:
             raise ValueError(f"elites must be in [1, candidates], got {elites}")
-        self.margin = float(margin)
+        self.margin = margin
         self.done_pos_weight = float(done_pos_weight)
 
     def to_dict(self):

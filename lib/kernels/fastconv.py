@@ -447,12 +447,27 @@ def _use_fast(x):
     return isinstance(array, np.ndarray) and getattr(chainer.config, "fastconv", True)
 
 
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
 def _activate(h, activation):
     if activation == "relu":
         return F.relu(h)
     if activation == "sigmoid":
         return F.sigmoid(h)
     return h
+
+
+def _apply(node_class, chainer_op, w_perm, x, W, b, stride, activation):
+    """`node_class`'s fused node where it runs (`_use_fast`), else Chainer's `chainer_op`
+    on NCHW transposes (W's axes permuted by `w_perm`), then the activation."""
+    _check_activation(activation)
+    if _use_fast(x):
+        return node_class(stride, activation).apply((x, W, b))[0]
+    h = chainer_op(F.transpose(x, (0, 3, 1, 2)), F.transpose(W, w_perm), b, stride=stride)
+    return F.transpose(_activate(h, activation), (0, 2, 3, 1))
 
 
 def conv2d_nhwc(x, W, b, stride=2, activation="relu"):
@@ -468,37 +483,15 @@ def conv2d_nhwc(x, W, b, stride=2, activation="relu"):
     Returns:
         (B, Ho, Wo, O) Variable, `Ho = (H - kh) // stride + 1`.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if _use_fast(x):
-        return Conv2DNHWC(stride, activation).apply((x, W, b))[0]
-    h = F.convolution_2d(
-        F.transpose(x, (0, 3, 1, 2)), F.transpose(W, (3, 2, 0, 1)), b, stride=stride
-    )
-    return F.transpose(_activate(h, activation), (0, 2, 3, 1))
+    return _apply(Conv2DNHWC, F.convolution_2d, (3, 2, 0, 1), x, W, b, stride, activation)
 
 
 def deconv2d_nhwc(x, W, b, stride=2, activation="relu"):
-    """Strided transposed convolution of NHWC maps, then an activation.
-
-    Args:
-        x: (B, H, W, C) float Variable or array.
-        W: (C, kh, kw, O) float Variable or array.
-        b: (O,) float Variable or array.
-        stride: int, the same along both axes.
-        activation: None, "relu" or "sigmoid".
-
-    Returns:
-        (B, Ho, Wo, O) Variable, `Ho = (H - 1) * stride + kh`.
+    """Strided transposed convolution of NHWC maps, then an activation; the
+    transpose of `conv2d_nhwc`, whose arguments it shares except for `W`, here
+    (C, kh, kw, O). Returns (B, Ho, Wo, O), `Ho = (H - 1) * stride + kh`.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if _use_fast(x):
-        return Deconv2DNHWC(stride, activation).apply((x, W, b))[0]
-    h = F.deconvolution_2d(
-        F.transpose(x, (0, 3, 1, 2)), F.transpose(W, (0, 3, 1, 2)), b, stride=stride
-    )
-    return F.transpose(_activate(h, activation), (0, 2, 3, 1))
+    return _apply(Deconv2DNHWC, F.deconvolution_2d, (0, 3, 1, 2), x, W, b, stride, activation)
 
 
 # ---------------------------------------------------------------------------
@@ -561,24 +554,35 @@ def _as_initializer(value):
 class _NHWCLink(chainer.Link):
     """What the two links share: W initialised in Chainer's layout, then permuted to
     this module's, and b at zeros (created in that order, as Chainer's links do).
+    Subclasses set `_transposed` (W's Chainer layout (C, O, k, k) instead of
+    (O, C, k, k)), `_perm` (the axes of that layout in this module's) and `_op`.
 
     Args:
-        chainer_shape: W's shape in Chainer's layout, in which `initialW` draws.
-        perm: the axes of `chainer_shape` in this module's layout.
-        stride, activation, initialW: as in the subclasses.
+        in_channels, out_channels, ksize, stride, activation, initialW: as in the
+            subclasses.
     """
 
-    def __init__(self, chainer_shape, perm, stride, activation, initialW):
+    _transposed: bool
+    _perm: tuple
+
+    def __init__(
+        self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
+    ):
         super().__init__()
         self.stride = stride
         self.activation = activation
-        out_channels = chainer_shape[perm[-1]]
+        pair = (in_channels, out_channels) if self._transposed else (out_channels, in_channels)
+        chainer_shape = (*pair, ksize, ksize)
         with self.init_scope():
             self.W = chainer.Parameter(
-                _Permuted(_as_initializer(initialW), chainer_shape, perm),
-                tuple(chainer_shape[a] for a in perm),
+                _Permuted(_as_initializer(initialW), chainer_shape, self._perm),
+                tuple(chainer_shape[a] for a in self._perm),
             )
             self.b = chainer.Parameter(0.0, (out_channels,))
+
+    def forward(self, x):
+        """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
+        return self._op(x, self.W, self.b, self.stride, self.activation)
 
 
 class ConvolutionNHWC(_NHWCLink):
@@ -598,16 +602,9 @@ class ConvolutionNHWC(_NHWCLink):
         b: (O,) float32 Parameter, zeros at start.
     """
 
-    def __init__(
-        self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
-    ):
-        super().__init__(
-            (out_channels, in_channels, ksize, ksize), (2, 3, 1, 0), stride, activation, initialW
-        )
-
-    def forward(self, x):
-        """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
-        return conv2d_nhwc(x, self.W, self.b, self.stride, self.activation)
+    _transposed = False
+    _perm = (2, 3, 1, 0)
+    _op = staticmethod(conv2d_nhwc)
 
 
 class DeconvolutionNHWC(_NHWCLink):
@@ -617,13 +614,6 @@ class DeconvolutionNHWC(_NHWCLink):
     (C, O, kh, kw) layout for deconvolutions, and W is (C, k, k, O).
     """
 
-    def __init__(
-        self, in_channels, out_channels, ksize, stride=2, activation="relu", initialW=None
-    ):
-        super().__init__(
-            (in_channels, out_channels, ksize, ksize), (0, 2, 3, 1), stride, activation, initialW
-        )
-
-    def forward(self, x):
-        """(B, H, W, C) float -> (B, Ho, Wo, O) Variable."""
-        return deconv2d_nhwc(x, self.W, self.b, self.stride, self.activation)
+    _transposed = True
+    _perm = (0, 2, 3, 1)
+    _op = staticmethod(deconv2d_nhwc)

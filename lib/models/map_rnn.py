@@ -38,6 +38,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 
+from lib import validate
 from lib.kernels import sparse_warp
 from lib.kernels.fastconv import ConvolutionNHWC
 from lib.kernels.map_lstm import cell_step, map_lstm
@@ -100,11 +101,13 @@ class MapRNN(chainer.Chain):
         log_sigma_max=4.0,
     ):
         super().__init__()
-        for name, value in (("side", side), ("channels", channels), ("n_mixtures", n_mixtures),
-                            ("action_size", action_size), ("kernel", kernel)):  # fmt: skip
-            if int(value) < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        side = int(side)
+        side, channels, n_mixtures, action_size, kernel = validate.counts(
+            side=side,
+            channels=channels,
+            n_mixtures=n_mixtures,
+            action_size=action_size,
+            kernel=kernel,
+        )
         if side < 2 or int(z_size) % (side * side):
             raise ValueError(f"z_size {z_size} is not a {side}x{side} map of latents")
         if int(kernel) % 2 == 0:

@@ -37,6 +37,7 @@ import chainer.links as L
 import numpy as np
 from chainer import backend, initializers
 
+from lib import validate
 from lib.env import socnavenv as sn
 from lib.kernels import fast_lstm, mdn, runtime
 from lib.models.task_head import task_loss
@@ -302,20 +303,11 @@ class MDNRNN(chainer.Chain):
         # capacity goes to what changes. Consecutive frames differ little, and
         # a plain M needs many epochs just to learn to copy z.
         self.residual = bool(residual)
-        for name, value in (
-            ("z_size", z_size),
-            ("action_size", action_size),
-            ("hidden_size", hidden_size),
-            ("n_mixtures", n_mixtures),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
+        self.z_size, self.action_size, self.hidden_size, self.n_mixtures = validate.counts(
+            z_size=z_size, action_size=action_size, hidden_size=hidden_size, n_mixtures=n_mixtures
+        )
         if not log_sigma_min < log_sigma_max:
             raise ValueError(f"empty log-sigma range [{log_sigma_min}, {log_sigma_max}]")
-        self.z_size = int(z_size)
-        self.action_size = int(action_size)
-        self.hidden_size = int(hidden_size)
-        self.n_mixtures = int(n_mixtures)
         self.reward_head = bool(reward_head)
         self.done_head = bool(done_head)
         self.log_sigma_min = float(log_sigma_min)
