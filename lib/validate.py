@@ -7,6 +7,11 @@ import math
 import numbers
 
 
+def _finite_real(value) -> bool:
+    """A finite real number, not a bool (which Python counts as an int)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def counts(**values) -> list[int]:
     """The values as ints, in the order given.
 
@@ -15,8 +20,7 @@ def counts(**values) -> list[int]:
     """
     out = []
     for name, value in values.items():
-        whole = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (whole and math.isfinite(value) and value >= 1 and int(value) == value):
+        if not (_finite_real(value) and value >= 1 and int(value) == value):
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
         out.append(int(value))
     return out
@@ -30,8 +34,7 @@ def non_negatives(**values) -> list[float]:
     """
     out = []
     for name, value in values.items():
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (real and value >= 0 and math.isfinite(value)):
+        if not (_finite_real(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
         out.append(float(value))
     return out

@@ -98,14 +98,15 @@ def sync(run_dir: str, root: str = ROOT, prefix: str = "") -> list[str]:
         if (name.startswith(lead) if prefix else "/" not in name)
     )
     results = os.path.join(run_dir, "results")
-    missing = [n for n in names if not os.path.exists(os.path.join(results, n[len(lead) :]))]
+    files = {name: name[len(lead) :] for name in names}  # the block's name in the run
+    missing = [f for f in files.values() if not os.path.exists(os.path.join(results, f))]
     if missing:
-        raise FileNotFoundError(f"{results} has no {', '.join(n[len(lead) :] for n in missing)}")
+        raise FileNotFoundError(f"{results} has no {', '.join(missing)}")
     tables = {}
     copies = os.path.join(root, "docs", "results", prefix)
     os.makedirs(copies, exist_ok=True)
-    for name in names:
-        src = os.path.join(results, name[len(lead) :])
+    for name, file in files.items():
+        src = os.path.join(results, file)
         with open(src) as f:
             tables[name] = f.read()
         shutil.copyfile(src, os.path.join(copies, os.path.basename(src)))
@@ -141,12 +142,12 @@ def write_source(run_dir: str, names: list[str], copies: str, prefix: str = "") 
             f"`{run_dir}/results/`: {', '.join(f'`{n}`' for n in names)}."
         ),
     ]
-    stamps = ".paper" if prefix == "paper" else ".agent"
+    recipe = "paper" if prefix == "paper" else "agent"  # the Makefile target that ran
+    stamps = f".{recipe}"
     times = os.path.join(run_dir, stamps, "times.txt")
     if os.path.exists(times):
         with open(times) as f:
             steps = [line.strip() for line in f if line.strip()]
-        recipe = "paper" if prefix == "paper" else "agent"
         lines += ["", f"The run's wall time per `make {recipe}` step (`{stamps}/times.txt`):", ""]
         lines += [f"- {step}" for step in steps]
     with open(os.path.join(copies, "SOURCE.md"), "w") as f:
