@@ -142,6 +142,14 @@ def parse_args(argv=None):
         "convolution over the cells' [h, warped z], which can undo the blur the warp's "
         "interpolation leaves in the latents)",
     )
+    p.add_argument(
+        "--map-transport",
+        action="store_true",
+        help="--arch map: predict each cell's next latents from its 3 x 3 neighbours' "
+        "warped latents, carried by weights the head predicts (a softmax over the nine), "
+        "plus the mixture's offsets, so M can move a person across cells (beyond the "
+        "paper; off: the offsets are added to the cell's own warped latents)",
+    )
     p.add_argument("--mixtures", type=cli.positive_int, default=5, help="Gaussians per latent dim")
     p.add_argument(
         "--residual",
@@ -260,6 +268,8 @@ def parse_args(argv=None):
         p.error(f"--open-loop dreams blocks of inputs in --mode dream, not {args.mode}")
     if args.map_head_kernel % 2 == 0:
         p.error(f"--map-head-kernel must be odd, got {args.map_head_kernel}")
+    if args.map_transport and args.arch != "map":
+        p.error("--map-transport needs --arch map (it moves latents across the map's cells)")
     if args.rollout_steps and args.arch != "map":
         p.error("--rollout-steps needs --arch map (the dense M has no differentiable rollout)")
     if args.rollout_endings > 1:
@@ -477,7 +487,7 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
         return {
             "arch": "map", "z_size": z_size, "side": len(offsets), "offsets": offsets.tolist(),
             "action_size": action_size, "channels": args.map_channels, "n_mixtures": args.mixtures,
-            "head_kernel": args.map_head_kernel,
+            "head_kernel": args.map_head_kernel, "transport": args.map_transport,
         }  # fmt: skip
     config = {
         "z_size": z_size,

@@ -139,8 +139,11 @@ def batch(b=2, t=5, z_size=18, seed=0):
     return z, a, rng.normal(size=(b, t, z_size)).astype(np.float32)
 
 
-def test_shapes_and_the_config_round_trip():
-    m = tiny(outcome_head=True, head_kernel=3)
+@pytest.mark.parametrize("transport", [False, True])
+def test_shapes_and_the_config_round_trip(transport):
+    m = tiny(outcome_head=True, head_kernel=3, transport=transport)
+    assert m.config()["transport"] is transport
+    assert m.mdn.b.shape == (3 * 2 * 2 + 9 * transport,)
     assert m.hidden_size == 27 and m.can_dream and m.arch == "map"
     z, a, _ = batch()
     out = m(z, a)
@@ -176,11 +179,26 @@ def test_bad_configs_are_refused(kw, needle):
         tiny(**kw)
 
 
-@pytest.mark.parametrize("head_kernel", [1, 3])
-def test_stepping_repeats_the_training_graph(head_kernel):
+KERNELS_AND_TRANSPORT = [(1, False), (3, False), (1, True), (3, True)]
+
+
+def rough_head(m, seed=5):
+    """Gives the mixture head random weights of unit scale, so that a transport's
+    weights are far from the untrained identity."""
+    rng = np.random.default_rng(seed)
+    m.mdn.W.array[...] = rng.normal(size=m.mdn.W.shape).astype(np.float32)
+    m.mdn.b.array[...] = rng.normal(size=m.mdn.b.shape).astype(np.float32)
+    return m
+
+
+@pytest.mark.parametrize("head_kernel, transport", KERNELS_AND_TRANSPORT)
+def test_stepping_repeats_the_training_graph(head_kernel, transport):
     """`step`, one agent step at a time, gives the states, mixtures and heads of the
-    whole-sequence `forward` (the mixture head per cell, or over 3 x 3 cells)."""
-    m = tiny(outcome_head=True, head_kernel=head_kernel)
+    whole-sequence `forward` (the mixture head per cell, or over 3 x 3 cells; with
+    and without the transport)."""
+    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport)
+    if transport:
+        rough_head(m)
     z, a, _ = batch(t=6)
     with chainer.no_backprop_mode():
         out = m(z, a)
@@ -208,9 +226,35 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
 
 
-@pytest.mark.parametrize("head_kernel", [1, 3])
-def test_the_step_head_on_arrays_is_the_graph_head_bit_for_bit(head_kernel):
-    m = tiny(head_kernel=head_kernel)
+def test_the_transport_moves_each_cell_from_the_neighbour_it_picks():
+    """A transport that puts all its weight on one tap moves the whole warped map by one
+    cell (the edge repeated); the untrained one keeps about 95 % in place."""
+    m = tiny(transport=True)
+    z, a, _ = batch(t=1)
+    taps = ego_warp.warp_taps(a[:, 0], m.offsets)
+    warped = ego_warp.warp_maps(z[:, 0].reshape(2, 9, 2), taps).reshape(2, 3, 3, 2)
+    m.mdn.W.array[...] = 0
+    untrained = m.step(z[:, 0], a[:, 0]).mixture.mu[:, :, 0].reshape(2, 3, 3, 2)
+    centre_share = np.exp(5.0) / (np.exp(5.0) + 8)
+    assert centre_share == pytest.approx(0.95, abs=0.005)
+    np.testing.assert_allclose(untrained[:, 1, 1], warped[:, 1, 1] * centre_share
+        + (warped.sum(axis=(1, 2)) - warped[:, 1, 1]) * (1 - centre_share) / 8, atol=1e-5)  # fmt: skip
+    m.mdn.b.array[...] = 0
+    m.mdn.b.array[-9 + 1] = 50.0  # tap 1: the row above (di = 0), same column (dj = 1)
+    mu = m.step(z[:, 0], a[:, 0]).mixture.mu[:, :, 0].reshape(2, 3, 3, 2)
+    rows_above = np.concatenate([warped[:, :1], warped[:, :2]], axis=1)
+    np.testing.assert_allclose(mu, rows_above, atol=1e-6)
+    m.mdn.b.array[-9 + 1], m.mdn.b.array[-9 + 5] = 0.0, 50.0  # tap 5: the column right
+    mu = m.step(z[:, 0], a[:, 0]).mixture.mu[:, :, 1].reshape(2, 3, 3, 2)
+    np.testing.assert_allclose(mu, np.concatenate([warped[:, :, 1:], warped[:, :, 2:]], 2),
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("head_kernel, transport", KERNELS_AND_TRANSPORT)
+def test_the_step_head_on_arrays_is_the_graph_head_bit_for_bit(head_kernel, transport):
+    m = tiny(head_kernel=head_kernel, transport=transport)
+    if transport:
+        rough_head(m)
     rng = np.random.default_rng(3)
     h = rng.standard_normal((4, m.hidden_size)).astype(np.float32)
     z_warped = rng.standard_normal((4, m.z_size)).astype(np.float32)
@@ -237,11 +281,14 @@ def directional_derivatives(model, value, eps=1e-3):
     return analytic, (values[0] - values[1]) / (2 * eps)
 
 
-@pytest.mark.parametrize("head_kernel", [1, 3])
-def test_gradients_match_finite_differences(head_kernel):
+@pytest.mark.parametrize("head_kernel, transport", [(1, False), (3, False), (3, True)])
+def test_gradients_match_finite_differences(head_kernel, transport):
     """The loss's gradient along a random direction of all parameters (and of the
-    inputs) matches central differences."""
-    m = tiny(outcome_head=True, head_kernel=head_kernel)
+    inputs) matches central differences, the transport's weights included."""
+    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport)
+    if transport:
+        rough_head(m)
+        m.mdn.W.array *= 0.3
     loss_fn = MDNRNNLoss(m)
     z, a, z_next = batch(t=4)
     reward = np.full((2, 4), -0.01, np.float32)
@@ -257,11 +304,14 @@ def test_gradients_match_finite_differences(head_kernel):
     assert abs(analytic) > 1e-2  # the check is not vacuous
 
 
-def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states():
+@pytest.mark.parametrize("transport", [False, True])
+def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states(transport):
     """`MapRNN.rollout` (the rollout loss's graph) dreams what `step` and `sample` at
     tau 0 dream; `forward`'s cells are the c that stepping carries (here with the 3 x 3
-    mixture head)."""
-    m = tiny(outcome_head=True, head_kernel=3)
+    mixture head, with and without the transport)."""
+    m = tiny(outcome_head=True, head_kernel=3, transport=transport)
+    if transport:
+        rough_head(m)
     z, a, _ = batch(t=6)
     with chainer.no_backprop_mode():
         out = m(z, a)
@@ -410,11 +460,13 @@ def weights(d):
 
 
 def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
+    """Here with the transport (--map-transport); the 14 x 14 test below trains without."""
     a = copy_data(spatial_v, tmp_path / "a")
-    train(a)
+    train(a, "--map-transport")
     sidecar = json.loads((a / "models" / "rnn_dream.json").read_text())
     config = sidecar["config"]
     assert config["arch"] == "map" and config["side"] == 6 and config["channels"] == 3
+    assert config["transport"] is True
     assert sidecar["z_source"] == "mean"
     # trained on V's means, its held-out copy baseline is the means' (no posterior noise)
     log = (a / "models" / "rnn_dream_log.csv").read_text().splitlines()
@@ -428,9 +480,9 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert isinstance(rnn, MapRNN) and rnn.hidden_size == 3 * 36 and rnn.can_dream
     # Interrupted after one batch, then resumed: the same weights, bit for bit.
     b = copy_data(spatial_v, tmp_path / "b")
-    stopped = train(b, "--max-iterations", 1)
+    stopped = train(b, "--max-iterations", 1, "--map-transport")
     assert "continue with --resume" in stopped.stdout
-    train(b, "--resume")
+    train(b, "--resume", "--map-transport")
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and len(wa) > 5
     for k in wa:
@@ -452,7 +504,7 @@ def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
     np.testing.assert_allclose(offsets, 3.375 - 0.5 * np.arange(14))
     train(d, "--epochs", 1, "--overwrite")
     config = json.loads((d / "models" / "rnn_dream.json").read_text())["config"]
-    assert config["side"] == 14
+    assert config["side"] == 14 and config["transport"] is False
     np.testing.assert_allclose(config["offsets"], offsets)
     rnn, _ = saved_models.load_rnn(str(d), "dream", 196)
     assert rnn.hidden_size == 3 * 196
@@ -477,6 +529,7 @@ def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
         (["--rollout-steps", "5", "--mode", "window"], "--arch map"),
         (["--rollout-starts", "0"], "--rollout-starts"),
         (["--map-head-kernel", "2"], "--map-head-kernel"),
+        (["--map-transport"], "--map-transport needs --arch map"),
         (["--arch", "map", "--rollout-steps", "5", "--rollout-endings", "1.5"], "[0, 1]"),
         (["--arch", "map", "--rollout-endings", "0.5"], "add --rollout-steps"),
     ],

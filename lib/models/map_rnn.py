@@ -17,6 +17,13 @@ state as a map of the same grid and predicts the next map cell by cell:
 3. The mixture head (per cell, linear in [warped h, warped z_t]) predicts z_{t+1}
    per cell as the warped z_t plus a mixture of offsets: what does not move in the
    room is predicted by the warp alone; capacity goes to the people.
+   With `transport=True` the mean's base is not the warped z itself but the warped
+   z carried to each cell from its 3 x 3 neighbours, by weights (a softmax over the
+   nine) that the same head predicts from [h, warped z]: a person that the state knows
+   to be walking left is moved one cell's share to the left each step, in the latents
+   themselves (dynamic neural advection, Finn et al. 2016, over V's latent map). A
+   linear head can only add an offset that does not depend on what the neighbour holds;
+   the transport multiplies them, so moving content costs no capacity.
 4. The outcome head (how the step ends) and the running reward read the whole
    warped h map, flattened.
 
@@ -53,6 +60,8 @@ from lib.models.mdn_rnn import (
 )
 
 ARCHS = ("lstm", "map")  # 04 --arch: the paper's dense MDN-LSTM, or this one
+TRANSPORT_TAPS = 9  # a cell's 3 x 3 neighbourhood, row-major: the centre is tap 4
+TRANSPORT_CENTRE_BIAS = 5.0  # e^5 / (e^5 + 8): the untrained transport keeps 95 % in place
 
 
 class MapRNN(chainer.Chain):
@@ -72,6 +81,8 @@ class MapRNN(chainer.Chain):
         head_kernel: odd size of the mixture head's view: 1 reads each cell's [h, warped
             z] alone; 3 a convolution over its 3 x 3 neighbourhood, so the head can undo
             the blur that the warp's bilinear interpolation leaves in the latents.
+        transport: bool, carry the warped z to each cell from its 3 x 3 neighbours by
+            predicted weights before adding the offsets (see the module's text).
         shaping_bound, outcome_weights, log_sigma_min, log_sigma_max: as `MDNRNN`.
 
     Raises:
@@ -95,6 +106,7 @@ class MapRNN(chainer.Chain):
         kernel=3,
         outcome_head=False,
         head_kernel=1,
+        transport=False,
         shaping_bound=0.02,
         outcome_weights=None,
         log_sigma_min=-7.0,
@@ -130,6 +142,7 @@ class MapRNN(chainer.Chain):
         self.kernel = int(kernel)
         self.log_sigma_min, self.log_sigma_max = float(log_sigma_min), float(log_sigma_max)
         self.outcome_head = bool(outcome_head)
+        self.transport = bool(transport)
         self.shaping_bound, self.outcome_weights = checked_heads(shaping_bound, outcome_weights)
         # The cells' coordinates, in units of the view's half side: where the robot is.
         o = np.asarray(self.offsets, np.float32) / max(abs(self.offsets[0]), 1e-6)
@@ -139,7 +152,7 @@ class MapRNN(chainer.Chain):
         with self.init_scope():
             # The gates from [z map, a, coords, h], NHWC ("same" padding added by hand).
             self.gates = ConvolutionNHWC(n_in, 4 * ch, k, stride=1, activation=None)
-            n_out = 3 * self.n_mixtures * self.latents
+            n_out = 3 * self.n_mixtures * self.latents + (TRANSPORT_TAPS if self.transport else 0)
             if self.head_kernel == 1:
                 self.mdn = L.Linear(ch + self.latents, n_out)
             else:
@@ -150,6 +163,9 @@ class MapRNN(chainer.Chain):
                 self.outcome = L.Linear(self.hidden_size, len(OUTCOME_CLASSES))
                 self.shaping = L.Linear(self.hidden_size, 1)
         self.gates.b.array[2 * ch : 3 * ch] = 1.0  # forget gate, as MDNRNN's (a, i, f, o)
+        if self.transport:  # start near the identity: the centre holds about 95 %
+            self.mdn.b.array[-TRANSPORT_TAPS:] = 0.0
+            self.mdn.b.array[-TRANSPORT_TAPS + TRANSPORT_TAPS // 2] = TRANSPORT_CENTRE_BIAS
 
     # Borrowed from MDNRNN: they only read the sizes and heads named above.
     can_dream = MDNRNN.can_dream
@@ -173,6 +189,7 @@ class MapRNN(chainer.Chain):
             "kernel": self.kernel,
             "outcome_head": self.outcome_head,
             "head_kernel": self.head_kernel,
+            "transport": self.transport,
             "shaping_bound": self.shaping_bound,
             "outcome_weights": self.outcome_weights,
             "log_sigma_min": self.log_sigma_min,
@@ -204,7 +221,7 @@ class MapRNN(chainer.Chain):
     def _head(self, h, z_warped):
         """The raw mixture (N, 3 * K_mix * Z) of z_{t+1} from the warped h (N, S² C)
         and the warped z_t (N, Z) (an array, or a Variable in a rollout): offsets from
-        the warped z."""
+        the warped z (carried by the transport when the M has one)."""
         n, s, k = h.shape[0], self.side, self.latents
         head_in = F.concat(
             [F.reshape(h, (n * s * s, self.channels)), F.reshape(z_warped, (n * s * s, k))]
@@ -219,11 +236,53 @@ class MapRNN(chainer.Chain):
                 "constant",
             )
             raw = self.mdn(maps)
+        raw = F.reshape(raw, (n, s * s, -1))
+        base = z_warped
+        if self.transport:
+            raw, logits = F.split_axis(raw, [3 * self.n_mixtures * k], axis=2)
+            base = self._transported(z_warped, logits)
         raw = F.reshape(raw, (n, s * s, 3, self.n_mixtures, k))
         raw = F.reshape(F.transpose(raw, (0, 2, 3, 1, 4)), (n, 3, self.n_mixtures, self.z_size))
         logit, mu, log_sigma = F.split_axis(raw, 3, axis=1)
-        mu = mu + F.broadcast_to(F.reshape(z_warped, (n, 1, 1, self.z_size)), mu.shape)
+        mu = mu + F.broadcast_to(F.reshape(base, (n, 1, 1, self.z_size)), mu.shape)
         return F.reshape(F.concat([logit, mu, log_sigma], axis=1), (n, -1))
+
+    def _transported(self, z_warped, logits):
+        """(N, Z): each cell's latents as the softmax(logits)-weighted sum of its 3 x 3
+        neighbours' (the map's edge repeated outside it), in Chainer functions.
+
+        Args:
+            z_warped: (N, Z) array or Variable; logits: (N, S², 9) Variable.
+        """
+        n, s, k = z_warped.shape[0], self.side, self.latents
+        zmap = F.reshape(z_warped, (n, s, s, k))
+        zmap = F.concat([zmap[:, :1], zmap, zmap[:, -1:]], axis=1)
+        zmap = F.concat([zmap[:, :, :1], zmap, zmap[:, :, -1:]], axis=2)
+        w = F.reshape(F.softmax(logits, axis=2), (n, s, s, TRANSPORT_TAPS, 1))
+        out = None
+        for tap in range(TRANSPORT_TAPS):
+            di, dj = divmod(tap, 3)
+            term = F.broadcast_to(w[:, :, :, tap], (n, s, s, k)) * zmap[:, di : di + s, dj : dj + s]
+            out = term if out is None else out + term
+        return F.reshape(out, (n, self.z_size))
+
+    def _transported_array(self, z_warped, logits):
+        """`_transported` on arrays, without a graph (the same operations in order)."""
+        xp = self.xp
+        n, s, k = z_warped.shape[0], self.side, self.latents
+        zmap = z_warped.reshape(n, s, s, k)
+        zmap = xp.concatenate([zmap[:, :1], zmap, zmap[:, -1:]], axis=1)
+        zmap = xp.concatenate([zmap[:, :, :1], zmap, zmap[:, :, -1:]], axis=2)
+        w = logits - logits.max(axis=2, keepdims=True)
+        w = xp.exp(w)
+        w /= w.sum(axis=2, keepdims=True)
+        w = w.reshape(n, s, s, TRANSPORT_TAPS, 1)
+        out = None
+        for tap in range(TRANSPORT_TAPS):
+            di, dj = divmod(tap, 3)
+            term = w[:, :, :, tap] * zmap[:, di : di + s, dj : dj + s]
+            out = term if out is None else out + term
+        return out.reshape(n, self.z_size)
 
     def _cell(self, x, taps, h, c):
         """One step in Chainer functions (the reference, and the path with
@@ -352,9 +411,14 @@ class MapRNN(chainer.Chain):
             pad = self.head_kernel // 2
             maps = xp.pad(head_in.reshape(n, s, s, -1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
             raw = self.mdn(maps).array
+        raw = raw.reshape(n, s * s, -1)
+        base = z_warped
+        if self.transport:
+            cut = 3 * self.n_mixtures * k
+            raw, base = raw[:, :, :cut], self._transported_array(z_warped, raw[:, :, cut:])
         raw = raw.reshape(n, s * s, 3, self.n_mixtures, k).transpose(0, 2, 3, 1, 4)
         raw = raw.reshape(n, 3, self.n_mixtures, self.z_size)
-        raw[:, 1] += z_warped.reshape(n, 1, self.z_size)
+        raw[:, 1] += base.reshape(n, 1, self.z_size)
         return raw.reshape(n, -1)
 
     def task_prediction(self, *args, **kwargs):
