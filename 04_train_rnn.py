@@ -150,6 +150,14 @@ def parse_args(argv=None):
         "plus the mixture's offsets, so M can move a person across cells (beyond the "
         "paper; off: the offsets are added to the cell's own warped latents)",
     )
+    p.add_argument(
+        "--map-outcome-hidden",
+        type=cli.non_negative_int,
+        default=0,
+        help="--arch map: 0 reads how a step ends linearly from the flattened h map; N > 0 "
+        "first runs a 3 x 3 convolution of N ReLU channels over the map, so a person near "
+        "the robot is one feature wherever it is (beyond the paper)",
+    )
     p.add_argument("--mixtures", type=cli.positive_int, default=5, help="Gaussians per latent dim")
     p.add_argument(
         "--residual",
@@ -268,6 +276,10 @@ def parse_args(argv=None):
         p.error(f"--open-loop dreams blocks of inputs in --mode dream, not {args.mode}")
     if args.map_head_kernel % 2 == 0:
         p.error(f"--map-head-kernel must be odd, got {args.map_head_kernel}")
+    if args.map_outcome_hidden and not (args.arch == "map" and args.outcome_head):
+        p.error(
+            "--map-outcome-hidden shapes the map M's outcome head: add --arch map --outcome-head"
+        )
     if args.map_transport and args.arch != "map":
         p.error("--map-transport needs --arch map (it moves latents across the map's cells)")
     if args.rollout_steps and args.arch != "map":
@@ -488,6 +500,7 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
             "arch": "map", "z_size": z_size, "side": len(offsets), "offsets": offsets.tolist(),
             "action_size": action_size, "channels": args.map_channels, "n_mixtures": args.mixtures,
             "head_kernel": args.map_head_kernel, "transport": args.map_transport,
+            "outcome_hidden": args.map_outcome_hidden,
         }  # fmt: skip
     config = {
         "z_size": z_size,

@@ -142,7 +142,7 @@ def batch(b=2, t=5, z_size=18, seed=0):
 @pytest.mark.parametrize("transport", [False, True])
 def test_shapes_and_the_config_round_trip(transport):
     m = tiny(outcome_head=True, head_kernel=3, transport=transport)
-    assert m.config()["transport"] is transport
+    assert m.config()["transport"] is transport and m.config()["outcome_hidden"] == 0
     assert m.mdn.b.shape == (3 * 2 * 2 + 9 * transport,)
     assert m.hidden_size == 27 and m.can_dream and m.arch == "map"
     z, a, _ = batch()
@@ -172,6 +172,9 @@ def test_shapes_and_the_config_round_trip(transport):
         ({"channels": 0}, "channels"),
         ({"outcome_weights": [1, 1]}, "outcome_weights"),
         ({"head_kernel": 2}, "head_kernel"),
+        ({"outcome_hidden": 3}, "needs outcome_head"),
+        ({"outcome_hidden": -1, "outcome_head": True}, "outcome_hidden"),
+        ({"outcome_hidden": 2.5, "outcome_head": True}, "outcome_hidden"),
     ],
 )
 def test_bad_configs_are_refused(kw, needle):
@@ -180,6 +183,8 @@ def test_bad_configs_are_refused(kw, needle):
 
 
 KERNELS_AND_TRANSPORT = [(1, False), (3, False), (1, True), (3, True)]
+# (head_kernel, transport, outcome_hidden): the variants the graph and stepping must share
+VARIANTS = [(k, t, 0) for k, t in KERNELS_AND_TRANSPORT] + [(3, False, 4)]
 
 
 def rough_head(m, seed=5):
@@ -191,12 +196,13 @@ def rough_head(m, seed=5):
     return m
 
 
-@pytest.mark.parametrize("head_kernel, transport", KERNELS_AND_TRANSPORT)
-def test_stepping_repeats_the_training_graph(head_kernel, transport):
+@pytest.mark.parametrize("head_kernel, transport, outcome_hidden", VARIANTS)
+def test_stepping_repeats_the_training_graph(head_kernel, transport, outcome_hidden):
     """`step`, one agent step at a time, gives the states, mixtures and heads of the
     whole-sequence `forward` (the mixture head per cell, or over 3 x 3 cells; with
-    and without the transport)."""
-    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport)
+    and without the transport; the outcome linear or convolutional)."""
+    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport,
+             outcome_hidden=outcome_hidden)  # fmt: skip
     if transport:
         rough_head(m)
     z, a, _ = batch(t=6)
@@ -212,6 +218,8 @@ def test_stepping_repeats_the_training_graph(head_kernel, transport):
             np.testing.assert_allclose(got, want, atol=1e-5)
         np.testing.assert_allclose(s.reward, out.reward.array[:, t], atol=1e-6)
         np.testing.assert_allclose(s.done_logit, out.done_logit.array[:, t], atol=1e-5)
+        want = m.outcome_values(out.outcome_logit.array[:, t], out.shaping.array[:, t])[2]
+        np.testing.assert_allclose(s.outcome, want, atol=1e-5)
 
 
 def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
@@ -281,11 +289,16 @@ def directional_derivatives(model, value, eps=1e-3):
     return analytic, (values[0] - values[1]) / (2 * eps)
 
 
-@pytest.mark.parametrize("head_kernel, transport", [(1, False), (3, False), (3, True)])
-def test_gradients_match_finite_differences(head_kernel, transport):
+@pytest.mark.parametrize(
+    "head_kernel, transport, outcome_hidden",
+    [(1, False, 0), (3, False, 0), (3, True, 0), (1, False, 4)],
+)
+def test_gradients_match_finite_differences(head_kernel, transport, outcome_hidden):
     """The loss's gradient along a random direction of all parameters (and of the
-    inputs) matches central differences, the transport's weights included."""
-    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport)
+    inputs) matches central differences, the transport's and the convolutional outcome
+    head's weights included."""
+    m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport,
+             outcome_hidden=outcome_hidden)  # fmt: skip
     if transport:
         rough_head(m)
         m.mdn.W.array *= 0.3
@@ -530,6 +543,8 @@ def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
         (["--rollout-starts", "0"], "--rollout-starts"),
         (["--map-head-kernel", "2"], "--map-head-kernel"),
         (["--map-transport"], "--map-transport needs --arch map"),
+        (["--arch", "map", "--map-outcome-hidden", "4"], "add --arch map --outcome-head"),
+        (["--map-outcome-hidden", "-1"], "--map-outcome-hidden"),
         (["--arch", "map", "--rollout-steps", "5", "--rollout-endings", "1.5"], "[0, 1]"),
         (["--arch", "map", "--rollout-endings", "0.5"], "add --rollout-steps"),
     ],

@@ -25,7 +25,9 @@ state as a map of the same grid and predicts the next map cell by cell:
    linear head can only add an offset that does not depend on what the neighbour holds;
    the transport multiplies them, so moving content costs no capacity.
 4. The outcome head (how the step ends) and the running reward read the whole
-   warped h map, flattened.
+   warped h map, flattened: linearly, or (`outcome_hidden=N`) the outcome through a
+   3 x 3 convolution of N ReLU channels over the map first (`MapOutcomeHead`), so that
+   "a person in this cell, coming this way" is one feature learnt for every cell.
 
 h, what C and the planners read, is the flattened warped h map (hidden_size =
 channels * S²). The interface is `MDNRNN`'s: `forward`, `step`, `initial_state`,
@@ -81,6 +83,8 @@ class MapRNN(chainer.Chain):
         head_kernel: odd size of the mixture head's view: 1 reads each cell's [h, warped
             z] alone; 3 a convolution over its 3 x 3 neighbourhood, so the head can undo
             the blur that the warp's bilinear interpolation leaves in the latents.
+        outcome_hidden: int, 0 for a linear outcome head over the flattened h map, or
+            the channels of `MapOutcomeHead`'s convolution.
         transport: bool, carry the warped z to each cell from its 3 x 3 neighbours by
             predicted weights before adding the offsets (see the module's text).
         shaping_bound, outcome_weights, log_sigma_min, log_sigma_max: as `MDNRNN`.
@@ -107,6 +111,7 @@ class MapRNN(chainer.Chain):
         outcome_head=False,
         head_kernel=1,
         transport=False,
+        outcome_hidden=0,
         shaping_bound=0.02,
         outcome_weights=None,
         log_sigma_min=-7.0,
@@ -143,6 +148,11 @@ class MapRNN(chainer.Chain):
         self.log_sigma_min, self.log_sigma_max = float(log_sigma_min), float(log_sigma_max)
         self.outcome_head = bool(outcome_head)
         self.transport = bool(transport)
+        self.outcome_hidden = (
+            validate.counts(outcome_hidden=outcome_hidden)[0] if outcome_hidden else 0
+        )
+        if self.outcome_hidden and not self.outcome_head:
+            raise ValueError("outcome_hidden shapes the outcome head: needs outcome_head=True")
         self.shaping_bound, self.outcome_weights = checked_heads(shaping_bound, outcome_weights)
         # The cells' coordinates, in units of the view's half side: where the robot is.
         o = np.asarray(self.offsets, np.float32) / max(abs(self.offsets[0]), 1e-6)
@@ -159,8 +169,11 @@ class MapRNN(chainer.Chain):
                 self.mdn = ConvolutionNHWC(
                     ch + self.latents, n_out, self.head_kernel, stride=1, activation=None
                 )
-            if self.outcome_head:
+            if self.outcome_hidden:
+                self.outcome = MapOutcomeHead(side, ch, self.outcome_hidden)
+            elif self.outcome_head:
                 self.outcome = L.Linear(self.hidden_size, len(OUTCOME_CLASSES))
+            if self.outcome_head:
                 self.shaping = L.Linear(self.hidden_size, 1)
         self.gates.b.array[2 * ch : 3 * ch] = 1.0  # forget gate, as MDNRNN's (a, i, f, o)
         if self.transport:  # start near the identity: the centre holds about 95 %
@@ -173,7 +186,17 @@ class MapRNN(chainer.Chain):
     split = MDNRNN.split
     scheduled_inputs = MDNRNN.scheduled_inputs
     open_loop_inputs = MDNRNN.open_loop_inputs
-    heads = MDNRNN.heads
+
+    def heads(self, h):
+        """The heads' readout of (B, H) states, no graph: (reward, done_logit, outcome)
+        (`MDNRNN.heads`, through `MapOutcomeHead` when the M has one)."""
+        if not self.outcome_hidden:
+            return MDNRNN.heads(self, h)
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            logit = self.outcome(h).array
+        shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
+        return self.outcome_values(logit, shaping)
+
     sample = MDNRNN.sample
 
     def config(self):
@@ -190,6 +213,7 @@ class MapRNN(chainer.Chain):
             "outcome_head": self.outcome_head,
             "head_kernel": self.head_kernel,
             "transport": self.transport,
+            "outcome_hidden": self.outcome_hidden,
             "shaping_bound": self.shaping_bound,
             "outcome_weights": self.outcome_weights,
             "log_sigma_min": self.log_sigma_min,
@@ -423,6 +447,28 @@ class MapRNN(chainer.Chain):
 
     def task_prediction(self, *args, **kwargs):
         raise ValueError("the map M has no task head (04 --task-weight needs --arch lstm)")
+
+
+class MapOutcomeHead(chainer.Chain):
+    """How a step ends, from the flattened (N, S² C) h map: a 3 x 3 convolution of
+    `hidden` ReLU channels over the map (zero-padded, NHWC), then linear over all cells.
+
+    Args:
+        side: int, S; channels: int, C; hidden: int, the convolution's channels.
+    """
+
+    def __init__(self, side, channels, hidden):
+        super().__init__()
+        self.side, self.channels, self.hidden = int(side), int(channels), int(hidden)
+        with self.init_scope():
+            self.conv = ConvolutionNHWC(self.channels, self.hidden, 3, stride=1, activation="relu")
+            self.out = L.Linear(self.hidden * self.side * self.side, len(OUTCOME_CLASSES))
+
+    def forward(self, h):
+        n, s = h.shape[0], self.side
+        maps = F.pad(F.reshape(h, (n, s, s, self.channels)), ((0, 0), (1, 1), (1, 1), (0, 0)),
+                     "constant")  # fmt: skip
+        return self.out(F.reshape(self.conv(maps), (n, -1)))
 
 
 def build_rnn(config: dict):
