@@ -21,9 +21,10 @@ state as a map of the same grid and predicts the next map cell by cell:
    z carried to each cell from its 3 x 3 neighbours, by weights (a softmax over the
    nine) that the same head predicts from [h, warped z]: a person that the state knows
    to be walking left is moved one cell's share to the left each step, in the latents
-   themselves (dynamic neural advection, Finn et al. 2016, over V's latent map). A
-   linear head can only add an offset that does not depend on what the neighbour holds;
-   the transport multiplies them, so moving content costs no capacity.
+   themselves (dynamic neural advection, Finn et al. 2016, over V's latent map). The
+   head alone is linear in [h, z]: the share of a neighbour's latents it takes cannot
+   depend on h (on where the state knows a person to be going); the transport's
+   weights are that product.
 4. The outcome head (how the step ends) and the running reward read the whole
    warped h map, flattened: linearly, or (`outcome_hidden=N`) the outcome through a
    3 x 3 convolution of N ReLU channels over the map first (`MapOutcomeHead`), so that
