@@ -177,8 +177,7 @@ class MapRNN(chainer.Chain):
             if self.outcome_head:
                 self.shaping = L.Linear(self.hidden_size, 1)
         self.gates.b.array[2 * ch : 3 * ch] = 1.0  # forget gate, as MDNRNN's (a, i, f, o)
-        if self.transport:  # start near the identity: the centre holds about 95 %
-            self.mdn.b.array[-TRANSPORT_TAPS:] = 0.0
+        if self.transport:  # start near the identity (the bias starts at 0): 95 % stays
             self.mdn.b.array[-TRANSPORT_TAPS + TRANSPORT_TAPS // 2] = TRANSPORT_CENTRE_BIAS
 
     # Borrowed from MDNRNN: they only read the sizes and heads named above.
@@ -187,18 +186,16 @@ class MapRNN(chainer.Chain):
     split = MDNRNN.split
     scheduled_inputs = MDNRNN.scheduled_inputs
     open_loop_inputs = MDNRNN.open_loop_inputs
-
-    def heads(self, h):
-        """The heads' readout of (B, H) states, no graph: (reward, done_logit, outcome)
-        (`MDNRNN.heads`, through `MapOutcomeHead` when the M has one)."""
-        if not self.outcome_hidden:
-            return MDNRNN.heads(self, h)
-        with chainer.no_backprop_mode(), chainer.using_config("train", False):
-            logit = self.outcome(h).array
-        shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
-        return self.outcome_values(logit, shaping)
-
+    heads = MDNRNN.heads
     sample = MDNRNN.sample
+
+    def _outcome_logits(self, h):
+        """The outcome head's (B, 4) logits of (B, H) states, no graph (through
+        `MapOutcomeHead` when the M has one)."""
+        if not self.outcome_hidden:
+            return MDNRNN._outcome_logits(self, h)
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            return self.outcome(h).array
 
     def config(self):
         """The constructor's arguments, JSON-ready (with "arch": "map")."""

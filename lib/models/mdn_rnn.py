@@ -504,10 +504,14 @@ class MDNRNN(chainer.Chain):
         if self.done_head:
             done = h @ self.done.W.array[0] + self.done.b.array[0]
         if self.outcome_head:
-            logit = h @ self.outcome.W.array.T + self.outcome.b.array
+            logit = self._outcome_logits(h)
             shaping = h @ self.shaping.W.array[0] + self.shaping.b.array[0]
             reward, done, outcome = self.outcome_values(logit, shaping)
         return reward, done, outcome
+
+    def _outcome_logits(self, h):
+        """The outcome head's (B, 4) logits of (B, H) states, no graph."""
+        return h @ self.outcome.W.array.T + self.outcome.b.array
 
     def sample(self, params, tau, rng):
         """`sample` as a method, for symmetry with `step`."""
