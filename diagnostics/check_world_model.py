@@ -14,7 +14,8 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
 - its reward head's MSE, done and "this step is a collision" precision and recall;
 - "a collision within --horizon steps", forecast from --samples open-loop samples per
   step: AUC, and precision and recall at --risk-threshold (the look-ahead planner's); the
-  same with M's heads reading the copied or constant-velocity z instead of its samples;
+  same with M's heads reading the copied or constant-velocity z instead of its samples,
+  and reading the real future z (the ceiling: what these heads make of a perfect dream);
 - whole episodes: from each episode's first frame M dreams as many steps as it had,
   under its real actions; the probability the dream gives the way it really ended
   (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
@@ -184,7 +185,8 @@ def table(r: dict) -> str:
             f"| collision within {r['horizon']} steps: AUC ({r['samples']} samples) | "
             f"{_f(c['dream'], '.3f')}{_interval(r.get('collision_soon_auc_interval'))} | "
             f"heads on copied z {_f(c['copy'], '.3f')}, on "
-            f"const.-velocity z {_f(c['velocity'], '.3f')} |"
+            f"const.-velocity z {_f(c['velocity'], '.3f')}; on the real future z (ceiling) "
+            f"{_f(c.get('real'), '.3f')} |"
         ),
     ]
     lead = r.get("collision_soon_auc_by_lead")
@@ -264,8 +266,9 @@ def figure(path: str, r: dict) -> None:
             label="M's samples, by steps to the collision")  # fmt: skip
     for name, color, text in (("dream", "tab:red", "M's samples, all"),
                               ("copy", "tab:gray", "M's heads, copied z"),
-                              ("velocity", "tab:blue", "M's heads, const. vel. z")):  # fmt: skip
-        if c[name] is not None:
+                              ("velocity", "tab:blue", "M's heads, const. vel. z"),
+                              ("real", "k", "M's heads, real future z")):  # fmt: skip
+        if c.get(name) is not None:
             ax.axhline(c[name], color=color, lw=1, ls="--", label=f"{text}: {c[name]:.3f}")
     ax.axhline(0.97, color="k", lw=0.8, ls=":", label="0.97")
     ax.set_ylim(0.5, 1.0)
@@ -382,7 +385,7 @@ def main(argv=None):
     soon = wm.actual_collision_soon(test, args.horizon)
     both = 0 < soon.sum() < len(soon)
     aucs = {}
-    for source in ("dream", "copy", "velocity"):
+    for source in wm.FORECAST_SOURCES:
         _, risk = wm.forecast_collisions(
             rnn, test, forced, rng, args.temperature, args.horizon, weight,
             samples=args.samples if source == "dream" else 1, source=source,

@@ -202,7 +202,7 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
             if rel is not None:
                 assert rel == pytest.approx(row["dream"][group] / row["real"][group])
     assert r["open_loop"]["1"]["rows"] > r["open_loop"]["10"]["rows"]
-    assert set(r["collision_soon_auc"]) == {"dream", "copy", "velocity"}
+    assert set(r["collision_soon_auc"]) == {"dream", "copy", "velocity", "real"}
     ends = r["episode_endings"]
     assert 0 < ends["real_ending_on_time"] <= ends["real_ending"] < 1
     assert sum(row["episodes"] for row in ends["by_real_ending"].values()) == 2  # test split

@@ -66,8 +66,10 @@ class RiggedM:
 
     "replay" predicts the true next z of the episode its input came from, with the true
     reward and a sure done on the true last step (so its dream is the real future);
-    "copy" predicts its input z and never ends. Its state carries the frame index
-    (plus one; 0 = not known yet, then the input z is looked up among the frames).
+    "copy" predicts its input z and never ends; "lookup" is "replay" that always looks
+    its input z up among the frames (its answers follow whatever z it is given). Its
+    state carries the frame index (plus one; 0 = not known yet, then the input z is
+    looked up among the frames).
     """
 
     xp = np
@@ -85,14 +87,14 @@ class RiggedM:
     def step(self, z, a, state=None):
         z = np.asarray(z, np.float32)
         h = self.initial_state(len(z))[0] if state is None else state[0]
-        known = h[:, 0] > 0
+        known = (h[:, 0] > 0) & (self.kind != "lookup")
         frame = np.where(
             known, h[:, 0].astype(np.int64) - 1, [self.index.get(r.tobytes(), 0) for r in z]
         )
         nxt = np.where(self.last[frame], frame, frame + 1)
         episode = np.searchsorted(self.data.frame_offsets, frame, side="right") - 1
         step = np.minimum(frame - episode, self.data.step_offsets[1:][episode] - 1)
-        if self.kind == "replay":
+        if self.kind in ("replay", "lookup"):
             mu, reward = self.data.mu[nxt], self.data.reward[step]
             done = np.where(self.data.done[step] & ~self.last[frame], 30.0, -30.0)
         else:
@@ -135,6 +137,11 @@ def test_the_baselines_by_hand(world):
     f0 = data.frame_offsets[1]  # the second episode's first frame: no velocity there
     frames = np.array([f0, f0 + 3])
     np.testing.assert_array_equal(ol.baseline_z(data, frames, 4, "copy"), data.mu[frames])
+    real = ol.baseline_z(data, frames, 4, "real")
+    np.testing.assert_array_equal(real, data.mu[frames + 4])
+    end = data.frame_offsets[2] - 1  # the second episode's last frame: held past its end
+    np.testing.assert_array_equal(ol.baseline_z(data, np.array([end - 2]), 4, "real")[0],
+                                  data.mu[end])  # fmt: skip
     v = ol.baseline_z(data, frames, 4, "velocity")
     np.testing.assert_array_equal(v[0], data.mu[f0])
     np.testing.assert_allclose(v[1], data.mu[f0 + 3] + 4 * (data.mu[f0 + 3] - data.mu[f0 + 2]))
@@ -202,6 +209,24 @@ def test_a_perfect_m_foresees_every_collision(world):
         "predicted": int(soon.sum()),
         "actual": int(soon.sum()),
     }
+
+
+def test_heads_on_the_real_future_z_are_the_perfect_forecast(world):
+    """An M whose heads answer for whatever z they read: fed the real future z it
+    foresees every collision, fed the copied z only the step before each."""
+    data = world[0]
+    soon = wm.actual_collision_soon(data)
+    m = RiggedM(data, "lookup")
+    forced = wm.teacher_forced(m, data)
+    rng = np.random.default_rng(0)
+    hit, risk = wm.forecast_collisions(m, data, forced, rng, source="real")
+    assert auc(risk, soon) == 1.0
+    np.testing.assert_array_equal(hit, soon)
+    hit, risk = wm.forecast_collisions(m, data, forced, rng, source="copy")
+    last = np.zeros(len(soon), bool)
+    last[data.step_offsets[1:] - 1] = True  # each episode's last step
+    np.testing.assert_array_equal(hit, soon & last)
+    assert auc(risk, soon) < 1.0
 
 
 def test_bad_forecast_settings_are_refused(world):

@@ -124,10 +124,15 @@ def step_frames(data: LatentEpisodes) -> np.ndarray:
 def baseline_z(data: LatentEpisodes, frames: np.ndarray, k: int, source: str) -> np.ndarray:
     """(N, Z) float32: a baseline's guess of the z of frame `frames + k` from z up to
     `frames` (V's means): "copy" repeats z_t, "velocity" extrapolates
-    z_t + k (z_t - z_{t-1}) (no velocity at an episode's first frame)."""
+    z_t + k (z_t - z_{t-1}) (no velocity at an episode's first frame). "real" is no
+    guess but the ceiling: the real z of frame t + k (the episode's last frame past its
+    end), what a perfect M would dream."""
     z = data.mu[frames]
     if source == "copy":
         return z.copy()
+    if source == "real":
+        episode = np.searchsorted(data.frame_offsets, frames, side="right") - 1
+        return data.mu[np.minimum(frames + k, data.frame_offsets[episode + 1] - 1)].copy()
     if source != "velocity":
         raise ValueError(f"unknown baseline {source!r}")
     first = np.isin(frames, data.frame_offsets[:-1])

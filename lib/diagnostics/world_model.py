@@ -157,6 +157,10 @@ def actual_collision_soon(data: LatentEpisodes, horizon: int = COLLISION_HORIZON
     return np.concatenate(out)
 
 
+# Whose z M's heads read in `forecast_collisions`: its own dream, the baselines', the real.
+FORECAST_SOURCES = ("dream", "copy", "velocity", "real")
+
+
 def collision_forecasts(*args, **kwargs) -> np.ndarray:
     """(S,) bool: from each step t, M forecasts a collision within `horizon` steps
     (`forecast_collisions`' first result; same arguments)."""
@@ -182,7 +186,9 @@ def forecast_collisions(
     with the real actions a_{t+1}, ... (the last real action repeated past the
     episode's end). With `source` "copy" or "velocity", M's heads read a baseline's z
     instead of its own samples (`lib.diagnostics.open_loop.baseline_z`): what M's
-    heads make of a future that does not move, or moves on at constant velocity.
+    heads make of a future that does not move, or moves on at constant velocity. With
+    "real" they read the real future z (the last frame repeated past the episode's
+    end): the ceiling of any dream read by these heads, a perfect M's forecast.
 
     Returns:
         (hit, risk): (S,) bool, M predicts an end within the horizon and it is a
@@ -192,8 +198,8 @@ def forecast_collisions(
         P(collision | end)`, S_k the probability of running until k; see
         `collision_given_end`), to rank steps by (AUC).
     """
-    if source not in ("dream", "copy", "velocity"):
-        raise ValueError(f"unknown source {source!r}: dream, copy or velocity")
+    if source not in FORECAST_SOURCES:
+        raise ValueError(f"unknown source {source!r}: {', '.join(FORECAST_SOURCES)}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     all_frames = np.tile(step_frames(data), samples)
