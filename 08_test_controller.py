@@ -4,7 +4,8 @@ Reads:
     data/models/vae.npz, rnn_<mode>.npz (the M named in controller.json) and
         controller.npz, each with its JSON sidecar.
 Writes:
-    data/results/test_controller.json (--out): one object per policy —
+    data/results/test_controller.json (--out; test_<NAME>.json with --controller
+        NAME): one object per policy —
         world_models, random, greedy, greedy_avoid, oracle, and with --planner
         world_models_planner (the same V, M and C, planning in M) — with
         success / collision / out_of_map / timeout rates and their 95 % Wilson
@@ -70,7 +71,7 @@ def parse_args(argv=None):
         help="0: the agent's z is V's posterior mean (as in training); tau > 0 samples z "
         "from V's posterior with its std scaled by sqrt(tau)",
     )
-    cli.add_out_arg(p, "test_controller.json")
+    cli.add_out_arg(p, "test_<controller>.json: test_controller.json for the default C")
     p.add_argument(
         "--record",
         type=cli.non_negative_int,
@@ -285,7 +286,7 @@ def agent_policies(args, config, linear):
 
 def main(argv=None):
     args = parse_args(argv)
-    results_dir, out = cli.results_paths(args, "test_controller.json")
+    results_dir, out = cli.results_paths(args, f"test_{args.controller}.json")
     config = sn.EnvConfig(n_humans=args.n_humans, max_steps=args.max_steps)
     linear = agent_row(args.controller)  # the linear agent's row; the planner's adds "_planner"
     print(

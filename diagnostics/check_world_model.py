@@ -20,7 +20,7 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
   under its real actions; the probability the dream gives the way it really ended
   (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
 Then --controllers controllers are played in M's dream and in the real environment:
-07's trained Cs for this M (controller, controller_dream), random ones, and perturbations
+07's trained Cs for this M (controller, controller_dream; --trained), random ones, and perturbations
 of the trained ones; Spearman's rank correlation between their dream and real fitness,
 and for the trained Cs how their dreams and their real episodes end.
 
@@ -94,6 +94,16 @@ def parse_args(argv=None):
         type=cli.non_negative_int,
         default=16,
         help="controllers played in the dream and the real room; 0: skip",
+    )
+    p.add_argument(
+        "--trained",
+        nargs="+",
+        metavar="NAME",
+        type=cli.file_stem,
+        default=list(wm.TRAINED_CONTROLLERS),
+        help="07's Cs (models/NAME.npz, e.g. 07 --name's) that head the controller set, "
+        "with their perturbations; those missing or trained with another V or M are "
+        "skipped",
     )
     p.add_argument("--episodes", type=pos, default=32, help="real episodes and dreams each")
     p.add_argument(
@@ -418,6 +428,7 @@ def main(argv=None):
         params, labels, trained = wm.controller_set(
             args.data_dir, args.mode, args.controllers, rnn.z_size, rnn.hidden_size,
             np.random.default_rng([args.seed, 0xC7]),  # the same set whatever came before
+            names=args.trained,
         )  # fmt: skip
         first = test.frame_offsets[:-1]
         z0 = dream_starts(args.seed, 0, args.episodes, test.mu[first], test.logvar[first], source)

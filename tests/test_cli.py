@@ -50,6 +50,15 @@ def test_run_flags_shared_by_the_training_scripts(script, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_help_shows_each_default_once():
+    p = cli.ArgumentParser()
+    cli.add_out_arg(p, "x.json")
+    p.add_argument("--n", type=int, default=3, help="a count")
+    text = p.format_help()
+    assert "(default: <data-dir>/results/x.json)" in text and "None" not in text
+    assert "a count (default: 3)" in text
+
+
 def test_results_paths():
     args = argparse.Namespace(data_dir="d", out=None)
     assert cli.results_paths(args, "x.json") == (

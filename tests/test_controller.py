@@ -394,6 +394,13 @@ def test_a_c_is_used_only_with_the_v_and_m_it_was_trained_with(trained_c, tmp_pa
     assert side["trained_with"] == saved_models.model_hashes(str(d), "dream")
     _, labels, trained = controller_set(str(d), "dream", 4, 8, 16, np.random.default_rng(0))
     assert trained == 1 and labels[0] == "07's controller"
+    shutil.copy(d / "models" / "controller.npz", d / "models" / "c2.npz")
+    shutil.copy(d / "models" / "controller.json", d / "models" / "c2.json")
+    params, labels, trained = controller_set(
+        str(d), "dream", 4, 8, 16, np.random.default_rng(0), names=("c2", "nope", "controller")
+    )
+    assert trained == 2 and labels[:2] == ["07's c2", "07's controller"]
+    np.testing.assert_array_equal(params[0], params[1])
     run("04_train_rnn.py", "--mode", "dream", "--epochs", 1, "--batch-size", 4, "--hidden", 16,
         "--seed", 1, "--overwrite", "--data-dir", d)  # fmt: skip
     line = one_line_error(run_here("08_test_controller.py", "--episodes", 2, "--data-dir", d))
@@ -443,10 +450,11 @@ def test_07_name_and_08_controller_keep_two_cs_apart(models, tmp_path):
         assert (m / f).exists(), f
     assert not (m / "controller.npz").exists() and not (m / "controller_es.npz").exists()
     assert (d / "results" / "controller_dream_best.gif").exists()
-    out = tmp_path / "r.json"
+    # 08 --controller NAME writes test_NAME.json, leaving the default C's results alone
     run("08_test_controller.py", "--episodes", 3, "--record", 0, "--max-steps", 40,
-        "--controller", "controller_dream", "--agent-only", "--out", out, "--data-dir", d)  # fmt: skip
-    report = json.loads(out.read_text())
+        "--controller", "controller_dream", "--agent-only", "--data-dir", d)  # fmt: skip
+    assert not (d / "results" / "test_controller.json").exists()
+    report = json.loads((d / "results" / "test_controller_dream.json").read_text())
     assert set(report) >= {"world_models_dream"} and "greedy" not in report
     assert report["world_models_dream"]["episodes"] == 3
     # The default C is not there: one line naming the file and what to run.

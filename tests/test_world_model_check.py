@@ -352,6 +352,8 @@ def test_the_script_needs_an_m_with_heads(models, tmp_path):
     assert "--risk-threshold" in err
     err = one_line_error(run_here("diagnostics/check_world_model.py", "--samples", "0"))
     assert "--samples" in err
+    err = one_line_error(run_here("diagnostics/check_world_model.py", "--trained", "../c"))
+    assert "--trained" in err
 
 
 def test_collision_risk_is_the_forecast_probability():

@@ -460,10 +460,14 @@ def spearman_interval(dream: np.ndarray, real: np.ndarray, rng, **kw):
 TRAINED_CONTROLLERS = ("controller", "controller_dream")
 
 
-def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_size: int, rng):
+def controller_set(
+    data_dir: str, mode: str, count: int, z_size: int, hidden_size: int, rng,
+    names=TRAINED_CONTROLLERS,
+):  # fmt: skip
     """(count, n_params) controllers spanning random to the best the project has.
 
-    07's trained Cs (`TRAINED_CONTROLLERS`) trained with this V and M come first;
+    07's trained Cs (`names`, models/<name>.npz; those found) trained with this V and M
+    come first;
     then random controllers (N(0, s²) weights, s from 0.05 to 1: from nearly standing
     still to saturated, arbitrary turns); then perturbations of each trained C at scales
     from 0.1 to 2 times its weights' spread. Without a trained C all are random.
@@ -474,7 +478,7 @@ def controller_set(data_dir: str, mode: str, count: int, z_size: int, hidden_siz
     """
     size = n_params(z_size, hidden_size)
     trained, labels = [], []
-    for name in TRAINED_CONTROLLERS:
+    for name in names:
         try:
             c, sidecar = saved_models.load_controller(data_dir, name)
         except saved_models.CheckpointError:
