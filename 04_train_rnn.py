@@ -237,6 +237,14 @@ def parse_args(argv=None):
         help="weight of the rollout loss",
     )
     p.add_argument(
+        "--rollout-end-weight",
+        type=cli.non_negative_float,
+        default=1.0,
+        help="weight of the rollout loss's endings part against its z part (the rollout "
+        "loss is z + this x endings): above 1 the dream's dynamics serve its forecast of "
+        "how steps end (collisions above all) more than its picture; needs --outcome-head",
+    )
+    p.add_argument(
         "--task-weight",
         type=cli.non_negative_float,
         default=0.0,
@@ -288,6 +296,9 @@ def parse_args(argv=None):
         p.error(f"--rollout-endings must be in [0, 1], got {args.rollout_endings}")
     if args.rollout_endings and not args.rollout_steps:
         p.error("--rollout-endings places the rollout loss's dreams: add --rollout-steps")
+    if args.rollout_end_weight != 1.0 and not (args.rollout_steps and args.outcome_head):
+        p.error("--rollout-end-weight weighs the rollout loss's endings: add --rollout-steps "
+                "and --outcome-head")  # fmt: skip
     if args.arch == "map" and args.task_weight:
         p.error("--task-weight needs --arch lstm (the map M has no task head)")
     cli.check_run_args(p, args)
@@ -595,9 +606,10 @@ def train_chunk(model, loss_fn, optimizer, reporter, ch, state, ss_prob, rng, ar
                 args.rollout_steps, args.rollout_starts, rng, args.rollout_endings,
             )  # fmt: skip
             parts = {"rollout_z_loss": z_loss}
+            extra = z_loss
             if end_loss is not None:
                 parts["rollout_end_loss"] = end_loss
-            extra = sum(parts.values())
+                extra = extra + args.rollout_end_weight * end_loss
             loss = loss + args.rollout_weight * extra
             chainer.reporter.report({"rollout_loss": extra, **parts}, loss_fn)
     run.check_loss(float(loss.array), "the M loss")

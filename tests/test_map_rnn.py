@@ -3,6 +3,7 @@
 shapes and gradients, its step against its training graph, and 04 --arch map end to
 end (training, exact resume, refusals, 06 drawing it)."""
 
+import csv
 import json
 import shutil
 
@@ -472,6 +473,22 @@ def weights(d):
         return {k: z[k] for k in z.files}
 
 
+def test_the_rollout_end_weight_weighs_the_endings_part(spatial_v, tmp_path):
+    """04 --rollout-end-weight W: the logged rollout loss is z + W x endings, epoch by
+    epoch, and the M learns something else than with the default weight."""
+    d = copy_data(spatial_v, tmp_path / "d")
+    train(d, "--epochs", 1, "--rollout-end-weight", 5)
+    with open(d / "models" / "rnn_dream_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        z, end = float(row["train_rollout_z_loss"]), float(row["train_rollout_end_loss"])
+        assert float(row["train_rollout_loss"]) == pytest.approx(z + 5 * end, rel=1e-4)
+    heavy = weights(d)
+    train(d, "--epochs", 1, "--overwrite")
+    plain = weights(d)
+    assert any(not np.array_equal(heavy[k], plain[k]) for k in plain)
+
+
 def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     """Here with the transport (--map-transport); the 14 x 14 test below trains without."""
     a = copy_data(spatial_v, tmp_path / "a")
@@ -547,6 +564,8 @@ def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
         (["--map-outcome-hidden", "-1"], "--map-outcome-hidden"),
         (["--arch", "map", "--rollout-steps", "5", "--rollout-endings", "1.5"], "[0, 1]"),
         (["--arch", "map", "--rollout-endings", "0.5"], "add --rollout-steps"),
+        (["--arch", "map", "--rollout-end-weight", "2"], "add --rollout-steps"),
+        (["--rollout-end-weight", "-1"], "--rollout-end-weight"),
     ],
 )
 def test_bad_flags_are_refused(extra, needle):
