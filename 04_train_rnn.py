@@ -151,6 +151,13 @@ def parse_args(argv=None):
         "paper; off: the offsets are added to the cell's own warped latents)",
     )
     p.add_argument(
+        "--map-velocity",
+        action="store_true",
+        help="--arch map: a constant-velocity prior: each cell's last change (z_t against "
+        "the warped z_{t-1}) joins the gates' input, and the mean's base moves on by a "
+        "learnt share of it per latent, starting at 0 (beyond the paper)",
+    )
+    p.add_argument(
         "--map-outcome-hidden",
         type=cli.non_negative_int,
         default=0,
@@ -290,6 +297,8 @@ def parse_args(argv=None):
         )
     if args.map_transport and args.arch != "map":
         p.error("--map-transport needs --arch map (it moves latents across the map's cells)")
+    if args.map_velocity and args.arch != "map":
+        p.error("--map-velocity needs --arch map (it carries each cell's last change)")
     if args.rollout_steps and args.arch != "map":
         p.error("--rollout-steps needs --arch map (the dense M has no differentiable rollout)")
     if args.rollout_endings > 1:
@@ -511,6 +520,7 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
             "arch": "map", "z_size": z_size, "side": len(offsets), "offsets": offsets.tolist(),
             "action_size": action_size, "channels": args.map_channels, "n_mixtures": args.mixtures,
             "head_kernel": args.map_head_kernel, "transport": args.map_transport,
+            "velocity": args.map_velocity,
             "outcome_hidden": args.map_outcome_hidden,
         }  # fmt: skip
     config = {

@@ -6,6 +6,7 @@ end (training, exact resume, refusals, 06 drawing it)."""
 import csv
 import json
 import shutil
+from types import SimpleNamespace
 
 import chainer
 import numpy as np
@@ -142,8 +143,9 @@ def batch(b=2, t=5, z_size=18, seed=0):
 
 @pytest.mark.parametrize("transport", [False, True])
 def test_shapes_and_the_config_round_trip(transport):
-    m = tiny(outcome_head=True, head_kernel=3, transport=transport)
+    m = tiny(outcome_head=True, head_kernel=3, transport=transport, velocity=transport)
     assert m.config()["transport"] is transport and m.config()["outcome_hidden"] == 0
+    assert m.config()["velocity"] is transport
     assert m.mdn.b.shape == (3 * 2 * 2 + 9 * transport,)
     assert m.hidden_size == 27 and m.can_dream and m.arch == "map"
     z, a, _ = batch()
@@ -188,6 +190,13 @@ KERNELS_AND_TRANSPORT = [(1, False), (3, False), (1, True), (3, True)]
 VARIANTS = [(k, t, 0) for k, t in KERNELS_AND_TRANSPORT] + [(3, False, 4)]
 
 
+def velocity_m(transport=False, gain=(0.7, -0.4), **kw):
+    """A tiny M with the constant-velocity prior, its gain away from the untrained 0."""
+    m = tiny(outcome_head=True, head_kernel=3, transport=transport, velocity=True, **kw)
+    m.velocity_gain.array[...] = gain
+    return rough_head(m) if transport else m
+
+
 def rough_head(m, seed=5):
     """Gives the mixture head random weights of unit scale, so that a transport's
     weights are far from the untrained identity."""
@@ -197,18 +206,26 @@ def rough_head(m, seed=5):
     return m
 
 
-@pytest.mark.parametrize("head_kernel, transport, outcome_hidden", VARIANTS)
-def test_stepping_repeats_the_training_graph(head_kernel, transport, outcome_hidden):
+@pytest.mark.parametrize("head_kernel, transport, outcome_hidden, velocity",
+                         [(*v, False) for v in VARIANTS] + [(3, False, 0, True), (3, True, 0, True)])  # fmt: skip
+def test_stepping_repeats_the_training_graph(head_kernel, transport, outcome_hidden, velocity):
     """`step`, one agent step at a time, gives the states, mixtures and heads of the
     whole-sequence `forward` (the mixture head per cell, or over 3 x 3 cells; with
-    and without the transport; the outcome linear or convolutional)."""
+    and without the transport; the outcome linear or convolutional; with the
+    constant-velocity prior, whose state crosses from one chunk into the next)."""
     m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport,
-             outcome_hidden=outcome_hidden)  # fmt: skip
+             outcome_hidden=outcome_hidden, velocity=velocity)  # fmt: skip
     if transport:
         rough_head(m)
+    if velocity:
+        m.velocity_gain.array[...] = (0.7, -0.4)
     z, a, _ = batch(t=6)
     with chainer.no_backprop_mode():
-        out = m(z, a)
+        first = m(z[:, :2], a[:, :2])  # two chunks: the second starts from the first's state
+        second = m(z[:, 2:], a[:, 2:], tuple(getattr(v, "array", v) for v in first.state))
+        out = SimpleNamespace(**{k: chainer.Variable(np.concatenate(
+            [getattr(first, k).array, getattr(second, k).array], axis=1)) for k in
+            ("h", "mixture", "reward", "done_logit", "outcome_logit", "shaping")})  # fmt: skip
     state = None
     for t in range(6):
         s = m.step(z[:, t], a[:, t], state)
@@ -233,6 +250,37 @@ def test_with_no_offsets_learnt_the_mean_is_the_warped_z():
     want = ego_warp.warp_maps(z[:, 0].reshape(2, 9, 2), taps).reshape(2, 18)
     np.testing.assert_allclose(step.mixture.mu[:, :, 0], want, atol=1e-6)
     np.testing.assert_allclose(step.mixture.mu[:, :, 1], want, atol=1e-6)
+
+
+def test_the_velocity_prior_moves_each_latent_on_by_its_last_change():
+    """With no offsets learnt and gain g, the mean is warp(z_t) + g warp(z_t - warp(
+    z_{t-1})); at the first step (and after a reset state) no change is known; the
+    untrained gain (0) and the velocity off give today's M."""
+    m = tiny(velocity=True)
+    assert m.state_size == m.hidden_size + 18 + 1 and m.velocity_gain.array.tolist() == [0, 0]
+    assert m.initial_state(2)[1].shape == (2, m.state_size)
+    m.mdn.W.array[...] = 0
+    m.mdn.b.array[...] = 0
+    m.velocity_gain.array[...] = (1.0, 0.5)
+    z, a, _ = batch(t=2)
+
+    def warp(x, t):
+        taps = ego_warp.warp_taps(a[:, t], m.offsets)
+        return ego_warp.warp_maps(x.reshape(2, 9, 2), taps).reshape(2, 18)
+
+    s0 = m.step(z[:, 0], a[:, 0])
+    np.testing.assert_allclose(s0.mixture.mu[:, :, 0], warp(z[:, 0], 0), atol=1e-6)
+    np.testing.assert_allclose(s0.state[1][:, -19:-1], warp(z[:, 0], 0), atol=1e-6)
+    s1 = m.step(z[:, 1], a[:, 1], s0.state)
+    v = z[:, 1] - warp(z[:, 0], 0)
+    want = warp(z[:, 1], 1) + np.tile([1.0, 0.5], 9) * warp(v, 1)
+    np.testing.assert_allclose(s1.mixture.mu[:, :, 1], want, atol=1e-5)
+    m.velocity_gain.array[...] = 0
+    plain = tiny(velocity=False)
+    plain.mdn.W.array[...] = 0
+    plain.mdn.b.array[...] = 0
+    np.testing.assert_allclose(m.step(z[:, 1], a[:, 1], s0.state).mixture.mu,
+                               plain.step(z[:, 1], a[:, 1]).mixture.mu, atol=1e-6)  # fmt: skip
 
 
 def test_the_transport_moves_each_cell_from_the_neighbour_it_picks():
@@ -291,18 +339,21 @@ def directional_derivatives(model, value, eps=1e-3):
 
 
 @pytest.mark.parametrize(
-    "head_kernel, transport, outcome_hidden",
-    [(1, False, 0), (3, False, 0), (3, True, 0), (1, False, 4)],
-)
-def test_gradients_match_finite_differences(head_kernel, transport, outcome_hidden):
+    "head_kernel, transport, outcome_hidden, velocity",
+    [(1, False, 0, False), (3, False, 0, False), (3, True, 0, False), (1, False, 4, False),
+     (3, False, 0, True)],
+)  # fmt: skip
+def test_gradients_match_finite_differences(head_kernel, transport, outcome_hidden, velocity):
     """The loss's gradient along a random direction of all parameters (and of the
-    inputs) matches central differences, the transport's and the convolutional outcome
-    head's weights included."""
+    inputs) matches central differences, the transport's, the convolutional outcome
+    head's and the velocity gain's weights included."""
     m = tiny(outcome_head=True, head_kernel=head_kernel, transport=transport,
-             outcome_hidden=outcome_hidden)  # fmt: skip
+             outcome_hidden=outcome_hidden, velocity=velocity)  # fmt: skip
     if transport:
         rough_head(m)
         m.mdn.W.array *= 0.3
+    if velocity:
+        m.velocity_gain.array[...] = (0.7, -0.4)
     loss_fn = MDNRNNLoss(m)
     z, a, z_next = batch(t=4)
     reward = np.full((2, 4), -0.01, np.float32)
@@ -318,12 +369,13 @@ def test_gradients_match_finite_differences(head_kernel, transport, outcome_hidd
     assert abs(analytic) > 1e-2  # the check is not vacuous
 
 
-@pytest.mark.parametrize("transport", [False, True])
-def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states(transport):
+@pytest.mark.parametrize("transport, velocity", [(False, False), (True, False), (False, True)])
+def test_the_rollout_is_the_dream_at_tau_0_and_cells_are_the_states(transport, velocity):
     """`MapRNN.rollout` (the rollout loss's graph) dreams what `step` and `sample` at
     tau 0 dream; `forward`'s cells are the c that stepping carries (here with the 3 x 3
-    mixture head, with and without the transport)."""
-    m = tiny(outcome_head=True, head_kernel=3, transport=transport)
+    mixture head, with and without the transport, with the constant-velocity prior)."""
+    m = velocity_m(transport) if velocity else tiny(outcome_head=True, head_kernel=3,
+                                                    transport=transport)  # fmt: skip
     if transport:
         rough_head(m)
     z, a, _ = batch(t=6)
@@ -490,13 +542,14 @@ def test_the_rollout_end_weight_weighs_the_endings_part(spatial_v, tmp_path):
 
 
 def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
-    """Here with the transport (--map-transport); the 14 x 14 test below trains without."""
+    """Here with the transport and the velocity prior (--map-transport --map-velocity);
+    the 14 x 14 test below trains without."""
     a = copy_data(spatial_v, tmp_path / "a")
-    train(a, "--map-transport")
+    train(a, "--map-transport", "--map-velocity")
     sidecar = json.loads((a / "models" / "rnn_dream.json").read_text())
     config = sidecar["config"]
     assert config["arch"] == "map" and config["side"] == 6 and config["channels"] == 3
-    assert config["transport"] is True
+    assert config["transport"] is True and config["velocity"] is True
     assert sidecar["z_source"] == "mean"
     # trained on V's means, its held-out copy baseline is the means' (no posterior noise)
     log = (a / "models" / "rnn_dream_log.csv").read_text().splitlines()
@@ -510,9 +563,9 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert isinstance(rnn, MapRNN) and rnn.hidden_size == 3 * 36 and rnn.can_dream
     # Interrupted after one batch, then resumed: the same weights, bit for bit.
     b = copy_data(spatial_v, tmp_path / "b")
-    stopped = train(b, "--max-iterations", 1, "--map-transport")
+    stopped = train(b, "--max-iterations", 1, "--map-transport", "--map-velocity")
     assert "continue with --resume" in stopped.stdout
-    train(b, "--resume", "--map-transport")
+    train(b, "--resume", "--map-transport", "--map-velocity")
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and len(wa) > 5
     for k in wa:
@@ -560,6 +613,7 @@ def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
         (["--rollout-starts", "0"], "--rollout-starts"),
         (["--map-head-kernel", "2"], "--map-head-kernel"),
         (["--map-transport"], "--map-transport needs --arch map"),
+        (["--map-velocity"], "--map-velocity needs --arch map"),
         (["--arch", "map", "--map-outcome-hidden", "4"], "add --arch map --outcome-head"),
         (["--map-outcome-hidden", "-1"], "--map-outcome-hidden"),
         (["--arch", "map", "--rollout-steps", "5", "--rollout-endings", "1.5"], "[0, 1]"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from lib.control.imitation import RIDGE, LinearFit, dagger_rounds
+from lib.devices import to_host
 from lib.diagnostics.probe import pool_pixels
 from lib.env import socnavenv as sn
 from lib.env.evaluation import summarize
@@ -132,8 +133,10 @@ class InputController(Policy):
         self.biases = np.asarray(biases, np.float64)
         self.teacher, self.beta, self.fit = teacher, float(beta), fit
         self.mix = np.random.default_rng([int(seed), 0xC0DE])
-        size = 0 if rnn is None else rnn.hidden_size
-        self.h, self.c = np.zeros((n, size), np.float32), np.zeros((n, size), np.float32)
+        if rnn is None:
+            self.h, self.c = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.float32)
+        else:  # M's own zero state (a map M with velocity carries more than h in c)
+            self.h, self.c = (to_host(v) for v in rnn.initial_state(n))
 
     def reset(self, slots, seeds, episodes=None):
         slots = np.asarray(slots)

@@ -25,6 +25,12 @@ state as a map of the same grid and predicts the next map cell by cell:
    head alone is linear in [h, z]: the share of a neighbour's latents it takes cannot
    depend on h (on where the state knows a person to be going); the transport's
    weights are that product.
+   With `velocity=True` each cell's last change rides along: the state also holds
+   z_t warped into the next frame, so the next step knows each cell's velocity v_t =
+   z_t - warp(z_{t-1}) (in frame t; 0 at an episode's first step). v_t joins the gates'
+   input, and the mean's base moves on by a learnt share g of it per latent (g starts at
+   0, today's M): base = warp(z_t) + g * warp(v_t), a constant-velocity prior that the
+   offsets correct.
 4. The outcome head (how the step ends) and the running reward read the whole
    warped h map, flattened: linearly, or (`outcome_hidden=N`) the outcome through a
    3 x 3 convolution of N ReLU channels over the map first (`MapOutcomeHead`), so that
@@ -88,6 +94,9 @@ class MapRNN(chainer.Chain):
             the channels of `MapOutcomeHead`'s convolution.
         transport: bool, carry the warped z to each cell from its 3 x 3 neighbours by
             predicted weights before adding the offsets (see the module's text).
+        velocity: bool, the constant-velocity prior (see the module's text): c then
+            holds [the LSTM's cells, z_t warped to the next frame, 1 once it is known],
+            state_size = hidden_size + z_size + 1 floats.
         shaping_bound, outcome_weights, log_sigma_min, log_sigma_max: as `MDNRNN`.
 
     Raises:
@@ -113,6 +122,7 @@ class MapRNN(chainer.Chain):
         head_kernel=1,
         transport=False,
         outcome_hidden=0,
+        velocity=False,
         shaping_bound=0.02,
         outcome_weights=None,
         log_sigma_min=-7.0,
@@ -149,6 +159,9 @@ class MapRNN(chainer.Chain):
         self.log_sigma_min, self.log_sigma_max = float(log_sigma_min), float(log_sigma_max)
         self.outcome_head = bool(outcome_head)
         self.transport = bool(transport)
+        self.velocity = bool(velocity)
+        # c's width: the LSTM's cells, and with velocity the warped last z and its flag
+        self.state_size = self.hidden_size + (self.z_size + 1 if self.velocity else 0)
         self.outcome_hidden = (
             validate.counts(outcome_hidden=outcome_hidden)[0] if outcome_hidden else 0
         )
@@ -159,7 +172,7 @@ class MapRNN(chainer.Chain):
         o = np.asarray(self.offsets, np.float32) / max(abs(self.offsets[0]), 1e-6)
         self._coords = np.stack(np.meshgrid(o, o, indexing="ij"), axis=-1)  # (S, S, 2)
         k, ch = self.kernel, self.channels
-        n_in = self.latents + self.action_size + 2 + ch
+        n_in = self.latents * (2 if self.velocity else 1) + self.action_size + 2 + ch
         with self.init_scope():
             # The gates from [z map, a, coords, h], NHWC ("same" padding added by hand).
             self.gates = ConvolutionNHWC(n_in, 4 * ch, k, stride=1, activation=None)
@@ -176,6 +189,8 @@ class MapRNN(chainer.Chain):
                 self.outcome = L.Linear(self.hidden_size, len(OUTCOME_CLASSES))
             if self.outcome_head:
                 self.shaping = L.Linear(self.hidden_size, 1)
+            if self.velocity:  # the share of each latent's last change carried on: 0 first
+                self.velocity_gain = chainer.Parameter(np.zeros(self.latents, np.float32))
         self.gates.b.array[2 * ch : 3 * ch] = 1.0  # forget gate, as MDNRNN's (a, i, f, o)
         if self.transport:  # start near the identity (the bias starts at 0): 95 % stays
             self.mdn.b.array[-TRANSPORT_TAPS + TRANSPORT_TAPS // 2] = TRANSPORT_CENTRE_BIAS
@@ -212,6 +227,7 @@ class MapRNN(chainer.Chain):
             "head_kernel": self.head_kernel,
             "transport": self.transport,
             "outcome_hidden": self.outcome_hidden,
+            "velocity": self.velocity,
             "shaping_bound": self.shaping_bound,
             "outcome_weights": self.outcome_weights,
             "log_sigma_min": self.log_sigma_min,
@@ -219,9 +235,23 @@ class MapRNN(chainer.Chain):
         }
 
     def initial_state(self, batch):
-        """Zero state for `batch` agents: (h, c), two (B, hidden_size) float32 arrays."""
-        shape = (batch, self.hidden_size)
-        return self.xp.zeros(shape, np.float32), self.xp.zeros(shape, np.float32)
+        """Zero state for `batch` agents: (h, c), float32 arrays (B, hidden_size) and
+        (B, state_size) (with velocity, no last z known yet)."""
+        xp = self.xp
+        return (xp.zeros((batch, self.hidden_size), np.float32),
+                xp.zeros((batch, self.state_size), np.float32))  # fmt: skip
+
+    def _split_c(self, c):
+        """(cells, last z warped, known): c's parts, (N, hidden), (N, Z), (N, 1)."""
+        hid, z, xp = self.hidden_size, self.z_size, self.xp
+        return tuple(
+            xp.ascontiguousarray(p) for p in (c[:, :hid], c[:, hid : hid + z], c[:, hid + z :])
+        )
+
+    def _velocity_gain(self, n):
+        """The gain g tiled over the cells: (n, Z) Variable."""
+        g = F.tile(F.reshape(self.velocity_gain, (1, self.latents)), (n, self.side * self.side))
+        return g
 
     # z is (N, S*S*K) cell-major, which is an NHWC map (N, S, S, K) as it is; h and c
     # are (N, S*S*C) the same way.
@@ -231,19 +261,24 @@ class MapRNN(chainer.Chain):
         cells = F.reshape(m, (n, self.side * self.side, -1))
         return F.reshape(sparse_warp.warp(cells, *taps), (n, -1))
 
-    def _inputs(self, z, a):
-        """(N, S, S, K + A + 2) array: the gates' non-recurrent input, [z map, a, coords]."""
+    def _inputs(self, z, a, v=None):
+        """(N, S, S, K + A + 2) array: the gates' non-recurrent input, [z map, a, coords]
+        ([z map, v map, a, coords] with the velocity v, (N, Z))."""
         xp = self.xp
         n, s = z.shape[0], self.side
         a = xp.asarray(a, np.float32)
         a_map = xp.broadcast_to(a[:, None, None, :], (n, s, s, a.shape[1]))
         coords = xp.broadcast_to(xp.asarray(self._coords), (n, s, s, 2))
-        return xp.concatenate([z.reshape(n, s, s, self.latents), a_map, coords], axis=3)
+        maps = [z.reshape(n, s, s, self.latents)]
+        if v is not None:
+            maps.append(v.reshape(n, s, s, self.latents))
+        return xp.concatenate([*maps, a_map, coords], axis=3)
 
-    def _head(self, h, z_warped):
+    def _head(self, h, z_warped, v_warped=None):
         """The raw mixture (N, 3 * K_mix * Z) of z_{t+1} from the warped h (N, S² C)
         and the warped z_t (N, Z) (an array, or a Variable in a rollout): offsets from
-        the warped z (carried by the transport when the M has one)."""
+        the warped z (carried by the transport when the M has one; moved on by g times
+        the warped velocity `v_warped` (N, Z) when it has velocity)."""
         n, s, k = h.shape[0], self.side, self.latents
         head_in = F.concat(
             [F.reshape(h, (n * s * s, self.channels)), F.reshape(z_warped, (n * s * s, k))]
@@ -263,6 +298,8 @@ class MapRNN(chainer.Chain):
         if self.transport:
             raw, logits = F.split_axis(raw, [3 * self.n_mixtures * k], axis=2)
             base = self._transported(z_warped, logits)
+        if self.velocity:
+            base = base + self._velocity_gain(n) * v_warped
         raw = F.reshape(raw, (n, s * s, 3, self.n_mixtures, k))
         raw = F.reshape(F.transpose(raw, (0, 2, 3, 1, 4)), (n, 3, self.n_mixtures, self.z_size))
         logit, mu, log_sigma = F.split_axis(raw, 3, axis=1)
@@ -338,10 +375,20 @@ class MapRNN(chainer.Chain):
         cells = self.side * self.side
         z_warped = ego_warp.warp_maps(flat_z.reshape(-1, cells, self.latents), taps)
         z_warped = z_warped.reshape(batch * steps, -1)
-        x = self._inputs(flat_z, flat_a).reshape(batch, steps, self.side, self.side, -1)
-        taps = tuple(v.reshape(batch, steps, cells, -1) for v in taps)
         h, c = self.initial_state(batch) if state is None else state
         h, c = (v.array if isinstance(v, chainer.Variable) else v for v in (h, c))
+        v_warped = v = None
+        if self.velocity:  # each step's z against the last one, in its own frame
+            c, last, known = self._split_c(c)
+            zw = z_warped.reshape(batch, steps, -1)
+            last = xp.concatenate([last[:, None], zw[:, :-1]], axis=1)
+            known = xp.concatenate([known[:, None], xp.ones((batch, steps - 1, 1), np.float32)],
+                                   axis=1)  # fmt: skip
+            v = (known * (z - last)).reshape(batch * steps, -1)
+            v_warped = ego_warp.warp_maps(v.reshape(-1, cells, self.latents), taps)
+            v_warped = v_warped.reshape(batch * steps, -1)
+        x = self._inputs(flat_z, flat_a, v).reshape(batch, steps, self.side, self.side, -1)
+        taps = tuple(t.reshape(batch, steps, cells, -1) for t in taps)
         if getattr(chainer.config, "fast_lstm", True):
             hs, h, c, cs = map_lstm(x, self.gates.W, self.gates.b, taps, h, c)
             cs = cs.array
@@ -352,8 +399,13 @@ class MapRNN(chainer.Chain):
                 hs.append(h)
                 cs.append(c.array)
             hs, cs = F.stack(hs, axis=1), xp.stack(cs, axis=1)
+        if self.velocity:  # the state carries the last z, warped, and that it is known
+            zw = z_warped.reshape(batch, steps, -1)
+            c = chainer.Variable(xp.concatenate([c.array if isinstance(c, chainer.Variable) else c,
+                                zw[:, -1], xp.ones((batch, 1), np.float32)], axis=1))  # fmt: skip
+            cs = xp.concatenate([cs, zw, xp.ones((batch, steps, 1), np.float32)], axis=2)
         flat = F.reshape(hs, (batch * steps, self.hidden_size))
-        mixture = F.reshape(self._head(flat, z_warped), (batch, steps, -1))
+        mixture = F.reshape(self._head(flat, z_warped, v_warped), (batch, steps, -1))
         if not self.outcome_head:
             return SequenceOutput(hs, mixture, None, None, (h, c), cells=cs)
         logit = F.reshape(self.outcome(flat), (batch, steps, len(OUTCOME_CLASSES)))
@@ -383,14 +435,25 @@ class MapRNN(chainer.Chain):
         a = xp.asarray(a, np.float32)
         z = chainer.Variable(xp.asarray(z0, np.float32))
         h, c = state
+        if self.velocity:
+            c, last, known = self._split_c(c)
         coords = xp.broadcast_to(xp.asarray(self._coords), (n, s, s, 2))
         zs, hs = [], []
         for k in range(a.shape[1]):
             taps = ego_warp.warp_taps(a[:, k], self.offsets)
             a_map = xp.broadcast_to(a[:, k, None, None, :], (n, s, s, a.shape[2]))
-            x = F.concat([F.reshape(z, (n, s, s, self.latents)), a_map, coords], axis=3)
+            maps = [F.reshape(z, (n, s, s, self.latents))]
+            v_warped = None
+            if self.velocity:
+                v = F.broadcast_to(known, z.shape) * (z - last)
+                maps.append(F.reshape(v, (n, s, s, self.latents)))
+                v_warped = self._warp(v, taps)
+            x = F.concat([*maps, a_map, coords], axis=3)
             h, c = self._cell(x, taps, h, c)
-            raw = F.reshape(self._head(h, self._warp(z, taps)), (n, 3, self.n_mixtures, -1))
+            z_warped = self._warp(z, taps)
+            raw = F.reshape(self._head(h, z_warped, v_warped), (n, 3, self.n_mixtures, -1))
+            if self.velocity:  # the next step's last z: this one's, warped (with its graph)
+                last, known = z_warped, xp.ones((n, 1), np.float32)
             logit, mu = raw[:, 0], raw[:, 1]
             pick = xp.argmax(logit.array, axis=1)  # (N, Z): the likeliest component
             chosen = (xp.arange(self.n_mixtures)[None, :, None] == pick[:, None, :]).astype(
@@ -409,17 +472,26 @@ class MapRNN(chainer.Chain):
             `StepOutput` of arrays.
         """
         z, a, h, c = step_inputs(self, z, a, state)
+        xp = self.xp
         taps = ego_warp.warp_taps(a, self.offsets)
-        x = self._inputs(z, a)
+        v = v_warped = None
+        if self.velocity:
+            c, last, known = self._split_c(c)
+            v = known * (z - last)
+            v_warped = ego_warp.warp_maps(v.reshape(len(z), -1, self.latents), taps)
+            v_warped = v_warped.reshape(len(z), -1)
+        x = self._inputs(z, a, v)
         w, b = self.gates.W.array, self.gates.b.array
         h, c, _ = cell_step(x, h, c, w, b, taps)
         z_warped = ego_warp.warp_maps(z.reshape(len(z), -1, self.latents), taps)
         z_warped = z_warped.reshape(len(z), -1)
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
-            raw = self._head_array(h, z_warped)
+            raw = self._head_array(h, z_warped, v_warped)
+        if self.velocity:
+            c = xp.concatenate([c, z_warped, xp.ones((len(z), 1), np.float32)], axis=1)
         return StepOutput(h, (h, c), self.split(raw), *self.heads(h))
 
-    def _head_array(self, h, z_warped):
+    def _head_array(self, h, z_warped, v_warped=None):
         """`_head` on arrays, without a graph: the same values in about a tenth of the
         Chainer calls (a dream or a plan steps M thousands of times)."""
         xp = self.xp
@@ -438,6 +510,8 @@ class MapRNN(chainer.Chain):
         if self.transport:
             cut = 3 * self.n_mixtures * k
             raw, base = raw[:, :, :cut], self._transported_array(z_warped, raw[:, :, cut:])
+        if self.velocity:
+            base = base + xp.tile(self.velocity_gain.array, s * s)[None, :] * v_warped
         raw = raw.reshape(n, s * s, 3, self.n_mixtures, k).transpose(0, 2, 3, 1, 4)
         raw = raw.reshape(n, 3, self.n_mixtures, self.z_size)
         raw[:, 1] += base.reshape(n, 1, self.z_size)
