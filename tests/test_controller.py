@@ -165,6 +165,29 @@ def test_cma_keeps_numpy_global_rng_untouched():
     assert np.random.rand() == expected
 
 
+def test_cma_arithmetic_runs_on_one_blas_thread_whatever_the_callers():
+    """Replay needs pycma's products summed in one order: ask and tell run on one BLAS
+    thread even where the caller allows two (--threads auto changes that with load)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    es = CMAES(40, popsize=8, sigma=0.2, seed=3)
+    seen = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    es.es.ask, es.es.tell = spy(es.es.ask), spy(es.es.tell)
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        es.tell(es.ask(), np.zeros(8))
+    assert len(seen) == 2 and all(s == {1} for s in seen), seen
+    assert outside == {2} or os.cpu_count() == 1  # the limit around the calls was real
+
+
 # ---------------------------------------------------------------------------
 # Agents and fitness.
 # ---------------------------------------------------------------------------

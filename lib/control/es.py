@@ -16,7 +16,11 @@ The loop reads as pycma's own::
   generation (plus a checksum of each generation's candidates). `replay` builds
   a fresh strategy with the same settings and re-tells that history; because
   every random draw is reproduced, it reaches exactly the same state, and the
-  checksums prove it.
+  checksums prove it. Its arithmetic must repeat bit for bit too: pycma's matrix
+  products run on one BLAS thread (`runtime.single_blas_thread`), since a product
+  summed in another order by another thread count (which `--threads auto` changes
+  with the machine's load) drifts, and a 7,842-parameter search recorded beside other
+  jobs failed to replay at its 47th generation.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import numpy as np
 
 from lib.fileio import atomic_path
+from lib.kernels import runtime
 
 # The constructor's settings, saved by name with the history.
 SETTINGS = ("n_params", "popsize", "sigma", "seed", "diagonal")
@@ -116,7 +121,7 @@ class CMAES:
 
     def ask(self) -> np.ndarray:
         """(popsize, n_params) float64 candidates of the next generation."""
-        with self._own_rng():
+        with self._own_rng(), runtime.single_blas_thread():
             return np.array(self.es.ask())
 
     def tell(self, xs: np.ndarray, returns: np.ndarray) -> None:
@@ -124,7 +129,7 @@ class CMAES:
         returns = np.asarray(returns, np.float64)
         if returns.shape != (len(xs),):
             raise ValueError(f"need one return per candidate, got {returns.shape} for {len(xs)}")
-        with self._own_rng():
+        with self._own_rng(), runtime.single_blas_thread():
             self.es.tell(list(xs), list(-returns))  # pycma minimises: the one sign flip
         self.history.append(returns.copy())
         self.checksums.append(_checksum(xs))
