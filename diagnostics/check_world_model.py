@@ -249,7 +249,8 @@ def table(r: dict) -> str:
 
 
 def figure(path: str, r: dict) -> None:
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.5))
+    panels = 4 if "dream_vs_real" in r else 3  # the last: dream against real fitness
+    fig, axes = plt.subplots(1, panels, figsize=(4.75 * panels, 4.5))
     ks = [int(k) for k in r["open_loop"]]
     styles = {"real": ("k", "-"), "dream": ("tab:red", "-"), "copy": ("tab:gray", "--"),
               "velocity": ("tab:blue", ":")}  # fmt: skip
@@ -290,8 +291,8 @@ def figure(path: str, r: dict) -> None:
         f"collision within {r['horizon']} steps\nrisk > {r['risk_threshold']:g}: precision "
         f"{_f(p)}, recall {_f(q)}"
     )
-    ax = axes[3]
-    if "dream_vs_real" in r:
+    if panels == 4:
+        ax = axes[3]
         d = r["dream_vs_real"]
         n = len(d["trained"])
         ax.scatter(d["real"][n:], d["dream"][n:], c="tab:blue", label="random and perturbed")
@@ -303,8 +304,6 @@ def figure(path: str, r: dict) -> None:
         ax.set_ylabel("dream fitness (mean return in M)")
         ax.set_title(f"Same controllers, dream vs real: Spearman {d['spearman']:+.2f}")
         ax.legend(fontsize=8)
-    else:
-        ax.set_axis_off()
     fig.suptitle(
         f"M as a simulator, {r.get('test_episodes', '')} held-out episodes (NLL {r['nll']:.2f}, "
         f"copy {r['copy_baseline_nll']:.2f})"
