@@ -283,6 +283,27 @@ def test_the_velocity_prior_moves_each_latent_on_by_its_last_change():
                                plain.step(z[:, 1], a[:, 1]).mixture.mu, atol=1e-6)  # fmt: skip
 
 
+def test_a_velocity_m_dreams_agents_in_lockstep_as_alone():
+    """The dream (07 --dream's `dream_rollouts`, tau 0) of a velocity M, whose c is wider
+    than h: four agents in lockstep end as each does alone."""
+    from lib.control.agent import dream_rollouts
+    from lib.models.controller import n_params
+
+    m = velocity_m()
+    rng = np.random.default_rng(2)
+    params = rng.normal(0, 0.3, (2, n_params(m.z_size, m.hidden_size))).astype(np.float32)
+    z0 = rng.normal(size=(4, m.z_size)).astype(np.float32)
+    which = np.array([0, 1, 1, 0])
+    together = dream_rollouts(m, params, which, z0, 0.0, np.random.default_rng(0), max_steps=6)
+    for i in range(4):
+        alone = dream_rollouts(m, params, which[i : i + 1], z0[i : i + 1], 0.0,
+                               np.random.default_rng(0), max_steps=6)  # fmt: skip
+        # float32 sums of another batch size differ in the last bits, which this random,
+        # unstable M amplifies to about 1e-4 by step 6; a row mixed up differs by 0.1
+        np.testing.assert_allclose(together[0][i], alone[0][0], atol=1e-3)
+    assert len(set(np.round(together[0], 6))) > 1  # the agents' dreams differ
+
+
 def test_the_transport_moves_each_cell_from_the_neighbour_it_picks():
     """A transport that puts all its weight on one tap moves the whole warped map by one
     cell (the edge repeated); the untrained one keeps about 95 % in place."""
