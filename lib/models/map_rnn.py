@@ -248,10 +248,16 @@ class MapRNN(chainer.Chain):
             xp.ascontiguousarray(p) for p in (c[:, :hid], c[:, hid : hid + z], c[:, hid + z :])
         )
 
+    def _join_c(self, cells, z_warped):
+        """c with velocity: [the LSTM's cells, the warped z, 1 (known)] along the last
+        axis (`_split_c`'s inverse), for one step (N, .) or a sequence (B, T, .)."""
+        xp = self.xp
+        known = xp.ones((*z_warped.shape[:-1], 1), np.float32)
+        return xp.concatenate([cells, z_warped, known], axis=-1)
+
     def _velocity_gain(self, n):
         """The gain g tiled over the cells: (n, Z) Variable."""
-        g = F.tile(F.reshape(self.velocity_gain, (1, self.latents)), (n, self.side * self.side))
-        return g
+        return F.tile(F.reshape(self.velocity_gain, (1, self.latents)), (n, self.side * self.side))
 
     # z is (N, S*S*K) cell-major, which is an NHWC map (N, S, S, K) as it is; h and c
     # are (N, S*S*C) the same way.
@@ -401,9 +407,8 @@ class MapRNN(chainer.Chain):
             hs, cs = F.stack(hs, axis=1), xp.stack(cs, axis=1)
         if self.velocity:  # the state carries the last z, warped, and that it is known
             zw = z_warped.reshape(batch, steps, -1)
-            c = chainer.Variable(xp.concatenate([c.array if isinstance(c, chainer.Variable) else c,
-                                zw[:, -1], xp.ones((batch, 1), np.float32)], axis=1))  # fmt: skip
-            cs = xp.concatenate([cs, zw, xp.ones((batch, steps, 1), np.float32)], axis=2)
+            c = chainer.Variable(self._join_c(getattr(c, "array", c), zw[:, -1]))
+            cs = self._join_c(cs, zw)
         flat = F.reshape(hs, (batch * steps, self.hidden_size))
         mixture = F.reshape(self._head(flat, z_warped, v_warped), (batch, steps, -1))
         if not self.outcome_head:
@@ -472,7 +477,6 @@ class MapRNN(chainer.Chain):
             `StepOutput` of arrays.
         """
         z, a, h, c = step_inputs(self, z, a, state)
-        xp = self.xp
         taps = ego_warp.warp_taps(a, self.offsets)
         v = v_warped = None
         if self.velocity:
@@ -488,7 +492,7 @@ class MapRNN(chainer.Chain):
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             raw = self._head_array(h, z_warped, v_warped)
         if self.velocity:
-            c = xp.concatenate([c, z_warped, xp.ones((len(z), 1), np.float32)], axis=1)
+            c = self._join_c(c, z_warped)
         return StepOutput(h, (h, c), self.split(raw), *self.heads(h))
 
     def _head_array(self, h, z_warped, v_warped=None):
