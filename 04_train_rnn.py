@@ -59,7 +59,7 @@ from lib.env.rollouts import load_episode
 from lib.fileio import file_hash
 from lib.kernels.fast_adam import FastAdam
 from lib.models import saved_models
-from lib.models.map_rnn import ARCHS, build_rnn
+from lib.models.map_rnn import ARCHS, build_rnn, constructor_defaults
 from lib.models.mdn_rnn import (
     MODES,
     OUTCOME_CLASSES,
@@ -540,7 +540,9 @@ def model_config(args, vae, vae_sidecar, action_size, scalar_heads):
 def resume(run, config):
     """Restores `run` from its snapshot after checking it holds an M of these sizes."""
     old = run.saved_settings()
-    old_config = {k: old.get("config", {}).get(k) for k in config}
+    # a key that a newer 04 added is absent from an older snapshot: it was the default then
+    defaults = constructor_defaults(config)
+    old_config = {k: old.get("config", {}).get(k, defaults.get(k)) for k in config}
     if old.get("config") is not None and old_config != config:
         cli.fail(
             f"{run.path} is an M with {old_config}, not {config} — V's z size or the "

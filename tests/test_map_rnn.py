@@ -596,6 +596,24 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert any(p.suffix == ".png" for p in (a / "results").iterdir())
 
 
+def test_a_snapshot_from_before_a_flag_existed_resumes(spatial_v, tmp_path):
+    """A snapshot whose sidecar lacks a config key that a later 04 added (an M trained
+    before --map-velocity existed) resumes when the flag is at its default, and is
+    refused in one line when it is not (a real run failed so on 2026-12-07)."""
+    d = copy_data(spatial_v, tmp_path / "d")
+    stopped = train(d, "--max-iterations", 1)
+    assert "continue with --resume" in stopped.stdout
+    side = d / "models" / "rnn_dream_snapshot.json"
+    sidecar = json.loads(side.read_text())
+    assert sidecar["config"].pop("velocity") is False
+    side.write_text(json.dumps(sidecar))
+    refused = train(d, "--resume", "--map-velocity", check=False)
+    assert "'velocity': False" in one_line_error(refused) and "--overwrite" in refused.stderr
+    resumed = train(d, "--resume")
+    assert "resumed from" in resumed.stdout
+    assert json.loads((d / "models" / "rnn_dream.json").read_text())["config"]["velocity"] is False
+
+
 def test_a_14x14_map_v_and_its_map_m(spatial_v, tmp_path):
     """03 --map-side 14: two convs, cells 4 px (0.5 m) apart; 04 builds the map M on
     that grid (its taps warp 196 cells) and 07 trains C in its dream on [z, h]."""

@@ -49,6 +49,8 @@ Typical use::
 
 from __future__ import annotations
 
+import inspect
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
@@ -545,6 +547,14 @@ class MapOutcomeHead(chainer.Chain):
         maps = F.pad(F.reshape(h, (n, s, s, self.channels)), ((0, 0), (1, 1), (1, 1), (0, 0)),
                      "constant")  # fmt: skip
         return self.out(F.reshape(self.conv(maps), (n, -1)))
+
+
+def constructor_defaults(config: dict) -> dict:
+    """The defaults of the constructor that `build_rnn(config)` calls, by argument
+    name: what an M saved before an argument existed was built with."""
+    cls = MapRNN if config.get("arch", "lstm") == "map" else MDNRNN
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def build_rnn(config: dict):
