@@ -9,12 +9,15 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
   (--temperature) under the real actions; a linear probe fitted on real z of --probe-episodes
   training episodes reads the goal's bearing and distance and the nearest person's
   position from the dreamed z (R²), and from the real z of that frame (the ceiling), the
-  last real z copied, and z at constant velocity (lib/diagnostics/open_loop.py). The true
-  state comes from replaying each episode in the simulator from its seed and actions;
+  last real z copied, z at constant velocity, and (a map M) the last real z moved by the
+  actions' ego-motion alone (lib/diagnostics/open_loop.py); and each z's mean squared
+  error against the real z. The true state comes from replaying each episode in the
+  simulator from its seed and actions;
 - its reward head's MSE, done and "this step is a collision" precision and recall;
 - "a collision within --horizon steps", forecast from --samples open-loop samples per
   step: AUC, and precision and recall at --risk-threshold (the look-ahead planner's); the
-  same with M's heads reading the copied or constant-velocity z instead of its samples,
+  same with M's heads reading the copied, constant-velocity or ego-motion-warped z
+  instead of its samples,
   and reading the real future z (the ceiling: what these heads make of a perfect dream);
 - whole episodes: from each episode's first frame M dreams as many steps as it had,
   under its real actions; the probability the dream gives the way it really ended
@@ -179,12 +182,21 @@ def table(r: dict) -> str:
     if "test_episodes" in r:
         lines.insert(2, f"| held-out episodes | {r['test_episodes']} | {r['held_out']}/test |")
     for k, row in r.get("open_loop", {}).items():
+        warp = "warp" in row
         for group, name in (("goal_bearing", "goal bearing"), ("person_position", "person position"),
                             ("goal_distance", "goal distance")):  # fmt: skip
             lines.append(
                 f"| {k}-step open loop: probe R², {name} | dream {_f(row['dream'][group])} "
                 f"({_f(row['relative'][group])} of real z) | real z {_f(row['real'][group])}, "
-                f"copy {_f(row['copy'][group])}, const. velocity {_f(row['velocity'][group])} |"
+                f"copy {_f(row['copy'][group])}, const. velocity {_f(row['velocity'][group])}"
+                + (f", ego-motion warp {_f(row['warp'][group])} |" if warp else " |")
+            )
+        mse = row.get("z_mse")
+        if mse:
+            lines.append(
+                f"| {k}-step open loop: z's mean squared error | dream {mse['dream']:.4f} | "
+                f"copy {mse['copy']:.4f}, const. velocity {mse['velocity']:.4f}"
+                + (f", ego-motion warp {mse['warp']:.4f} |" if warp else " |")
             )
     c = r["collision_soon_auc"]
     lines += [
@@ -195,7 +207,13 @@ def table(r: dict) -> str:
             f"| collision within {r['horizon']} steps: AUC ({r['samples']} samples) | "
             f"{_f(c['dream'], '.3f')}{_interval(r.get('collision_soon_auc_interval'))} | "
             f"heads on copied z {_f(c['copy'], '.3f')}, on "
-            f"const.-velocity z {_f(c['velocity'], '.3f')}; on the real future z (ceiling) "
+            f"const.-velocity z {_f(c['velocity'], '.3f')}"
+            + (
+                f", on ego-motion-warped z {_f(c['warp'], '.3f')}"
+                if c.get("warp") is not None
+                else ""
+            )
+            + "; on the real future z (ceiling) "
             f"{_f(c.get('real'), '.3f')} |"
         ),
     ]
@@ -253,15 +271,17 @@ def figure(path: str, r: dict) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(4.75 * panels, 4.5))
     ks = [int(k) for k in r["open_loop"]]
     styles = {"real": ("k", "-"), "dream": ("tab:red", "-"), "copy": ("tab:gray", "--"),
-              "velocity": ("tab:blue", ":")}  # fmt: skip
+              "velocity": ("tab:blue", ":"), "warp": ("tab:green", "-.")}  # fmt: skip
     for ax, (group, title) in zip(
         axes[:2], (("goal_bearing", "goal's bearing"), ("person_position", "nearest person"))
     ):
         for source, (color, ls) in styles.items():
+            if source not in next(iter(r["open_loop"].values())):
+                continue  # "warp": map Ms only
             vals = [r["open_loop"][k][source][group] for k in r["open_loop"]]
             vals = [np.nan if v is None else max(v, -1.0) for v in vals]
             label = {"real": "real z (ceiling)", "dream": "M's dream", "copy": "copy last z",
-                     "velocity": "constant velocity"}[source]  # fmt: skip
+                     "velocity": "constant velocity", "warp": "ego-motion warp"}[source]  # fmt: skip
             ax.plot(ks, vals, color=color, ls=ls, marker="o", label=label)
         ax.set_xticks(ks)
         ax.set_xlabel("open-loop steps k")
@@ -278,6 +298,7 @@ def figure(path: str, r: dict) -> None:
     for name, color, text in (("dream", "tab:red", "M's samples, all"),
                               ("copy", "tab:gray", "M's heads, copied z"),
                               ("velocity", "tab:blue", "M's heads, const. vel. z"),
+                              ("warp", "tab:green", "M's heads, ego-warped z"),
                               ("real", "k", "M's heads, real future z")):  # fmt: skip
         if c.get(name) is not None:
             ax.axhline(c[name], color=color, lw=1, ls="--", label=f"{text}: {c[name]:.3f}")
@@ -352,7 +373,7 @@ def probe_fidelity(args, rnn, train, test, forced, config, rng):
     except (ol.ReplayError, ProbeError) as e:
         cli.fail(str(e))
     dreams = ol.open_loop(rnn, test, forced, rng, args.temperature)
-    return ol.fidelity(probe, test, truth, dreams)
+    return ol.fidelity(probe, test, truth, dreams, getattr(rnn, "offsets", None))
 
 
 def main(argv=None):
@@ -395,6 +416,8 @@ def main(argv=None):
     both = 0 < soon.sum() < len(soon)
     aucs = {}
     for source in wm.FORECAST_SOURCES:
+        if source == "warp" and getattr(rnn, "offsets", None) is None:
+            continue  # a dense M: no map to warp
         _, risk = wm.forecast_collisions(
             rnn, test, forced, rng, args.temperature, args.horizon, weight,
             samples=args.samples if source == "dream" else 1, source=source,

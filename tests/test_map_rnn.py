@@ -16,6 +16,8 @@ from cli_helpers import one_line_error, run, run_here
 
 from lib.control.fitness import dream_starts
 from lib.data import latents, rnn_data
+from lib.diagnostics import open_loop as ol
+from lib.diagnostics import world_model as wm
 from lib.env import socnavenv as sn
 from lib.kernels import sparse_warp
 from lib.models import ego_warp, saved_models
@@ -594,6 +596,15 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     # 06 draws it like any M.
     run("06_draw_rnn_result.py", "--mode", "dream", "--data-dir", a)
     assert any(p.suffix == ".png" for p in (a / "results").iterdir())
+    # the check scores a map M beside the ego-motion warp of the last real z too
+    run("diagnostics/check_world_model.py", "--controllers", 0, "--samples", 1,
+        "--probe-episodes", 20, "--bootstrap", 0, "--data-dir", a)  # fmt: skip
+    r = json.loads((a / "results" / "world_model_dream.json").read_text())["results"]
+    for row in r["open_loop"].values():
+        assert {"warp", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
+        assert row["z_mse"]["real"] == 0.0 and row["z_mse"]["warp"] < row["z_mse"]["copy"]
+    assert set(r["collision_soon_auc"]) == set(wm.FORECAST_SOURCES)
+    assert "ego-motion warp" in (a / "results" / "world_model_dream.md").read_text()
 
 
 def test_a_snapshot_from_before_a_flag_existed_resumes(spatial_v, tmp_path):

@@ -197,7 +197,7 @@ def test_the_script_scores_m_and_compares_dream_with_real(models):
     assert r["test_steps"] == r["open_loop"]["1"]["rows"] > 0  # every step has frame t + 1
     assert set(r["open_loop"]) == {"1", "5", "10"}
     for row in r["open_loop"].values():
-        assert set(row) == {"rows", "relative", "real", "dream", "copy", "velocity"}
+        assert set(row) == {"rows", "relative", "real", "dream", "copy", "velocity", "z_mse"}
         for group, rel in row["relative"].items():
             if rel is not None:
                 assert rel == pytest.approx(row["dream"][group] / row["real"][group])

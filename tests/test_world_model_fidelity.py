@@ -10,6 +10,7 @@ from lib.diagnostics import open_loop as ol
 from lib.diagnostics import world_model as wm
 from lib.diagnostics.probe import auc, task_quantities
 from lib.env import socnavenv as sn
+from lib.models import ego_warp
 from lib.models.mdn_rnn import MixtureParams, StepOutput, sample
 
 CONFIG = sn.EnvConfig(max_steps=60)
@@ -147,6 +148,56 @@ def test_the_baselines_by_hand(world):
     np.testing.assert_allclose(v[1], data.mu[f0 + 3] + 4 * (data.mu[f0 + 3] - data.mu[f0 + 2]))
 
 
+def map_episodes(side=4, latents=2, lengths=(3, 2), seed=0):
+    """Episodes of S x S x K map z (random) and random actions, as `LatentEpisodes`."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array(lengths)
+    frames = int((lengths + 1).sum())
+    mu = rng.normal(size=(frames, side * side * latents)).astype(np.float32)
+    return LatentEpisodes(
+        {
+            "mu": mu,
+            "logvar": np.zeros_like(mu),
+            "action": rng.uniform(-1, 1, (int(lengths.sum()), 2)).astype(np.float32),
+            "reward": np.zeros(int(lengths.sum()), np.float32),
+            "done": np.concatenate([np.arange(t) == t - 1 for t in lengths]),
+            "frame_offsets": np.cumsum([0, *(lengths + 1)]),
+            "step_offsets": np.cumsum([0, *lengths]),
+            "files": np.array([f"{e:05d}.npz" for e in range(len(lengths))]),
+        }
+    )
+
+
+def test_the_warp_baseline_moves_z_by_the_real_actions_ego_motion():
+    """ "warp": one ego-motion warp a step with a_t, a_{t+1}, ... (the last action past the
+    episode's end); standing still (no advance, no turn) leaves z as copied."""
+    side, k = 4, 2
+    data = map_episodes(side, k)
+    offsets = ego_warp.grid_offsets(side, 4.0)
+
+    def by_hand(frame, actions):
+        z = data.mu[frame].reshape(1, side * side, k)
+        for a in actions:
+            z = ego_warp.warp_maps(z, ego_warp.warp_taps(np.asarray(a)[None], offsets))
+        return z.reshape(-1)
+
+    f1 = data.frame_offsets[1]  # the second episode's first frame: its step 3
+    got = ol.baseline_z(data, np.array([1, f1]), 2, "warp", offsets)
+    np.testing.assert_allclose(got[0], by_hand(1, data.action[1:3]), rtol=1e-6)
+    np.testing.assert_allclose(got[1], by_hand(f1, data.action[3:5]), rtol=1e-6)
+    past = ol.baseline_z(data, np.array([2]), 3, "warp", offsets)[0]  # steps 2, 2, 2
+    np.testing.assert_allclose(past, by_hand(2, data.action[[2, 2, 2]]), rtol=1e-6)
+    assert not np.allclose(past, data.mu[2])
+    still = map_episodes(side, k)
+    still.action[:] = [-1.0, 0.0]  # no advance, no turn
+    np.testing.assert_allclose(ol.baseline_z(still, np.array([0, 1]), 2, "warp", offsets),
+                               still.mu[[0, 1]], atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="offsets"):
+        ol.baseline_z(data, np.array([0]), 1, "warp")
+    with pytest.raises(ValueError, match="baseline"):
+        ol.baseline_z(data, np.array([0]), 1, "nope")
+
+
 def test_the_probe_reads_a_linear_target(world):
     """z is linear in the quantities plus 1 % noise: the probe reads them almost exactly,
     and an unrelated target not at all."""
@@ -184,6 +235,12 @@ def test_a_perfect_m_dreams_the_real_future(world):
             assert r[k]["real"][group] > 0.99
     # at 10 steps the room has moved: copying the last z reads it worse than the dream
     assert r[10]["copy"]["goal_bearing"] < r[10]["dream"]["goal_bearing"] - 0.01
+    for k in ol.HORIZONS:  # a flat z: no warp baseline; the dream's error is the real z's
+        assert "warp" not in r[k] and r[k]["z_mse"]["real"] == 0.0
+        assert r[k]["z_mse"]["dream"] == pytest.approx(0.0, abs=1e-9)
+        start, target = dreams[k]["start"], dreams[k]["target"]
+        want = np.mean((data.mu[start] - data.mu[target]) ** 2)
+        assert r[k]["z_mse"]["copy"] == pytest.approx(want, rel=1e-5)
 
 
 def test_a_copy_m_scores_as_the_copy_baseline(world):
@@ -237,6 +294,8 @@ def test_bad_forecast_settings_are_refused(world):
         wm.forecast_collisions(m, data, forced, np.random.default_rng(0), source="nope")
     with pytest.raises(ValueError, match="samples"):
         wm.forecast_collisions(m, data, forced, np.random.default_rng(0), samples=0)
+    with pytest.raises(ValueError, match="map M"):  # a rigged M has no map to warp
+        wm.forecast_collisions(m, data, forced, np.random.default_rng(0), source="warp")
 
 
 def test_dream_against_real_summary():

@@ -5,9 +5,13 @@ reads the real z_t and a_t, and then runs open loop on its own samples (temperat
 tau) under the real actions a_{t+1}, a_{t+2}, ... Its sample after k steps is the
 dreamed z of frame t + k. A linear probe fitted on *real* z (V's posterior means of
 training episodes) to the true state behind each frame then reads the dreamed z. The
-same probe reads the real z of frame t + k (the ceiling) and two baselines that need
-no M: the last real z copied (z_t) and z extrapolated at constant velocity
-(z_t + k (z_t - z_{t-1})).
+same probe reads the real z of frame t + k (the ceiling) and baselines that need no
+M: the last real z copied (z_t), z extrapolated at constant velocity
+(z_t + k (z_t - z_{t-1})), and, for a map M (a spatial V), z_t moved by the robot's own
+motion alone: warped by the real actions' ego-motion (`lib.models.ego_warp`), what a
+room whose people stand still would show. A map M whose dream is no better than this
+warp has learnt nothing of the people. Each source's mean squared error against the
+real z is reported beside the probe's R².
 
 The true state comes from replaying each episode in the simulator from its seed and
 recorded actions (`replay_quantities`); the replay must reproduce the recorded rewards,
@@ -40,12 +44,14 @@ from lib.diagnostics.probe import (
     task_quantities,
 )
 from lib.env import socnavenv as sn
+from lib.models import ego_warp
 
 HORIZONS = (1, 5, 10)  # open-loop steps scored
 QUANTITIES = ("goal_sin", "goal_cos", "goal_distance", "person_x", "person_y")
 # The groups the issue's targets read: the goal's bearing, the nearest person's position
 GROUPS = {"goal_bearing": ("goal_sin", "goal_cos"), "person_position": ("person_x", "person_y")}
-SOURCES = ("real", "dream", "copy", "velocity")  # the z a probe reads at frame t + k
+SOURCES = ("real", "dream", "copy", "velocity", "warp")  # the z a probe reads at frame t + k
+BASELINES = ("copy", "velocity", "warp", "real")  # `baseline_z`'s; "warp" needs a map's offsets
 VALIDATION_FRACTION = 0.2  # of the probe's training episodes, the last: chooses the penalty
 
 
@@ -121,20 +127,35 @@ def step_frames(data: LatentEpisodes) -> np.ndarray:
     )
 
 
-def baseline_z(data: LatentEpisodes, frames: np.ndarray, k: int, source: str) -> np.ndarray:
+def baseline_z(
+    data: LatentEpisodes, frames: np.ndarray, k: int, source: str, offsets=None
+) -> np.ndarray:
     """(N, Z) float32: a baseline's guess of the z of frame `frames + k` from z up to
     `frames` (V's means): "copy" repeats z_t, "velocity" extrapolates
-    z_t + k (z_t - z_{t-1}) (no velocity at an episode's first frame). "real" is no
+    z_t + k (z_t - z_{t-1}) (no velocity at an episode's first frame). "warp" moves the
+    S x S map z_t by the ego-motion of the real actions a_t ... a_{t+k-1}, one warp a
+    step as a map M moves its state (past the episode's end its last action repeats, as
+    in M's forecasts); it needs the map's `offsets` (`MapRNN.offsets`). "real" is no
     guess but the ceiling: the real z of frame t + k (the episode's last frame past its
     end), what a perfect M would dream."""
+    if source not in BASELINES:
+        raise ValueError(f"unknown baseline {source!r}: {', '.join(BASELINES)}")
     z = data.mu[frames]
+    episode = np.searchsorted(data.frame_offsets, frames, side="right") - 1
     if source == "copy":
         return z.copy()
     if source == "real":
-        episode = np.searchsorted(data.frame_offsets, frames, side="right") - 1
         return data.mu[np.minimum(frames + k, data.frame_offsets[episode + 1] - 1)].copy()
-    if source != "velocity":
-        raise ValueError(f"unknown baseline {source!r}")
+    if source == "warp":
+        if offsets is None:
+            raise ValueError("the warp baseline needs a map M's offsets (a spatial V)")
+        side = len(offsets)
+        cells = z.reshape(len(z), side * side, -1)
+        step, last = frames - episode, data.step_offsets[episode + 1] - 1  # a_t's row
+        for j in range(k):
+            taps = ego_warp.warp_taps(data.action[np.minimum(step + j, last)], offsets)
+            cells = ego_warp.warp_maps(cells, taps)
+        return cells.reshape(z.shape).astype(np.float32)
     first = np.isin(frames, data.frame_offsets[:-1])
     prev = data.mu[np.where(first, frames, frames - 1)]
     return (z + k * (z - prev)).astype(np.float32)
@@ -237,7 +258,7 @@ class Probe:
         return ridge.predict(z, lam)[:, 0]
 
 
-def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict) -> dict:
+def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict, offsets=None) -> dict:
     """R² of the probe at each horizon, on each source of z, per quantity and group.
 
     Args:
@@ -245,11 +266,14 @@ def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict) -> d
         data: the held-out episodes.
         truth: `replay_quantities` of their frames.
         dreams: `open_loop`'s result.
+        offsets: a map M's grid (`MapRNN.offsets`): adds the "warp" baseline; None
+            (a dense M) leaves it out.
 
     Returns:
-        {k: {source: {name: R²}}} for `SOURCES` and every quantity and `GROUPS` entry (a
-        group's R² pools its quantities' residuals and variances), plus
-        {k: {"relative": {name: dream R² / real R²}, "rows": N}}.
+        {k: {source: {name: R²}}} for `SOURCES` ("warp" only with `offsets`) and every
+        quantity and `GROUPS` entry (a group's R² pools its quantities' residuals and
+        variances), plus {k: {"relative": {name: dream R² / real R²}, "rows": N,
+        "z_mse": {source: mean squared error of its z against the real z}}}.
     """
     out = {}
     for k, d in dreams.items():
@@ -259,7 +283,13 @@ def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict) -> d
             "copy": baseline_z(data, d["start"], k, "copy"),
             "velocity": baseline_z(data, d["start"], k, "velocity"),
         }
-        row = {"rows": len(d["target"])}
+        if offsets is not None:
+            sources["warp"] = baseline_z(data, d["start"], k, "warp", offsets)
+        real = sources["real"]
+        row = {
+            "rows": len(d["target"]),
+            "z_mse": {src: float(np.mean((z - real) ** 2)) for src, z in sources.items()},
+        }
         for source, z in sources.items():
             scores, parts = {}, {}
             for name in QUANTITIES:

@@ -158,7 +158,7 @@ def actual_collision_soon(data: LatentEpisodes, horizon: int = COLLISION_HORIZON
 
 
 # Whose z M's heads read in `forecast_collisions`: its own dream, the baselines', the real.
-FORECAST_SOURCES = ("dream", "copy", "velocity", "real")
+FORECAST_SOURCES = ("dream", "copy", "velocity", "warp", "real")  # "warp": map Ms only
 
 
 def collision_forecasts(*args, **kwargs) -> np.ndarray:
@@ -184,9 +184,10 @@ def forecast_collisions(
     All S forecasts (times `samples`) run in lockstep: M starts from its teacher-forced
     state at t, reads the real z_t and a_t, then its own samples (temperature `tau`)
     with the real actions a_{t+1}, ... (the last real action repeated past the
-    episode's end). With `source` "copy" or "velocity", M's heads read a baseline's z
-    instead of its own samples (`lib.diagnostics.open_loop.baseline_z`): what M's
-    heads make of a future that does not move, or moves on at constant velocity. With
+    episode's end). With `source` "copy", "velocity" or "warp" (a map M), M's heads
+    read a baseline's z instead of its own samples (`lib.diagnostics.open_loop.baseline_z`):
+    what M's heads make of a future that does not move, moves on at constant velocity,
+    or moves only by the robot's own motion. With
     "real" they read the real future z (the last frame repeated past the episode's
     end): the ceiling of any dream read by these heads, a perfect M's forecast.
 
@@ -202,6 +203,9 @@ def forecast_collisions(
         raise ValueError(f"unknown source {source!r}: {', '.join(FORECAST_SOURCES)}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    offsets = getattr(rnn, "offsets", None)
+    if source == "warp" and offsets is None:
+        raise ValueError("the warp baseline needs a map M (04 --arch map)")
     all_frames = np.tile(step_frames(data), samples)
     n = len(all_frames) // samples
     all_starts = np.tile(np.arange(n), samples)
@@ -230,7 +234,7 @@ def forecast_collisions(
             if source == "dream":
                 z = rnn.sample(out.mixture, tau, rng)
             else:
-                z = xp.asarray(baseline_z(data, frames, k + 1, source))
+                z = xp.asarray(baseline_z(data, frames, k + 1, source, offsets))
     return hit[:n], risk.reshape(samples, n).mean(axis=0)
 
 
