@@ -188,6 +188,14 @@ def parse_args(argv=None):
         "paper; docs/experiments.md)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--keep",
+        choices=("last", "best"),
+        default="last",
+        help="which epoch's M is rnn_<mode>.npz: last, the last epoch's (the paper); best, "
+        "the epoch with the lowest held-out NLL on 02's test episodes (an early stop that "
+        "goes on training: the log and the snapshot follow every epoch)",
+    )
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--reward-weight", type=float, default=1.0, help="weight of the reward loss")
     p.add_argument("--done-weight", type=float, default=1.0, help="weight of the done loss")
@@ -555,6 +563,17 @@ def resume(run, config):
     print(f"resumed from {run.path}: epoch {run.epoch + 1}, batch {run.iteration}")
 
 
+def kept_epoch(keep: str, logged: list[dict], row: dict) -> int:
+    """The epoch whose M is the saved one once `row`'s epoch ends: that epoch with
+    --keep last; with --keep best, the epoch of the lowest held-out NLL among the
+    logged rows (as the CSV rounds them) and `row` (the earlier one on a tie)."""
+    if keep == "last":
+        return row["epoch"]
+    scores = [(float(r["test_nll"]), int(r["epoch"])) for r in logged if r.get("test_nll")]
+    scores.append((float(f"{row['test_nll']:.6g}"), row["epoch"]))
+    return min(scores)[1]
+
+
 def epoch_line(row, baselines, heads, seconds):
     """The line printed after an epoch."""
     text = f"epoch {row['epoch']}: train NLL {row['train_nll']:.3f}"
@@ -665,6 +684,11 @@ def main(argv=None):
             f"--task-weight needs labelled episodes, and {train_dir} has none — "
             "regenerate them with 02_generate_rnn_data.py --labels oracle (and --overwrite)"
         )
+    if args.keep == "best" and test is None:
+        cli.fail(
+            f"--keep best chooses by the held-out NLL, and {root}/test has no episodes — "
+            "run 02_generate_rnn_data.py with --testepisodes > 0, or use --keep last"
+        )
     pos_weight = done_pos_weight(train, scalar_heads, args.done_pos_weight)
     z_test, baselines = held_out_baselines(train, test, args.seed, args.z_source)
 
@@ -730,11 +754,16 @@ def main(argv=None):
                 row.update(held, constant_z_nll=baselines["constant_z"])
                 row["copy_z_nll"] = baselines["copy_z"]
                 events.image("open_loop", draw_open_loop(model, vae), epoch + 1)
+            kept = kept_epoch(args.keep, log.read(), row)
             log.append(row)
             title = f"M ({args.mode}): NLL of z(t+1) per latent dimension"
             training.plot_curves(log, f"{models}/{name}_loss.png", CURVES, title, "nats")
-            training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
-            print(epoch_line(row, baselines, heads, seconds))
+            line = epoch_line(row, baselines, heads, seconds)
+            if kept == epoch + 1:
+                training.save_model(model_path, model, run.sidecar(epochs=epoch + 1, last=row))
+            else:
+                line += f"; {name}.npz stays at epoch {kept} (--keep best)"
+            print(line)
 
     # OUTPUTS
     print(

@@ -151,6 +151,30 @@ def test_resume_is_exact(trained_v, tmp_path):
     }
 
 
+def test_keep_best_keeps_the_epoch_of_the_lowest_held_out_nll(trained_v, tmp_path):
+    """04 --keep best: rnn_<mode>.npz is the M of the epoch with the lowest held-out NLL,
+    bit for bit the M that a run stopping at that epoch saves; the log follows every
+    epoch. A high learning rate makes a later epoch worse, so the choice matters."""
+    a = copy_data(trained_v, tmp_path / "a")
+    out = train(a, "dream", "--epochs", 4, "--lr", 0.05, "--keep", "best")
+    nll = [float(r["test_nll"]) for r in log_rows(a, "dream")]
+    best = int(np.argmin(nll)) + 1
+    assert len(nll) == 4 and best < 4, nll
+    assert json.loads((a / "models" / "rnn_dream.json").read_text())["epochs"] == best
+    assert f"rnn_dream.npz stays at epoch {best} (--keep best)" in out.stdout
+    b = copy_data(trained_v, tmp_path / "b")
+    train(b, "dream", "--epochs", best, "--lr", 0.05)
+    assert_same_arrays(a / "models" / "rnn_dream.npz", b / "models" / "rnn_dream.npz")
+
+
+def test_keep_best_needs_held_out_episodes(trained_v, tmp_path):
+    d = copy_data(trained_v, tmp_path)
+    shutil.rmtree(d / "rnn_data" / "test")
+    line = one_line_error(train(d, "dream", "--keep", "best", check=False))
+    assert "--keep best" in line and "--testepisodes" in line
+    assert not (d / "models" / "rnn_dream.npz").exists()
+
+
 def test_latent_cache_reused_and_invalidated(trained_v, tmp_path):
     d = copy_data(trained_v, tmp_path)
 
