@@ -549,18 +549,21 @@ class MapOutcomeHead(chainer.Chain):
         return self.out(F.reshape(self.conv(maps), (n, -1)))
 
 
+def _rnn_class(arch: str):
+    """The M class that an "arch" names: `MapRNN` for "map", `MDNRNN` for "lstm"."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown M architecture {arch!r}: one of {', '.join(ARCHS)}")
+    return MapRNN if arch == "map" else MDNRNN
+
+
 def constructor_defaults(config: dict) -> dict:
     """The defaults of the constructor that `build_rnn(config)` calls, by argument
     name: what an M saved before an argument existed was built with."""
-    cls = MapRNN if config.get("arch", "lstm") == "map" else MDNRNN
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    params = inspect.signature(_rnn_class(config.get("arch", "lstm")).__init__).parameters
+    return {p.name: p.default for p in params.values() if p.default is not inspect.Parameter.empty}
 
 
 def build_rnn(config: dict):
     """M from its sidecar config: `MapRNN` for "arch": "map", else `MDNRNN`."""
     config = dict(config)
-    arch = config.pop("arch", "lstm")
-    if arch not in ARCHS:
-        raise ValueError(f"unknown M architecture {arch!r}: one of {', '.join(ARCHS)}")
-    return MapRNN(**config) if arch == "map" else MDNRNN(**config)
+    return _rnn_class(config.pop("arch", "lstm"))(**config)
