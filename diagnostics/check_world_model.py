@@ -19,6 +19,9 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
   same with M's heads reading the copied, constant-velocity or ego-motion-warped z
   instead of its samples,
   and reading the real future z (the ceiling: what these heads make of a perfect dream);
+- with a pixel mover (data/models/mover.npz, 04b_train_mover.py), the same open-loop and
+  collision figures for its dream: the real frames t - 1 and t moved by the real actions
+  and the people's velocity, read by V ("pixel mover" rows);
 - whole episodes: from each episode's first frame M dreams as many steps as it had,
   under its real actions; the probability the dream gives the way it really ended
   (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
@@ -29,8 +32,9 @@ and for the trained Cs how their dreams and their real episodes end.
 
 Reads:
     data/models/vae.npz, rnn_<mode>.npz (with reward and done heads) and, if present,
-        controller.npz and controller_dream.npz; data/rnn_data/train and test (through
-        V's latent cache; the files' seeds for the replay).
+        controller.npz and controller_dream.npz, and mover.npz; data/rnn_data/train and
+        test (through V's latent cache; the files' seeds for the replay; the test
+        episodes' frames for the mover).
 Writes:
     data/results/world_model_<mode>.json (--out): every figure above.
     data/results/world_model_<mode>.md: the same as a table (also printed).
@@ -64,7 +68,7 @@ from lib.diagnostics import world_model as wm
 from lib.diagnostics.probe import ProbeError, auc
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
-from lib.models import saved_models
+from lib.models import pixel_mover, saved_models
 from lib.seeding import derive_seeds
 
 
@@ -182,21 +186,25 @@ def table(r: dict) -> str:
     if "test_episodes" in r:
         lines.insert(2, f"| held-out episodes | {r['test_episodes']} | {r['held_out']}/test |")
     for k, row in r.get("open_loop", {}).items():
-        warp = "warp" in row
+        warp, mover = "warp" in row, "mover" in row
         for group, name in (("goal_bearing", "goal bearing"), ("person_position", "person position"),
                             ("goal_distance", "goal distance")):  # fmt: skip
             lines.append(
                 f"| {k}-step open loop: probe R², {name} | dream {_f(row['dream'][group])} "
                 f"({_f(row['relative'][group])} of real z) | real z {_f(row['real'][group])}, "
                 f"copy {_f(row['copy'][group])}, const. velocity {_f(row['velocity'][group])}"
-                + (f", ego-motion warp {_f(row['warp'][group])} |" if warp else " |")
+                + (f", ego-motion warp {_f(row['warp'][group])}" if warp else "")
+                + (f", pixel mover {_f(row['mover'][group])}" if mover else "")
+                + " |"
             )
         mse = row.get("z_mse")
         if mse:
             lines.append(
                 f"| {k}-step open loop: z's mean squared error | dream {mse['dream']:.4f} | "
                 f"copy {mse['copy']:.4f}, const. velocity {mse['velocity']:.4f}"
-                + (f", ego-motion warp {mse['warp']:.4f} |" if warp else " |")
+                + (f", ego-motion warp {mse['warp']:.4f}" if warp else "")
+                + (f", pixel mover {mse['mover']:.4f}" if mover else "")
+                + " |"
             )
     c = r["collision_soon_auc"]
     lines += [
@@ -211,6 +219,11 @@ def table(r: dict) -> str:
             + (
                 f", on ego-motion-warped z {_f(c['warp'], '.3f')}"
                 if c.get("warp") is not None
+                else ""
+            )
+            + (
+                f", on the pixel mover's z {_f(c['mover'], '.3f')}"
+                if c.get("mover") is not None
                 else ""
             )
             + "; on the real future z (ceiling) "
@@ -271,17 +284,19 @@ def figure(path: str, r: dict) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(4.75 * panels, 4.5))
     ks = [int(k) for k in r["open_loop"]]
     styles = {"real": ("k", "-"), "dream": ("tab:red", "-"), "copy": ("tab:gray", "--"),
-              "velocity": ("tab:blue", ":"), "warp": ("tab:green", "-.")}  # fmt: skip
+              "velocity": ("tab:blue", ":"), "warp": ("tab:green", "-."),
+              "mover": ("tab:purple", "-")}  # fmt: skip
     for ax, (group, title) in zip(
         axes[:2], (("goal_bearing", "goal's bearing"), ("person_position", "nearest person"))
     ):
         for source, (color, ls) in styles.items():
             if source not in next(iter(r["open_loop"].values())):
-                continue  # "warp": map Ms only
+                continue  # "warp": map Ms only; "mover": with a mover
             vals = [r["open_loop"][k][source][group] for k in r["open_loop"]]
             vals = [np.nan if v is None else max(v, -1.0) for v in vals]
             label = {"real": "real z (ceiling)", "dream": "M's dream", "copy": "copy last z",
-                     "velocity": "constant velocity", "warp": "ego-motion warp"}[source]  # fmt: skip
+                     "velocity": "constant velocity", "warp": "ego-motion warp",
+                     "mover": "pixel mover"}[source]  # fmt: skip
             ax.plot(ks, vals, color=color, ls=ls, marker="o", label=label)
         ax.set_xticks(ks)
         ax.set_xlabel("open-loop steps k")
@@ -299,6 +314,7 @@ def figure(path: str, r: dict) -> None:
                               ("copy", "tab:gray", "M's heads, copied z"),
                               ("velocity", "tab:blue", "M's heads, const. vel. z"),
                               ("warp", "tab:green", "M's heads, ego-warped z"),
+                              ("mover", "tab:purple", "M's heads, pixel mover's z"),
                               ("real", "k", "M's heads, real future z")):  # fmt: skip
         if c.get(name) is not None:
             ax.axhline(c[name], color=color, lw=1, ls="--", label=f"{text}: {c[name]:.3f}")
@@ -361,7 +377,7 @@ def rnn_roots(args):
     return root, os.path.join(args.held_out, "rnn_data") if args.held_out else root
 
 
-def probe_fidelity(args, rnn, train, test, forced, config, rng):
+def probe_fidelity(args, rnn, train, test, forced, config, rng, mover=None):
     """Open-loop fidelity (lib/diagnostics/open_loop.py), the probe fitted on real z."""
     root, test_root = rnn_roots(args)
     fit = train.first(args.probe_episodes)
@@ -373,7 +389,28 @@ def probe_fidelity(args, rnn, train, test, forced, config, rng):
     except (ol.ReplayError, ProbeError) as e:
         cli.fail(str(e))
     dreams = ol.open_loop(rnn, test, forced, rng, args.temperature)
-    return ol.fidelity(probe, test, truth, dreams, getattr(rnn, "offsets", None))
+    return ol.fidelity(probe, test, truth, dreams, getattr(rnn, "offsets", None), mover)
+
+
+def load_mover(args, vae, test):
+    """The pixel mover's dream of the test episodes (`pixel_mover.LatentDream`), or None
+    without data/models/mover.npz."""
+    try:
+        mover = saved_models.load_mover(args.data_dir)
+    except saved_models.CheckpointError as e:
+        cli.fail(str(e))
+    if mover is None:
+        return None
+    _, test_root = rnn_roots(args)
+    frames = []
+    for name in test.files:
+        with np.load(os.path.join(test_root, "test", name), allow_pickle=False) as f:
+            frames.append(f["obs"])
+    frames = np.concatenate(frames)
+    if frames.shape[0] != len(test.mu) or frames.shape[1] != mover.image_size:
+        cli.fail(f"the test episodes' frames do not match V's latents or the mover's size "
+                 f"({frames.shape}) — rerun 04b_train_mover.py on this data")  # fmt: skip
+    return pixel_mover.LatentDream(mover, vae, frames)
 
 
 def main(argv=None):
@@ -408,7 +445,8 @@ def main(argv=None):
     result["copy_baseline_nll"] = wm.copy_baseline_nll(train, z_train, test, z_test)
 
     # OPEN LOOP: the probe reads the dreamed z k steps ahead, beside the baselines' z.
-    result["open_loop"] = probe_fidelity(args, rnn, train, test, forced, env_config, rng)
+    mover = load_mover(args, vae, test)
+    result["open_loop"] = probe_fidelity(args, rnn, train, test, forced, env_config, rng, mover)
 
     # COLLISIONS WITHIN THE HORIZON: from M's own samples, and from its heads reading
     # the baselines' z.
@@ -418,9 +456,11 @@ def main(argv=None):
     for source in wm.FORECAST_SOURCES:
         if source == "warp" and getattr(rnn, "offsets", None) is None:
             continue  # a dense M: no map to warp
+        if source == "mover" and mover is None:
+            continue
         _, risk = wm.forecast_collisions(
             rnn, test, forced, rng, args.temperature, args.horizon, weight,
-            samples=args.samples if source == "dream" else 1, source=source,
+            samples=args.samples if source == "dream" else 1, source=source, mover=mover,
         )  # fmt: skip
         aucs[source] = auc(risk, soon) if both else None
         if source == "dream":

@@ -596,15 +596,24 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     # 06 draws it like any M.
     run("06_draw_rnn_result.py", "--mode", "dream", "--data-dir", a)
     assert any(p.suffix == ".png" for p in (a / "results").iterdir())
-    # the check scores a map M beside the ego-motion warp of the last real z too
-    run("diagnostics/check_world_model.py", "--controllers", 0, "--samples", 1,
-        "--probe-episodes", 20, "--bootstrap", 0, "--data-dir", a)  # fmt: skip
+    # the check scores a map M beside the ego-motion warp of the last real z too, and
+    # beside the pixel mover's dream once 04b has trained one
+    check = ("diagnostics/check_world_model.py", "--controllers", 0, "--samples", 1,
+             "--probe-episodes", 20, "--bootstrap", 0, "--data-dir", a)  # fmt: skip
+    run(*check)
+    r = json.loads((a / "results" / "world_model_dream.json").read_text())["results"]
+    assert "mover" not in r["collision_soon_auc"]
+    run("04b_train_mover.py", "--epochs", 1, "--batches", 2, "--batch-size", 2, "--horizon", 2,
+        "--channels", 2, "--data-dir", a)  # fmt: skip
+    run(*check)
     r = json.loads((a / "results" / "world_model_dream.json").read_text())["results"]
     for row in r["open_loop"].values():
-        assert {"warp", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
+        assert {"warp", "mover", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
         assert row["z_mse"]["real"] == 0.0 and row["z_mse"]["warp"] < row["z_mse"]["copy"]
+        assert np.isfinite(row["z_mse"]["mover"]) and row["z_mse"]["mover"] > 0
     assert set(r["collision_soon_auc"]) == set(wm.FORECAST_SOURCES)
-    assert "ego-motion warp" in (a / "results" / "world_model_dream.md").read_text()
+    table = (a / "results" / "world_model_dream.md").read_text()
+    assert "ego-motion warp" in table and "pixel mover" in table
 
 
 def test_a_snapshot_from_before_a_flag_existed_resumes(spatial_v, tmp_path):

@@ -11,7 +11,9 @@ M: the last real z copied (z_t), z extrapolated at constant velocity
 motion alone: warped by the real actions' ego-motion (`lib.models.ego_warp`), what a
 room whose people stand still would show. A map M whose dream is no better than this
 warp has learnt nothing of the people. Each source's mean squared error against the
-real z is reported beside the probe's R².
+real z is reported beside the probe's R². With a trained pixel mover
+(`lib.models.pixel_mover`, 04b), "mover" is the mover's dream of frame t + k, made from
+the real frames t - 1 and t and the real actions, read as V's z (`LatentDream`).
 
 The true state comes from replaying each episode in the simulator from its seed and
 recorded actions (`replay_quantities`); the replay must reproduce the recorded rewards,
@@ -50,8 +52,10 @@ HORIZONS = (1, 5, 10)  # open-loop steps scored
 QUANTITIES = ("goal_sin", "goal_cos", "goal_distance", "person_x", "person_y")
 # The groups the issue's targets read: the goal's bearing, the nearest person's position
 GROUPS = {"goal_bearing": ("goal_sin", "goal_cos"), "person_position": ("person_x", "person_y")}
-SOURCES = ("real", "dream", "copy", "velocity", "warp")  # the z a probe reads at frame t + k
-BASELINES = ("copy", "velocity", "warp", "real")  # `baseline_z`'s; "warp" needs a map's offsets
+# the z a probe reads at frame t + k
+SOURCES = ("real", "dream", "copy", "velocity", "warp", "mover")
+# `baseline_z`'s; "warp" needs a map's offsets, "mover" a `pixel_mover.LatentDream`
+BASELINES = ("copy", "velocity", "warp", "real", "mover")
 VALIDATION_FRACTION = 0.2  # of the probe's training episodes, the last: chooses the penalty
 
 
@@ -128,7 +132,7 @@ def step_frames(data: LatentEpisodes) -> np.ndarray:
 
 
 def baseline_z(
-    data: LatentEpisodes, frames: np.ndarray, k: int, source: str, offsets=None
+    data: LatentEpisodes, frames: np.ndarray, k: int, source: str, offsets=None, mover=None
 ) -> np.ndarray:
     """(N, Z) float32: a baseline's guess of the z of frame `frames + k` from z up to
     `frames` (V's means): "copy" repeats z_t, "velocity" extrapolates
@@ -258,7 +262,9 @@ class Probe:
         return ridge.predict(z, lam)[:, 0]
 
 
-def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict, offsets=None) -> dict:
+def fidelity(
+    probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict, offsets=None, mover=None
+) -> dict:
     """R² of the probe at each horizon, on each source of z, per quantity and group.
 
     Args:
@@ -268,9 +274,11 @@ def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict, offs
         dreams: `open_loop`'s result.
         offsets: a map M's grid (`MapRNN.offsets`): adds the "warp" baseline; None
             (a dense M) leaves it out.
+        mover: a `pixel_mover.LatentDream`: adds the "mover" source; None leaves it out.
 
     Returns:
-        {k: {source: {name: R²}}} for `SOURCES` ("warp" only with `offsets`) and every
+        {k: {source: {name: R²}}} for `SOURCES` ("warp" only with `offsets`, "mover"
+        only with `mover`) and every
         quantity and `GROUPS` entry (a group's R² pools its quantities' residuals and
         variances), plus {k: {"relative": {name: dream R² / real R²}, "rows": N,
         "z_mse": {source: mean squared error of its z against the real z}}}.
@@ -285,6 +293,8 @@ def fidelity(probe: Probe, data: LatentEpisodes, truth: dict, dreams: dict, offs
         }
         if offsets is not None:
             sources["warp"] = baseline_z(data, d["start"], k, "warp", offsets)
+        if mover is not None:
+            sources["mover"] = baseline_z(data, d["start"], k, "mover", mover=mover)
         real = sources["real"]
         row = {
             "rows": len(d["target"]),

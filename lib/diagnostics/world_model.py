@@ -158,7 +158,8 @@ def actual_collision_soon(data: LatentEpisodes, horizon: int = COLLISION_HORIZON
 
 
 # Whose z M's heads read in `forecast_collisions`: its own dream, the baselines', the real.
-FORECAST_SOURCES = ("dream", "copy", "velocity", "warp", "real")  # "warp": map Ms only
+# "warp": map Ms only; "mover": with a trained pixel mover
+FORECAST_SOURCES = ("dream", "copy", "velocity", "warp", "real", "mover")
 
 
 def collision_forecasts(*args, **kwargs) -> np.ndarray:
@@ -178,6 +179,7 @@ def forecast_collisions(
     done_threshold: float = DONE_THRESHOLD,
     samples: int = 1,
     source: str = "dream",
+    mover=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """From each step t, M's forecast of a collision within `horizon` steps.
 
@@ -189,7 +191,8 @@ def forecast_collisions(
     what M's heads make of a future that does not move, moves on at constant velocity,
     or moves only by the robot's own motion. With
     "real" they read the real future z (the last frame repeated past the episode's
-    end): the ceiling of any dream read by these heads, a perfect M's forecast.
+    end): the ceiling of any dream read by these heads, a perfect M's forecast. With
+    "mover" they read the pixel mover's dream (`mover`, a `pixel_mover.LatentDream`).
 
     Returns:
         (hit, risk): (S,) bool, M predicts an end within the horizon and it is a
@@ -206,6 +209,8 @@ def forecast_collisions(
     offsets = getattr(rnn, "offsets", None)
     if source == "warp" and offsets is None:
         raise ValueError("the warp baseline needs a map M (04 --arch map)")
+    if source == "mover" and mover is None:
+        raise ValueError("the mover source needs a trained pixel mover (04b_train_mover.py)")
     all_frames = np.tile(step_frames(data), samples)
     n = len(all_frames) // samples
     all_starts = np.tile(np.arange(n), samples)
@@ -234,7 +239,7 @@ def forecast_collisions(
             if source == "dream":
                 z = rnn.sample(out.mixture, tau, rng)
             else:
-                z = xp.asarray(baseline_z(data, frames, k + 1, source, offsets))
+                z = xp.asarray(baseline_z(data, frames, k + 1, source, offsets, mover))
     return hit[:n], risk.reshape(samples, n).mean(axis=0)
 
 

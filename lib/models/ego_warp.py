@@ -101,6 +101,28 @@ def warp_taps(actions, offsets):
     return index, weight
 
 
+def composite_sources(actions, offsets):
+    """(rows, cols): where each cell of the view after k actions was in the first view,
+    as fractional cell indices (N, S²) float64, not clipped (outside [0, S - 1] the
+    first view did not see it). One action gives the positions `warp_taps` interpolates.
+
+    Args:
+        actions: (N, k, 2) float NumPy, a_t .. a_{t+k-1} (k = 0: the identity).
+        offsets: (S,) as `warp_taps`.
+    """
+    offsets = np.asarray(offsets, np.float64)
+    actions = np.asarray(actions)
+    side, n = len(offsets), actions.shape[0]
+    pitch = offsets[0] - offsets[1]
+    x = np.broadcast_to(np.repeat(offsets, side), (n, side * side)).copy()
+    y = np.broadcast_to(np.tile(offsets, side), (n, side * side)).copy()
+    for j in reversed(range(actions.shape[1])):  # the last action is undone first
+        d, delta = ego_motion(actions[:, j])
+        c, s = np.cos(delta)[:, None], np.sin(delta)[:, None]
+        x, y = c * x - s * y + d[:, None], s * x + c * y
+    return (offsets[0] - x) / pitch, (offsets[0] - y) / pitch
+
+
 def warp_matrix(actions, offsets) -> object:
     """(B, S², S²) float32: `warp_taps` as dense matrices, row i' holding the weights of
     the old cells that cell i' of the new map shows (the reference; M uses the taps).

@@ -18,6 +18,7 @@ from lib.fileio import file_hash
 from lib.models.controller import Controller
 from lib.models.lookahead_heads import make_head
 from lib.models.map_rnn import build_rnn
+from lib.models.pixel_mover import PixelMover
 from lib.models.vae import ConvVAE
 
 
@@ -116,6 +117,27 @@ def load_rnn(data_dir: str, mode: str, z_size: int | None = None, device=None):
     if device is not None:
         model.to_device(device)
     return model, sidecar
+
+
+def load_mover(data_dir: str, device=None):
+    """The pixel mover from `data_dir/models/mover.npz` (04b), or None if there is none.
+
+    Raises:
+        CheckpointError: the file or its sidecar cannot be read.
+    """
+    path = os.path.join(data_dir, "models", "mover.npz")
+    if not os.path.exists(path):
+        return None
+    maker = "04b_train_mover.py"
+    sidecar = read_sidecar(path, maker)
+    try:
+        mover = PixelMover(**sidecar["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: sidecar config does not build a mover ({e})") from None
+    load_weights(path, mover, maker)
+    if device is not None:
+        mover.to_device(device)
+    return mover
 
 
 def load_controller(data_dir: str, name: str = "controller"):

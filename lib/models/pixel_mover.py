@@ -1,0 +1,274 @@
+"""M's pixel mover: the dream of the next frames, made by moving the last real frame.
+
+Beyond the paper. A map M moves V's latents by the robot's ego-motion and learns the
+rest, and on a 14 x 14 grid of latents that blurs the people away within a few steps
+(docs/experiments.md, 2026-12-07). The mover does the moving in pixels instead, where a
+person is a sharp disc, and lets V encode the result:
+
+1. The robot's own motion is known (`lib.models.ego_warp`): the pixel that frame t + k
+   shows at p was, in frame t, at q_k(p), the composite of the k actions' turns and
+   advances (`ego_warp.composite_sources`).
+2. What moves on its own moves at constant velocity: a small dilated convolutional net
+   reads frame t and frame t - 1 (ego-warped into frame t) and gives a velocity field
+   u (pixels a step, in frame t's grid). The dream of frame t + k samples frame t once,
+   at q_k(p) - k u(q_k(p)): no blur accumulates over the steps. For a person walking
+   straight, u must equal its velocity along the tube it sweeps (behind it too, so that
+   the floor it leaves is fetched), which the net learns from the frames alone.
+3. The robot's body, drawn in the same place in every frame, stays: the pixels that
+   never change in the training frames (`still`), and a pixel around them, are copied
+   from frame t, and the
+   moving part samples a frame t whose robot is painted over (`ERASE` pixels around it,
+   in the mean colour of the ring just outside), so that no copy of it drifts away.
+
+The mover learns from real episodes' frames and actions only (no label of the true
+state), by the squared error of its dreamed frames against the real frames t + 1 ..
+t + K, counted where q_k(p) falls inside frame t (the rest of the view is unknown).
+`04b_train_mover.py` trains it.
+
+Typical use::
+
+    mover = PixelMover()
+    u = mover.field(frame_t, mover.align_previous(frame_prev, a_prev))
+    frame_k, seen = mover.render(u, frame_t, actions[:, :k])  # Variables / arrays
+"""
+
+from __future__ import annotations
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+
+from lib import validate
+from lib.models import ego_warp
+
+DILATIONS = (1, 2, 4, 8, 1)  # the net's 3 x 3 layers: a receptive field of 33 pixels
+STILL_SPREAD = 3.0  # a pixel is "still" if within this (of 255) of its median ...
+STILL_SHARE = 0.97  # ... in this share of the training frames
+ERASE = 2  # pixels around the still ones painted over before moving the frame
+RING = 2  # the width of the ring outside them whose mean colour paints them
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """(S, S) bool: `mask` grown by `pixels` (a square neighbourhood)."""
+    out = np.asarray(mask, bool)
+    for _ in range(pixels):
+        p = np.pad(out, 1)
+        s0, s1 = out.shape
+        out = np.any([p[i : i + s0, j : j + s1] for i in range(3) for j in range(3)], axis=0)
+    return out
+
+
+class PixelMover(chainer.Chain):
+    """Constant-velocity mover of egocentric frames (see the module's text).
+
+    Args:
+        image_size: pixels per side of the frames (square, RGB).
+        view_size: metres the view covers (`socnavenv`'s view_size).
+        channels: channels of the net's hidden layers.
+
+    Frames are float32 (N, 3, S, S) in [0, 1] (`to_planes` converts uint8 NHWC).
+    """
+
+    def __init__(self, image_size=64, view_size=8.0, channels=24):
+        super().__init__()
+        (self.image_size, self.channels) = validate.counts(image_size=image_size, channels=channels)
+        if not view_size > 0:
+            raise ValueError(f"view_size must be > 0, got {view_size}")
+        self.view_size = float(view_size)
+        self.offsets = ego_warp.grid_offsets(self.image_size, self.view_size)
+        ch = self.channels
+        with self.init_scope():
+            self.layers = chainer.ChainList(
+                *[
+                    L.Convolution2D(9 if i == 0 else ch, ch, 3, pad=d, dilate=d)
+                    for i, d in enumerate(DILATIONS)
+                ]
+            )
+            # u starts at 0: the untrained mover is the ego-motion warp alone
+            self.out = L.Convolution2D(ch, 2, 1, initialW=chainer.initializers.Zero())
+        self.add_persistent("still", np.zeros((self.image_size, self.image_size), np.float32))
+
+    def config(self):
+        """The constructor's arguments, JSON-ready."""
+        return {
+            "image_size": self.image_size,
+            "view_size": self.view_size,
+            "channels": self.channels,
+        }
+
+    def set_still(self, frames) -> None:
+        """Marks the pixels that (almost) never change over `frames` (N, S, S, 3) uint8:
+        the robot's body, which every egocentric frame draws in the same place."""
+        f = np.asarray(frames, np.float32)
+        near = np.abs(f - np.median(f, axis=0)).max(axis=-1) < STILL_SPREAD
+        self.still[...] = (near.mean(axis=0) > STILL_SHARE).astype(np.float32)
+
+    def erased(self, cur):
+        """Frames (N, 3, S, S) with the still pixels and `ERASE` around them painted in
+        the mean colour of the `RING` pixels outside (array)."""
+        xp = self.xp
+        still = chainer.backend.CpuDevice().send(self.still) > 0
+        erase = dilate(still, ERASE)
+        ring = dilate(still, ERASE + RING) & ~erase
+        cur = xp.asarray(cur)
+        if not still.any():
+            return cur
+        fill = cur[:, :, xp.asarray(ring)].mean(axis=2)[:, :, None, None]
+        mask = xp.asarray(erase.astype(np.float32))[None, None]
+        return cur * (1.0 - mask) + fill * mask
+
+    def field(self, cur, prev):
+        """u (N, 2, S, S): the velocity field (rows, columns a step) in frame t's grid.
+
+        Args:
+            cur: frame t; prev: frame t - 1 in frame t's coordinates
+                (`align_previous`); each (N, 3, S, S) float32.
+        """
+        h = F.concat([cur, prev, cur - prev], axis=1)
+        for layer in self.layers:
+            h = F.relu(layer(h))
+        return self.out(h)
+
+    def _grid(self, rows, cols):
+        """(N, 2, S, S) float32 sampling grid of `F.spatial_transformer_sampler` (x, i.e.
+        the column, first; -1 and 1 are the first and last pixels' centres) from
+        (N, S²) fractional pixel indices."""
+        s = self.image_size
+        n = rows.shape[0]
+        g = np.stack([cols, rows], axis=1) * (2.0 / (s - 1)) - 1.0
+        return g.reshape(n, 2, s, s).astype(np.float32)
+
+    def align_previous(self, prev, a_prev):
+        """Frame t - 1 (N, 3, S, S) moved into frame t's coordinates by the action
+        between them, a_prev (N, 2): what stood still in the room lines up (array)."""
+        rows, cols = ego_warp.composite_sources(np.asarray(a_prev)[:, None], self.offsets)
+        with chainer.no_backprop_mode():
+            return F.spatial_transformer_sampler(
+                np.asarray(prev, np.float32), self._grid(rows, cols)
+            ).array
+
+    def render(self, u, cur, actions):
+        """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}.
+
+        Returns:
+            (frame, seen): frame (N, 3, S, S) Variable; seen (N, 1, S, S) float32, 1
+            where the pixel's source lies inside frame t (its value is grounded there;
+            elsewhere it repeats frame t's edge, an unknown).
+        """
+        k = np.asarray(actions).shape[1]
+        rows, cols = ego_warp.composite_sources(np.asarray(actions), self.offsets)
+        s = self.image_size
+        seen = (rows >= 0) & (rows <= s - 1) & (cols >= 0) & (cols <= s - 1)
+        seen = seen.reshape(-1, 1, s, s).astype(np.float32)
+        # sample u at q_k, then frame t at q_k - k u(q_k), in grid units
+        rows = np.clip(rows, 0, s - 1)
+        cols = np.clip(cols, 0, s - 1)
+        base = self._grid(rows, cols)
+        uq = F.spatial_transformer_sampler(u, base)
+        step = F.concat([uq[:, 1:2], uq[:, 0:1]], axis=1) * np.float32(k * 2.0 / (s - 1))
+        frame = F.spatial_transformer_sampler(self.erased(cur), base - step)
+        keep = dilate(chainer.backend.CpuDevice().send(self.still) > 0, 1)  # with its rim
+        keep = self.xp.asarray(keep.astype(np.float32))[None, None]
+        return frame * (1.0 - keep) + cur * keep, seen
+
+    def loss(self, cur, prev, actions, targets):
+        """Mean squared error of the dreamed frames t + 1 .. t + K against the real ones,
+        over the pixels seen (`render`), averaged over the K horizons.
+
+        Args:
+            cur, prev: as `field`; actions: (N, K, 2); targets: (N, K, 3, S, S) float32.
+        """
+        u = self.field(cur, prev)
+        total = 0
+        for k in range(1, actions.shape[1] + 1):
+            frame, seen = self.render(u, cur, actions[:, :k])
+            err = F.sum(F.square(frame - targets[:, k - 1]) * seen) / max(seen.sum() * 3, 1.0)
+            total = total + err
+        return total / actions.shape[1]
+
+    def dream(self, cur, prev, a_prev, actions, first=None):
+        """uint8 frames (N, K, S, S, 3): the dream of frames t + 1 .. t + K, no graph.
+
+        Args:
+            cur, prev: frames t and t - 1, uint8 (N, S, S, 3); a_prev (N, 2) the action
+                between them; actions (N, K, 2); first: (N,) bool, rows whose t is an
+                episode's first frame (no t - 1: the net sees no motion there).
+        """
+        cur, prev = to_planes(cur), to_planes(prev)
+        aligned = self.align_previous(prev, a_prev)
+        if first is not None:
+            aligned = np.where(np.asarray(first)[:, None, None, None], cur, aligned)
+        out = []
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            u = self.field(cur, aligned)
+            for k in range(1, actions.shape[1] + 1):
+                out.append(self.render(u, cur, actions[:, :k])[0].array)
+        frames = np.clip(np.stack(out, axis=1), 0.0, 1.0) * 255.0 + 0.5
+        return frames.astype(np.uint8).transpose(0, 1, 3, 4, 2)
+
+
+def to_planes(frames) -> np.ndarray:
+    """uint8 (N, S, S, 3) frames as float32 (N, 3, S, S) in [0, 1]."""
+    return np.ascontiguousarray(np.asarray(frames, np.float32).transpose(0, 3, 1, 2) / 255.0)
+
+
+class LatentDream:
+    """The mover's dream read as V's z: from the real frames t - 1 and t of held-out
+    episodes, the z (V's means) of the dreamed frame t + k under the real actions (the
+    last one repeated past the episode's end, as M's forecasts do).
+
+    Args:
+        mover: a trained `PixelMover`.
+        vae: V (`ConvVAE`), whose encoder reads the dreamed frames.
+        frames: (F, S, S, 3) uint8, the episodes' frames in `data.mu`'s order.
+        batch: frames moved and encoded at once.
+    """
+
+    def __init__(self, mover, vae, frames, batch: int = 256):
+        from lib.models.vae import make_encoder
+
+        self.mover, self.vae, self.frames, self.batch = mover, vae, frames, int(batch)
+        self.encoder = make_encoder(vae)
+        self._key = self._fields = None
+
+    def _field(self, data, starts):
+        """(cur planes, u) of the start frames, kept for the next k of the same starts."""
+        key = np.asarray(starts).tobytes()
+        if key != self._key:
+            episode = np.searchsorted(data.frame_offsets, starts, side="right") - 1
+            first = starts == data.frame_offsets[episode]
+            step = starts - episode  # a_t's row; a_{t-1} is the one before
+            a_prev = data.action[np.maximum(step - 1, 0)]
+            cur = to_planes(self.frames[starts])
+            prev = to_planes(self.frames[np.where(first, starts, starts - 1)])
+            aligned = self.mover.align_previous(prev, a_prev)
+            aligned = np.where(first[:, None, None, None], cur, aligned)
+            with chainer.no_backprop_mode(), chainer.using_config("train", False):
+                u = np.concatenate(
+                    [
+                        self.mover.field(cur[i : i + self.batch], aligned[i : i + self.batch]).array
+                        for i in range(0, len(starts), self.batch)
+                    ]
+                )
+            self._key, self._fields = key, (cur, u)
+        return self._fields
+
+    def z(self, data, starts, k: int) -> np.ndarray:
+        """(N, Z) float32: V's mean z of the dream of frame starts + k."""
+        from lib.models.vae import encode_frames
+
+        starts = np.asarray(starts)
+        cur, u = self._field(data, starts)
+        episode = np.searchsorted(data.frame_offsets, starts, side="right") - 1
+        step, last = starts - episode, data.step_offsets[episode + 1] - 1
+        acts = np.stack([data.action[np.minimum(step + j, last)] for j in range(k)], axis=1)
+        out = []
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            for i in range(0, len(starts), self.batch):
+                sl = slice(i, i + self.batch)
+                frame = self.mover.render(u[sl], cur[sl], acts[sl])[0].array
+                frame = np.clip(frame, 0.0, 1.0) * 255.0 + 0.5
+                out.append(frame.astype(np.uint8).transpose(0, 2, 3, 1))
+        frames = np.ascontiguousarray(np.concatenate(out))
+        return encode_frames(self.vae, frames, encoder=self.encoder)[0].astype(np.float32)
