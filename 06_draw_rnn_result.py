@@ -14,7 +14,9 @@ Writes (data/results/):
     rnn_<mode>_dream.gif: M dreams from a real first frame under a smooth random
         policy, decoded by V; with reward/done heads each frame shows the
         predicted reward and probability of the episode ending.
-    rnn_<mode>_summary.json: one-step and open-loop latent errors.
+    mover_openloop.png: with a pixel mover (data/models/mover.npz, 04b), its dream from
+        the same start: real frames, the mover's frames, and V's decoding of their z.
+    rnn_<mode>_summary.json: one-step and open-loop latent errors (and the mover's).
 """
 
 import lib  # noqa: F401  (first: lib/kernels/runtime.py's thread settings must precede NumPy)
@@ -27,7 +29,7 @@ import numpy as np
 
 from lib import cli, devices, drawing
 from lib.data import latents
-from lib.diagnostics.open_loop_strip import open_loop_picture, strip
+from lib.diagnostics.open_loop_strip import mover_picture, open_loop_picture, strip
 from lib.env.rollouts import load_episode
 from lib.models import saved_models
 from lib.models.mdn_rnn import DONE_THRESHOLD, MODES, calibrated_done_logit, sample
@@ -64,6 +66,7 @@ def main(argv=None):
         model, rnn_sidecar = saved_models.load_rnn(
             args.data_dir, args.mode, vae_sidecar["config"]["z_size"], device
         )
+        mover = saved_models.load_mover(args.data_dir)  # None without 04b's mover
     except (devices.DeviceUnavailable, saved_models.CheckpointError) as e:
         cli.fail(str(e))
     test_dir = os.path.join(args.data_dir, "rnn_data", "test")
@@ -108,6 +111,13 @@ def main(argv=None):
     drawing.save_png(os.path.join(out_dir, f"{name}_openloop.png"), picture)
     horizon = len(opened)
     openloop_err = float(((opened - ep["mu"][real_idx]) ** 2).sum(axis=1).mean())
+    mover_err = None
+    if mover is not None:  # the pixel mover's dream from the same start (on the CPU)
+        picture, moved, _ = mover_picture(
+            mover, vae, ep["mu"], ep["action"], real, args.warmup, args.steps
+        )
+        drawing.save_png(os.path.join(out_dir, "mover_openloop.png"), picture)
+        mover_err = float(((moved - ep["mu"][real_idx]) ** 2).sum(axis=1).mean())
 
     # DREAM: a smooth random policy inside M, from the episode's first frame.
     z = ep["mu"][0][None]
@@ -138,6 +148,7 @@ def main(argv=None):
         "episode": data.files[args.episode],
         "onestep_sq_error": onestep_err,
         "openloop_sq_error": openloop_err,
+        "mover_openloop_sq_error": mover_err,
         "dream_steps": len(frames) - 1,
     }
     with open(os.path.join(out_dir, f"{name}_summary.json"), "w") as f:
@@ -145,8 +156,11 @@ def main(argv=None):
     print(
         f"one-step latent error {onestep_err:.2f}, open-loop ({horizon} steps) {openloop_err:.2f}; dream of {len(frames) - 1} steps"
     )
+    if mover_err is not None:
+        print(f"the pixel mover's open loop ({horizon} steps): latent error {mover_err:.2f}")
     print(
         f"wrote {out_dir}/{name}_onestep.png, {name}_openloop.png, {name}_dream.gif, {name}_summary.json"
+        + (", mover_openloop.png" if mover_err is not None else "")
     )
 
 

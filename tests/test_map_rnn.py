@@ -614,6 +614,11 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert set(r["collision_soon_auc"]) == set(wm.FORECAST_SOURCES)
     table = (a / "results" / "world_model_dream.md").read_text()
     assert "ego-motion warp" in table and "pixel mover" in table
+    # and 06 draws the mover's open loop beside M's
+    run("06_draw_rnn_result.py", "--mode", "dream", "--data-dir", a)
+    assert (a / "results" / "mover_openloop.png").stat().st_size > 0
+    summary = json.loads((a / "results" / "rnn_dream_summary.json").read_text())
+    assert summary["mover_openloop_sq_error"] > 0
 
 
 def test_a_snapshot_from_before_a_flag_existed_resumes(spatial_v, tmp_path):

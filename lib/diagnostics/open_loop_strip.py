@@ -5,7 +5,8 @@ its own predictions at temperature 0 (the mean of its most likely mixture compon
 under the episode's real actions, for `steps` steps. V decodes each predicted z; the
 picture puts the real frames of the same steps above them. 06 draws it for one
 held-out episode (`rnn_<mode>_openloop.png`); 04 adds it to its TensorBoard events
-after every epoch, so the dream's drift shows as M trains.
+after every epoch, so the dream's drift shows as M trains. `mover_picture` draws the
+pixel mover's dream (`lib.models.pixel_mover`) from the same start the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from lib import devices, drawing
 from lib.models.mdn_rnn import sample
-from lib.models.vae import decode_latents
+from lib.models.vae import decode_latents, encode_frames
 
 
 def open_loop(model, mu, actions, warmup: int, steps: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +62,26 @@ def open_loop_picture(model, vae, mu, actions, frames, warmup: int, steps: int, 
         "the real actions (bottom)"
     )
     return strip(frames[idx], decode_latents(vae, opened), text), opened, idx
+
+
+def mover_picture(mover, vae, mu, actions, frames, warmup: int, steps: int):
+    """The pixel mover's open loop from the start `open_loop` uses: the real frames
+    (top), the mover's dream from the real frames warmup - 1 and warmup under the real
+    actions (middle), and V's decoding of V's z of the dream (bottom, what M's heads
+    read). Returns (picture uint8 H x W x 3, the dream's z (K, Z), the steps' indices)."""
+    t_len = len(actions)
+    warm = min(int(warmup), max(t_len - 1, 0))
+    horizon = min(int(steps), t_len - warm)
+    idx = np.arange(warm + 1, warm + 1 + horizon)
+    prev = max(warm - 1, 0)
+    dream = mover.dream(
+        frames[warm][None], frames[prev][None], actions[max(warm - 1, 0)][None],
+        actions[warm : warm + horizon][None], first=np.array([warm == 0]),
+    )[0]  # fmt: skip
+    z = encode_frames(vae, dream)[0]
+    rows = [list(frames[idx]), list(dream), list(decode_latents(vae, z))]
+    text = (
+        f"pixel mover, open loop from step {warm}: real (top), the mover's dream with the "
+        "real actions (middle), V's reading of it (bottom)"
+    )
+    return drawing.caption(drawing.upscale(drawing.grid(rows), 3), text), z, idx
