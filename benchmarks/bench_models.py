@@ -28,6 +28,11 @@ side by side:
   z 6 x 6 x 8 with the outcome head, batch 32 x 100 steps: the dense MDN-LSTM (h 256,
   04 --arch lstm) and the map M (16 channels a cell, 04 --arch map).
 - `dream_b1024_agent`, `map_dream_b1024`: `dream_b1024` with those two Ms.
+- `mover_train`: start frames/s of training the pixel mover (lib/models/pixel_mover.py)
+  at 04b's defaults: batch 16, 8 steps dreamed and scored, 24 channels, 64 x 64 frames;
+  forward + backward + Adam(1e-3).
+- `mover_dream_b256`: dreamed frames/s, 256 start frames: the velocity field once, then
+  10 steps, each one bilinear sample of the start frame.
 
 Workloads live in `WORKLOADS` (name -> function returning a rate; the variants of one
 workload are `partial`s of it); add new ones there. Timing: warm up, then the median of a few timed rounds of several
@@ -61,6 +66,7 @@ from lib.models.controller import n_params
 from lib.models.lookahead_heads import MEMBERS, make_head, pixel_size
 from lib.models.map_rnn import MapRNN
 from lib.models.mdn_rnn import MDNRNN, MDNRNNLoss, sample
+from lib.models.pixel_mover import PixelMover
 from lib.models.vae import ConvVAE, VAELoss
 
 # Where the workloads run: set by `main` from --gpu (the CPU by default).
@@ -292,6 +298,46 @@ def ctrl_b64_agent():
     return 64 / bench(lambda: agent.act(None, frames), 8)
 
 
+def _mover_inputs(rng, n, k):
+    """Start frames, aligned previous frames (float planes), and k actions each."""
+    cur = rng.uniform(0, 1, (n, 3, 64, 64)).astype(np.float32)
+    prev = rng.uniform(0, 1, (n, 3, 64, 64)).astype(np.float32)
+    return cur, prev, rng.uniform(-1, 1, (n, k, 2))
+
+
+def mover_train():
+    """Start frames/s of the mover's training step at 04b's defaults."""
+    rng = np.random.default_rng(0)
+    mover = _on_device(PixelMover())
+    optimizer = chainer.optimizers.Adam(alpha=1e-3)
+    optimizer.setup(mover)
+    cur, prev, acts = _mover_inputs(rng, 16, 8)
+    targets = rng.uniform(0, 1, (16, 8, 3, 64, 64)).astype(np.float32)
+
+    def step():
+        loss = mover.loss(cur, prev, acts, targets)
+        mover.cleargrads()
+        loss.backward()
+        optimizer.update()
+
+    return 16 / bench(step, 3)
+
+
+def mover_dream_b256():
+    """Dreamed frames/s: 256 starts, the field once, then 10 rendered steps."""
+    rng = np.random.default_rng(0)
+    mover = _on_device(PixelMover())
+    cur, prev, acts = _mover_inputs(rng, 256, 10)
+
+    def dream():
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            u = mover.field(cur, prev)
+            for k in range(1, 11):
+                mover.render(u, cur, acts[:, :k])
+
+    return 256 * 10 / bench(dream, 1, 1, 3)
+
+
 WORKLOADS = {
     "vae_train": partial(_vae_train, 100),
     "vae_train_b1000": partial(_vae_train, 1000),
@@ -307,6 +353,8 @@ WORKLOADS = {
     "map_rnn_train": partial(_m_train, "map"),
     "dream_b1024_agent": partial(_m_dream, "lstm"),
     "map_dream_b1024": partial(_m_dream, "map"),
+    "mover_train": mover_train,
+    "mover_dream_b256": mover_dream_b256,
 }
 
 

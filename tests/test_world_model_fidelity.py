@@ -296,6 +296,10 @@ def test_bad_forecast_settings_are_refused(world):
         wm.forecast_collisions(m, data, forced, np.random.default_rng(0), samples=0)
     with pytest.raises(ValueError, match="map M"):  # a rigged M has no map to warp
         wm.forecast_collisions(m, data, forced, np.random.default_rng(0), source="warp")
+    with pytest.raises(ValueError, match="pixel mover"):  # "mover" needs a trained one
+        wm.forecast_collisions(m, data, forced, np.random.default_rng(0), source="mover")
+    with pytest.raises(ValueError, match="pixel mover"):
+        ol.baseline_z(data, np.array([0]), 1, "mover")
 
 
 def test_dream_against_real_summary():
