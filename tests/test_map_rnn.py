@@ -611,6 +611,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         assert {"warp", "mover", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
         assert row["z_mse"]["real"] == 0.0 and row["z_mse"]["warp"] < row["z_mse"]["copy"]
         assert np.isfinite(row["z_mse"]["mover"]) and row["z_mse"]["mover"] > 0
+        assert row["z_mse"]["mover"] not in (row["z_mse"]["velocity"], row["z_mse"]["warp"])
     assert set(r["collision_soon_auc"]) == set(wm.FORECAST_SOURCES)
     table = (a / "results" / "world_model_dream.md").read_text()
     assert "ego-motion warp" in table and "pixel mover" in table

@@ -133,6 +133,19 @@ def test_a_replay_that_disagrees_with_the_file_is_refused(world):
         ol.replay_quantities(data, wrong, CONFIG)
 
 
+def test_the_mover_source_is_the_movers_dream(world):
+    """ "mover" hands the frames and k to the mover's `z` and returns what it gives."""
+    data = world[0]
+
+    class Mover:
+        def z(self, data_, frames, k):
+            assert data_ is data
+            return np.full((len(frames), data.mu.shape[1]), k, np.float32) + frames[:, None]
+
+    got = ol.baseline_z(data, np.array([3, 5]), 4, "mover", mover=Mover())
+    np.testing.assert_array_equal(got[:, 0], [7.0, 9.0])
+
+
 def test_the_baselines_by_hand(world):
     data = world[0]
     f0 = data.frame_offsets[1]  # the second episode's first frame: no velocity there

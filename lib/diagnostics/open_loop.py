@@ -141,9 +141,14 @@ def baseline_z(
     step as a map M moves its state (past the episode's end its last action repeats, as
     in M's forecasts); it needs the map's `offsets` (`MapRNN.offsets`). "real" is no
     guess but the ceiling: the real z of frame t + k (the episode's last frame past its
-    end), what a perfect M would dream."""
+    end), what a perfect M would dream. "mover" is `mover.z(data, frames, k)`: the pixel
+    mover's dream (`lib.models.pixel_mover.LatentDream`) read by V."""
     if source not in BASELINES:
         raise ValueError(f"unknown baseline {source!r}: {', '.join(BASELINES)}")
+    if source == "mover":
+        if mover is None:
+            raise ValueError("the mover baseline needs a trained pixel mover (04b_train_mover.py)")
+        return mover.z(data, np.asarray(frames), k)
     z = data.mu[frames]
     episode = np.searchsorted(data.frame_offsets, frames, side="right") - 1
     if source == "copy":
