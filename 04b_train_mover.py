@@ -43,8 +43,9 @@ from lib.seeding import derive_seed
 
 LOG_FIELDS = ["epoch", "train_loss", "heldout_loss", "heldout_warp_loss", "seconds"]
 HELD_OUT_STARTS = 256
-# flags that may change between a run and its --resume
-RUN_ONLY = ("resume", "overwrite", "max_iterations", "threads", "data_dir", "snapshot_interval")
+# flags that may change between a run and its --resume (--epochs: train on further)
+RUN_ONLY = ("resume", "overwrite", "max_iterations", "threads", "data_dir", "snapshot_interval",
+            "epochs")  # fmt: skip
 STILL_FRAMES = 4000  # frames the robot's still body is found from
 
 
@@ -201,7 +202,8 @@ def main(argv=None):
               settings={**settings, "versions": manifest.versions()})  # fmt: skip
     if args.resume:
         saved = run.saved_settings()
-        if saved.get("config") != mover.config() or saved.get("args") != settings["args"]:
+        saved_args = {k: v for k, v in saved.get("args", {}).items() if k not in RUN_ONLY}
+        if saved.get("config") != mover.config() or saved_args != settings["args"]:
             cli.fail(f"--resume: {run.path} was trained with other flags — pass the same "
                      "ones, or --overwrite")  # fmt: skip
         try:

@@ -225,6 +225,10 @@ def test_04b_trains_the_mover_and_resumes_exactly(episodes, tmp_path):
         assert sorted(wa.files) == sorted(wb.files) and len(wa.files) > 5
         for k in wa.files:
             np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    # a finished run trains on with a larger --epochs
+    more = train(b, "--resume", "--epochs", 3)
+    assert "epoch 3: loss" in more.stdout
+    assert json.loads((b / "models" / "mover.json").read_text())["epochs"] == 3
     # resuming with another setting is refused in one line, nothing overwritten
     before = (b / "models" / "mover.npz").read_bytes()
     refused = train(b, "--resume", "--horizon", 4, check=False)
