@@ -67,6 +67,14 @@ def parse_args(argv=None):
         "--channels", type=cli.positive_int, default=24, help="channels of the net's layers"
     )
     p.add_argument(
+        "--motion",
+        choices=pixel_mover.MOTIONS,
+        default="sample",
+        help="sample: each dreamed pixel samples frame t back along the velocity field; "
+        "splat: a moving layer (a share of each pixel, learnt) is carried forward by its "
+        "velocity and splatted, over the rest warped as the room (lib/models/pixel_mover.py)",
+    )
+    p.add_argument(
         "--episodes",
         type=cli.positive_int,
         default=600,
@@ -127,7 +135,7 @@ def loss_of(mover, cur, prev, a_prev, acts, targets):
 def held_out_losses(mover, held, horizon):
     """(mover's loss, the warp alone's loss) on the held-out starts."""
     losses, warps = [], []
-    zero = pixel_mover.PixelMover(mover.image_size, mover.view_size, 1)
+    zero = pixel_mover.PixelMover(mover.image_size, mover.view_size, 1)  # u = 0: the warp
     zero.still[...] = mover.still
     with chainer.no_backprop_mode(), chainer.using_config("train", False):
         for i in range(0, len(held[0]), 64):
@@ -187,7 +195,7 @@ def main(argv=None):
 
     # MODEL AND OPTIMIZER
     np.random.seed(derive_seed(args.seed, "mover/init") % 2**32)  # Chainer's initializers
-    mover = pixel_mover.PixelMover(image_size, args.view_size, args.channels)
+    mover = pixel_mover.PixelMover(image_size, args.view_size, args.channels, args.motion)
     pool = np.concatenate([f[:: max(1, len(f) // 8)] for f in frames])
     pick = np.random.default_rng(derive_seed(args.seed, "mover/still")).permutation(len(pool))
     mover.set_still(pool[pick[:STILL_FRAMES]])

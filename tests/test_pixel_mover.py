@@ -11,6 +11,7 @@ from chainer import gradient_check
 from cli_helpers import assert_refused, bad_flags, one_line_error, run, run_here
 
 from lib.env import socnavenv as sn
+from lib.kernels.splat import splat
 from lib.models import ego_warp, pixel_mover, saved_models
 from lib.models.pixel_mover import PixelMover, to_planes
 
@@ -173,11 +174,89 @@ def test_the_latent_dream_of_a_standing_robot_is_vs_reading_of_the_frame():
         np.testing.assert_allclose(dream.z(data, np.array([0, 1]), k), mu[[0, 1]], atol=1e-5)
 
 
+def test_splat_by_hand_and_its_gradients():
+    """Each value lands on the four pixels around its target with bilinear weights
+    (corners outside dropped); gradients in values and positions against numerical."""
+    rng = np.random.default_rng(0)
+    n, c, p, s = 2, 3, 10, 6
+    values = rng.normal(size=(n, c, p))
+    rows, cols = rng.uniform(-0.5, 5.5, (n, p)), rng.uniform(-0.5, 5.5, (n, p))
+    want = np.zeros((n, c, s * s))
+    for i in range(n):
+        for q in range(p):
+            i0, j0 = int(np.floor(rows[i, q])), int(np.floor(cols[i, q]))
+            a, b = rows[i, q] - i0, cols[i, q] - j0
+            for ii, jj, w in ((i0, j0, (1 - a) * (1 - b)), (i0, j0 + 1, (1 - a) * b),
+                              (i0 + 1, j0, a * (1 - b)), (i0 + 1, j0 + 1, a * b)):  # fmt: skip
+                if 0 <= ii < s and 0 <= jj < s:
+                    want[i, :, ii * s + jj] += w * values[i, :, q]
+    np.testing.assert_allclose(splat(values, rows, cols, s).array, want, atol=1e-12)
+    gy = rng.normal(size=(n, c, s * s))
+    gradient_check.check_backward(
+        lambda v, r, q: splat(v, r, q, s), (values, rows, cols), gy, eps=1e-4, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_composite_targets_invert_the_sources():
+    offsets = ego_warp.grid_offsets(64, 8.0)
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 4, 2))
+    rows, cols = ego_warp.composite_sources(actions, offsets)
+    m = ego_warp.composite_targets(actions, offsets)
+    back_r = m[:, 0, 0, None] * rows + m[:, 0, 1, None] * cols + m[:, 0, 2, None]
+    back_c = m[:, 1, 0, None] * rows + m[:, 1, 1, None] * cols + m[:, 1, 2, None]
+    np.testing.assert_allclose(back_r, np.repeat(np.arange(64.0), 64)[None].repeat(3, 0), atol=1e-9)
+    np.testing.assert_allclose(back_c, np.tile(np.arange(64.0), 64)[None].repeat(3, 0), atol=1e-9)
+
+
+def test_the_splat_motion_without_a_moving_layer_is_the_warp():
+    frames = room_frames(3)
+    sampled, splatted = PixelMover(), PixelMover(motion="splat")
+    splatted.out.b.array[2] = -60.0  # alpha 0: nothing moves on its own
+    still = np.tile([STILL_ACTION], (3, 1))
+    actions = np.random.default_rng(2).uniform(-1, 1, (3, 4, 2))
+    np.testing.assert_array_equal(
+        splatted.dream(frames, frames, still, actions),
+        sampled.dream(frames, frames, still, actions),
+    )
+
+
+def test_the_splat_motion_carries_the_moving_layer_whole():
+    """alpha 1 everywhere, one column a step, the robot standing: frame t + k is frame t
+    shifted k columns right; with the field varying inside a person the splat still
+    moves each pixel by its own velocity (no sample-back stretching)."""
+    frames = room_frames(2)
+    mover = PixelMover(motion="splat")
+    cur = to_planes(frames)
+    field = np.zeros((2, 3, 64, 64), np.float32)
+    field[:, 1] = 1.0
+    field[:, 2] = 60.0  # alpha 1
+    for k in (1, 3):
+        out, _ = mover.render(field, cur, np.tile([[STILL_ACTION]], (2, k, 1)))
+        np.testing.assert_allclose(out.array[..., 10:50, 20:60], cur[..., 10:50, 20 - k : 60 - k],
+                                   atol=1e-5)  # fmt: skip
+
+
+def test_the_splat_render_gradient_against_numerical_ones():
+    mover = PixelMover(image_size=10, view_size=1.25, channels=3, motion="splat")
+    rng = np.random.default_rng(3)
+    cur = rng.uniform(0, 1, (2, 3, 10, 10)).astype(np.float64)
+    field = np.concatenate([rng.uniform(-0.7, 0.7, (2, 2, 10, 10)),
+                            rng.normal(0, 1, (2, 1, 10, 10))], axis=1)  # fmt: skip
+    acts = rng.uniform(-1, 1, (2, 2, 2))
+    gy = rng.normal(size=(2, 3, 10, 10))
+    gradient_check.check_backward(
+        lambda f: mover.render(f, cur, acts)[0], field, gy, eps=1e-4, atol=5e-3, rtol=5e-3,
+        dtype=np.float64,
+    )  # fmt: skip
+
+
 def test_bad_mover_settings_are_refused():
     with pytest.raises(ValueError, match="view_size"):
         PixelMover(view_size=0)
     with pytest.raises(ValueError):
         PixelMover(channels=0)
+    with pytest.raises(ValueError, match="motion"):
+        PixelMover(motion="teleport")
 
 
 # -- 04b_train_mover.py ----------------------------------------------------------------
@@ -211,7 +290,7 @@ def test_04b_trains_the_mover_and_resumes_exactly(episodes, tmp_path):
     log = (a / "models" / "mover_log.csv").read_text().splitlines()
     assert log[0] == "epoch,train_loss,heldout_loss,heldout_warp_loss,seconds" and len(log) == 3
     side = json.loads((a / "models" / "mover.json").read_text())
-    assert side["config"] == {"image_size": 64, "view_size": 8.0, "channels": 3}
+    assert side["config"] == {"image_size": 64, "view_size": 8.0, "channels": 3, "motion": "sample"}
     assert side["epochs"] == 2
     mover = saved_models.load_mover(str(a))
     assert isinstance(mover, PixelMover) and mover.still.sum() > 0  # the robot's body

@@ -123,6 +123,29 @@ def composite_sources(actions, offsets):
     return (offsets[0] - x) / pitch, (offsets[0] - y) / pitch
 
 
+def composite_targets(actions, offsets) -> np.ndarray:
+    """(N, 2, 3) float64: the affine map of fractional cell indices of the first view to
+    the view after the k actions (N, k, 2), [row', col'] = M [row, col, 1]: where a
+    point that stands still in the room appears (`composite_sources`'s inverse)."""
+    offsets = np.asarray(offsets, np.float64)
+    actions = np.asarray(actions)
+    pitch = offsets[0] - offsets[1]
+    n = actions.shape[0]
+    pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # (row, col) of three points
+    x = np.broadcast_to(offsets[0] - pts[:, 0] * pitch, (n, 3)).copy()
+    y = np.broadcast_to(offsets[0] - pts[:, 1] * pitch, (n, 3)).copy()
+    for j in range(actions.shape[1]):  # the first action first: p' = R(-delta)(p - (d, 0))
+        d, delta = ego_motion(actions[:, j])
+        c, s = np.cos(delta)[:, None], np.sin(delta)[:, None]
+        x = x - d[:, None]
+        x, y = c * x + s * y, -s * x + c * y
+    r, q = (offsets[0] - x) / pitch, (offsets[0] - y) / pitch  # (N, 3) each
+    out = np.empty((n, 2, 3))
+    for i, v in enumerate((r, q)):
+        out[:, i] = np.stack([v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], v[:, 0]], axis=1)
+    return out
+
+
 def warp_matrix(actions, offsets) -> object:
     """(B, S², S²) float32: `warp_taps` as dense matrices, row i' holding the weights of
     the old cells that cell i' of the new map shows (the reference; M uses the taps).

@@ -40,8 +40,12 @@ import chainer.links as L
 import numpy as np
 
 from lib import validate
+from lib.kernels.splat import splat
 from lib.models import ego_warp
 
+MOTIONS = ("sample", "splat")  # 04b --motion
+ALPHA_BIAS = -4.0  # splat: the moving layer starts at 2 % of a pixel (the warp alone)
+FILL = 7  # splat: the box (pixels) whose mean of the static layer fills where it moved from
 DILATIONS = (1, 2, 4, 8, 1)  # the net's 3 x 3 layers: a receptive field of 33 pixels
 STILL_SPREAD = 3.0  # a pixel is "still" if within this (of 255) of its median ...
 STILL_SHARE = 0.97  # ... in this share of the training frames
@@ -70,11 +74,14 @@ class PixelMover(chainer.Chain):
     Frames are float32 (N, 3, S, S) in [0, 1] (`to_planes` converts uint8 NHWC).
     """
 
-    def __init__(self, image_size=64, view_size=8.0, channels=24):
+    def __init__(self, image_size=64, view_size=8.0, channels=24, motion="sample"):
         super().__init__()
         (self.image_size, self.channels) = validate.counts(image_size=image_size, channels=channels)
         if not view_size > 0:
             raise ValueError(f"view_size must be > 0, got {view_size}")
+        if motion not in MOTIONS:
+            raise ValueError(f"unknown motion {motion!r}: one of {', '.join(MOTIONS)}")
+        self.motion = motion
         self.view_size = float(view_size)
         self.offsets = ego_warp.grid_offsets(self.image_size, self.view_size)
         ch = self.channels
@@ -86,7 +93,11 @@ class PixelMover(chainer.Chain):
                 ]
             )
             # u starts at 0: the untrained mover is the ego-motion warp alone
-            self.out = L.Convolution2D(ch, 2, 1, initialW=chainer.initializers.Zero())
+            # splat: a third channel, the logit of the share of each pixel that moves
+            outputs = 3 if motion == "splat" else 2
+            self.out = L.Convolution2D(ch, outputs, 1, initialW=chainer.initializers.Zero())
+        if motion == "splat":
+            self.out.b.array[2] = ALPHA_BIAS
         self.add_persistent("still", np.zeros((self.image_size, self.image_size), np.float32))
 
     def config(self):
@@ -95,6 +106,7 @@ class PixelMover(chainer.Chain):
             "image_size": self.image_size,
             "view_size": self.view_size,
             "channels": self.channels,
+            "motion": self.motion,
         }
 
     def set_still(self, frames) -> None:
@@ -130,14 +142,14 @@ class PixelMover(chainer.Chain):
             h = F.relu(layer(h))
         return self.out(h)
 
-    def _grid(self, rows, cols):
+    def _grid(self, rows, cols, dtype=np.float32):
         """(N, 2, S, S) float32 sampling grid of `F.spatial_transformer_sampler` (x, i.e.
         the column, first; -1 and 1 are the first and last pixels' centres) from
         (N, S²) fractional pixel indices."""
         s = self.image_size
         n = rows.shape[0]
         g = np.stack([cols, rows], axis=1) * (2.0 / (s - 1)) - 1.0
-        return g.reshape(n, 2, s, s).astype(np.float32)
+        return g.reshape(n, 2, s, s).astype(dtype)
 
     def align_previous(self, prev, a_prev):
         """Frame t - 1 (N, 3, S, S) moved into frame t's coordinates by the action
@@ -149,13 +161,56 @@ class PixelMover(chainer.Chain):
             ).array
 
     def render(self, u, cur, actions):
-        """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}.
+        """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}, by
+        the mover's motion (`_sampled` or `_splatted`): (frame (N, 3, S, S) Variable,
+        seen (N, 1, S, S) float32, 1 where the pixel's background lies inside frame t)."""
+        frame, seen = (self._splatted if self.motion == "splat" else self._sampled)(u, cur, actions)
+        keep = dilate(chainer.backend.CpuDevice().send(self.still) > 0, 1)  # with its rim
+        keep = self.xp.asarray(keep.astype(np.float32))[None, None]
+        return frame * (1.0 - keep) + cur * keep, seen
 
-        Returns:
-            (frame, seen): frame (N, 3, S, S) Variable; seen (N, 1, S, S) float32, 1
-            where the pixel's source lies inside frame t (its value is grounded there;
-            elsewhere it repeats frame t's edge, an unknown).
-        """
+    def _splatted(self, field, cur, actions):
+        """Two layers: what moves (the share alpha of each pixel of the robot-less frame t)
+        is splatted forward, each pixel to where k steps of its velocity and the composite
+        ego-motion bring it; the rest (frame t with the moved share filled by the mean of
+        its `FILL` x `FILL` surroundings) is sampled back as the warp does."""
+        xp, s = self.xp, self.image_size
+        n, k = cur.shape[0], np.asarray(actions).shape[1]
+        base = self.erased(cur)
+        u, logit = field[:, :2], field[:, 2:]
+        alpha = F.sigmoid(logit)
+        still = base * (1.0 - alpha)
+        pad = FILL // 2
+        box = lambda x: F.average_pooling_2d(x, FILL, stride=1, pad=pad)
+        fill = box(still) / (box(1.0 - alpha) + 1e-3)
+        still = still + fill * alpha
+        rows, cols = ego_warp.composite_sources(np.asarray(actions), self.offsets)
+        seen = (rows >= 0) & (rows <= s - 1) & (cols >= 0) & (cols <= s - 1)
+        dtype = cur.dtype
+        grid = self._grid(np.clip(rows, 0, s - 1), np.clip(cols, 0, s - 1), dtype)
+        behind = F.spatial_transformer_sampler(still, grid)
+        # where each pixel of frame t lands in frame t + k: k steps of u, then the ego-motion
+        m = xp.asarray(ego_warp.composite_targets(np.asarray(actions), self.offsets), dtype)
+        r0 = xp.asarray(np.repeat(np.arange(s, dtype=dtype), s))[None]
+        c0 = xp.asarray(np.tile(np.arange(s, dtype=dtype), s))[None]
+        r = r0 + k * F.reshape(u[:, 0], (n, s * s))
+        c = c0 + k * F.reshape(u[:, 1], (n, s * s))
+        coef = [F.broadcast_to(m[:, i, j, None], (n, s * s)) for i in range(2) for j in range(3)]
+        rt = coef[0] * r + coef[1] * c + coef[2]
+        ct = coef[3] * r + coef[4] * c + coef[5]
+        layer = F.concat([alpha, alpha * base], axis=1)
+        moved = F.reshape(splat(F.reshape(layer, (n, 4, s * s)), rt, ct, s), (n, 4, s, s))
+        cover = moved[:, :1]
+        norm = F.maximum(cover, xp.ones_like(cover.array))
+        frame = F.broadcast_to(1.0 - cover / norm, behind.shape) * behind + moved[
+            :, 1:
+        ] / F.broadcast_to(norm, behind.shape)
+        return frame, seen.reshape(-1, 1, s, s).astype(np.float32)
+
+    def _sampled(self, u, cur, actions):
+        """Sampling back: frame t at q_k(p) - k u(q_k(p)) (the module's text, 2).
+        seen is 1 where the pixel's source lies inside frame t (its value is grounded
+        there; elsewhere it repeats frame t's edge, an unknown)."""
         k = np.asarray(actions).shape[1]
         rows, cols = ego_warp.composite_sources(np.asarray(actions), self.offsets)
         s = self.image_size
@@ -167,10 +222,7 @@ class PixelMover(chainer.Chain):
         base = self._grid(rows, cols)
         uq = F.spatial_transformer_sampler(u, base)
         step = F.concat([uq[:, 1:2], uq[:, 0:1]], axis=1) * np.float32(k * 2.0 / (s - 1))
-        frame = F.spatial_transformer_sampler(self.erased(cur), base - step)
-        keep = dilate(chainer.backend.CpuDevice().send(self.still) > 0, 1)  # with its rim
-        keep = self.xp.asarray(keep.astype(np.float32))[None, None]
-        return frame * (1.0 - keep) + cur * keep, seen
+        return F.spatial_transformer_sampler(self.erased(cur), base - step), seen
 
     def loss(self, cur, prev, actions, targets):
         """Mean squared error of the dreamed frames t + 1 .. t + K against the real ones,
