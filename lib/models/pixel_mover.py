@@ -282,28 +282,32 @@ class LatentDream:
 
         self.mover, self.vae, self.frames, self.batch = mover, vae, frames, int(batch)
         self.encoder = make_encoder(vae)
-        self._key = self._fields = None
+        self._key = self._fields = None  # the last starts' velocity fields
+
+    def _planes(self, index):
+        """The frames `index` as float planes (N, 3, S, S), on the mover's device."""
+        return self.mover.xp.asarray(to_planes(self.frames[index]))
 
     def _field(self, data, starts):
-        """(cur planes, u) of the start frames, kept for the next k of the same starts."""
+        """The velocity fields of the start frames (N, C, S, S), kept for the next k of
+        the same starts; computed `batch` frames at a time (memory)."""
         key = np.asarray(starts).tobytes()
         if key != self._key:
             episode = np.searchsorted(data.frame_offsets, starts, side="right") - 1
             first = starts == data.frame_offsets[episode]
             step = starts - episode  # a_t's row; a_{t-1} is the one before
             a_prev = data.action[np.maximum(step - 1, 0)]
-            cur = to_planes(self.frames[starts])
-            prev = to_planes(self.frames[np.where(first, starts, starts - 1)])
-            aligned = self.mover.align_previous(prev, a_prev)
-            aligned = np.where(first[:, None, None, None], cur, aligned)
+            before = np.where(first, starts, starts - 1)
+            fields = []
             with chainer.no_backprop_mode(), chainer.using_config("train", False):
-                u = np.concatenate(
-                    [
-                        self.mover.field(cur[i : i + self.batch], aligned[i : i + self.batch]).array
-                        for i in range(0, len(starts), self.batch)
-                    ]
-                )
-            self._key, self._fields = key, (cur, u)
+                for i in range(0, len(starts), self.batch):
+                    sl = slice(i, i + self.batch)
+                    cur = self._planes(starts[sl])
+                    aligned = self.mover.align_previous(self._planes(before[sl]), a_prev[sl])
+                    xp = self.mover.xp
+                    aligned = xp.where(xp.asarray(first[sl])[:, None, None, None], cur, aligned)
+                    fields.append(self.mover.field(cur, aligned).array)
+            self._key, self._fields = key, np.concatenate(fields)
         return self._fields
 
     def z(self, data, starts, k: int) -> np.ndarray:
@@ -311,7 +315,7 @@ class LatentDream:
         from lib.models.vae import encode_frames
 
         starts = np.asarray(starts)
-        cur, u = self._field(data, starts)
+        u = self._field(data, starts)
         episode = np.searchsorted(data.frame_offsets, starts, side="right") - 1
         step, last = starts - episode, data.step_offsets[episode + 1] - 1
         acts = np.stack([data.action[np.minimum(step + j, last)] for j in range(k)], axis=1)
@@ -319,7 +323,7 @@ class LatentDream:
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             for i in range(0, len(starts), self.batch):
                 sl = slice(i, i + self.batch)
-                frame = self.mover.render(u[sl], cur[sl], acts[sl])[0].array
+                frame = self.mover.render(u[sl], self._planes(starts[sl]), acts[sl])[0].array
                 frame = np.clip(frame, 0.0, 1.0) * 255.0 + 0.5
                 out.append(frame.astype(np.uint8).transpose(0, 2, 3, 1))
         frames = np.ascontiguousarray(np.concatenate(out))
