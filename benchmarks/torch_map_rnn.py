@@ -223,17 +223,24 @@ WORKLOADS = {
 }
 
 
-if __name__ == "__main__":
-    argv = sys.argv[1:]
+def main(workloads, argv):
+    """Runs the named workloads (all if none) on `--device` (default the CPU), one JSON
+    line each; benchmarks/torch_pixel_mover.py's twins run through it too."""
+    global DEV
+    argv = list(argv)
     if "--device" in argv:
         i = argv.index("--device")
         DEV = torch.device(argv[i + 1])
         del argv[i : i + 2]
     torch.manual_seed(0)
-    for name in argv or list(WORKLOADS):
+    for name in argv or list(workloads):
         print(
             json.dumps(
-                {"name": name, "per_sec": WORKLOADS[name](), "fw": "torch", "device": DEV.type}
+                {"name": name, "per_sec": workloads[name](), "fw": "torch", "device": DEV.type}
             ),
             flush=True,
         )
+
+
+if __name__ == "__main__":
+    main(WORKLOADS, sys.argv[1:])

@@ -11,24 +11,21 @@ over [frame t, frame t - 1, their difference], a 1 x 1 convolution to the 2-chan
 velocity field; each dreamed step samples the field and then the frame bilinearly
 (`grid_sample`, align_corners=True) at the composite ego-motion's points (NumPy, as the
 project computes them) moved back by k steps of the velocity. Prints one JSON line per
-workload, {"name", "per_sec"}.
+workload, {"name", "per_sec"}, through torch_map_rnn.py's timing and entry point.
 """
 
-import json
 import math
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch_map_rnn as twin  # this folder: its `bench`, `main` and device (twin.DEV)
 from torch import nn
 
 S, CH, DILATIONS = 64, 24, (1, 2, 4, 8, 1)
 OFFSETS = (0.5 * S - (np.arange(S) + 0.5)) * 8.0 / S  # the pixels' ego coordinates (m)
 MAX_ADVANCE, MAX_ROTATION, DT = 1.4, 0.5 * math.pi, 0.1
-DEV = torch.device("cpu")
 
 
 def composite_sources(actions):
@@ -65,38 +62,26 @@ class Mover(nn.Module):
         rows, cols = composite_sources(actions)
         rows, cols = np.clip(rows, 0, S - 1), np.clip(cols, 0, S - 1)
         grid = np.stack([cols, rows], -1).reshape(-1, S, S, 2) * (2.0 / (S - 1)) - 1.0
-        grid = torch.tensor(grid, dtype=torch.float32, device=DEV)
+        grid = torch.tensor(grid, dtype=torch.float32, device=twin.DEV)
         uq = F.grid_sample(u, grid, align_corners=True)
         step = torch.stack([uq[:, 1], uq[:, 0]], -1) * (k * 2.0 / (S - 1))
         return F.grid_sample(cur, grid - step, align_corners=True)
 
 
-def bench(fn, n, warmup=2, repeats=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if DEV.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / n)
-    return statistics.median(times)
-
-
 def inputs(rng, n, k):
-    cur = torch.tensor(rng.uniform(0, 1, (n, 3, S, S)), dtype=torch.float32, device=DEV)
-    prev = torch.tensor(rng.uniform(0, 1, (n, 3, S, S)), dtype=torch.float32, device=DEV)
+    cur = torch.tensor(rng.uniform(0, 1, (n, 3, S, S)), dtype=torch.float32, device=twin.DEV)
+    prev = torch.tensor(rng.uniform(0, 1, (n, 3, S, S)), dtype=torch.float32, device=twin.DEV)
     return cur, prev, rng.uniform(-1, 1, (n, k, 2))
 
 
 def mover_train():
     rng = np.random.default_rng(0)
-    model = Mover().to(DEV)
+    model = Mover().to(twin.DEV)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     cur, prev, acts = inputs(rng, 16, 8)
-    targets = torch.tensor(rng.uniform(0, 1, (16, 8, 3, S, S)), dtype=torch.float32, device=DEV)
+    targets = torch.tensor(
+        rng.uniform(0, 1, (16, 8, 3, S, S)), dtype=torch.float32, device=twin.DEV
+    )
 
     def step():
         u = model.field(cur, prev)
@@ -107,12 +92,12 @@ def mover_train():
         (loss / 8).backward()
         opt.step()
 
-    return 16 / bench(step, 3)
+    return 16 / twin.bench(step, 3)
 
 
 def mover_dream_b256():
     rng = np.random.default_rng(0)
-    model = Mover().to(DEV)
+    model = Mover().to(twin.DEV)
     cur, prev, acts = inputs(rng, 256, 10)
 
     @torch.no_grad()
@@ -121,23 +106,11 @@ def mover_dream_b256():
         for k in range(1, 11):
             model.render(u, cur, acts[:, :k])
 
-    return 256 * 10 / bench(dream, 1, 1, 3)
+    return 256 * 10 / twin.bench(dream, 1, 1, 3)
 
 
 WORKLOADS = {"mover_train": mover_train, "mover_dream_b256": mover_dream_b256}
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if "--device" in argv:
-        i = argv.index("--device")
-        DEV = torch.device(argv[i + 1])
-        del argv[i : i + 2]
-    torch.manual_seed(0)
-    for name in argv or list(WORKLOADS):
-        print(
-            json.dumps(
-                {"name": name, "per_sec": WORKLOADS[name](), "fw": "torch", "device": DEV.type}
-            ),
-            flush=True,
-        )
+    twin.main(WORKLOADS, sys.argv[1:])
