@@ -59,9 +59,9 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, drawing, manifest
-from lib.control import lookahead_planner
+from lib.control import lookahead_planner, pixel_dream
 from lib.control.agent import ENDINGS, WorldModelsAgent, dream_rollouts
-from lib.control.fitness import dream_starts
+from lib.control.fitness import dream_start_episodes, dream_starts
 from lib.data import latents, rnn_data
 from lib.diagnostics import open_loop as ol
 from lib.diagnostics import world_model as wm
@@ -260,27 +260,34 @@ def table(r: dict) -> str:
                 f"endings (success / collision / out of map / still running) | "
                 f"{_endings(row['dream'])} | |"
             )
-    if "dream_vs_real" in r:
-        d = r["dream_vs_real"]
+    for key, name in (("dream_vs_real", "dream"), ("pixel_dream_vs_real", "pixel dream")):
+        if key not in r:
+            continue
+        d = r[key]
         lines.append(
-            f"| dream vs real fitness ({len(d['dream'])} controllers) | Spearman "
-            f"{d['spearman']:+.2f}{_interval(d.get('spearman_interval'), '+.2f')} | dream mean {np.mean(d['dream']):+.2f}, real mean "
-            f"{np.mean(d['real']):+.2f} |"
+            f"| {name} vs real fitness ({len(d['dream'])} controllers) | Spearman "
+            f"{d['spearman']:+.2f}{_interval(d.get('spearman_interval'), '+.2f')} | "
+            f"{name} mean {np.mean(d['dream']):+.2f}, real mean {np.mean(d['real']):+.2f} |"
         )
         for t in d["trained"]:
             lines.append(
-                f"| {t['label']}: mean return | dream {t['dream']:+.3f} | real {t['real']:+.3f} |"
+                f"| {t['label']}: mean return | {name} {t['dream']:+.3f} | real {t['real']:+.3f} |"
             )
             if "dream_endings" in t and "real_endings" in t:
                 lines.append(
                     f"| {t['label']}: endings (success / collision / out of map / timeout) | "
-                    f"dream {_endings(t['dream_endings'])} | real {_endings(t['real_endings'])} |"
+                    f"{name} {_endings(t['dream_endings'])} | real {_endings(t['real_endings'])} |"
                 )
     return "\n".join(lines)
 
 
 def figure(path: str, r: dict) -> None:
-    panels = 4 if "dream_vs_real" in r else 3  # the last: dream against real fitness
+    # the last panels: dream against real fitness, in M's dream and in the pixel dream
+    fitness = [
+        (key, title) for key, title in (("dream_vs_real", "M"), ("pixel_dream_vs_real", "the pixel dream"))
+        if key in r
+    ]  # fmt: skip
+    panels = 3 + len(fitness)
     fig, axes = plt.subplots(1, panels, figsize=(4.75 * panels, 4.5))
     ks = [int(k) for k in r["open_loop"]]
     styles = {"real": ("k", "-"), "dream": ("tab:red", "-"), "copy": ("tab:gray", "--"),
@@ -328,9 +335,8 @@ def figure(path: str, r: dict) -> None:
         f"collision within {r['horizon']} steps\nrisk > {r['risk_threshold']:g}: precision "
         f"{_f(p)}, recall {_f(q)}"
     )
-    if panels == 4:
-        ax = axes[3]
-        d = r["dream_vs_real"]
+    for ax, (key, where) in zip(axes[3:], fitness):
+        d = r[key]
         n = len(d["trained"])
         ax.scatter(d["real"][n:], d["dream"][n:], c="tab:blue", label="random and perturbed")
         ax.scatter(d["real"][:n], d["dream"][:n], c="tab:red", label="07's trained Cs")
@@ -338,8 +344,8 @@ def figure(path: str, r: dict) -> None:
         hi = max(max(d["real"]), max(d["dream"])) + 0.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="dream = real")
         ax.set_xlabel("real fitness (mean return)")
-        ax.set_ylabel("dream fitness (mean return in M)")
-        ax.set_title(f"Same controllers, dream vs real: Spearman {d['spearman']:+.2f}")
+        ax.set_ylabel(f"dream fitness (mean return in {where})")
+        ax.set_title(f"Same controllers, {where} vs real: Spearman {d['spearman']:+.2f}")
         ax.legend(fontsize=8)
     fig.suptitle(
         f"M as a simulator, {r.get('test_episodes', '')} held-out episodes (NLL {r['nll']:.2f}, "
@@ -499,6 +505,14 @@ def main(argv=None):
             rnn, params, which, np.tile(z0, (len(params), 1)), args.temperature, rng,
             done_pos_weight=weight, endings=True,
         )  # fmt: skip
+        if mover is not None:  # the same controllers in the mover's dream
+            episodes = dream_start_episodes(args.seed, 0, args.episodes, len(test))
+            starts = pixel_dream.episode_starts(mover.frames, test, np.tile(episodes, len(params)))
+            with tqdm(total=sn.MAX_STEPS, desc="pixel dream", unit="step", leave=False) as bar:
+                pixel, _, pixel_ends = pixel_dream.pixel_dream_rollouts(
+                    rnn, mover.mover, vae, params, which, starts, done_pos_weight=weight, endings=True, encoder=mover.encoder,
+                    on_frame=lambda rows, frames: bar.update(1),
+                )  # fmt: skip
         seeds = derive_seeds(args.seed, "world-model-check", args.episodes)
         with tqdm(total=len(params) * args.episodes, desc="real", unit="ep", leave=False) as bar:
             config = sn.EnvConfig(**saved_models.observation_settings(v_sidecar))
@@ -508,10 +522,19 @@ def main(argv=None):
         result["dream_vs_real"] = wm.dream_vs_real(
             dream, real, labels, trained, dream_ends, real_ends
         )
-        if args.bootstrap and len(params) > 1:
-            result["dream_vs_real"]["spearman_interval"] = wm.spearman_interval(
-                dream, real, np.random.default_rng([args.seed, 0xB1]), rounds=args.bootstrap
-            )
+        if mover is not None:
+            result["pixel_dream_vs_real"] = wm.dream_vs_real(
+                pixel.reshape(len(params), args.episodes).mean(axis=1), real, labels, trained,
+                pixel_ends.reshape(len(params), args.episodes, len(ENDINGS)).mean(axis=1),
+                real_ends,
+            )  # fmt: skip
+        for key in ("dream_vs_real", "pixel_dream_vs_real"):
+            if key in result and args.bootstrap and len(params) > 1:
+                d = result[key]
+                d["spearman_interval"] = wm.spearman_interval(
+                    np.array(d["dream"]), real, np.random.default_rng([args.seed, 0xB1]),
+                    rounds=args.bootstrap,
+                )  # fmt: skip
 
     # REPORT
     text = table(result)

@@ -75,6 +75,44 @@ def test_check_backward(activation, node_class, shape):
     _check_backward(node_class, stride, activation, x, w, b, gy)
 
 
+@pytest.mark.parametrize("dilate, stride", [(2, 1), (3, 1), (2, 2)])
+def test_dilated_conv_backward(dilate, stride):
+    """The dilated window's gradients (its own col2im) against numerical ones."""
+    rng = np.random.RandomState(4)
+    x = rng.uniform(-1, 1, (2, 9, 8, 3))
+    w = rng.uniform(-1, 1, (3, 3, 3, 2))
+    b = rng.uniform(-1, 1, 2)
+    span = dilate * 2 + 1
+    gy = rng.uniform(-1, 1, (2, (9 - span) // stride + 1, (8 - span) // stride + 1, 2))
+    gradient_check.check_backward(
+        lambda x, w, b: fc.Conv2DNHWC(stride, "relu", dilate).apply((x, w, b)),
+        (x, w, b), gy, dtype=np.float64, atol=1e-6, rtol=1e-5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dilate", [1, 2, 8])
+def test_dilated_conv_matches_chainer(dilate):
+    """A padded ("same") dilated 3 x 3 convolution, forward and gradients, equals
+    Chainer's `F.convolution_2d(..., dilate=)` (its fallback)."""
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 20, 20, 9), dtype=np.float32)
+    w = rng.standard_normal((3, 3, 9, 24)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    pad = ((0, 0), (dilate, dilate), (dilate, dilate), (0, 0))
+    gy = rng.standard_normal((3, 20, 20, 24)).astype(np.float32)
+    out = {}
+    for fast in (True, False):
+        with chainer.using_config("fastconv", fast):
+            xv, wv, bv = chainer.Variable(x), chainer.Variable(w), chainer.Variable(b)
+            y = fc.conv2d_nhwc(F.pad(xv, pad, "constant"), wv, bv, 1, "relu", dilate=dilate)
+            y.grad = gy
+            y.backward()
+            out[fast] = (y.array, xv.grad, wv.grad, bv.grad)
+    assert out[True][0].shape == (3, 20, 20, 24)
+    for got, want in zip(out[True], out[False]):
+        _close(got, want)
+
+
 # ---------------------------------------------------------------------------
 # agreement with L.Convolution2D / L.Deconvolution2D (float32, 1e-5)
 # ---------------------------------------------------------------------------

@@ -605,8 +605,11 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     assert "mover" not in r["collision_soon_auc"]
     run("04b_train_mover.py", "--epochs", 1, "--batches", 2, "--batch-size", 2, "--horizon", 2,
         "--channels", 2, "--data-dir", a)  # fmt: skip
-    run(*check)
+    run(*check[:2], 3, *check[3:], "--episodes", 2)  # and 3 controllers in the pixel dream
     r = json.loads((a / "results" / "world_model_dream.json").read_text())["results"]
+    for key in ("dream_vs_real", "pixel_dream_vs_real"):
+        assert len(r[key]["dream"]) == 3 and r[key]["real"] == r["dream_vs_real"]["real"]
+    assert r["pixel_dream_vs_real"]["dream"] != r["dream_vs_real"]["dream"]
     for row in r["open_loop"].values():
         assert {"warp", "mover", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
         assert row["z_mse"]["real"] == 0.0 and row["z_mse"]["warp"] < row["z_mse"]["copy"]
@@ -614,7 +617,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
         assert row["z_mse"]["mover"] not in (row["z_mse"]["velocity"], row["z_mse"]["warp"])
     assert set(r["collision_soon_auc"]) == set(wm.FORECAST_SOURCES)
     table = (a / "results" / "world_model_dream.md").read_text()
-    assert "ego-motion warp" in table and "pixel mover" in table
+    assert "ego-motion warp" in table and "pixel mover" in table and "pixel dream vs real" in table
     # and 06 draws the mover's open loop beside M's
     run("06_draw_rnn_result.py", "--mode", "dream", "--data-dir", a)
     assert (a / "results" / "mover_openloop.png").stat().st_size > 0

@@ -327,3 +327,28 @@ def test_04b_refuses_missing_episodes(tmp_path):
 
 def test_saved_models_has_no_mover_without_one(tmp_path):
     assert saved_models.load_mover(str(tmp_path)) is None
+
+
+def test_the_fast_field_equals_chainers_and_so_do_its_gradients():
+    """On the CPU the field runs NHWC through `fastconv`'s dilated convolution: its
+    values and the weights' gradients equal Chainer's own layers' (fastconv off)."""
+    import chainer
+
+    rng = np.random.default_rng(7)
+    mover = PixelMover(image_size=24, motion="splat")
+    for link in mover.links():
+        for param in link.params(include_uninit=False):
+            param.array[...] = rng.normal(0, 0.3, param.shape)
+    cur, prev = (rng.random((2, 3, 24, 24), dtype=np.float32) for _ in range(2))
+    out = {}
+    for fast in (True, False):
+        mover.cleargrads()
+        with chainer.using_config("fastconv", fast):
+            u = mover.field(cur, prev)
+            chainer.functions.sum(u * u).backward()
+        out[fast] = (u.array, [p.grad.copy() for p in mover.params()])
+    assert np.abs(out[False][0]).max() > 0.1  # a field that moves
+    scale = np.abs(out[False][0]).max()
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-3, atol=1e-4 * scale)
+    for got, want in zip(out[True][1], out[False][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())

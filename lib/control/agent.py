@@ -295,46 +295,78 @@ def dream_rollouts(
     which = device.send(np.asarray(which))
     n = len(z0)
     state = rnn.initial_state(n)
-    h = state[0]
     z = device.send(np.asarray(z0, np.float32))
-    alive = np.ones(n, bool)
-    running = np.ones(n)  # soft dream: P(the episode still runs); stays 1 otherwise
-    returns = np.zeros(n)
-    lengths = np.zeros(n, np.int64)
-    logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
-    ends = np.zeros((n, len(ENDINGS)))
+    ledger = DreamLedger(rnn, n, done_threshold, done_pos_weight, endings)
+    rows = np.arange(n)
     for _ in range(max_steps):
-        actions = act_batch(weights, biases, which, z, h)
+        actions = act_batch(weights, biases, which, z, state[0])
         out = rnn.step(z, actions, state)
-        state, h = out.state, out.h
-        if rnn.outcome_head:
-            # out: expected reward and continue probability, in one transfer
-            reward, p_continue = to_host(rnn.xp.stack(reward_and_continue(out)))
-            returns += running * reward
-            lengths += running >= 0.5
-            if endings:  # success, collision, out of map: the outcome head's classes 1-3
-                ends[:, :3] += running[:, None] * to_host(out.outcome)[:, 1:4]
-            running *= p_continue
-            alive = running >= SOFT_END
-        else:
-            # out: reward and done logit, in one transfer
-            reward, done_logit = to_host(rnn.xp.stack([out.reward, out.done_logit]))
-            reward = reward.astype(np.float64)
-            done = done_logit > logit_threshold
-            if endings:
-                ends[np.flatnonzero(alive & done), ending_kind(reward[alive & done])] = 1.0
-            returns += np.where(alive, reward, 0.0)
-            lengths += alive
-            alive &= ~done
-        if not alive.any():
+        state = out.state
+        if not ledger.record(out, rows).any():
             break
         z = sample(out.mixture, tau, rng)  # in: the sampling noise, drawn on the host
-    # The timeout, weighted by P(still running): 1 in a thresholded dream.
-    returns += np.where(alive, running, 0.0) * sn.TIMEOUT_REWARD
-    if not endings:
-        return returns, lengths
-    ends[:, 3] = np.where(alive, running, 0.0)
-    return returns, lengths, ends
+    return ledger.result()
+
+
+class DreamLedger:
+    """The returns, lengths and endings of N dreams, step by step, from M's heads: with
+    reward and done heads an episode ends at the first step whose calibrated done
+    probability exceeds the threshold, and its return sums the reward head; with an
+    outcome head each step's expected reward is weighted by the probability that the
+    episode still runs (see `dream_rollouts`). Shared by `dream_rollouts` and
+    `lib.control.pixel_dream`.
+
+    Args:
+        rnn: the M whose step outputs `record` reads; n: the dreams;
+        done_threshold, done_pos_weight, endings: as `dream_rollouts`.
+    """
+
+    def __init__(self, rnn, n, done_threshold=DONE_THRESHOLD, done_pos_weight=1.0, endings=False):
+        self.rnn = rnn
+        self.alive = np.ones(n, bool)
+        self.running = np.ones(n)  # soft dream: P(the episode still runs); stays 1 otherwise
+        self.returns = np.zeros(n)
+        self.lengths = np.zeros(n, np.int64)
+        self.ends = np.zeros((n, len(ENDINGS))) if endings else None
+        self.logit_threshold = done_logit_threshold(done_pos_weight, done_threshold)
+
+    def record(self, out, rows) -> np.ndarray:
+        """Adds one step of M's output `out` for the dreams `rows` (in out's order);
+        returns (len(rows),) bool, which of them still run."""
+        if self.rnn.outcome_head:
+            # out: expected reward and continue probability, in one transfer
+            reward, p_continue = to_host(self.rnn.xp.stack(reward_and_continue(out)))
+            running = self.running[rows]
+            self.returns[rows] += running * reward
+            self.lengths[rows] += running >= 0.5
+            if self.ends is not None:  # success, collision, out of map: classes 1-3
+                self.ends[rows, :3] += running[:, None] * to_host(out.outcome)[:, 1:4]
+            self.running[rows] = running * p_continue
+            self.alive[rows] = self.running[rows] >= SOFT_END
+        else:
+            # out: reward and done logit, in one transfer
+            reward, done_logit = to_host(self.rnn.xp.stack([out.reward, out.done_logit]))
+            reward = reward.astype(np.float64)
+            done = done_logit > self.logit_threshold
+            alive = self.alive[rows]
+            if self.ends is not None:
+                self.ends[rows[alive & done], ending_kind(reward[alive & done])] = 1.0
+            self.returns[rows] += np.where(alive, reward, 0.0)
+            self.lengths[rows] += alive
+            self.alive[rows] = alive & ~done
+        return self.alive[rows]
+
+    def result(self):
+        """(returns, lengths), and with endings the (N, 4) endings, as `dream_rollouts`;
+        the dreams still running time out."""
+        # The timeout, weighted by P(still running): 1 in a thresholded dream.
+        still = np.where(self.alive, self.running, 0.0)
+        returns = self.returns + still * sn.TIMEOUT_REWARD
+        if self.ends is None:
+            return returns, self.lengths
+        ends = self.ends.copy()
+        ends[:, 3] = still
+        return returns, self.lengths, ends
 
 
 # How a dream ends, in the order of `dream_rollouts(..., endings=True)`'s columns.

@@ -115,6 +115,19 @@ def dream_starts(
     return np.array(out, np.float32)
 
 
+def dream_start_episodes(seed: int, generation: int, trials: int, episodes: int) -> np.ndarray:
+    """(trials,) int: the episode (of `episodes`) whose first frame `dream_starts` starts
+    trial j from, for dreams that start from the episode's frames instead
+    (`lib.control.pixel_dream`)."""
+    return np.array(
+        [
+            np.random.default_rng(derive_seed(seed, "es-dream", generation, j)).integers(episodes)
+            for j in range(trials)
+        ],
+        np.int64,
+    )
+
+
 def evaluate_group(task: dict) -> dict:
     """Runs one group: every candidate in it on every trial, in lockstep.
 

@@ -97,6 +97,28 @@ def _col2im(gcol, stride, n_c, gx):
 
 
 @numba.njit(cache=True, nogil=True)
+def _col2im_dilated(gcol, stride, dilate, gx):
+    """`_col2im` of a dilated window: the adjoint of `_im2col(..., dilate)`.
+
+    Args:
+        gcol: (B, Ho, Wo, kh, kw, C) float, column gradient.
+        stride, dilate: ints.
+        gx: (B, H, W, C) float, output; overwritten.
+    """
+    n_b, n_oh, n_ow, kh, kw, n_c = gcol.shape
+    for b in range(n_b):
+        gx[b] = 0.0
+        for oh in range(n_oh):
+            for ow in range(n_ow):
+                for i in range(kh):
+                    for j in range(kw):
+                        dst = gx[b, oh * stride + i * dilate, ow * stride + j * dilate]
+                        src = gcol[b, oh, ow, i, j]
+                        for c in range(n_c):
+                            dst[c] += src[c]
+
+
+@numba.njit(cache=True, nogil=True)
 def _deconv_scatter(cols, bias, stride, act, y):
     """Scatters deconv columns into the output, adds the bias, applies `act`.
 
@@ -195,33 +217,38 @@ def _threads():
 # ---------------------------------------------------------------------------
 
 
-def _out_size(size, k, s):
-    return (size - k) // s + 1
+def _out_size(size, k, s, dilate=1):
+    return (size - dilate * (k - 1) - 1) // s + 1
 
 
-def _im2col(x, kh, kw, stride, out=None):
-    """Columns of every output position of a valid, strided 2-D window.
+def _im2col(x, kh, kw, stride, out=None, dilate=1):
+    """Columns of every output position of a valid, strided (and dilated) 2-D window.
 
     Args:
         x: (B, H, W, C) C-contiguous float array.
         kh, kw, stride: ints.
         out: optional C-contiguous array of B * Ho * Wo * kh * kw * C
             elements to write into.
+        dilate: the window's taps are this many pixels apart.
 
     Returns:
         (B, Ho, Wo, kh, kw * C) C-contiguous float array; its rows reshape to
         (B * Ho * Wo, kh * kw * C) for a GEMM against (kh, kw, C, O) weights.
     """
     n_b, n_h, n_w, n_c = x.shape
-    n_oh, n_ow = _out_size(n_h, kh, stride), _out_size(n_w, kw, stride)
+    n_oh, n_ow = _out_size(n_h, kh, stride, dilate), _out_size(n_w, kw, stride, dilate)
     sb, sh, sw, sc = x.strides
-    # Within one window row, kw pixels of C channels are one contiguous run.
-    view = np.lib.stride_tricks.as_strided(
-        x, (n_b, n_oh, n_ow, kh, kw * n_c), (sb, sh * stride, sw * stride, sh, sc)
-    )
+    if dilate == 1:
+        # Within one window row, kw pixels of C channels are one contiguous run.
+        shape = (n_b, n_oh, n_ow, kh, kw * n_c)
+        strides = (sb, sh * stride, sw * stride, sh, sc)
+    else:
+        shape = (n_b, n_oh, n_ow, kh, kw, n_c)
+        strides = (sb, sh * stride, sw * stride, sh * dilate, sw * dilate, sc)
+    view = np.lib.stride_tricks.as_strided(x, shape, strides)
     col = np.empty(view.shape, x.dtype) if out is None else out.reshape(view.shape)
     runtime.parallel_ranges(lambda lo, hi: np.copyto(col[lo:hi], view[lo:hi]), n_b)
-    return col
+    return col.reshape(n_b, n_oh, n_ow, kh, kw * n_c)
 
 
 def _chunks(n_b, bytes_per_item):
@@ -315,14 +342,23 @@ class _StridedNHWC(chainer.function_node.FunctionNode):
 
 class Conv2DNHWC(_StridedNHWC):
     """Valid strided 2-D convolution on NHWC arrays with a fused activation
-    (w: kh, kw, in, out)."""
+    (w: kh, kw, in, out); `dilate` spaces the window's taps."""
+
+    def __init__(self, stride, activation, dilate=1):
+        super().__init__(stride, activation)
+        self.dilate = int(dilate)
+
+    def _out_hw(self, n_h, n_w, kh, kw):
+        return _out_size(n_h, kh, self.stride, self.dilate), _out_size(
+            n_w, kw, self.stride, self.dilate
+        )
 
     def forward_cpu(self, inputs):
         x, w, b = inputs
         x = np.ascontiguousarray(x)
         kh, kw, n_c, n_o = w.shape
         n_b, n_h, n_w, _ = x.shape
-        n_oh, n_ow = _out_size(n_h, kh, self.stride), _out_size(n_w, kw, self.stride)
+        n_oh, n_ow = self._out_hw(n_h, n_w, kh, kw)
         w2 = np.ascontiguousarray(w).reshape(kh * kw * n_c, n_o)
         b = np.ascontiguousarray(b)
         act = _act_code(self.activation)
@@ -337,7 +373,7 @@ class Conv2DNHWC(_StridedNHWC):
         # just written, and its output stays in cache for the bias and relu.
         for lo, hi in _chunks(n_b, rows * width * x.itemsize):
             out = col[lo * rows : hi * rows] if keep else None
-            chunk = _im2col(x[lo:hi], kh, kw, self.stride, out).reshape(-1, width)
+            chunk = _im2col(x[lo:hi], kh, kw, self.stride, out, self.dilate).reshape(-1, width)
             yc = y[lo * rows : hi * rows]
             blas.gemm(chunk, w2, yc, threads=_threads())
             _bias_act_parallel(yc, b, act)
@@ -355,7 +391,7 @@ class Conv2DNHWC(_StridedNHWC):
         gz, gb = self._pre_activation_grad(gy, n_o)
         w2 = w.reshape(kh * kw * n_c, n_o)
         n_b, n_h, n_w, _ = self._x_shape
-        n_oh, n_ow = _out_size(n_h, kh, self.stride), _out_size(n_w, kw, self.stride)
+        n_oh, n_ow = self._out_hw(n_h, n_w, kh, kw)
         rows, width = n_oh * n_ow, kh * kw * n_c
         gx = np.empty((n_b, n_h, n_w * n_c), gz.dtype) if 0 in indexes else None
         gw = np.zeros((width, n_o), gz.dtype) if 1 in indexes else None
@@ -369,12 +405,21 @@ class Conv2DNHWC(_StridedNHWC):
             if gx is not None:
                 gcol = np.empty((len(gzc), width), gz.dtype)
                 blas.gemm(gzc, w2, gcol, trans_b=True, threads=_threads())
-                gcol = gcol.reshape(hi - lo, n_oh, n_ow, kh, kw * n_c)
                 gxc = gx[lo:hi]
-                runtime.parallel_ranges(
-                    lambda a, z: _col2im(gcol[a:z], self.stride, n_c, gxc[a:z]),  # noqa: B023
-                    hi - lo,
-                )
+                if self.dilate == 1:
+                    gcol = gcol.reshape(hi - lo, n_oh, n_ow, kh, kw * n_c)
+
+                    def kernel(a, z, gcol=gcol, gxc=gxc):
+                        _col2im(gcol[a:z], self.stride, n_c, gxc[a:z])
+
+                else:
+                    gcol = gcol.reshape(hi - lo, n_oh, n_ow, kh, kw, n_c)
+                    g4 = gxc.reshape(hi - lo, n_h, n_w, n_c)
+
+                    def kernel(a, z, gcol=gcol, g4=g4):
+                        _col2im_dilated(gcol[a:z], self.stride, self.dilate, g4[a:z])
+
+                runtime.parallel_ranges(kernel, hi - lo)
         return self._variables(indexes, gx, self._x_shape, gw, w.shape, gb)
 
 
@@ -460,17 +505,18 @@ def _activate(h, activation):
     return h
 
 
-def _apply(node_class, chainer_op, w_perm, x, W, b, stride, activation):
+def _apply(node_class, chainer_op, w_perm, x, W, b, stride, activation, **kw):
     """`node_class`'s fused node where it runs (`_use_fast`), else Chainer's `chainer_op`
-    on NCHW transposes (W's axes permuted by `w_perm`), then the activation."""
+    on NCHW transposes (W's axes permuted by `w_perm`), then the activation; `kw` go to
+    both (a convolution's dilate)."""
     _check_activation(activation)
     if _use_fast(x):
-        return node_class(stride, activation).apply((x, W, b))[0]
-    h = chainer_op(F.transpose(x, (0, 3, 1, 2)), F.transpose(W, w_perm), b, stride=stride)
+        return node_class(stride, activation, **kw).apply((x, W, b))[0]
+    h = chainer_op(F.transpose(x, (0, 3, 1, 2)), F.transpose(W, w_perm), b, stride=stride, **kw)
     return F.transpose(_activate(h, activation), (0, 2, 3, 1))
 
 
-def conv2d_nhwc(x, W, b, stride=2, activation="relu"):
+def conv2d_nhwc(x, W, b, stride=2, activation="relu", dilate=1):
     """Valid strided convolution of NHWC frames, then an activation.
 
     Args:
@@ -479,11 +525,14 @@ def conv2d_nhwc(x, W, b, stride=2, activation="relu"):
         b: (O,) float Variable or array.
         stride: int, the same along both axes.
         activation: None, "relu" or "sigmoid".
+        dilate: the window's taps are this many pixels apart (pad `x` for a "same"
+            output, e.g. by `dilate` for a 3 x 3 window).
 
     Returns:
-        (B, Ho, Wo, O) Variable, `Ho = (H - kh) // stride + 1`.
+        (B, Ho, Wo, O) Variable, `Ho = (H - dilate (kh - 1) - 1) // stride + 1`.
     """
-    return _apply(Conv2DNHWC, F.convolution_2d, (3, 2, 0, 1), x, W, b, stride, activation)
+    kw = {"dilate": int(dilate)} if dilate != 1 else {}
+    return _apply(Conv2DNHWC, F.convolution_2d, (3, 2, 0, 1), x, W, b, stride, activation, **kw)
 
 
 def deconv2d_nhwc(x, W, b, stride=2, activation="relu"):

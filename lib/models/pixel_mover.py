@@ -40,6 +40,7 @@ import chainer.links as L
 import numpy as np
 
 from lib import validate
+from lib.kernels import fastconv
 from lib.kernels.splat import splat
 from lib.models import ego_warp
 
@@ -138,9 +139,21 @@ class PixelMover(chainer.Chain):
                 (`align_previous`); each (N, 3, S, S) float32.
         """
         h = F.concat([cur, prev, cur - prev], axis=1)
-        for layer in self.layers:
-            h = F.relu(layer(h))
-        return self.out(h)
+        if not fastconv._use_fast(h):  # CuPy, or chainer.config.fastconv False
+            for layer in self.layers:
+                h = F.relu(layer(h))
+            return self.out(h)
+        # on the CPU: NHWC, each dilated layer one GEMM (`lib.kernels.fastconv`), the
+        # same weights (Chainer's layout, transposed in the graph)
+        h = F.transpose(h, (0, 2, 3, 1))
+        for layer, d in zip(self.layers, DILATIONS):
+            h = F.pad(h, ((0, 0), (d, d), (d, d), (0, 0)), "constant")
+            w = F.transpose(layer.W, (2, 3, 1, 0))
+            h = fastconv.conv2d_nhwc(h, w, layer.b, 1, "relu", dilate=d)
+        n, s = h.shape[0], self.image_size
+        w = F.reshape(self.out.W, self.out.W.shape[:2])
+        u = F.linear(F.reshape(h, (n * s * s, self.channels)), w, self.out.b)
+        return F.transpose(F.reshape(u, (n, s, s, -1)), (0, 3, 1, 2))
 
     def _grid(self, rows, cols, dtype=np.float32):
         """(N, 2, S, S) float32 sampling grid of `F.spatial_transformer_sampler` (x, i.e.
