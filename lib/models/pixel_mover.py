@@ -40,7 +40,7 @@ import chainer.links as L
 import numpy as np
 
 from lib import validate
-from lib.kernels import fastconv
+from lib.kernels import fastconv, sampler
 from lib.kernels.splat import splat
 from lib.models import ego_warp
 
@@ -169,7 +169,7 @@ class PixelMover(chainer.Chain):
         between them, a_prev (N, 2): what stood still in the room lines up (array)."""
         rows, cols = ego_warp.composite_sources(np.asarray(a_prev)[:, None], self.offsets)
         with chainer.no_backprop_mode():
-            return F.spatial_transformer_sampler(
+            return sampler.sample(
                 np.asarray(prev, np.float32), self._grid(rows, cols)
             ).array
 
@@ -201,7 +201,7 @@ class PixelMover(chainer.Chain):
         seen = (rows >= 0) & (rows <= s - 1) & (cols >= 0) & (cols <= s - 1)
         dtype = cur.dtype
         grid = self._grid(np.clip(rows, 0, s - 1), np.clip(cols, 0, s - 1), dtype)
-        behind = F.spatial_transformer_sampler(still, grid)
+        behind = sampler.sample(still, grid)
         # where each pixel of frame t lands in frame t + k: k steps of u, then the ego-motion
         m = xp.asarray(ego_warp.composite_targets(np.asarray(actions), self.offsets), dtype)
         r0 = xp.asarray(np.repeat(np.arange(s, dtype=dtype), s))[None]
@@ -233,9 +233,9 @@ class PixelMover(chainer.Chain):
         rows = np.clip(rows, 0, s - 1)
         cols = np.clip(cols, 0, s - 1)
         base = self._grid(rows, cols)
-        uq = F.spatial_transformer_sampler(u, base)
+        uq = sampler.sample(u, base)
         step = F.concat([uq[:, 1:2], uq[:, 0:1]], axis=1) * np.float32(k * 2.0 / (s - 1))
-        return F.spatial_transformer_sampler(self.erased(cur), base - step), seen
+        return sampler.sample(self.erased(cur), base - step), seen
 
     def loss(self, cur, prev, actions, targets):
         """Mean squared error of the dreamed frames t + 1 .. t + K against the real ones,
