@@ -169,9 +169,7 @@ class PixelMover(chainer.Chain):
         between them, a_prev (N, 2): what stood still in the room lines up (array)."""
         rows, cols = ego_warp.composite_sources(np.asarray(a_prev)[:, None], self.offsets)
         with chainer.no_backprop_mode():
-            return sampler.sample(
-                np.asarray(prev, np.float32), self._grid(rows, cols)
-            ).array
+            return sampler.sample(np.asarray(prev, np.float32), self._grid(rows, cols)).array
 
     def render(self, u, cur, actions):
         """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}, by
