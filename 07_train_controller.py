@@ -1,10 +1,12 @@
 """Trains C, the linear controller on [z, h], with CMA-ES: in the real
-environment through V and M, or with --dream inside M alone.
+environment through V and M, or with --dream inside M alone (with --mover in the
+pixel dream: the mover's frames, read by V, judged by M's heads).
 
 Reads:
     data/models/vae.npz (+ json), data/models/rnn_<mode>.npz (+ json).
     With --dream: the first frames of data/rnn_data/train episodes, encoded by V
-        (lib/data/latents.py cache), as the dreams' starting points.
+        (lib/data/latents.py cache), as the dreams' starting points; with --mover also
+        data/models/mover.npz and each episode's frames 0 and 1.
 Writes:
     data/models/controller.npz (+ controller.json): the best controller so far
         by the real-environment evaluation of the CMA-ES mean.
@@ -41,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest, parallel, tensorboard_log, training
+from lib.control import pixel_dream
 from lib.control.agent import WorldModelsAgent
 from lib.control.es import CMAES, CannotResume
 from lib.control.fitness import Evaluator, Spec, WorkerDied
@@ -99,6 +102,14 @@ def parse_args(argv=None):
         "paper's full covariance)",
     )
     p.add_argument("--dream", action="store_true", help="train inside M (needs reward/done heads)")
+    p.add_argument(
+        "--mover",
+        action="store_true",
+        help="with --dream: dream in pixels (beyond the paper): the pixel mover "
+        "(models/mover.npz, 04b_train_mover.py) moves two real frames of an episode, V reads "
+        "the dreamed frames and M's heads give the rewards and the ending "
+        "(lib/control/pixel_dream.py); default: M's own samples, the paper's dream",
+    )
     p.add_argument(
         "--name",
         type=cli.file_stem,
@@ -171,6 +182,8 @@ def parse_args(argv=None):
     for flag in ("imitate_iterations", "imitate_episodes"):
         if getattr(args, flag) is not None and args.imitate is None:
             p.error(f"--{flag.replace('_', '-')} needs --imitate TEACHER")
+    if args.mover and not args.dream:
+        p.error("--mover is a kind of dream: add --dream")
     if args.imitate is not None and args.dream:
         p.error(
             "--imitate starts C from real-environment imitation; a --dream C must learn in M alone"
@@ -220,9 +233,10 @@ def load_m(data_dir, rnn_mode, z_size, device, dream):
     return rnn
 
 
-def write_dream_starts(data_dir, vae, path):
+def write_dream_starts(data_dir, vae, path, pixels=False):
     """Saves V's (mu, logvar) of the first frame of every 02 training episode to `path`:
-    where dreams start."""
+    where dreams start; with `pixels` also each episode's frames 0 and 1, its first
+    action and z_0 (`pixel_dream.Starts`), where pixel dreams start."""
     models = os.path.join(data_dir, "models")
     train_dir = os.path.join(data_dir, "rnn_data", "train")
     try:
@@ -230,7 +244,16 @@ def write_dream_starts(data_dir, vae, path):
     except latents.NoEpisodesError as e:
         cli.fail(f"{e} — run 02_generate_rnn_data.py first (dreams start from its first frames)")
     first = data.frame_offsets[:-1]
-    np.savez(path, mu=data.mu[first], logvar=data.logvar[first])
+    arrays = {"mu": data.mu[first], "logvar": data.logvar[first]}
+    if pixels:
+        two = []
+        for name in data.files:  # frames 0 and 1 of each episode, in data's order
+            with np.load(os.path.join(train_dir, name), allow_pickle=False) as f:
+                obs = f["obs"][:2]
+            two.append(obs[[0, len(obs) - 1]])
+        starts = pixel_dream.episode_starts(np.stack(two), data, np.arange(len(first)))
+        arrays.update(starts._asdict())
+    np.savez(path, **arrays)
     print(f"dreams start from the first frames of {len(first)} real episodes")
 
 
@@ -248,6 +271,7 @@ def save_best(controller, params, args, rnn_mode, generation, summary, shown):
     results = os.path.join(args.data_dir, "results")
     controller.set_flat(params)
     sidecar = {"config": controller.config(), "rnn_mode": rnn_mode, "dream": args.dream}
+    sidecar["pixel_dream"] = args.mover
     # Which V and M it reads: a C is meaningless on another M's h (saved_models.load_agent).
     sidecar["trained_with"] = saved_models.model_hashes(args.data_dir, rnn_mode)
     sidecar.update(temperature=args.temperature, generation=generation, evaluation=summary)
@@ -303,11 +327,12 @@ def imitate(args, vae, rnn, config, models, interrupt):
 
 def headline(args, rnn_mode):
     """The run's first line: the search, where candidates are scored, the workers."""
-    where = (
-        f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
-        if args.dream
-        else f"in the real env through V and rnn_{rnn_mode}"
-    )
+    if args.mover:
+        where = f"in the pixel dream (mover.npz, V, rnn_{rnn_mode}'s heads)"
+    elif args.dream:
+        where = f"inside M (rnn_{rnn_mode}, tau {args.temperature})"
+    else:
+        where = f"in the real env through V and rnn_{rnn_mode}"
     gpu = f", GPU {args.gpu}" if args.gpu >= 0 else ""
     return (
         f"07: CMA-ES, {args.epochs} generations x {args.popsize} candidates x {args.trials} "
@@ -383,8 +408,15 @@ def main(argv=None):
         cli.fail(str(e))
     cli.ensure_writable_dir(models)
     starts_path = os.path.join(models, "dream_starts.npz") if args.dream else None
+    if args.mover:  # the pixel dream's mover: 04b's
+        try:
+            mover = saved_models.load_mover(args.data_dir)
+        except saved_models.CheckpointError as e:
+            cli.fail(str(e))
+        if mover is None:
+            cli.fail(f"--mover needs {models}/mover.npz — run 04b_train_mover.py first")
     if args.dream:
-        write_dream_starts(args.data_dir, vae, starts_path)
+        write_dream_starts(args.data_dir, vae, starts_path, pixels=args.mover)
 
     # SEARCH: CMA-ES over the controller's flat parameters.
     size = n_params(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -444,6 +476,7 @@ def main(argv=None):
             log = training.CsvLog(log_path, LOG_FIELDS, es.generation, events)
         spec = Spec(args.data_dir, rnn_mode, args.trials, args.seed, args.dream, args.temperature)
         spec.env, spec.dream_starts, spec.gpu = config.to_dict(), starts_path, args.gpu
+        spec.mover = args.mover
 
         progress_png = os.path.join(models, f"{args.name}_progress.png")
         title = f"C: fitness per generation ({'dream' if args.dream else 'real env'})"

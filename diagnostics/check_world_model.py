@@ -507,7 +507,8 @@ def main(argv=None):
         )  # fmt: skip
         if mover is not None:  # the same controllers in the mover's dream
             episodes = dream_start_episodes(args.seed, 0, args.episodes, len(test))
-            starts = pixel_dream.episode_starts(mover.frames, test, np.tile(episodes, len(params)))
+            two = pixel_dream.first_two_frames(mover.frames, test)
+            starts = pixel_dream.episode_starts(two, test, np.tile(episodes, len(params)))
             with tqdm(total=sn.MAX_STEPS, desc="pixel dream", unit="step", leave=False) as bar:
                 pixel, _, pixel_ends = pixel_dream.pixel_dream_rollouts(
                     rnn, mover.mover, vae, params, which, starts, done_pos_weight=weight, endings=True, encoder=mover.encoder,

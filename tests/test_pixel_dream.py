@@ -160,7 +160,9 @@ def test_episode_starts_take_frames_zero_and_one():
         "frame_offsets": np.array([0, 4, 7]), "step_offsets": np.array([0, 3, 5]),
         "files": np.array(["a", "b"]), "outcome": np.zeros(5, np.int8),
     })  # fmt: skip
-    s = pd.episode_starts(frames, data, [1, 0, 1])
+    two = pd.first_two_frames(frames, data)
+    assert two[:, :, 0, 0, 0].tolist() == [[0, 1], [4, 5]]
+    s = pd.episode_starts(two, data, [1, 0, 1])
     assert s.prev[:, 0, 0, 0].tolist() == [4, 0, 4] and s.cur[:, 0, 0, 0].tolist() == [5, 1, 5]
     np.testing.assert_array_equal(s.a_prev, [[6, 7], [0, 1], [6, 7]])
     np.testing.assert_array_equal(s.z_prev, data.mu[[4, 0, 4]])
@@ -179,3 +181,58 @@ def test_bad_dreams_are_refused():
     with pytest.raises(ValueError, match="reward and done heads"):
         pd.pixel_dream_rollouts(MDNRNN(z_size=Z, hidden_size=H), PixelMover(), vae,
                                 standing(1), np.zeros(2, int), starts_of(frames))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# 07 --dream --mover: C trained in the pixel dream
+# ---------------------------------------------------------------------------
+def _07(d, *extra, check=True):
+    from cli_helpers import run, run_here
+
+    args = ("--dream", "--popsize", 4, "--trials", 2, "--eval-every", 1, "--eval-episodes", 2,
+            "--max-steps", 20, "--group-size", 2, "--data-dir", d, *extra)  # fmt: skip
+    return (run if check else run_here)("07_train_controller.py", *args)
+
+
+def test_07_trains_c_in_the_pixel_dream_whatever_the_workers(tiny_models, tmp_path):
+    """07 --dream --mover scores candidates in the pixel dream (the sidecar says so), and
+    the search does not depend on --workers."""
+    import shutil
+
+    from cli_helpers import run
+
+    from lib.control.es import CMAES
+    from lib.models import saved_models
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_models, d)
+    run("04b_train_mover.py", "--epochs", 1, "--batches", 2, "--batch-size", 2, "--horizon", 2,
+        "--channels", 2, "--data-dir", d)  # fmt: skip
+    means = []
+    for workers in (1, 2):
+        proc = _07(d, "--mover", "--epochs", 2, "--workers", workers, "--overwrite")
+        assert "in the pixel dream" in proc.stdout
+        es, _ = CMAES.resume(str(d / "models" / "controller_es.npz"), n_params(8, 16))
+        means.append(es.mean)
+    np.testing.assert_array_equal(means[0], means[1])
+    _, side = saved_models.load_controller(str(d))
+    assert side["pixel_dream"] and side["dream"]
+    with np.load(d / "models" / "dream_starts.npz") as z:
+        assert z["cur"].shape[1:] == (64, 64, 3) and len(z["cur"]) == len(z["mu"])
+    # without --mover, the same data trains in M's own dream
+    m_dream = _07(d, "--epochs", 1, "--workers", 1, "--name", "m_dream")
+    assert "pixel dream" not in m_dream.stdout and "inside M" in m_dream.stdout
+
+
+def test_07_refuses_a_mover_without_a_dream_or_a_mover(tiny_models):
+    """One line each, and nothing written."""
+    from cli_helpers import one_line_error, run_here
+
+    before = sorted(p.name for p in (tiny_models / "models").iterdir())
+    line = one_line_error(
+        run_here("07_train_controller.py", "--mover", "--epochs", 1, "--data-dir", tiny_models)
+    )
+    assert "--mover is a kind of dream: add --dream" in line
+    line = one_line_error(_07(tiny_models, "--mover", "--epochs", 1, check=False))
+    assert "mover.npz" in line and "04b_train_mover.py" in line
+    assert sorted(p.name for p in (tiny_models / "models").iterdir()) == before

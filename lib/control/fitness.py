@@ -23,6 +23,7 @@ import numpy as np
 
 from lib import parallel
 from lib.control.agent import WorldModelsAgent, dream_rollouts
+from lib.control.pixel_dream import Starts, pixel_dream_rollouts
 from lib.devices import select_device
 from lib.env import socnavenv as sn
 from lib.env.rollouts import run_episodes
@@ -48,6 +49,7 @@ class Spec:
     temperature: float = 1.0
     env: dict = dataclasses.field(default_factory=dict)
     dream_starts: str | None = None  # .npz with mu, logvar (E, z) of real first frames
+    mover: bool = False  # dream in pixels (`lib.control.pixel_dream`; the starts' frames)
     gpu: int = -1  # the CUDA GPU each worker runs V, M and C on; -1 the CPU
 
 
@@ -66,7 +68,11 @@ def init_worker(spec: Spec) -> None:
     if spec.dream:
         with np.load(spec.dream_starts, allow_pickle=False) as z:
             _WORKER["starts"] = (z["mu"], z["logvar"])
-    else:
+            if spec.mover:
+                _WORKER["pixel_starts"] = Starts(*(z[k] for k in Starts._fields))
+    if spec.mover:  # the pixel dream: V reads the mover's frames
+        _WORKER["mover"] = saved_models.load_mover(spec.data_dir)
+    if not spec.dream or spec.mover:
         _WORKER["vae"], _ = saved_models.load_vae(spec.data_dir, device)
         _WORKER["encoder"] = make_encoder(_WORKER["vae"])
 
@@ -142,6 +148,20 @@ def evaluate_group(task: dict) -> dict:
     rnn = _WORKER["rnn"]
     params = np.asarray(task["params"], np.float32)
     n_cand, trials, gen = len(params), spec.trials, task["generation"]
+    if spec.mover:
+        starts = _WORKER["pixel_starts"]
+        episodes = dream_start_episodes(spec.seed, gen, trials, len(starts.cur))
+        starts = Starts(*(x[np.tile(episodes, n_cand)] for x in starts))
+        returns, lengths = pixel_dream_rollouts(
+            rnn, _WORKER["mover"], _WORKER["vae"], params, np.repeat(np.arange(n_cand), trials),
+            starts, sn.EnvConfig(**spec.env).max_steps,
+            done_pos_weight=_WORKER["done_pos_weight"], encoder=_WORKER["encoder"],
+        )  # fmt: skip
+        return {
+            "first": task["first"],
+            "returns": returns.reshape(n_cand, trials),
+            "lengths": lengths.reshape(n_cand, trials),
+        }
     if spec.dream:
         mu, logvar = _WORKER["starts"]
         z0 = dream_starts(spec.seed, gen, trials, mu, logvar, _WORKER["z_source"])

@@ -22,7 +22,7 @@ What the mover cannot know (the view that comes into sight) repeats the anchor's
 
 Typical use::
 
-    starts = episode_starts(frames, data, episodes)
+    starts = episode_starts(first_two_frames(frames, data), data, episodes)
     returns, lengths = pixel_dream_rollouts(rnn, mover, vae, params, which, starts)
 """
 
@@ -55,19 +55,26 @@ class Starts(NamedTuple):
     first: np.ndarray
 
 
-def episode_starts(frames: np.ndarray, data, episodes) -> Starts:
+def first_two_frames(frames: np.ndarray, data) -> np.ndarray:
+    """(E, 2, S, S, 3): frames 0 and 1 of each episode of `data` (a `LatentEpisodes`
+    whose frames, in its order, are `frames`); frame 0 twice for an episode of no step."""
+    f0 = data.frame_offsets[:-1]
+    pick = np.minimum(f0[:, None] + np.arange(2), data.frame_offsets[1:, None] - 1)
+    return frames[pick]
+
+
+def episode_starts(first_two: np.ndarray, data, episodes) -> Starts:
     """The `Starts` of dreams from the second frame of each of `episodes` (episode
-    indices of `data`, a `LatentEpisodes` whose frames, in its order, are `frames`):
-    frames 0 and 1 and the first action; an episode of one step starts at frame 0."""
+    indices of `data`, a `LatentEpisodes`): frames 0 and 1 (`first_two`, (E, 2, S, S, 3)
+    as `first_two_frames` gives) and the first action; an episode of no step starts at
+    frame 0."""
     episodes = np.asarray(episodes, np.int64)
-    f0 = data.frame_offsets[episodes]
     short = data.lengths[episodes] < 1
-    cur = np.where(short, f0, f0 + 1)
     return Starts(
-        prev=frames[f0],
-        cur=frames[cur],
-        a_prev=data.action[data.step_offsets[episodes]],
-        z_prev=data.mu[f0].astype(np.float32),
+        prev=first_two[episodes, 0],
+        cur=first_two[episodes, 1],
+        a_prev=data.action[np.minimum(data.step_offsets[episodes], len(data.action) - 1)],
+        z_prev=data.mu[data.frame_offsets[episodes]].astype(np.float32),
         first=short,
     )
 
