@@ -25,7 +25,8 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
 - whole episodes: from each episode's first frame M dreams as many steps as it had,
   under its real actions; the probability the dream gives the way it really ended
   (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
-Then --controllers controllers are played in M's dream and in the real environment:
+Then --controllers controllers are played in M's dream (and with a mover in the pixel
+dream, lib/control/pixel_dream.py) and in the real environment:
 07's trained Cs for this M (controller, controller_dream; --trained), random ones, and perturbations
 of the trained ones; Spearman's rank correlation between their dream and real fitness,
 and for the trained Cs how their dreams and their real episodes end.
@@ -39,7 +40,10 @@ Writes:
     data/results/world_model_<mode>.json (--out): every figure above.
     data/results/world_model_<mode>.md: the same as a table (also printed).
     data/results/world_model_<mode>.png: open-loop R² against k, collision forecasts,
-        and dream against real fitness, one dot per controller.
+        and dream against real fitness, one dot per controller (in M's dream, and with a
+        mover in the pixel dream).
+    data/results/world_model_<mode>_pixel_dream.gif (with a mover and --controllers):
+        the first controller's first pixel dream, the frames its C sees.
 """
 
 import sys
@@ -509,10 +513,17 @@ def main(argv=None):
             episodes = dream_start_episodes(args.seed, 0, args.episodes, len(test))
             two = pixel_dream.first_two_frames(mover.frames, test)
             starts = pixel_dream.episode_starts(two, test, np.tile(episodes, len(params)))
+            shown = []  # the first controller's first dream, as its C sees it
+
+            def seen(rows, frames):
+                bar.update(1)
+                if rows[0] == 0:
+                    shown.append(frames[0])
+
             with tqdm(total=sn.MAX_STEPS, desc="pixel dream", unit="step", leave=False) as bar:
                 pixel, _, pixel_ends = pixel_dream.pixel_dream_rollouts(
-                    rnn, mover.mover, vae, params, which, starts, done_pos_weight=weight, endings=True, encoder=mover.encoder,
-                    on_frame=lambda rows, frames: bar.update(1),
+                    rnn, mover.mover, vae, params, which, starts, done_pos_weight=weight,
+                    endings=True, encoder=mover.encoder, on_frame=seen,
                 )  # fmt: skip
         seeds = derive_seeds(args.seed, "world-model-check", args.episodes)
         with tqdm(total=len(params) * args.episodes, desc="real", unit="ep", leave=False) as bar:
@@ -544,6 +555,11 @@ def main(argv=None):
         out, manifest.make("diagnostics/check_world_model.py", vars(args), results=result), text
     )
     figure(stem + ".png", result)
+    if args.controllers and mover is not None:
+        title = f"pixel dream: {labels[0]}"
+        frames = [drawing.caption(drawing.upscale(f, 4), f"{title}, step {t + 1}")
+                  for t, f in enumerate(shown)]  # fmt: skip
+        drawing.save_gif(stem + "_pixel_dream.gif", frames, fps=8)
     print(f"wrote {out}, .md and .png")
 
 

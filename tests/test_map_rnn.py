@@ -610,6 +610,7 @@ def test_04_trains_the_map_m_and_resumes_exactly(spatial_v, tmp_path):
     for key in ("dream_vs_real", "pixel_dream_vs_real"):
         assert len(r[key]["dream"]) == 3 and r[key]["real"] == r["dream_vs_real"]["real"]
     assert r["pixel_dream_vs_real"]["dream"] != r["dream_vs_real"]["dream"]
+    assert (a / "results" / "world_model_dream_pixel_dream.gif").stat().st_size > 0
     for row in r["open_loop"].values():
         assert {"warp", "mover", "z_mse"} <= set(row) and set(row["z_mse"]) == set(ol.SOURCES)
         assert row["z_mse"]["real"] == 0.0 and row["z_mse"]["warp"] < row["z_mse"]["copy"]
