@@ -288,7 +288,7 @@ def table(r: dict) -> str:
 def figure(path: str, r: dict) -> None:
     # the last panels: dream against real fitness, in M's dream and in the pixel dream
     fitness = [
-        (key, title) for key, title in (("dream_vs_real", "M"), ("pixel_dream_vs_real", "the pixel dream"))
+        (key, title) for key, title in (("dream_vs_real", "M's dream"), ("pixel_dream_vs_real", "the pixel dream"))
         if key in r
     ]  # fmt: skip
     panels = 3 + len(fitness)
@@ -349,7 +349,7 @@ def figure(path: str, r: dict) -> None:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="dream = real")
         ax.set_xlabel("real fitness (mean return)")
         ax.set_ylabel(f"dream fitness (mean return in {where})")
-        ax.set_title(f"Same controllers, {where} vs real: Spearman {d['spearman']:+.2f}")
+        ax.set_title(f"Same Cs in {where} and the room:\nSpearman {d['spearman']:+.2f}")
         ax.legend(fontsize=8)
     fig.suptitle(
         f"M as a simulator, {r.get('test_episodes', '')} held-out episodes (NLL {r['nll']:.2f}, "
