@@ -175,12 +175,18 @@ $(A)/08.done: $(A)/lookahead.done
 # collect data; per episode random, Brownian, or a noisy greedy_avoid); V learns by
 # reconstruction alone (its objects' pixels weighted, as make agent's V); M is make
 # agent's map M; C is linear and learns by CMA-ES from zero, once in the real room through
-# V and M and once in M's dream, where it is never chosen by the room (--keep last). Each
+# V and M, once in M's dream and once in the pixel dream (04b's mover moving real frames,
+# read by V, judged by M's heads), never chosen by the room in a dream (--keep last). Each
 # C is tested alone and with the planner that plans in M's dream (no look-ahead heads).
 # The same sizes as make agent, in its own folder; resumable step by step as make agent.
 PAPER_DIR ?= data/paper
 P := $(PAPER_DIR)/.paper
 PAPER_C_GENERATIONS ?= 100
+# Beyond the paper, from pixels and actions alone: 04b's pixel mover (splat, 5 epochs),
+# and a third C trained from zero in the pixel dream (07 --dream --mover; 60 generations
+# took 25 minutes beside other work, docs/experiments.md, eleventh session)
+PAPER_MOVER_EPOCHS ?= 5
+PAPER_PIXEL_GENERATIONS ?= 60
 # The planner in the dream: 32 candidate plans of 10 steps, one CEM iteration (at make
 # agent's sizes about 32 env-steps/s on 2 cores; docs/experiments.md)
 PAPER_PLAN ?= --planner --plan-with return --candidates 32 --cem-iters 1
@@ -189,7 +195,7 @@ paper_resume = $(call resume_in,$(PAPER_DIR),$(1))
 
 paper: $(P)/08.done
 	@echo; echo "wall time per step (s):"; cat $(P)/times.txt
-	@echo "results: $(PAPER_DIR)/results/test_controller.md (C from the real room), test_controller_dream.md (C from the dream), *_8humans.md"
+	@echo "results: $(PAPER_DIR)/results/test_controller.md (C from the real room), test_controller_dream.md (C from M's dream), test_controller_pixel.md (C from the pixel dream), *_8humans.md"
 
 $(P)/01.done: | venv
 	$(call paper_step,01,$(PY) 01_generate_vae_data.py --rollouts $(AGENT_ROLLOUTS) --testrollouts 30 --data-dir $(PAPER_DIR))
@@ -199,18 +205,23 @@ $(P)/03.done: $(P)/02.done
 	$(call paper_step,03,$(PY) 03_train_vae.py --epochs $(AGENT_V_EPOCHS) --spatial $(AGENT_SPATIAL) --map-side $(AGENT_MAP_SIDE) --lr 1e-3 --object-weight 50 --goal-weight $(AGENT_GOAL_WEIGHT) --test-frames 1000 --data-dir $(PAPER_DIR) $(call paper_resume,vae_snapshot.npz))
 $(P)/04.done: $(P)/03.done
 	$(call paper_step,04,$(PY) 04_train_rnn.py --mode dream $(AGENT_M_FLAGS) --outcome-head --epochs $(AGENT_M_EPOCHS) --batch-size 32 --data-dir $(PAPER_DIR) $(call paper_resume,rnn_dream_snapshot.npz))
-$(P)/07.done: $(P)/04.done
+$(P)/04b.done: $(P)/04.done
+	$(call paper_step,04b,$(PY) 04b_train_mover.py --motion splat --epochs $(PAPER_MOVER_EPOCHS) --data-dir $(PAPER_DIR) $(call paper_resume,mover_snapshot.npz))
+$(P)/07.done: $(P)/04b.done
 	$(call paper_step,07,$(PY) 07_train_controller.py --epochs $(PAPER_C_GENERATIONS) --popsize 32 --trials 16 --eval-every 10 --eval-episodes 200 --data-dir $(PAPER_DIR) $(call paper_resume,controller_es.npz))
 $(P)/07dream.done: $(P)/07.done
 	$(call paper_step,07dream,$(PY) 07_train_controller.py --dream --keep last --name controller_dream --epochs $(AGENT_DREAM_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(PAPER_DIR) $(call paper_resume,controller_dream_es.npz))
-$(P)/check.done: $(P)/07dream.done
+$(P)/07pixel.done: $(P)/07dream.done
+	$(call paper_step,07pixel,$(PY) 07_train_controller.py --dream --mover --keep last --name controller_pixel --epochs $(PAPER_PIXEL_GENERATIONS) --popsize 32 --trials 8 --eval-every 10 --data-dir $(PAPER_DIR) $(call paper_resume,controller_pixel_es.npz))
+$(P)/check.done: $(P)/07pixel.done
 	$(call paper_step,check,$(PY) 02_generate_rnn_data.py --episodes 1 --testepisodes $(AGENT_CHECK_EPISODES) --seed 7 --data-dir $(PAPER_DIR)/heldout && \
-		$(PY) diagnostics/check_world_model.py --held-out $(PAPER_DIR)/heldout --data-dir $(PAPER_DIR))
+		$(PY) diagnostics/check_world_model.py --held-out $(PAPER_DIR)/heldout --trained controller controller_dream controller_pixel --data-dir $(PAPER_DIR))
 $(P)/08.done: $(P)/check.done
 	$(call paper_step,08,$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --data-dir $(PAPER_DIR) && \
 		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(PAPER_DIR)/results/test_controller_8humans.json --data-dir $(PAPER_DIR) && \
 		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream.json --data-dir $(PAPER_DIR) && \
-		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream_8humans.json --data-dir $(PAPER_DIR))
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream_8humans.json --data-dir $(PAPER_DIR) && \
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_pixel --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_pixel.json --data-dir $(PAPER_DIR))
 
 # The README's and docs' results tables are the files `make agent` wrote: this copies
 # them from $(AGENT_DIR)/results into docs/results/ and between each page's

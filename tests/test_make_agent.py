@@ -191,7 +191,7 @@ def test_the_papers_recipe_takes_no_label_from_the_true_state(tmp_path):
     C is the dream's last, not the room's pick; 08 plans in M's dream."""
     lines = plan(tmp_path, "paper")
     steps = [ln.split("paper step ")[1].split(":")[0] for ln in lines]
-    assert steps == ["01", "02", "03", "04", "07", "07dream", "check", "08"]
+    assert steps == ["01", "02", "03", "04", "04b", "07", "07dream", "07pixel", "check", "08"]
     parsed = {}
     for line, step in zip(lines, steps):
         for script, argv in commands(line):
@@ -203,13 +203,17 @@ def test_the_papers_recipe_takes_no_label_from_the_true_state(tmp_path):
             assert not getattr(args, "task_weight", 0), (step, script)
             assert not getattr(args, "imitate", None), (step, script)
             assert "07b" not in script and "probe_controller" not in script
-    (real,), (dream,) = parsed["07"], parsed["07dream"]
+    (real,), (dream,), (pixel,) = parsed["07"], parsed["07dream"], parsed["07pixel"]
     assert not real.dream and real.keep == "best" and real.name == "controller"
     assert dream.dream and dream.keep == "last" and dream.name == "controller_dream"
+    assert not dream.mover and pixel.dream and pixel.mover and pixel.keep == "last"
+    assert pixel.name == "controller_pixel" and parsed["04b"][0].motion == "splat"
+    assert parsed["check"][1].trained == ["controller", "controller_dream", "controller_pixel"]
     tests = parsed["08"]
     assert all(t.planner and t.plan_with == "return" for t in tests)
     assert [(t.controller, t.n_humans) for t in tests] == [
-        ("controller", 5), ("controller", 8), ("controller_dream", 5), ("controller_dream", 8)
+        ("controller", 5), ("controller", 8), ("controller_dream", 5), ("controller_dream", 8),
+        ("controller_pixel", 5),
     ]  # fmt: skip
     # interrupted in 04: 01 to 03 are skipped, 04 resumes
     stamps = tmp_path / ".paper"
