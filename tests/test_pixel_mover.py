@@ -352,3 +352,24 @@ def test_the_fast_field_equals_chainers_and_so_do_its_gradients():
     np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-3, atol=1e-4 * scale)
     for got, want in zip(out[True][1], out[False][1]):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+def test_the_numba_splat_equals_the_generic_one():
+    """The numba kernels (NumPy) and the bincount/gather path (CuPy's, here forced by
+    fastconv off) give the same splat and the same gradients, corners outside included."""
+    import chainer
+
+    rng = np.random.default_rng(11)
+    values = rng.standard_normal((3, 2, 40)).astype(np.float32)
+    rows, cols = (rng.uniform(-1.5, 8.5, (3, 40)).astype(np.float32) for _ in range(2))
+    gy = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    out = {}
+    for fast in (True, False):
+        with chainer.using_config("fastconv", fast):
+            v, r, c = (chainer.Variable(a) for a in (values, rows, cols))
+            y = splat(v, r, c, 8)
+            y.grad = gy
+            y.backward()
+            out[fast] = (y.array, v.grad, r.grad, c.grad)
+    for got, want in zip(out[True], out[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -4,12 +4,77 @@ Each of P source values is added to the four pixels around its fractional target
 position (row, col) of an S x S image, with bilinear weights; corners outside the image
 are dropped. `lib.models.pixel_mover`'s splat motion moves the people so: a person's
 pixels all move by its velocity and stay together, where sampling backwards would
-stretch it wherever the velocity field varies. NumPy (bincount) and CuPy.
+stretch it wherever the velocity field varies. On NumPy arrays numba kernels (split over
+the batch on the project's threads, `lib.kernels.runtime`); CuPy, or
+`chainer.config.fastconv` False, through bincount and gathers.
 """
 
 import chainer
+import numba
 import numpy as np
 from chainer import backend
+
+from lib.kernels import runtime
+
+
+@numba.njit(cache=True, nogil=True)
+def _splat(values, rows, cols, size, out):
+    """out (N, C, S*S), overwritten: `Splat`'s forward."""
+    n_n, n_c, n_p = values.shape
+    for n in range(n_n):
+        out[n] = 0.0
+        for p in range(n_p):
+            i0 = int(np.floor(rows[n, p]))
+            j0 = int(np.floor(cols[n, p]))
+            a = rows[n, p] - i0
+            b = cols[n, p] - j0
+            for k in range(4):
+                i = i0 + k // 2
+                j = j0 + k % 2
+                if i < 0 or i >= size or j < 0 or j >= size:
+                    continue
+                wi = a if k // 2 else 1.0 - a
+                wj = b if k % 2 else 1.0 - b
+                w = wi * wj
+                idx = i * size + j
+                for c in range(n_c):
+                    out[n, c, idx] += values[n, c, p] * w
+
+
+@numba.njit(cache=True, nogil=True)
+def _splat_grad(values, rows, cols, gout, size, gvalues, grows, gcols):
+    """`SplatGrad`'s forward: gvalues (N, C, P), grows and gcols (N, P), overwritten."""
+    n_n, n_c, n_p = values.shape
+    for n in range(n_n):
+        for p in range(n_p):
+            i0 = int(np.floor(rows[n, p]))
+            j0 = int(np.floor(cols[n, p]))
+            a = rows[n, p] - i0
+            b = cols[n, p] - j0
+            for c in range(n_c):
+                gvalues[n, c, p] = 0.0
+            gr = 0.0
+            gc = 0.0
+            for k in range(4):
+                i = i0 + k // 2
+                j = j0 + k % 2
+                if i < 0 or i >= size or j < 0 or j >= size:
+                    continue
+                di, dj = k // 2, k % 2
+                wi = a if di else 1.0 - a
+                wj = b if dj else 1.0 - b
+                # d w / d row and d w / d col
+                dwr = (1.0 if di else -1.0) * wj
+                dwc = (1.0 if dj else -1.0) * wi
+                idx = i * size + j
+                for c in range(n_c):
+                    g = gout[n, c, idx]
+                    gvalues[n, c, p] += g * wi * wj
+                    gv = g * values[n, c, p]
+                    gr += gv * dwr
+                    gc += gv * dwc
+            grows[n, p] = gr
+            gcols[n, p] = gc
 
 
 def corners(rows, cols, size):
@@ -40,6 +105,14 @@ class Splat(chainer.function_node.FunctionNode):
         self.retain_inputs((0, 1, 2))
         n, c, _ = values.shape
         s2 = self.size * self.size
+        if xp is np and getattr(chainer.config, "fastconv", True):
+            values, rows, cols = (np.ascontiguousarray(a) for a in (values, rows, cols))
+            out = np.empty((n, c, s2), values.dtype)
+            runtime.parallel_ranges(
+                lambda lo, hi: _splat(values[lo:hi], rows[lo:hi], cols[lo:hi], self.size,
+                                      out[lo:hi]), n,
+            )  # fmt: skip
+            return (out,)
         index, w, _, _ = corners(rows, cols, self.size)
         flat = (index + (np.arange(n) * s2)[:, None, None]).ravel()
         out = xp.empty((n, c, s2), values.dtype)
@@ -64,9 +137,20 @@ class SplatGrad(chainer.function_node.FunctionNode):
 
     def forward(self, inputs):
         values, rows, cols, gout = inputs
-        index, w, dr, dc = corners(rows, cols, self.size)
         n, c, _ = values.shape
         xp = backend.get_array_module(values)
+        if xp is np and getattr(chainer.config, "fastconv", True):
+            values, rows, cols, gout = (np.ascontiguousarray(a) for a in (values, rows, cols, gout))
+            gvalues = np.empty_like(values)
+            grows, gcols = np.empty_like(rows), np.empty_like(cols)
+
+            def run(lo, hi):
+                _splat_grad(values[lo:hi], rows[lo:hi], cols[lo:hi], gout[lo:hi], self.size,
+                            gvalues[lo:hi], grows[lo:hi], gcols[lo:hi])  # fmt: skip
+
+            runtime.parallel_ranges(run, n)
+            return gvalues, grows, gcols
+        index, w, dr, dc = corners(rows, cols, self.size)
         # g (N, C, P, 4): the output gradient at each value's four corners
         g = gout[
             xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None], index[:, None]

@@ -41,6 +41,7 @@ import numpy as np
 
 from lib import validate
 from lib.kernels import fastconv, sampler
+from lib.kernels.box import box_mean
 from lib.kernels.splat import splat
 from lib.models import ego_warp
 
@@ -188,12 +189,11 @@ class PixelMover(chainer.Chain):
         xp, s = self.xp, self.image_size
         n, k = cur.shape[0], np.asarray(actions).shape[1]
         base = self.erased(cur)
-        u, logit = field[:, :2], field[:, 2:]
+        # split_axis, not slices: Chainer's slice backward is np.add.at
+        u_r, u_c, logit = F.split_axis(field, 3, axis=1)
         alpha = F.sigmoid(logit)
         still = base * (1.0 - alpha)
-        pad = FILL // 2
-        box = lambda x: F.average_pooling_2d(x, FILL, stride=1, pad=pad)
-        fill = box(still) / (box(1.0 - alpha) + 1e-3)
+        fill = box_mean(still, FILL) / (box_mean(1.0 - alpha, FILL) + 1e-3)
         still = still + fill * alpha
         rows, cols = ego_warp.composite_sources(np.asarray(actions), self.offsets)
         seen = (rows >= 0) & (rows <= s - 1) & (cols >= 0) & (cols <= s - 1)
@@ -204,18 +204,18 @@ class PixelMover(chainer.Chain):
         m = xp.asarray(ego_warp.composite_targets(np.asarray(actions), self.offsets), dtype)
         r0 = xp.asarray(np.repeat(np.arange(s, dtype=dtype), s))[None]
         c0 = xp.asarray(np.tile(np.arange(s, dtype=dtype), s))[None]
-        r = r0 + k * F.reshape(u[:, 0], (n, s * s))
-        c = c0 + k * F.reshape(u[:, 1], (n, s * s))
+        r = r0 + k * F.reshape(u_r, (n, s * s))
+        c = c0 + k * F.reshape(u_c, (n, s * s))
         coef = [F.broadcast_to(m[:, i, j, None], (n, s * s)) for i in range(2) for j in range(3)]
         rt = coef[0] * r + coef[1] * c + coef[2]
         ct = coef[3] * r + coef[4] * c + coef[5]
         layer = F.concat([alpha, alpha * base], axis=1)
         moved = F.reshape(splat(F.reshape(layer, (n, 4, s * s)), rt, ct, s), (n, 4, s, s))
-        cover = moved[:, :1]
+        cover, colour = F.split_axis(moved, [1], axis=1)
         norm = F.maximum(cover, xp.ones_like(cover.array))
-        frame = F.broadcast_to(1.0 - cover / norm, behind.shape) * behind + moved[
-            :, 1:
-        ] / F.broadcast_to(norm, behind.shape)
+        frame = F.broadcast_to(1.0 - cover / norm, behind.shape) * behind + colour / F.broadcast_to(
+            norm, behind.shape
+        )
         return frame, seen.reshape(-1, 1, s, s).astype(np.float32)
 
     def _sampled(self, u, cur, actions):
@@ -232,7 +232,8 @@ class PixelMover(chainer.Chain):
         cols = np.clip(cols, 0, s - 1)
         base = self._grid(rows, cols)
         uq = sampler.sample(u, base)
-        step = F.concat([uq[:, 1:2], uq[:, 0:1]], axis=1) * np.float32(k * 2.0 / (s - 1))
+        uq_r, uq_c = F.split_axis(uq, 2, axis=1)
+        step = F.concat([uq_c, uq_r], axis=1) * np.float32(k * 2.0 / (s - 1))
         return sampler.sample(self.erased(cur), base - step), seen
 
     def loss(self, cur, prev, actions, targets):
