@@ -183,8 +183,8 @@ PAPER_DIR ?= data/paper
 P := $(PAPER_DIR)/.paper
 PAPER_C_GENERATIONS ?= 100
 # Beyond the paper, from pixels and actions alone: 04b's pixel mover (splat, 5 epochs),
-# and a third C trained from zero in the pixel dream (07 --dream --mover; 60 generations
-# took 25 minutes beside other work, docs/experiments.md, eleventh session)
+# and a third C trained from zero in the pixel dream (07 --dream --mover; 04b ~8 minutes,
+# 60 generations 25 minutes beside other work: docs/experiments.md, eleventh session)
 PAPER_MOVER_EPOCHS ?= 5
 PAPER_PIXEL_GENERATIONS ?= 60
 # The planner in the dream: 32 candidate plans of 10 steps, one CEM iteration (at make
