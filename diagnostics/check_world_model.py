@@ -26,10 +26,10 @@ baselines (the collision AUC and Spearman with 90 % bootstrap intervals):
   under its real actions; the probability the dream gives the way it really ended
   (anywhere, and in its last 6 steps), and the dream's endings per kind of real ending.
 Then --controllers controllers are played in M's dream (and with a mover in the pixel
-dream, lib/control/pixel_dream.py) and in the real environment:
-07's trained Cs for this M (controller, controller_dream; --trained), random ones, and perturbations
-of the trained ones; Spearman's rank correlation between their dream and real fitness,
-and for the trained Cs how their dreams and their real episodes end.
+dream, lib/control/pixel_dream.py) and in the real environment: 07's trained Cs for this
+M (controller, controller_dream, controller_pixel; --trained), random ones, and
+perturbations of the trained ones; Spearman's rank correlation between their dream and
+real fitness, and for the trained Cs how their dreams and their real episodes end.
 
 Reads:
     data/models/vae.npz, rnn_<mode>.npz (with reward and done heads) and, if present,

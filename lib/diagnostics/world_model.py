@@ -466,7 +466,7 @@ def spearman_interval(dream: np.ndarray, real: np.ndarray, rng, **kw):
 
 
 # The controllers 07 trains (its --name) that `controller_set` looks for.
-TRAINED_CONTROLLERS = ("controller", "controller_dream")
+TRAINED_CONTROLLERS = ("controller", "controller_dream", "controller_pixel")
 
 
 def controller_set(
