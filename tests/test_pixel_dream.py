@@ -63,38 +63,39 @@ def test_a_standing_robot_in_a_still_dream_is_m_on_one_frame_by_hand(outcome):
     for rows, f in seen:
         np.testing.assert_array_equal(f, frames[rows])
 
-    z = encode_frames(vae, frames)[0]
-    ledger = DreamLedger(rnn, 3)
     state = rnn.step(np.zeros((3, Z), np.float32), starts_of(frames).a_prev).state
-    a = np.tile(np.float32([np.tanh(-20.0), 0.0]), (3, 1))
-    for _ in range(12):
-        out = rnn.step(z, a, state)
-        state = out.state
-        if not ledger.record(out, np.arange(3)).any():
-            break
-    want_returns, want_lengths = ledger.result()
+    want_returns, want_lengths = standing_by_hand(rnn, encode_frames(vae, frames)[0], state, 12)
     np.testing.assert_allclose(returns, want_returns, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(lengths, want_lengths)
 
 
+def standing_by_hand(rnn, z, state, steps):
+    """M stepped by hand from `state` on the same z and the standing action: the
+    (returns, lengths) its heads give (`DreamLedger`)."""
+    n = len(z)
+    ledger = DreamLedger(rnn, n)
+    a = np.tile(np.float32([np.tanh(-20.0), 0.0]), (n, 1))
+    for _ in range(steps):
+        out = rnn.step(z, a, state)
+        state = out.state
+        if not ledger.record(out, np.arange(n)).any():
+            break
+    return ledger.result()
+
+
 def test_an_episodes_first_frame_gives_m_nothing_before_it():
-    """`first`: M starts from its initial state (it reads no z_{t-1}), and the mover
-    sees no motion, so a mover that would move the frame leaves a still room still."""
+    """`first`: M starts from its initial state (it reads no z_{t-1} or a_{t-1})."""
     rnn, vae = models()
     frames = room_frames(2)
-    other = room_frames(2, seed=5)  # a t - 1 unlike t: motion everywhere
-    a = pd.pixel_dream_rollouts(rnn, PixelMover(), vae, standing(1), np.zeros(2, int),
-                                starts_of(frames, other, first=True), max_steps=5)  # fmt: skip
-    ledger = DreamLedger(rnn, 2)
-    z = encode_frames(vae, frames)[0]
-    state = rnn.initial_state(2)
-    act = np.tile(np.float32([np.tanh(-20.0), 0.0]), (2, 1))
-    for _ in range(5):
-        out = rnn.step(z, act, state)
-        state = out.state
-        if not ledger.record(out, np.arange(2)).any():
-            break
-    np.testing.assert_allclose(a[0], ledger.result()[0], rtol=1e-5, atol=1e-6)
+    other = room_frames(2, seed=5)  # a t - 1 unlike t
+    got = pd.pixel_dream_rollouts(rnn, PixelMover(), vae, standing(1), np.zeros(2, int),
+                                  starts_of(frames, other, first=True), max_steps=5)  # fmt: skip
+    want = standing_by_hand(rnn, encode_frames(vae, frames)[0], rnn.initial_state(2), 5)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    # without `first`, M has read z_{t-1} and a_{t-1}: another state, other returns
+    other_start = pd.pixel_dream_rollouts(rnn, PixelMover(), vae, standing(1), np.zeros(2, int),
+                                          starts_of(frames, other), max_steps=5)  # fmt: skip
+    assert not np.allclose(other_start[0], got[0])
 
 
 class ShiftMover(PixelMover):
