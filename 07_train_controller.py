@@ -415,6 +415,11 @@ def main(argv=None):
             cli.fail(str(e))
         if mover is None:
             cli.fail(f"--mover needs {models}/mover.npz — run 04b_train_mover.py first")
+        if mover.image_size != config.image_size:
+            cli.fail(
+                f"{models}/mover.npz moves {mover.image_size}-pixel frames, V reads "
+                f"{config.image_size}-pixel ones — rerun 04b_train_mover.py on this data"
+            )
     if args.dream:
         write_dream_starts(args.data_dir, vae, starts_path, pixels=args.mover)
 

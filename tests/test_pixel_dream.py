@@ -237,3 +237,20 @@ def test_07_refuses_a_mover_without_a_dream_or_a_mover(tiny_models):
     line = one_line_error(_07(tiny_models, "--mover", "--epochs", 1, check=False))
     assert "mover.npz" in line and "04b_train_mover.py" in line
     assert sorted(p.name for p in (tiny_models / "models").iterdir()) == before
+
+
+def test_07_refuses_a_mover_of_another_frame_size(tiny_models, tmp_path):
+    import shutil
+
+    from cli_helpers import one_line_error
+
+    from lib import training
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_models, d)
+    mover = PixelMover(image_size=32)
+    training.save_model(str(d / "models" / "mover.npz"), mover, {"config": mover.config()})
+    before = sorted(p.name for p in (d / "models").iterdir())
+    line = one_line_error(_07(d, "--mover", "--epochs", 1, check=False))
+    assert "32-pixel frames, V reads 64-pixel ones" in line and "04b_train_mover.py" in line
+    assert sorted(p.name for p in (d / "models").iterdir()) == before
