@@ -40,8 +40,8 @@ import time
 from tqdm import tqdm
 
 from lib import cli, devices, drawing, manifest
-from lib.control import dream_planner, lookahead_planner
-from lib.control.agent import WorldModelsAgent
+from lib.control import dream_planner, lookahead_planner, pixel_planner
+from lib.control.agent import PlanningAgent, WorldModelsAgent
 from lib.env import evaluation
 from lib.env import socnavenv as sn
 from lib.env.policies import make_policy
@@ -94,12 +94,14 @@ def parse_args(argv=None):
     return args
 
 
-PLANNERS = ("lookahead", "return")
+PLANNERS = ("lookahead", "return", "pixels")
 PLAN_WITH_HELP = (
     "with --planner, how candidate actions are judged: lookahead (default) vetoes C's action "
     "when M's look-ahead head (07b_train_lookahead.py) forecasts a collision or exit within "
     "--horizon steps of holding it, and takes the safest action near C's; return runs the "
-    "cross-entropy method over action sequences imagined in M, scored by M's predicted return"
+    "cross-entropy method over action sequences imagined in M, scored by M's predicted "
+    "return; pixels does the same in the pixel dream (the real frame moved by 04b's mover, "
+    "read by V, scored by M's heads)"
 )
 
 HORIZON_DEFAULT = f"{lookahead_planner.HORIZON} with lookahead, {dream_planner.HORIZON} with return"
@@ -121,22 +123,22 @@ PLANNER_FLAGS = (
      "the replacement minimises risk + this x squared distance from C's action",
      ("lookahead",)),
     ("--candidates", cli.positive_int, dream_planner.CANDIDATES,
-     "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent", ("return",)),
+     "action sequences per plan; candidate 0 is C's own, so 1 is the linear agent", ("return", "pixels")),
     ("--cem-iters", cli.positive_int, dream_planner.CEM_ITERS,
-     "cross-entropy-method iterations per plan (1: random shooting around C)", ("return",)),
+     "cross-entropy-method iterations per plan (1: random shooting around C)", ("return", "pixels")),
     ("--plan-sigma", cli.non_negative_float, dream_planner.SIGMA,
      "initial std of the candidates' action offsets from C's actions (actions are in [-1, 1])",
-     ("return",)),
+     ("return", "pixels")),
     ("--plan-tau", cli.non_negative_float, dream_planner.TAU,
      "M's temperature in the plan: 0 follows the mean of its likeliest component", ("return",)),
     ("--plan-gamma", cli.positive_float, dream_planner.GAMMA, "discount per imagined step, in (0, 1]",
-     ("return",)),
+     ("return", "pixels")),
     ("--plan-margin", cli.non_negative_float, dream_planner.MARGIN,
      "a plan replaces C's action only if its predicted return beats C's by more than this",
-     ("return",)),
+     ("return", "pixels")),
     ("--plan-elites", cli.positive_int, None,
      "best candidates each CEM iteration refits to, at most --candidates (None: candidates // 8, at least 1)",
-     ("return",)),
+     ("return", "pixels")),
 )  # fmt: skip
 
 
@@ -173,9 +175,8 @@ def check_planner_args(p, args):
         elif args.plan_with not in kinds:
             p.error(f"{flag} is a flag of --plan-with {kinds[0]}, not of {args.plan_with}")
     if args.horizon is None:
-        args.horizon = (
-            lookahead_planner.HORIZON if args.plan_with == "lookahead" else dream_planner.HORIZON
-        )
+        args.horizon = {"lookahead": lookahead_planner.HORIZON, "return": dream_planner.HORIZON,
+                        "pixels": pixel_planner.HORIZON}[args.plan_with]  # fmt: skip
     if args.planner and args.baselines_only:
         p.error("--planner and --baselines-only exclude each other")
     if args.plan_gamma > 1:
@@ -275,13 +276,37 @@ def agent_policies(args, config, linear):
             elites=args.plan_elites,
             done_pos_weight=saved_models.done_pos_weight(r_sidecar),
         )
-        policies[linear + "_planner"] = lambda n: dream_planner.PlannerAgent(
-            n, vae, rnn, params, settings, temperature=args.temperature
-        )
+        if args.plan_with == "pixels":
+            mover = pixel_mover_for(args, config)
+            policies[linear + "_planner"] = lambda n: pixel_planner.PixelPlannerAgent(
+                n, vae, rnn, params, mover, settings, temperature=args.temperature
+            )
+        else:
+            policies[linear + "_planner"] = lambda n: dream_planner.PlannerAgent(
+                n, vae, rnn, params, settings, temperature=args.temperature
+            )
     print(
         f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
     )
     return policies, config, settings
+
+
+def pixel_mover_for(args, config):
+    """04b's mover for --plan-with pixels; fails in one line without one, or with one
+    for another frame size than V's."""
+    models = os.path.join(args.data_dir, "models")
+    try:
+        mover = saved_models.load_mover(args.data_dir)
+    except saved_models.CheckpointError as e:
+        cli.fail(str(e))
+    if mover is None:
+        cli.fail(f"--plan-with pixels needs {models}/mover.npz — run 04b_train_mover.py first")
+    if mover.image_size != config.image_size:
+        cli.fail(
+            f"{models}/mover.npz moves {mover.image_size}-pixel frames, V reads "
+            f"{config.image_size}-pixel ones — rerun 04b_train_mover.py on this data"
+        )
+    return mover
 
 
 def main(argv=None):
@@ -320,7 +345,7 @@ def main(argv=None):
                 progress=bar,
             )
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        if isinstance(policy, (dream_planner.PlannerAgent, lookahead_planner.LookaheadPlanner)):
+        if isinstance(policy, PlanningAgent):
             summary["replaced_fraction"] = round(policy.replaced_fraction, 4)
             summary["env_steps"] = policy.steps
         results[name] = summary

@@ -116,7 +116,7 @@ class PlanSettings:
         return dict(vars(self))
 
 
-def plan(rnn, weights, biases, z, h, c, rngs, settings):
+def plan(rnn, weights, biases, z, h, c, rngs, settings, rollouts=None):
     """The first actions of the best plans of B agents, planned in M in one batch.
 
     Args:
@@ -130,11 +130,16 @@ def plan(rnn, weights, biases, z, h, c, rngs, settings):
             float32, then for tau > 0 M's sampling uniforms and normals (H, Z)
             float32 each.
         settings: `PlanSettings`.
+        rollouts: what imagines and scores the B * K candidates (the agents' rows
+            repeated K times), with `_rollouts`' arguments and result; default
+            `_rollouts`, in M's own dream (`lib.control.pixel_planner` passes the pixel
+            dream's).
 
     Returns:
         (B, A) float32 actions in [-1, 1] on M's device. With K = 1 (or when no
         candidate beats C) they are exactly C's `act_batch(weights, biases, ., z, h)`.
     """
+    rollouts = _rollouts if rollouts is None else rollouts
     s = settings
     xp = backend.get_array_module(z)
     device = rnn.device
@@ -166,7 +171,7 @@ def plan(rnn, weights, biases, z, h, c, rngs, settings):
         offsets = np.empty((b_count, k, horizon, a_size), np.float32)
         offsets[:, 0] = mean  # plain C (zero offsets) in the first iteration
         offsets[:, 1:] = mean[:, None] + std[:, None] * eps[:, it]
-        score, first_actions = _rollouts(
+        score, first_actions = rollouts(
             rnn,
             weights,
             biases,

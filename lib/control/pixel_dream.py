@@ -144,7 +144,7 @@ def pixel_dream_rollouts(
         since = np.zeros((n, 0, 2), np.float32)  # the actions since the anchor
         last = anchor  # the frame the controllers see now (planes)
         for _ in range(max_steps):
-            seen = _uint8(last)
+            seen = uint8_frames(last)
             if on_frame is not None:
                 on_frame(live.copy(), seen)
             z = encoder(seen)[0]
@@ -172,7 +172,7 @@ def pixel_dream_rollouts(
     return ledger.result()
 
 
-def _uint8(planes) -> np.ndarray:
+def uint8_frames(planes) -> np.ndarray:
     """Float planes (N, 3, S, S) in [0, 1] as the uint8 frames (N, S, S, 3) V reads: a
     dreamed frame is quantised as a real one is."""
     frames = np.clip(to_host(planes), 0.0, 1.0) * 255.0 + 0.5

@@ -1,0 +1,134 @@
+"""Model-predictive control in the pixel dream: plan a short future at every real step.
+
+Beyond the paper. `lib.control.dream_planner` imagines its candidate action sequences in
+M's own dream, which forgets the people within a few steps. This planner imagines them
+in the pixel dream instead (`lib.control.pixel_dream`): at every real step, the mover
+moves the agent's real frame t (its velocity field read from the real frames t - 1 and
+t, once per step and agent) by each candidate's actions, V reads each dreamed frame, and
+M's heads score it. The search is `dream_planner.plan`'s (candidate 0 is C's own
+closed-loop rollout, the others add offsets; CEM; a margin C's score must be beaten by;
+the same `PlanSettings`, whose `tau` is unused: nothing is sampled). With K = 1, or when
+no candidate beats C, the action is C's, bit for bit.
+
+The horizon should not exceed the mover's training horizon (04b's --horizon, 8): each
+imagined frame is frame t moved once, never re-anchored. An episode's first step has no
+frame t - 1: the mover sees no motion there.
+"""
+
+from __future__ import annotations
+
+import chainer
+import numpy as np
+
+from lib.control.agent import EpisodeStreams, PlanningAgent
+from lib.control.dream_planner import _PLAN_NOISE, PlanSettings, plan
+from lib.control.pixel_dream import uint8_frames
+from lib.devices import to_host
+from lib.models.controller import act_batch
+from lib.models.mdn_rnn import reward_and_continue
+from lib.models.pixel_mover import to_planes
+
+HORIZON = 8  # imagined steps: 04b's default --horizon, what the mover was trained to dream
+
+
+class PixelPlannerAgent(PlanningAgent):
+    """The World Models agent with its action planned in the pixel dream (see the
+    module's text). V's encoding and M's state are `WorldModelsAgent`'s; the agent also
+    keeps each slot's last real frame and action, for the mover's frame t - 1.
+
+    Args:
+        n: lockstep slots; vae, rnn, params, temperature, encoder: as `PlannerAgent`.
+        mover: a trained `PixelMover` (04b) for V's frame size.
+        settings: `PlanSettings` (defaults if None).
+    """
+
+    name = "world_models_pixel_planner"
+
+    def __init__(
+        self, n, vae, rnn, params, mover, settings=None, temperature=0.0, encoder=None
+    ):  # fmt: skip
+        if not rnn.can_dream:
+            raise ValueError(
+                "planning needs an M with reward and done heads (--mode reward or dream)"
+            )
+        super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
+        self.mover = mover
+        self.settings = settings or PlanSettings()
+        self.plan_streams = EpisodeStreams(n, _PLAN_NOISE)
+        s = mover.image_size
+        self.last_frame = np.zeros((n, s, s, 3), np.uint8)
+        self.last_action = np.zeros((n, 2), np.float32)
+        self.has_last = np.zeros(n, bool)
+        self._images = None
+
+    def reset(self, slots, seeds, episodes=None):
+        super().reset(slots, seeds, episodes)
+        self.plan_streams.reset(slots, seeds)
+        self.has_last[np.asarray(slots)] = False
+
+    def act(self, sim, images=None):
+        self._images = images
+        actions = super().act(sim, images)
+        live = np.flatnonzero(sim.active) if sim is not None else np.arange(len(images))
+        self.last_frame[live] = images[live]
+        self.last_action[live] = actions[live]
+        self.has_last[live] = True
+        return actions
+
+    def choose(self, z, h, c, live, on_device):
+        k = self.settings.candidates
+        cur = to_planes(self._images[live])
+        first = ~self.has_last[live]
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            aligned = self.mover.align_previous(
+                to_planes(self.last_frame[live]), self.last_action[live]
+            )
+            aligned = np.where(first[:, None, None, None], cur, aligned)
+            u = self.mover.field(cur, aligned).array
+        tiled = (np.repeat(u, k, axis=0), np.repeat(cur, k, axis=0))
+
+        def rollouts(rnn, weights, biases, z, h, c, first_action, offsets, noise, s):
+            return _pixel_rollouts(
+                rnn, self.mover, self.encoder, *tiled, weights, biases, z, h, c,
+                first_action, offsets, s,
+            )  # fmt: skip
+
+        rngs = self.plan_streams.of(live)
+        a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings, rollouts)
+        linear = act_batch(self.weights, self.biases, None, z, h)
+        self.count((a != linear).any(axis=1))  # a plan beat C's by the margin
+        return a
+
+
+def _pixel_rollouts(rnn, mover, encoder, u, cur, weights, biases, z, h, c, first, offsets, s):
+    """Scores N = B * K candidates in the pixel dream; as `dream_planner._rollouts`:
+    (N,) float64 scores and the (N, A) float32 first actions, on the host.
+
+    u (N, C, S, S) and cur (N, 3, S, S): each candidate's agent's velocity field and real
+    frame t (host float32); z, h, c: the present z and M's state, repeated per candidate.
+    """
+    xp = rnn.xp
+    n = len(z)
+    score = xp.zeros(n, np.float32)
+    alive = xp.ones(n, np.float32)
+    state = (h, c)
+    discount = 1.0
+    first_actions = None
+    taken = np.zeros((n, 0, 2), np.float32)
+    for t in range(s.horizon):
+        proposal = first if t == 0 else act_batch(weights, biases, None, z, state[0])
+        a = xp.clip(proposal + offsets[:, t], -1.0, 1.0)
+        if t == 0:
+            first_actions = a
+        out = rnn.step(z, a, state, mixture=False)
+        reward, p_continue = reward_and_continue(out, s.done_pos_weight)
+        score += np.float32(discount) * alive * reward
+        alive *= p_continue
+        discount *= s.gamma
+        state = out.state
+        if t + 1 < s.horizon:  # the next frame: frame t moved by the actions so far
+            taken = np.concatenate([taken, to_host(a).astype(np.float32)[:, None]], axis=1)
+            with chainer.no_backprop_mode(), chainer.using_config("train", False):
+                frame = mover.render(u, cur, taken)[0].array
+            z = encoder(uint8_frames(frame))[0]
+    return to_host(score).astype(np.float64), to_host(first_actions)
