@@ -221,7 +221,8 @@ $(P)/08.done: $(P)/check.done
 		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --record 1 --out $(PAPER_DIR)/results/test_controller_8humans.json --data-dir $(PAPER_DIR) && \
 		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream.json --data-dir $(PAPER_DIR) && \
 		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --controller controller_dream --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_dream_8humans.json --data-dir $(PAPER_DIR) && \
-		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_pixel --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_pixel.json --data-dir $(PAPER_DIR))
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --controller controller_pixel --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_pixel.json --data-dir $(PAPER_DIR) && \
+		$(PY) 08_test_controller.py $(PAPER_PLAN) --episodes $(AGENT_TEST_EPISODES) --n-humans 8 --controller controller_pixel --agent-only --record 1 --out $(PAPER_DIR)/results/test_controller_pixel_8humans.json --data-dir $(PAPER_DIR))
 
 # The README's and docs' results tables are the files `make agent` wrote: this copies
 # them from $(AGENT_DIR)/results into docs/results/ and between each page's

@@ -213,7 +213,7 @@ def test_the_papers_recipe_takes_no_label_from_the_true_state(tmp_path):
     assert all(t.planner and t.plan_with == "return" for t in tests)
     assert [(t.controller, t.n_humans) for t in tests] == [
         ("controller", 5), ("controller", 8), ("controller_dream", 5), ("controller_dream", 8),
-        ("controller_pixel", 5),
+        ("controller_pixel", 5), ("controller_pixel", 8),
     ]  # fmt: skip
     # interrupted in 04: 01 to 03 are skipped, 04 resumes
     stamps = tmp_path / ".paper"
