@@ -410,16 +410,9 @@ def main(argv=None):
     starts_path = os.path.join(models, "dream_starts.npz") if args.dream else None
     if args.mover:  # the pixel dream's mover: 04b's
         try:
-            mover = saved_models.load_mover(args.data_dir)
+            saved_models.mover_for(args.data_dir, config.image_size, "--mover")
         except saved_models.CheckpointError as e:
             cli.fail(str(e))
-        if mover is None:
-            cli.fail(f"--mover needs {models}/mover.npz — run 04b_train_mover.py first")
-        if mover.image_size != config.image_size:
-            cli.fail(
-                f"{models}/mover.npz moves {mover.image_size}-pixel frames, V reads "
-                f"{config.image_size}-pixel ones — rerun 04b_train_mover.py on this data"
-            )
     if args.dream:
         write_dream_starts(args.data_dir, vae, starts_path, pixels=args.mover)
 

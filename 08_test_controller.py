@@ -277,7 +277,12 @@ def agent_policies(args, config, linear):
             done_pos_weight=saved_models.done_pos_weight(r_sidecar),
         )
         if args.plan_with == "pixels":
-            mover = pixel_mover_for(args, config)
+            try:
+                mover = saved_models.mover_for(
+                    args.data_dir, config.image_size, "--plan-with pixels"
+                )
+            except saved_models.CheckpointError as e:
+                cli.fail(str(e))
             policies[linear + "_planner"] = lambda n: pixel_planner.PixelPlannerAgent(
                 n, vae, rnn, params, mover, settings, temperature=args.temperature
             )
@@ -289,24 +294,6 @@ def agent_policies(args, config, linear):
         f"agent: controller from generation {c_sidecar.get('generation')} ({'dream' if c_sidecar.get('dream') else 'real env'}), M rnn_{c_sidecar['rnn_mode']}"
     )
     return policies, config, settings
-
-
-def pixel_mover_for(args, config):
-    """04b's mover for --plan-with pixels; fails in one line without one, or with one
-    for another frame size than V's."""
-    models = os.path.join(args.data_dir, "models")
-    try:
-        mover = saved_models.load_mover(args.data_dir)
-    except saved_models.CheckpointError as e:
-        cli.fail(str(e))
-    if mover is None:
-        cli.fail(f"--plan-with pixels needs {models}/mover.npz — run 04b_train_mover.py first")
-    if mover.image_size != config.image_size:
-        cli.fail(
-            f"{models}/mover.npz moves {mover.image_size}-pixel frames, V reads "
-            f"{config.image_size}-pixel ones — rerun 04b_train_mover.py on this data"
-        )
-    return mover
 
 
 def main(argv=None):

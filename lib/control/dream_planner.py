@@ -200,12 +200,14 @@ def plan(rnn, weights, biases, z, h, c, rngs, settings, rollouts=None):
     return device.send(best_first)
 
 
-def _rollouts(rnn, weights, biases, z, h, c, first, offsets, noise, s):
+def _rollouts(rnn, weights, biases, z, h, c, first, offsets, noise, s, next_z=None):
     """Scores N = B * K imagined rollouts; returns (N,) float64 scores and the
     (N, A) float32 first actions, on the host.
 
     `first` (N, A) is C's present action, `offsets` (N, H, A) the candidates'
-    offsets, `noise` None or (u, normal), each (H, N, Z) host float32.
+    offsets, `noise` None or (u, normal), each (H, N, Z) host float32. `next_z`, if
+    given, makes each next z instead of M: next_z(a) with the actions a (N, A) just
+    taken (`lib.control.pixel_planner`'s frames, read by V).
     """
     xp = backend.get_array_module(z)
     n = len(z)
@@ -220,13 +222,15 @@ def _rollouts(rnn, weights, biases, z, h, c, first, offsets, noise, s):
         if t == 0:
             first_actions = a
         last = t + 1 == s.horizon
-        out = rnn.step(z, a, state, mixture=s.tau > 0 and not last)
+        out = rnn.step(z, a, state, mixture=next_z is None and s.tau > 0 and not last)
         reward, p_continue = reward_and_continue(out, s.done_pos_weight)
         score += np.float32(discount) * alive * reward
         alive *= p_continue
         discount *= s.gamma
         state = out.state
-        if not last:
+        if not last and next_z is not None:
+            z = next_z(a)
+        elif not last:
             z = _next_z(rnn, out, z, s.tau, None if noise is None else (noise[0][t], noise[1][t]))
     return to_host(score).astype(np.float64), to_host(first_actions)
 

@@ -21,11 +21,10 @@ import chainer
 import numpy as np
 
 from lib.control.agent import EpisodeStreams, PlanningAgent
-from lib.control.dream_planner import _PLAN_NOISE, PlanSettings, plan
+from lib.control.dream_planner import _PLAN_NOISE, PlanSettings, _rollouts, plan
 from lib.control.pixel_dream import uint8_frames
 from lib.devices import to_host
 from lib.models.controller import act_batch
-from lib.models.mdn_rnn import reward_and_continue
 from lib.models.pixel_mover import to_planes
 
 HORIZON = 8  # imagined steps: 04b's default --horizon, what the mover was trained to dream
@@ -87,11 +86,8 @@ class PixelPlannerAgent(PlanningAgent):
             u = self.mover.field(cur, aligned).array
         tiled = (np.repeat(u, k, axis=0), np.repeat(cur, k, axis=0))
 
-        def rollouts(rnn, weights, biases, z, h, c, first_action, offsets, noise, s):
-            return _pixel_rollouts(
-                rnn, self.mover, self.encoder, *tiled, weights, biases, z, h, c,
-                first_action, offsets, s,
-            )  # fmt: skip
+        def rollouts(*args):
+            return _rollouts(*args, next_z=frames_ahead(self.mover, self.encoder, *tiled))
 
         rngs = self.plan_streams.of(live)
         a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings, rollouts)
@@ -100,35 +96,17 @@ class PixelPlannerAgent(PlanningAgent):
         return a
 
 
-def _pixel_rollouts(rnn, mover, encoder, u, cur, weights, biases, z, h, c, first, offsets, s):
-    """Scores N = B * K candidates in the pixel dream; as `dream_planner._rollouts`:
-    (N,) float64 scores and the (N, A) float32 first actions, on the host.
+def frames_ahead(mover, encoder, u, cur):
+    """A `dream_planner._rollouts` next_z for one set of candidates: called with each
+    step's actions (N, A), it returns V's z (N, Z) of frame t moved by the actions so
+    far (u (N, C, S, S) and cur (N, 3, S, S): each candidate's agent's velocity field
+    and real frame t, host float32)."""
+    taken = []
 
-    u (N, C, S, S) and cur (N, 3, S, S): each candidate's agent's velocity field and real
-    frame t (host float32); z, h, c: the present z and M's state, repeated per candidate.
-    """
-    xp = rnn.xp
-    n = len(z)
-    score = xp.zeros(n, np.float32)
-    alive = xp.ones(n, np.float32)
-    state = (h, c)
-    discount = 1.0
-    first_actions = None
-    taken = np.zeros((n, 0, 2), np.float32)
-    for t in range(s.horizon):
-        proposal = first if t == 0 else act_batch(weights, biases, None, z, state[0])
-        a = xp.clip(proposal + offsets[:, t], -1.0, 1.0)
-        if t == 0:
-            first_actions = a
-        out = rnn.step(z, a, state, mixture=False)
-        reward, p_continue = reward_and_continue(out, s.done_pos_weight)
-        score += np.float32(discount) * alive * reward
-        alive *= p_continue
-        discount *= s.gamma
-        state = out.state
-        if t + 1 < s.horizon:  # the next frame: frame t moved by the actions so far
-            taken = np.concatenate([taken, to_host(a).astype(np.float32)[:, None]], axis=1)
-            with chainer.no_backprop_mode(), chainer.using_config("train", False):
-                frame = mover.render(u, cur, taken)[0].array
-            z = encoder(uint8_frames(frame))[0]
-    return to_host(score).astype(np.float64), to_host(first_actions)
+    def next_z(a):
+        taken.append(to_host(a).astype(np.float32))
+        with chainer.no_backprop_mode(), chainer.using_config("train", False):
+            frame = mover.render(u, cur, np.stack(taken, axis=1))[0].array
+        return encoder(uint8_frames(frame))[0]
+
+    return next_z

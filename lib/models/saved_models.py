@@ -140,6 +140,28 @@ def load_mover(data_dir: str, device=None):
     return mover
 
 
+def mover_for(data_dir: str, image_size: int, needed_by: str):
+    """04b's mover, which `needed_by` (a flag, for the message) needs, for V's frames of
+    `image_size` pixels.
+
+    Raises:
+        CheckpointError: there is none, it cannot be read, or it moves frames of
+            another size.
+    """
+    models = os.path.join(data_dir, "models")
+    mover = load_mover(data_dir)
+    if mover is None:
+        raise CheckpointError(
+            f"{needed_by} needs {models}/mover.npz — run 04b_train_mover.py first"
+        )
+    if mover.image_size != image_size:
+        raise CheckpointError(
+            f"{models}/mover.npz moves {mover.image_size}-pixel frames, V reads "
+            f"{image_size}-pixel ones — rerun 04b_train_mover.py on this data"
+        )
+    return mover
+
+
 def load_controller(data_dir: str, name: str = "controller"):
     """C from `data_dir/models/<name>.npz` (07's `--name`).
 
