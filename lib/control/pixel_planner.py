@@ -102,11 +102,14 @@ def frames_ahead(mover, encoder, u, cur):
     far (u (N, C, S, S) and cur (N, 3, S, S): each candidate's agent's velocity field
     and real frame t, host float32)."""
     taken = []
+    prepared = []  # mover.prepare(u, cur), once for all the steps
 
     def next_z(a):
         taken.append(to_host(a).astype(np.float32))
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
-            frame = mover.render(u, cur, np.stack(taken, axis=1))[0].array
+            if not prepared:
+                prepared.extend(mover.prepare(u, cur))
+            frame = mover.render(u, cur, np.stack(taken, axis=1), tuple(prepared))[0].array
         return encoder(uint8_frames(frame))[0]
 
     return next_z

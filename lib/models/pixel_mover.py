@@ -172,29 +172,44 @@ class PixelMover(chainer.Chain):
         with chainer.no_backprop_mode():
             return sampler.sample(np.asarray(prev, np.float32), self._grid(rows, cols)).array
 
-    def render(self, u, cur, actions):
-        """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}, by
-        the mover's motion (`_sampled` or `_splatted`): (frame (N, 3, S, S) Variable,
-        seen (N, 1, S, S) float32, 1 where the pixel's background lies inside frame t)."""
-        frame, seen = (self._splatted if self.motion == "splat" else self._sampled)(u, cur, actions)
-        keep = dilate(chainer.backend.CpuDevice().send(self.still) > 0, 1)  # with its rim
-        keep = self.xp.asarray(keep.astype(np.float32))[None, None]
-        return frame * (1.0 - keep) + cur * keep, seen
-
-    def _splatted(self, field, cur, actions):
-        """Two layers: what moves (the share alpha of each pixel of the robot-less frame t)
-        is splatted forward, each pixel to where k steps of its velocity and the composite
-        ego-motion bring it; the rest (frame t with the moved share filled by the mean of
-        its `FILL` x `FILL` surroundings) is sampled back as the warp does."""
-        xp, s = self.xp, self.image_size
-        n, k = cur.shape[0], np.asarray(actions).shape[1]
+    def prepare(self, u, cur) -> tuple:
+        """What `render` computes from the field and frame t alone, whatever k: frame t
+        with the robot painted over, and for the splat motion its moving and still
+        layers. Pass it to every `render` of the same (u, cur): a dream of K frames
+        computes it once (a tuple of Variables, or of arrays without a graph)."""
         base = self.erased(cur)
+        if self.motion != "splat":
+            return (base,)
         # split_axis, not slices: Chainer's slice backward is np.add.at
-        u_r, u_c, logit = F.split_axis(field, 3, axis=1)
+        u_r, u_c, logit = F.split_axis(u, 3, axis=1)
         alpha = F.sigmoid(logit)
         still = base * (1.0 - alpha)
         fill = box_mean(still, FILL) / (box_mean(1.0 - alpha, FILL) + 1e-3)
         still = still + fill * alpha
+        layer = F.concat([alpha, alpha * base], axis=1)
+        return u_r, u_c, still, layer
+
+    def render(self, u, cur, actions, prepared=None):
+        """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}, by
+        the mover's motion (`_sampled` or `_splatted`): (frame (N, 3, S, S) Variable,
+        seen (N, 1, S, S) float32, 1 where the pixel's background lies inside frame t).
+        `prepared`: `prepare(u, cur)`, computed here if not given."""
+        prepared = self.prepare(u, cur) if prepared is None else prepared
+        motion = self._splatted if self.motion == "splat" else self._sampled
+        frame, seen = motion(u, cur, actions, prepared)
+        keep = dilate(chainer.backend.CpuDevice().send(self.still) > 0, 1)  # with its rim
+        keep = self.xp.asarray(keep.astype(np.float32))[None, None]
+        return frame * (1.0 - keep) + cur * keep, seen
+
+    def _splatted(self, field, cur, actions, prepared):
+        """Two layers (`prepare`): what moves (the share alpha of each pixel of the
+        robot-less frame t) is splatted forward, each pixel to where k steps of its
+        velocity and the composite ego-motion bring it; the rest (frame t with the moved
+        share filled by the mean of its `FILL` x `FILL` surroundings) is sampled back as
+        the warp does."""
+        xp, s = self.xp, self.image_size
+        n, k = cur.shape[0], np.asarray(actions).shape[1]
+        u_r, u_c, still, layer = prepared
         rows, cols = ego_warp.composite_sources(np.asarray(actions), self.offsets)
         seen = (rows >= 0) & (rows <= s - 1) & (cols >= 0) & (cols <= s - 1)
         dtype = cur.dtype
@@ -209,7 +224,6 @@ class PixelMover(chainer.Chain):
         coef = [F.broadcast_to(m[:, i, j, None], (n, s * s)) for i in range(2) for j in range(3)]
         rt = coef[0] * r + coef[1] * c + coef[2]
         ct = coef[3] * r + coef[4] * c + coef[5]
-        layer = F.concat([alpha, alpha * base], axis=1)
         moved = F.reshape(splat(F.reshape(layer, (n, 4, s * s)), rt, ct, s), (n, 4, s, s))
         cover, colour = F.split_axis(moved, [1], axis=1)
         norm = F.maximum(cover, xp.ones_like(cover.array))
@@ -218,7 +232,7 @@ class PixelMover(chainer.Chain):
         )
         return frame, seen.reshape(-1, 1, s, s).astype(np.float32)
 
-    def _sampled(self, u, cur, actions):
+    def _sampled(self, u, cur, actions, prepared):
         """Sampling back: frame t at q_k(p) - k u(q_k(p)) (the module's text, 2).
         seen is 1 where the pixel's source lies inside frame t (its value is grounded
         there; elsewhere it repeats frame t's edge, an unknown)."""
@@ -234,7 +248,7 @@ class PixelMover(chainer.Chain):
         uq = sampler.sample(u, base)
         uq_r, uq_c = F.split_axis(uq, 2, axis=1)
         step = F.concat([uq_c, uq_r], axis=1) * np.float32(k * 2.0 / (s - 1))
-        return sampler.sample(self.erased(cur), base - step), seen
+        return sampler.sample(prepared[0], base - step), seen
 
     def loss(self, cur, prev, actions, targets):
         """Mean squared error of the dreamed frames t + 1 .. t + K against the real ones,
@@ -244,9 +258,10 @@ class PixelMover(chainer.Chain):
             cur, prev: as `field`; actions: (N, K, 2); targets: (N, K, 3, S, S) float32.
         """
         u = self.field(cur, prev)
+        prepared = self.prepare(u, cur)
         total = 0
         for k in range(1, actions.shape[1] + 1):
-            frame, seen = self.render(u, cur, actions[:, :k])
+            frame, seen = self.render(u, cur, actions[:, :k], prepared)
             err = F.sum(F.square(frame - targets[:, k - 1]) * seen) / max(seen.sum() * 3, 1.0)
             total = total + err
         return total / actions.shape[1]
@@ -266,8 +281,9 @@ class PixelMover(chainer.Chain):
         out = []
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
             u = self.field(cur, aligned)
+            prepared = self.prepare(u, cur)
             for k in range(1, actions.shape[1] + 1):
-                out.append(self.render(u, cur, actions[:, :k])[0].array)
+                out.append(self.render(u, cur, actions[:, :k], prepared)[0].array)
         frames = np.clip(np.stack(out, axis=1), 0.0, 1.0) * 255.0 + 0.5
         return frames.astype(np.uint8).transpose(0, 1, 3, 4, 2)
 
