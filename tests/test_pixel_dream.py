@@ -131,19 +131,25 @@ def test_reanchoring_keeps_the_motion():
             assert np.percentile(diff, 99) <= 1, (every, j)
 
 
-def test_dreams_do_not_depend_on_their_batch():
-    """Dreams that end early leave the batch; the others' returns are what each gets
-    alone (random controllers, a random M)."""
+@pytest.mark.parametrize("motion", ["sample", "splat"])
+def test_dreams_do_not_depend_on_their_batch(motion):
+    """Dreams that end early leave the batch (with what the mover prepared for their
+    anchor); the others' returns are what each gets alone (random controllers, a random
+    M, a random mover)."""
     rnn, vae = models(seed=3)
     frames = room_frames(4, seed=2)
     params = np.random.default_rng(0).normal(0, 0.5, (2, n_params(Z, H))).astype(np.float32)
     which = np.array([0, 1, 0, 1])
     starts = starts_of(frames, room_frames(4, seed=9))
-    together = pd.pixel_dream_rollouts(rnn, PixelMover(), vae, params, which, starts,
+    mover = PixelMover(motion=motion)
+    rng = np.random.default_rng(1)
+    mover.out.W.array[...] = rng.normal(0, 0.05, mover.out.W.shape)  # a field that moves
+    together = pd.pixel_dream_rollouts(rnn, mover, vae, params, which, starts,
                                        max_steps=30, reanchor=3)  # fmt: skip
+    assert len(set(together[1])) > 1  # some dreams end before others
     for i in range(4):
         one = pd.Starts(*(x[i : i + 1] for x in starts))
-        alone = pd.pixel_dream_rollouts(rnn, PixelMover(), vae, params, which[i : i + 1], one,
+        alone = pd.pixel_dream_rollouts(rnn, mover, vae, params, which[i : i + 1], one,
                                          max_steps=30, reanchor=3)  # fmt: skip
         np.testing.assert_allclose(together[0][i], alone[0][0], rtol=1e-4, atol=1e-5)
         assert together[1][i] == alone[1][0]
