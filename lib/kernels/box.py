@@ -12,6 +12,8 @@ import chainer
 import chainer.functions as F
 import numpy as np
 
+from lib.kernels.fastconv import use_fast
+
 
 def _box_sum(x, k):
     """(N, C, H, W): the sum of each pixel's k x k neighbourhood (zeros outside)."""
@@ -43,7 +45,6 @@ def box_mean(x, k: int):
     mean (zeros outside, divided by k²); by running sums on NumPy arrays."""
     if k % 2 != 1:
         raise ValueError(f"the box must have an odd side, got {k}")
-    array = x.array if isinstance(x, chainer.Variable) else x
-    if not isinstance(array, np.ndarray) or not getattr(chainer.config, "fastconv", True):
+    if not use_fast(x):
         return F.average_pooling_2d(x, k, stride=1, pad=k // 2)
-    return BoxSum(k).apply((x,))[0] * np.asarray(1.0 / (k * k), array.dtype)
+    return BoxSum(k).apply((x,))[0] * np.asarray(1.0 / (k * k), x.dtype)

@@ -487,7 +487,11 @@ class Deconv2DNHWC(_StridedNHWC):
 # ---------------------------------------------------------------------------
 
 
-def _use_fast(x):
+def use_fast(x):
+    """Whether the CPU fast paths apply to `x` (an array or a Variable): NumPy data, and
+    `chainer.config.fastconv` not False (the switch the tests and benchmarks use to
+    compare with Chainer's own functions). `lib.kernels.sampler`, `splat` and `box`
+    follow it too."""
     array = x.array if isinstance(x, chainer.Variable) else x
     return isinstance(array, np.ndarray) and getattr(chainer.config, "fastconv", True)
 
@@ -506,11 +510,11 @@ def _activate(h, activation):
 
 
 def _apply(node_class, chainer_op, w_perm, x, W, b, stride, activation, **kw):
-    """`node_class`'s fused node where it runs (`_use_fast`), else Chainer's `chainer_op`
+    """`node_class`'s fused node where it runs (`use_fast`), else Chainer's `chainer_op`
     on NCHW transposes (W's axes permuted by `w_perm`), then the activation; `kw` go to
     both (a convolution's dilate)."""
     _check_activation(activation)
-    if _use_fast(x):
+    if use_fast(x):
         return node_class(stride, activation, **kw).apply((x, W, b))[0]
     h = chainer_op(F.transpose(x, (0, 3, 1, 2)), F.transpose(W, w_perm), b, stride=stride, **kw)
     return F.transpose(_activate(h, activation), (0, 2, 3, 1))

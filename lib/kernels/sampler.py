@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from lib.kernels import runtime
+from lib.kernels.fastconv import use_fast
 
 
 @numba.njit(cache=True, nogil=True)
@@ -141,15 +142,7 @@ def sample(x, grid):
     """`F.spatial_transformer_sampler(x, grid)`: x (B, C, H, W), grid (B, 2, Ho, Wo)
     -> (B, C, Ho, Wo) Variable; through `BilinearSampler` when both are NumPy arrays
     (or Variables of them) of one float dtype, else Chainer's own."""
-    xa = x.array if isinstance(x, chainer.Variable) else x
-    ga = grid.array if isinstance(grid, chainer.Variable) else grid
-    fast = (
-        isinstance(xa, np.ndarray)
-        and isinstance(ga, np.ndarray)
-        and xa.dtype.kind == "f"
-        and ga.dtype == xa.dtype
-        and getattr(chainer.config, "fastconv", True)
-    )
+    fast = use_fast(x) and use_fast(grid) and x.dtype.kind == "f" and grid.dtype == x.dtype
     if not fast:
         return F.spatial_transformer_sampler(x, grid)
     return BilinearSampler().apply((x, grid))[0]

@@ -15,6 +15,7 @@ import numpy as np
 from chainer import backend
 
 from lib.kernels import runtime
+from lib.kernels.fastconv import use_fast
 
 
 @numba.njit(cache=True, nogil=True)
@@ -105,7 +106,7 @@ class Splat(chainer.function_node.FunctionNode):
         self.retain_inputs((0, 1, 2))
         n, c, _ = values.shape
         s2 = self.size * self.size
-        if xp is np and getattr(chainer.config, "fastconv", True):
+        if use_fast(values):
             values, rows, cols = (np.ascontiguousarray(a) for a in (values, rows, cols))
             out = np.empty((n, c, s2), values.dtype)
             runtime.parallel_ranges(
@@ -139,7 +140,7 @@ class SplatGrad(chainer.function_node.FunctionNode):
         values, rows, cols, gout = inputs
         n, c, _ = values.shape
         xp = backend.get_array_module(values)
-        if xp is np and getattr(chainer.config, "fastconv", True):
+        if use_fast(values):
             values, rows, cols, gout = (np.ascontiguousarray(a) for a in (values, rows, cols, gout))
             gvalues = np.empty_like(values)
             grows, gcols = np.empty_like(rows), np.empty_like(cols)

@@ -140,7 +140,7 @@ class PixelMover(chainer.Chain):
                 (`align_previous`); each (N, 3, S, S) float32.
         """
         h = F.concat([cur, prev, cur - prev], axis=1)
-        if not fastconv._use_fast(h):  # CuPy, or chainer.config.fastconv False
+        if not fastconv.use_fast(h):  # CuPy, or chainer.config.fastconv False
             for layer in self.layers:
                 h = F.relu(layer(h))
             return self.out(h)
