@@ -14,11 +14,10 @@ from lib import manifest
 from lib.control import pixel_planner
 from lib.control.agent import WorldModelsAgent
 from lib.control.dream_planner import PlanSettings
-from lib.control.pixel_dream import uint8_frames
 from lib.env import socnavenv as sn
 from lib.env.evaluation import evaluate, evaluation_seeds
 from lib.models.controller import act_batch, unflatten
-from lib.models.pixel_mover import PixelMover, to_planes
+from lib.models.pixel_mover import PixelMover, to_frames, to_planes
 from lib.models.vae import encode_frames
 
 
@@ -70,7 +69,7 @@ def test_the_candidates_see_the_frames_the_mover_makes_of_their_actions():
     cur = to_planes(frame)
     with chainer.no_backprop_mode():
         u = mover.field(cur, cur).array
-        want = uint8_frames(mover.render(u, cur, a[:, None])[0].array)
+        want = to_frames(mover.render(u, cur, a[:, None])[0].array)
     np.testing.assert_array_equal(seen[1][:1], want)
     assert agent.has_last[0] and np.array_equal(agent.last_frame[0], frame[0])
 

@@ -38,7 +38,7 @@ from lib.env import socnavenv as sn
 from lib.kernels.fast_encoder import make_encoder
 from lib.models.controller import act_batch, unflatten
 from lib.models.mdn_rnn import DONE_THRESHOLD
-from lib.models.pixel_mover import to_planes
+from lib.models.pixel_mover import to_frames, to_planes
 
 REANCHOR = 8  # steps between re-anchorings: 04b's default --horizon
 
@@ -145,7 +145,7 @@ def pixel_dream_rollouts(
         since = np.zeros((n, 0, 2), np.float32)  # the actions since the anchor
         last = anchor  # the frame the controllers see now (planes)
         for _ in range(max_steps):
-            seen = uint8_frames(last)
+            seen = to_frames(last)
             if on_frame is not None:
                 on_frame(live.copy(), seen)
             z = encoder(seen)[0]
@@ -178,10 +178,3 @@ def pixel_dream_rollouts(
 def _arrays(values) -> tuple:
     """Variables (built without a graph) as their arrays, to index and keep."""
     return tuple(v.array if isinstance(v, chainer.Variable) else v for v in values)
-
-
-def uint8_frames(planes) -> np.ndarray:
-    """Float planes (N, 3, S, S) in [0, 1] as the uint8 frames (N, S, S, 3) V reads: a
-    dreamed frame is quantised as a real one is."""
-    frames = np.clip(to_host(planes), 0.0, 1.0) * 255.0 + 0.5
-    return np.ascontiguousarray(frames.astype(np.uint8).transpose(0, 2, 3, 1))

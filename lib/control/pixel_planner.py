@@ -22,10 +22,9 @@ import numpy as np
 
 from lib.control.agent import EpisodeStreams, PlanningAgent
 from lib.control.dream_planner import _PLAN_NOISE, PlanSettings, _rollouts, plan
-from lib.control.pixel_dream import uint8_frames
 from lib.devices import to_host
 from lib.models.controller import act_batch
-from lib.models.pixel_mover import to_planes
+from lib.models.pixel_mover import to_frames, to_planes
 
 HORIZON = 8  # imagined steps: 04b's default --horizon, what the mover was trained to dream
 
@@ -110,6 +109,6 @@ def frames_ahead(mover, encoder, u, cur):
             if not prepared:
                 prepared.extend(mover.prepare(u, cur))
             frame = mover.render(u, cur, np.stack(taken, axis=1), tuple(prepared))[0].array
-        return encoder(uint8_frames(frame))[0]
+        return encoder(to_frames(frame))[0]
 
     return next_z

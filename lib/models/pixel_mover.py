@@ -40,6 +40,7 @@ import chainer.links as L
 import numpy as np
 
 from lib import validate
+from lib.devices import to_host
 from lib.kernels import fastconv, sampler
 from lib.kernels.box import box_mean
 from lib.kernels.splat import splat
@@ -283,14 +284,21 @@ class PixelMover(chainer.Chain):
             u = self.field(cur, aligned)
             prepared = self.prepare(u, cur)
             for k in range(1, actions.shape[1] + 1):
-                out.append(self.render(u, cur, actions[:, :k], prepared)[0].array)
-        frames = np.clip(np.stack(out, axis=1), 0.0, 1.0) * 255.0 + 0.5
-        return frames.astype(np.uint8).transpose(0, 1, 3, 4, 2)
+                out.append(to_frames(self.render(u, cur, actions[:, :k], prepared)[0].array))
+        return np.stack(out, axis=1)
 
 
 def to_planes(frames) -> np.ndarray:
     """uint8 (N, S, S, 3) frames as float32 (N, 3, S, S) in [0, 1]."""
     return np.ascontiguousarray(np.asarray(frames, np.float32).transpose(0, 3, 1, 2) / 255.0)
+
+
+def to_frames(planes) -> np.ndarray:
+    """`to_planes`' inverse: float planes (N, 3, S, S) in [0, 1] (any device) as the
+    uint8 frames (N, S, S, 3) on the host that V reads, a dreamed frame quantised as a
+    real one is."""
+    frames = np.clip(to_host(planes), 0.0, 1.0) * 255.0 + 0.5
+    return np.ascontiguousarray(frames.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 class LatentDream:
@@ -352,7 +360,6 @@ class LatentDream:
             for i in range(0, len(starts), self.batch):
                 sl = slice(i, i + self.batch)
                 frame = self.mover.render(u[sl], self._planes(starts[sl]), acts[sl])[0].array
-                frame = np.clip(frame, 0.0, 1.0) * 255.0 + 0.5
-                out.append(frame.astype(np.uint8).transpose(0, 2, 3, 1))
-        frames = np.ascontiguousarray(np.concatenate(out))
+                out.append(to_frames(frame))
+        frames = np.concatenate(out)
         return encode_frames(self.vae, frames, encoder=self.encoder)[0].astype(np.float32)
