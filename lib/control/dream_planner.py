@@ -308,9 +308,16 @@ class PlannerAgent(PlanningAgent):
         super().reset(slots, seeds, episodes)
         self.plan_streams.reset(slots, seeds)
 
+    def rollouts(self, live):
+        """What scores the candidates of the agents `live` (`plan`'s rollouts): M's own
+        dream (`lib.control.pixel_planner` scores them in the pixel dream)."""
+        return _rollouts
+
     def choose(self, z, h, c, live, on_device):
         rngs = self.plan_streams.of(live)
-        a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings)
+        a = plan(
+            self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings, self.rollouts(live)
+        )
         # C's own action is returned bit for bit unless a plan replaced it.
         linear = act_batch(self.weights, self.biases, None, z, h)
         self.count((a != linear).any(axis=1))  # a plan beat C's by the margin

@@ -141,7 +141,7 @@ def pixel_dream_rollouts(
         aligned = mover.align_previous(to_planes(starts.prev), starts.a_prev)
         aligned = np.where(starts.first[:, None, None, None], anchor, aligned)
         u = mover.field(anchor, aligned).array
-        prepared = _arrays(mover.prepare(u, anchor))  # what every render from it shares
+        prepared = mover.prepare(u, anchor)  # what every render from it shares
         since = np.zeros((n, 0, 2), np.float32)  # the actions since the anchor
         last = anchor  # the frame the controllers see now (planes)
         for _ in range(max_steps):
@@ -164,7 +164,7 @@ def pixel_dream_rollouts(
                 aligned = mover.align_previous(last, actions)
                 anchor, since = frame, since[:, :0]
                 u = mover.field(anchor, aligned).array
-                prepared = _arrays(mover.prepare(u, anchor))
+                prepared = mover.prepare(u, anchor)
             last = frame
             if not running.all():  # drop the dreams that ended
                 keep = np.flatnonzero(running)
@@ -173,8 +173,3 @@ def pixel_dream_rollouts(
                 u, anchor, since, last = u[keep], anchor[keep], since[keep], last[keep]
                 prepared = tuple(p[keep] for p in prepared)
     return ledger.result()
-
-
-def _arrays(values) -> tuple:
-    """Variables (built without a graph) as their arrays, to index and keep."""
-    return tuple(v.array if isinstance(v, chainer.Variable) else v for v in values)

@@ -20,24 +20,22 @@ from __future__ import annotations
 import chainer
 import numpy as np
 
-from lib.control.agent import EpisodeStreams, PlanningAgent
-from lib.control.dream_planner import _PLAN_NOISE, PlanSettings, _rollouts, plan
+from lib.control.dream_planner import PlannerAgent, _rollouts
 from lib.devices import to_host
-from lib.models.controller import act_batch
 from lib.models.pixel_mover import to_frames, to_planes
 
 HORIZON = 8  # imagined steps: 04b's default --horizon, what the mover was trained to dream
 
 
-class PixelPlannerAgent(PlanningAgent):
+class PixelPlannerAgent(PlannerAgent):
     """The World Models agent with its action planned in the pixel dream (see the
-    module's text). V's encoding and M's state are `WorldModelsAgent`'s; the agent also
-    keeps each slot's last real frame and action, for the mover's frame t - 1.
+    module's text): `PlannerAgent` with the pixel dream's rollouts. It also keeps each
+    slot's last real frame and action, for the mover's frame t - 1.
 
     Args:
-        n: lockstep slots; vae, rnn, params, temperature, encoder: as `PlannerAgent`.
+        n: lockstep slots; vae, rnn, params, settings, temperature, encoder: as
+            `PlannerAgent`.
         mover: a trained `PixelMover` (04b) for V's frame size.
-        settings: `PlanSettings` (defaults if None).
     """
 
     name = "world_models_pixel_planner"
@@ -45,14 +43,8 @@ class PixelPlannerAgent(PlanningAgent):
     def __init__(
         self, n, vae, rnn, params, mover, settings=None, temperature=0.0, encoder=None
     ):  # fmt: skip
-        if not rnn.can_dream:
-            raise ValueError(
-                "planning needs an M with reward and done heads (--mode reward or dream)"
-            )
-        super().__init__(n, vae, rnn, params, temperature=temperature, encoder=encoder)
+        super().__init__(n, vae, rnn, params, settings, temperature=temperature, encoder=encoder)
         self.mover = mover
-        self.settings = settings or PlanSettings()
-        self.plan_streams = EpisodeStreams(n, _PLAN_NOISE)
         s = mover.image_size
         self.last_frame = np.zeros((n, s, s, 3), np.uint8)
         self.last_action = np.zeros((n, 2), np.float32)
@@ -61,7 +53,6 @@ class PixelPlannerAgent(PlanningAgent):
 
     def reset(self, slots, seeds, episodes=None):
         super().reset(slots, seeds, episodes)
-        self.plan_streams.reset(slots, seeds)
         self.has_last[np.asarray(slots)] = False
 
     def act(self, sim, images=None):
@@ -73,7 +64,10 @@ class PixelPlannerAgent(PlanningAgent):
         self.has_last[live] = True
         return actions
 
-    def choose(self, z, h, c, live, on_device):
+    def rollouts(self, live):
+        """`dream_planner.plan`'s rollouts for the agents `live`: `_rollouts` with each
+        next z read from the mover's frames. The field and what every render shares
+        (`PixelMover.prepare`) are computed once, for all candidates and iterations."""
         k = self.settings.candidates
         cur = to_planes(self._images[live])
         first = ~self.has_last[live]
@@ -82,33 +76,27 @@ class PixelPlannerAgent(PlanningAgent):
                 to_planes(self.last_frame[live]), self.last_action[live]
             )
             aligned = np.where(first[:, None, None, None], cur, aligned)
-            u = self.mover.field(cur, aligned).array
-        tiled = (np.repeat(u, k, axis=0), np.repeat(cur, k, axis=0))
+            u = np.repeat(self.mover.field(cur, aligned).array, k, axis=0)
+            cur = np.repeat(cur, k, axis=0)
+            prepared = self.mover.prepare(u, cur)
 
         def rollouts(*args):
-            return _rollouts(*args, next_z=frames_ahead(self.mover, self.encoder, *tiled))
+            return _rollouts(*args, next_z=frames_ahead(self.mover, self.encoder, u, cur, prepared))
 
-        rngs = self.plan_streams.of(live)
-        a = plan(self.rnn, self.weights, self.biases, z, h, c, rngs, self.settings, rollouts)
-        linear = act_batch(self.weights, self.biases, None, z, h)
-        self.count((a != linear).any(axis=1))  # a plan beat C's by the margin
-        return a
+        return rollouts
 
 
-def frames_ahead(mover, encoder, u, cur):
+def frames_ahead(mover, encoder, u, cur, prepared):
     """A `dream_planner._rollouts` next_z for one set of candidates: called with each
     step's actions (N, A), it returns V's z (N, Z) of frame t moved by the actions so
     far (u (N, C, S, S) and cur (N, 3, S, S): each candidate's agent's velocity field
-    and real frame t, host float32)."""
+    and real frame t, host float32; prepared: `mover.prepare(u, cur)`)."""
     taken = []
-    prepared = []  # mover.prepare(u, cur), once for all the steps
 
     def next_z(a):
         taken.append(to_host(a).astype(np.float32))
         with chainer.no_backprop_mode(), chainer.using_config("train", False):
-            if not prepared:
-                prepared.extend(mover.prepare(u, cur))
-            frame = mover.render(u, cur, np.stack(taken, axis=1), tuple(prepared))[0].array
+            frame = mover.render(u, cur, np.stack(taken, axis=1), prepared)[0].array
         return encoder(to_frames(frame))[0]
 
     return next_z

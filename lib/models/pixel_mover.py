@@ -188,7 +188,9 @@ class PixelMover(chainer.Chain):
         fill = box_mean(still, FILL) / (box_mean(1.0 - alpha, FILL) + 1e-3)
         still = still + fill * alpha
         layer = F.concat([alpha, alpha * base], axis=1)
-        return u_r, u_c, still, layer
+        if chainer.config.enable_backprop:
+            return u_r, u_c, still, layer
+        return tuple(v.array for v in (u_r, u_c, still, layer))  # to index and keep
 
     def render(self, u, cur, actions, prepared=None):
         """The dream of frame t + k after the k actions (N, k, 2) a_t .. a_{t+k-1}, by
