@@ -148,27 +148,21 @@ def evaluate_group(task: dict) -> dict:
     rnn = _WORKER["rnn"]
     params = np.asarray(task["params"], np.float32)
     n_cand, trials, gen = len(params), spec.trials, task["generation"]
+    config = sn.EnvConfig(**spec.env)
+    which = np.repeat(np.arange(n_cand), trials)  # a dream's candidate
     if spec.mover:
         starts = _WORKER["pixel_starts"]
         episodes = dream_start_episodes(spec.seed, gen, trials, len(starts.cur))
         starts = Starts(*(x[np.tile(episodes, n_cand)] for x in starts))
         returns, lengths = pixel_dream_rollouts(
-            rnn, _WORKER["mover"], _WORKER["vae"], params, np.repeat(np.arange(n_cand), trials),
-            starts, sn.EnvConfig(**spec.env).max_steps,
+            rnn, _WORKER["mover"], _WORKER["vae"], params, which, starts, config.max_steps,
             done_pos_weight=_WORKER["done_pos_weight"], encoder=_WORKER["encoder"],
         )  # fmt: skip
-        return {
-            "first": task["first"],
-            "returns": returns.reshape(n_cand, trials),
-            "lengths": lengths.reshape(n_cand, trials),
-        }
-    if spec.dream:
+    elif spec.dream:
         mu, logvar = _WORKER["starts"]
         z0 = dream_starts(spec.seed, gen, trials, mu, logvar, _WORKER["z_source"])
         z0 = np.tile(z0, (n_cand, 1))
-        which = np.repeat(np.arange(n_cand), trials)
         rng = np.random.default_rng(derive_seed(spec.seed, "es-dream-noise", gen, task["first"]))
-        config = sn.EnvConfig(**spec.env)
         returns, lengths = dream_rollouts(
             rnn,
             params,
@@ -179,29 +173,24 @@ def evaluate_group(task: dict) -> dict:
             config.max_steps,
             done_pos_weight=_WORKER["done_pos_weight"],
         )
-        return {
-            "first": task["first"],
-            "returns": returns.reshape(n_cand, trials),
-            "lengths": lengths.reshape(n_cand, trials),
-        }
+    else:
+        seeds = trial_seeds(spec.seed, gen, trials) * n_cand
+        agent = WorldModelsAgent(
+            len(seeds),
+            _WORKER["vae"],
+            rnn,
+            params,
+            candidate_of=lambda k: k // trials,
+            encoder=_WORKER["encoder"],
+        )
+        returns = np.zeros(len(seeds))
+        lengths = np.zeros(len(seeds), np.int64)
 
-    seeds = trial_seeds(spec.seed, gen, trials) * n_cand
-    agent = WorldModelsAgent(
-        len(seeds),
-        _WORKER["vae"],
-        rnn,
-        params,
-        candidate_of=lambda k: k // trials,
-        encoder=_WORKER["encoder"],
-    )
-    returns = np.zeros(len(seeds))
-    lengths = np.zeros(len(seeds), np.int64)
+        def collect(ep):
+            returns[ep.index] = ep.ret
+            lengths[ep.index] = ep.length
 
-    def collect(ep):
-        returns[ep.index] = ep.ret
-        lengths[ep.index] = ep.length
-
-    run_episodes(agent, seeds, sn.EnvConfig(**spec.env), len(seeds), collect)
+        run_episodes(agent, seeds, config, len(seeds), collect)
     return {
         "first": task["first"],
         "returns": returns.reshape(n_cand, trials),
