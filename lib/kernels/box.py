@@ -19,11 +19,13 @@ def _box_sum(x, k):
     """(N, C, H, W): the sum of each pixel's k x k neighbourhood (zeros outside)."""
     p = k // 2
     for axis in (2, 3):
-        n = x.shape[axis]
         pad = [(0, 0)] * 4
         pad[axis] = (p + 1, p)
         c = np.cumsum(np.pad(x, pad), axis=axis, dtype=x.dtype)
-        x = np.take(c, np.arange(k, n + k), axis=axis) - np.take(c, np.arange(n), axis=axis)
+        # window sums: the running sum k places on, less the running sum here
+        ahead, here = [slice(None)] * 4, [slice(None)] * 4
+        ahead[axis], here[axis] = slice(k, None), slice(None, -k)
+        x = c[tuple(ahead)] - c[tuple(here)]
     return x
 
 
