@@ -104,7 +104,10 @@ PLAN_WITH_HELP = (
     "read by V, scored by M's heads)"
 )
 
-HORIZON_DEFAULT = f"{lookahead_planner.HORIZON} with lookahead, {dream_planner.HORIZON} with return"
+HORIZON_DEFAULT = (
+    f"{lookahead_planner.HORIZON} with lookahead, {dream_planner.HORIZON} with return, "
+    f"{pixel_planner.HORIZON} with pixels"
+)
 
 # The planner's flags: (flag, type, default, help, the --plan-with values they belong to).
 # Their defaults are filled in by `check_planner_args`, so that a flag given without
